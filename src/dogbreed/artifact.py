@@ -1,0 +1,102 @@
+"""``model.tar.gz`` in SageMaker's PyTorch layout, written by every run and read by predict/serve.
+
+    model.pth            state dict (torchvision key names)
+    labels.json          class index -> folder name and display name
+    model.json           backbone, class count, image size, eval preset, config, test metrics
+    code/inference.py    model_fn / input_fn / predict_fn / output_fn
+    code/presets.py      the EvalPreset the model was trained with (the package's own file)
+    code/network.py      how to rebuild the network from model.json
+    code/requirements.txt
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import dogbreed
+from dogbreed.archive import safe_extract_tar
+from dogbreed.data.layout import Labels
+from dogbreed.errors import DogbreedError
+from dogbreed.files import atomic_path
+from dogbreed.runtime import inference
+from dogbreed.runtime.presets import EvalPreset
+
+RUNTIME_DIR = Path(inference.__file__).parent
+CODE_FILES = ("inference.py", "presets.py", "network.py")
+REQUIREMENTS = "torch>=2.0\ntorchvision>=0.15\npillow>=9.0\nnumpy\n"
+FORMAT_VERSION = 1
+
+
+def model_meta(backbone: str, labels: Labels, preset: EvalPreset, *, threshold: float = 0.8, **extra) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "dogbreed_version": dogbreed.__version__,
+        "backbone": backbone,
+        "num_classes": len(labels.names),
+        "image_size": preset.crop_size,
+        "preset": preset.to_dict(),
+        "topk": 5,
+        "threshold": threshold,
+        **extra,
+    }
+
+
+def write_model_dir(dest: str | os.PathLike, model: nn.Module, labels: Labels, meta: dict) -> Path:
+    """The artifact's files, unpacked (what SageMaker expects in $SM_MODEL_DIR)."""
+    dest = Path(dest)
+    (dest / "code").mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(state, dest / inference.WEIGHTS_FILE)
+    labels.write(dest / inference.LABELS_FILE)
+    (dest / inference.MODEL_FILE).write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
+    for name in CODE_FILES:
+        shutil.copyfile(RUNTIME_DIR / name, dest / "code" / name)
+    (dest / "code" / "requirements.txt").write_text(REQUIREMENTS, encoding="utf-8")
+    return dest
+
+
+def pack(model_dir: str | os.PathLike, tar_path: str | os.PathLike) -> Path:
+    """Tar the model dir's contents (no top-level folder, as SageMaker does), atomically."""
+    model_dir = Path(model_dir)
+    with atomic_path(tar_path) as tmp:
+        with tarfile.open(tmp, "w:gz") as tar:
+            for path in sorted(model_dir.rglob("*")):
+                tar.add(path, arcname=str(path.relative_to(model_dir)), recursive=False)
+    return Path(tar_path)
+
+
+def write_artifact(tar_path: str | os.PathLike, model: nn.Module, labels: Labels, meta: dict) -> Path:
+    with tempfile.TemporaryDirectory(prefix="dogbreed-artifact-") as tmp:
+        return pack(write_model_dir(tmp, model, labels, meta), tar_path)
+
+
+@contextmanager
+def extracted(tar_path: str | os.PathLike):
+    """Safely extract an artifact into a temporary folder for as long as the block runs."""
+    tar_path = Path(tar_path)
+    if not tar_path.is_file():
+        raise DogbreedError(f"model artifact {tar_path} does not exist; train one with `dogbreed train`")
+    with tempfile.TemporaryDirectory(prefix="dogbreed-model-") as tmp:
+        safe_extract_tar(tar_path, tmp)
+        yield Path(tmp)
+
+
+def load_artifact(tar_path: str | os.PathLike, device: str | None = None) -> inference.LoadedModel:
+    """An artifact (``model.tar.gz``) or an unpacked model dir, loaded for prediction."""
+    path = Path(tar_path)
+    try:
+        if path.is_dir():
+            return inference.load_model_dir(str(path), device)
+        with extracted(path) as model_dir:
+            return inference.load_model_dir(str(model_dir), device)
+    except ValueError as exc:
+        raise DogbreedError(f"cannot load model {tar_path}: {exc}") from None

@@ -1,0 +1,238 @@
+"""The ``dogbreed`` command. Each subcommand parses its flags and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from dogbreed import __version__
+from dogbreed.config import TrainConfig, normalize_argv
+from dogbreed.errors import DogbreedError
+
+log = logging.getLogger("dogbreed")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34, width=100)
+
+
+class _StdoutInfo(logging.Handler):
+    """INFO lines to stdout as they are; warnings and errors to stderr, prefixed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            sys.stderr.write(f"{record.levelname.lower()}: {msg}\n")
+        else:
+            sys.stdout.write(msg + "\n")
+            sys.stdout.flush()
+
+
+def setup_logging(verbose: bool = False) -> None:
+    root = logging.getLogger()
+    root.handlers[:] = [_StdoutInfo()]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """One flag per TrainConfig field, its help ending with the default. Flags not given stay
+    absent from the namespace, so a recipe file's values are only overridden by flags typed."""
+    group = parser.add_argument_group("training options (defaults -> --config recipe -> these flags)")
+    for f in fields(TrainConfig):
+        if f.name in exclude:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        help_text = f"{f.metadata['help']} (default: {default})"
+        kind = f.type
+        if kind.startswith("bool"):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            continue
+        caster = int if kind.startswith("int") else float if kind.startswith("float") else str
+        group.add_argument(flag, type=caster, default=argparse.SUPPRESS, metavar=f.name.upper(),
+                           choices=f.metadata.get("choices"), help=help_text)
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    names = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+# --- subcommands ---------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dogbreed import config as cfgmod
+    from dogbreed.run import resume_config, train
+
+    overrides = config_overrides(args)
+    if args.resume:
+        if args.config:
+            raise DogbreedError("--resume uses the run's own config.yaml; drop --config")
+        cfg = resume_config(args.resume, overrides)
+    else:
+        cfg = cfgmod.resolve(args.config, overrides)
+    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    print(f"run: {result.run_dir}\nartifact: {result.artifact}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from dogbreed.predict import format_answer, run_predict
+
+    failed = 0
+    for path, answer in run_predict(args.images, args.model, topk=args.topk, threshold=args.threshold):
+        failed += "error" in answer
+        if args.json:
+            print(json.dumps({"file": str(path), **answer}))
+        else:
+            print(format_answer(path, answer, args.threshold if args.threshold is not None else 0.8))
+    if failed:
+        log.error("%d file(s) could not be read as images", failed)
+    return 1 if failed else 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from dogbreed.data.synth import synth
+
+    path = synth(args.dir, classes=args.classes, per_class=args.per_class, size=args.size, seed=args.seed,
+                 progress=not args.no_progress)
+    print(f"wrote a synthetic data set: {path} ({args.classes} classes, {args.per_class} images each)")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from dogbreed.data.layout import SPLITS, check
+
+    report = check(args.dir, full=not args.quick, progress=not args.no_progress)
+    if report.layout:
+        counts = report.layout.counts()
+        names = report.layout.labels.names
+        if args.verbose:
+            print(f"{'class':<40} " + " ".join(f"{s:>6}" for s in SPLITS))
+            for i, name in enumerate(names):
+                print(f"{name:<40} " + " ".join(f"{counts[s][i]:>6}" for s in SPLITS))
+        totals = ", ".join(f"{s} {sum(counts[s])}" for s in SPLITS)
+        print(f"{report.layout.root}: {len(names)} classes; {totals} images")
+        for s in SPLITS:
+            print(f"  {s:<5} per class: min {min(counts[s])}, max {max(counts[s])}")
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for e in report.errors:
+        print(f"error: {e}", file=sys.stderr)
+    if report.errors:
+        print(f"{len(report.errors)} error(s)", file=sys.stderr)
+        return 1
+    print("ok" + (f" ({len(report.warnings)} warning(s))" if report.warnings else ""))
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from dogbreed.data.fetch import fetch
+
+    root = fetch(args.dest, url=args.url, zip_path=args.zip, sha256=args.sha256, progress=not args.no_progress)
+    print(f"data set ready: {root}\nnext: dogbreed data check {root} && dogbreed train --data {root}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dogbreed.demo import run_demo
+
+    run_demo(args.out, progress=not args.no_progress)
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dogbreed.data.fetch import DATASET_URL
+
+    parser = argparse.ArgumentParser(
+        prog="dogbreed", formatter_class=_Formatter,
+        description="Train, tune, profile and serve a dog-breed classifier on one machine.",
+        epilog="workflow: dogbreed data fetch -> dogbreed train --data data/dogImages -> dogbreed predict IMG --model runs/<run>/model.tar.gz\n"
+               "offline tour: dogbreed demo",
+    )
+    parser.add_argument("--version", action="version", version=f"dogbreed {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
+    common.add_argument("-v", "--verbose", action="store_true", help="more detail (default: off)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = sub.add_parser("data", help="get, synthesize and check data sets", formatter_class=_Formatter,
+                          description="Get, synthesize and check ImageFolder data sets (DIR/{train,valid,test}/<class>/*.jpg).")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    p = data_sub.add_parser("fetch", parents=[common], formatter_class=_Formatter, help="download and extract dogImages.zip",
+                            description="Download the dogImages data set (about 1.1 GB; 133 breeds), resuming a partial "
+                                        "download, verify it and extract it safely.")
+    p.add_argument("--dest", default="data", help="folder that receives the zip and the extracted data set (default: data)")
+    p.add_argument("--url", default=DATASET_URL, help=f"where to download from (default: {DATASET_URL})")
+    p.add_argument("--zip", default=None, metavar="PATH", help="extract this local copy of the zip instead of downloading (default: none)")
+    p.add_argument("--sha256", default=None, help="expected SHA-256 of the zip, checked after download (default: none; "
+                                                  "size and the server's MD5 ETag are always checked)")
+    p.set_defaults(func=cmd_data_fetch)
+
+    p = data_sub.add_parser("synth", parents=[common], formatter_class=_Formatter, help="write a synthetic data set",
+                            description="Write a synthetic ImageFolder data set that a model must learn "
+                                        "(class-specific colour, texture and shape). 70/15/15 train/valid/test.")
+    p.add_argument("dir", help="folder to create (must not exist or be empty)")
+    p.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
+    p.add_argument("--per-class", type=int, default=40, help="images per class across all splits (default: 40)")
+    p.add_argument("--size", type=int, default=224, help="image side in pixels (default: 224)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.set_defaults(func=cmd_data_synth)
+
+    p = data_sub.add_parser("check", parents=[common], formatter_class=_Formatter, help="validate a data set",
+                            description="Validate the layout, class sets, counts and every image. Exit 1 on errors, 0 with warnings.")
+    p.add_argument("dir", help="data set root")
+    p.add_argument("--quick", action="store_true", help="read image headers only, do not decode pixels (default: full decode)")
+    p.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser("train", parents=[common], formatter_class=_Formatter, help="train a model and write its artifact",
+                       description="Fine-tune a pretrained backbone with a new head; writes runs/<run>/ and model.tar.gz.\n"
+                                   "SageMaker: runs unchanged as a training job (reads SM_CHANNEL_TRAINING, SM_MODEL_DIR, "
+                                   "SM_OUTPUT_DATA_DIR;\naccepts --learning_rate-style hyperparameters).")
+    p.add_argument("--config", default=None, metavar="RECIPE.yaml", help="YAML recipe of training options (default: none)")
+    p.add_argument("--resume", default=None, metavar="RUN", help="continue the run folder RUN from its last finished epoch (default: none)")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", parents=[common], formatter_class=_Formatter, help="top-k breeds for images",
+                       description="Predict the top-k breeds of images with a trained artifact.")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
+    p.add_argument("--model", required=True, metavar="model.tar.gz", help="trained artifact (or its unpacked folder)")
+    p.add_argument("--topk", type=int, default=5, help="how many breeds to list (default: 5)")
+    p.add_argument("--threshold", type=float, default=None, help="low-confidence note under this top-1 probability (default: the artifact's, 0.8)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image instead of a table (default: table)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", parents=[common], formatter_class=_Formatter, help="the whole workflow offline, on synthetic data",
+                       description="Synthesize data, train, write the artifact and predict, offline, in a few minutes on a CPU.")
+    p.add_argument("--out", default="demo", help="folder for the demo's data and runs (default: demo)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = normalize_argv(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        return args.func(args)
+    except DogbreedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""Typed training configuration: dataclass defaults -> YAML recipe -> command-line flags.
+
+The same ``TrainConfig`` drives ``dogbreed train``, tuning trials and SageMaker training jobs
+(``SM_*`` environment, ``--learning_rate``-style hyperparameters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dogbreed.errors import DogbreedError
+from dogbreed.runtime.network import ARCHS
+
+TRAIN_LAYERS = ("head", "layer4", "all")
+SCHEDULERS = ("cosine", "none")
+AMP_MODES = ("auto", "bf16", "off")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = _opt(None, "data set root holding train/ valid/ test/ class folders (SageMaker: $SM_CHANNEL_TRAINING)")
+    out: str = _opt("runs", "folder that receives one run folder per training (SageMaker: $SM_OUTPUT_DATA_DIR)")
+    name: str | None = _opt(None, "run folder name; a timestamp and the backbone when not given")
+    backbone: str = _opt("resnet50", "network: " + ", ".join(ARCHS), choices=tuple(ARCHS))
+    pretrained: bool = _opt(True, "start from ImageNet weights (downloaded once, cached by torchvision); --no-pretrained for random init")
+    weights: str | None = _opt(None, "local file with the backbone's ImageNet weights (a torchvision state dict), for offline use")
+    train_layers: str = _opt("head", "what to train: head (backbone frozen, fast cached path), layer4 (last stage + head) or all", choices=TRAIN_LAYERS)
+    epochs: int = _opt(9, "training epochs")
+    batch_size: int = _opt(29, "images per batch")
+    lr: float = _opt(0.0044, "AdamW learning rate (peak, before the schedule)")
+    weight_decay: float = _opt(1e-4, "AdamW weight decay")
+    label_smoothing: float = _opt(0.0, "cross-entropy label smoothing")
+    scheduler: str = _opt("cosine", "learning-rate schedule over all steps", choices=SCHEDULERS)
+    image_size: int = _opt(224, "crop size fed to the network; the resize keeps the weights' own ratio")
+    aug_views: int = _opt(2, "augmented views cached per training image on the fast path (0 = no augmentation)")
+    feature_cache: bool = _opt(True, "train a frozen backbone's head on cached embeddings; --no-feature-cache recomputes the backbone every epoch")
+    cache_dir: str | None = _opt(None, "embedding cache folder (default: $DOGBREED_CACHE or ~/.cache/dogbreed)")
+    patience: int = _opt(0, "stop after this many epochs without a better val_loss (0 = never stop early)")
+    seed: int = _opt(0, "random seed (data order, augmentation, head init)")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    amp: str = _opt("auto", "mixed precision: auto (bf16 where the device supports it), bf16 or off", choices=AMP_MODES)
+    workers: int | None = _opt(None, "data-loader worker processes (default: the machine's cores)")
+    threshold: float = _opt(0.8, "top-1 probability under which a prediction is flagged low-confidence")
+
+    def validate(self) -> "TrainConfig":
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise DogbreedError(f"{f.name} {value!r} is not valid; choose one of: {', '.join(choices)}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        for key, value in positive.items():
+            if value <= 0:
+                raise DogbreedError(f"{key} must be positive, got {value}")
+        if self.image_size < 32:
+            raise DogbreedError(f"image_size must be at least 32, got {self.image_size}")
+        if self.aug_views < 0 or self.patience < 0 or (self.workers is not None and self.workers < 0):
+            raise DogbreedError("aug_views, patience and workers cannot be negative")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise DogbreedError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def uses_feature_cache(self) -> bool:
+        return self.train_layers == "head" and self.feature_cache
+
+
+FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Cast a YAML/CLI value to the field's type, naming the key when it does not fit."""
+    if key not in FIELD_TYPES:
+        valid = ", ".join(FIELD_TYPES)
+        raise DogbreedError(f"unknown config key {key!r}; valid keys: {valid}")
+    kind = FIELD_TYPES[key]
+    if value is None:
+        if "None" in kind:
+            return None
+        raise DogbreedError(f"config key {key!r} cannot be empty")
+    try:
+        if kind.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if kind.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise DogbreedError(f"config key {key!r} expects {kind}, got {value!r}") from None
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise DogbreedError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise DogbreedError(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise DogbreedError(f"config file {path} must be a mapping of key: value")
+    return {key: coerce(key, value) for key, value in doc.items()}
+
+
+def resolve(recipe: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the recipe file, then overrides (flags): later wins."""
+    values: dict[str, Any] = {}
+    if recipe:
+        values.update(load_yaml(recipe))
+    values.update({k: coerce(k, v) for k, v in (overrides or {}).items()})
+    return apply_sagemaker_env(TrainConfig(**values), given=set(values)).validate()
+
+
+def save_yaml(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+# --- SageMaker training-job compatibility ----------------------------------------------------------
+
+# SageMaker passes hyperparameters as --key value with the names users gave them in the estimator.
+SAGEMAKER_ALIASES = {"learning_rate": "lr", "learning-rate": "lr", "model_name": "backbone"}
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """``--learning_rate 0.01`` -> ``--lr 0.01``; ``--batch_size`` -> ``--batch-size``."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            name = SAGEMAKER_ALIASES.get(name, name).replace("_", "-")
+            arg = f"--{name}{eq}{value}"
+        out.append(arg)
+    return out
+
+
+def apply_sagemaker_env(cfg: TrainConfig, given: set[str]) -> TrainConfig:
+    """Inside a SageMaker training job, read the data and output locations from SM_* variables."""
+    env = os.environ
+    if "data" not in given and env.get("SM_CHANNEL_TRAINING"):
+        cfg.data = env["SM_CHANNEL_TRAINING"]
+    if "out" not in given and env.get("SM_OUTPUT_DATA_DIR"):
+        cfg.out = env["SM_OUTPUT_DATA_DIR"]
+    return cfg
+
+
+def sagemaker_model_dir() -> str | None:
+    """Where a SageMaker job must leave the model (SageMaker tars this folder into model.tar.gz)."""
+    return os.environ.get("SM_MODEL_DIR") or None

@@ -1,0 +1,1 @@
+"""Data sets: layout and checks, labels, loaders, download and synthetic data."""

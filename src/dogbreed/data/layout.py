@@ -1,0 +1,179 @@
+"""The ImageFolder layout (root/{train,valid,test}/<NNN.Name>/*.jpg), its checks and its labels."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from dogbreed.errors import DogbreedError
+from dogbreed.runtime.presets import ImageDecodeError, load_image
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMBALANCE_RATIO = 4.0  # largest/smallest training class above this earns a warning
+HINT = "expected DIR/{train,valid,test}/<class>/*.jpg; try `dogbreed data synth DIR` or `dogbreed data fetch`"
+
+Sample = tuple[str, int]  # (path, class index)
+
+
+def display_name(folder: str) -> str:
+    """``"001.Affenpinscher"`` -> ``"Affenpinscher"``; ``"002.Afghan_hound"`` -> ``"Afghan hound"``."""
+    head, dot, tail = folder.partition(".")
+    name = tail if dot and head.isdigit() else folder
+    return name.replace("_", " ")
+
+
+@dataclass
+class Labels:
+    names: list[str]  # class index -> folder name
+
+    @property
+    def display(self) -> list[str]:
+        return [display_name(n) for n in self.names]
+
+    def to_json(self) -> dict:
+        return {"classes": [{"index": i, "name": n, "display": display_name(n)} for i, n in enumerate(self.names)]}
+
+    def write(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1), encoding="utf-8")
+
+
+@dataclass
+class Layout:
+    root: Path
+    labels: Labels
+    splits: dict[str, list[Sample]]
+    ignored: list[str] = field(default_factory=list)  # files that are not images by name
+
+    def counts(self) -> dict[str, list[int]]:
+        out = {}
+        for split, samples in self.splits.items():
+            per_class = [0] * len(self.labels.names)
+            for _, idx in samples:
+                per_class[idx] += 1
+            out[split] = per_class
+        return out
+
+
+@dataclass
+class Report:
+    layout: Layout | None
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    bad_images: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _class_dirs(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def scan(root: str | os.PathLike) -> Layout:
+    """Read the layout; raise DogbreedError (one line) for anything training cannot start with."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DogbreedError(f"data dir {root} does not exist; {HINT}")
+    missing = [s for s in SPLITS if not (root / s).is_dir()]
+    if missing:
+        raise DogbreedError(f"{root} has no {', '.join(missing)} folder(s); {HINT}")
+    classes = {s: _class_dirs(root / s) for s in SPLITS}
+    for split in SPLITS:
+        if not classes[split]:
+            raise DogbreedError(f"no class folders under {root / split}; {HINT}")
+    reference = set(classes["train"])
+    for split in SPLITS[1:]:
+        here = set(classes[split])
+        if here != reference:
+            parts = []
+            if reference - here:
+                parts.append(f"missing {', '.join(sorted(reference - here))}")
+            if here - reference:
+                parts.append(f"extra {', '.join(sorted(here - reference))}")
+            raise DogbreedError(f"{split}/ and train/ hold different classes: {split}/ is {'; '.join(parts)}")
+    names = classes["train"]
+    if len(names) < 2:
+        raise DogbreedError(f"{root / 'train'} has {len(names)} class folder; a classifier needs at least 2")
+    index = {n: i for i, n in enumerate(names)}
+    splits: dict[str, list[Sample]] = {}
+    ignored: list[str] = []
+    for split in SPLITS:
+        samples: list[Sample] = []
+        for name in names:
+            folder = root / split / name
+            files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+            images = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
+            ignored += [str(p) for p in files if p.suffix.lower() not in IMAGE_EXTS]
+            if not images:
+                raise DogbreedError(f"class folder {folder} holds no images; add images or remove the class from every split")
+            samples += [(str(p), index[name]) for p in images]
+        splits[split] = samples
+    return Layout(root, Labels(names), splits, ignored)
+
+
+def _probe(path: str, full: bool) -> str | None:
+    """None if the image decodes, else the reason. ``full=False`` reads the header only."""
+    try:
+        if full:
+            load_image(path, max_pixels=None)
+        else:
+            with Image.open(path) as img:
+                img.size  # noqa: B018 - the header is parsed on open
+        return None
+    except ImageDecodeError as exc:
+        return str(exc)
+    except Exception as exc:  # PIL raises many types for bad headers
+        return f"{path}: cannot decode ({exc})"
+
+
+def find_bad_images(
+    layout: Layout, full: bool = True, workers: int | None = None, progress: bool = True
+) -> list[tuple[str, str]]:
+    """(path, reason) for every image that does not decode; decoding runs on a thread pool."""
+    paths = [p for samples in layout.splits.values() for p, _ in samples]
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        results = pool.map(lambda p: _probe(p, full), paths)
+        bar = tqdm(results, total=len(paths), desc="checking images", unit="img", disable=not progress, leave=False)
+        return [(path, reason) for path, reason in zip(paths, bar) if reason]
+
+
+def check(root: str | os.PathLike, full: bool = True, progress: bool = True) -> Report:
+    """Everything ``dogbreed data check`` reports. Unreadable images are errors here; training
+    (which calls this with ``full=False``) skips them with a warning instead."""
+    try:
+        layout = scan(root)
+    except DogbreedError as exc:
+        return Report(None, errors=[str(exc)])
+    report = Report(layout)
+    report.bad_images = find_bad_images(layout, full=full, progress=progress)
+    report.errors += [f"unreadable image {reason}" for _, reason in report.bad_images]
+    if layout.ignored:
+        report.warnings.append(f"{len(layout.ignored)} non-image file(s) ignored, e.g. {layout.ignored[0]}")
+    train_counts = layout.counts()["train"]
+    low, high = min(train_counts), max(train_counts)
+    if high > IMBALANCE_RATIO * low:
+        smallest = layout.labels.names[train_counts.index(low)]
+        largest = layout.labels.names[train_counts.index(high)]
+        report.warnings.append(
+            f"class imbalance in train/: {largest} has {high} images, {smallest} has {low} "
+            f"(ratio {high / low:.1f} > {IMBALANCE_RATIO:g})"
+        )
+    return report
+
+
+def drop_bad(layout: Layout, bad: list[tuple[str, str]]) -> Layout:
+    """The layout without the images in ``bad``."""
+    bad_paths = {path for path, _ in bad}
+    splits = {s: [(p, i) for p, i in samples if p not in bad_paths] for s, samples in layout.splits.items()}
+    return Layout(layout.root, layout.labels, splits, layout.ignored)

@@ -1,0 +1,103 @@
+"""Datasets and DataLoaders over image files; a bad image is skipped with a warning, never fatal."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from dogbreed.data.layout import Sample
+from dogbreed.runtime.presets import ImageDecodeError, load_image
+
+log = logging.getLogger(__name__)
+
+
+class ImageDataset(Dataset):
+    """(image tensor, class index, sample index) per file; ``None`` for a file that fails to decode.
+
+    With ``view`` set, the random transform is seeded by (view, index), so the same view of the same
+    image is identical in every run: what makes augmented embeddings cacheable.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable, view: int | None = None, min_side: int | None = None):
+        self.samples = list(samples)
+        self.transform = transform
+        self.view = view
+        self.min_side = min_side
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            img = load_image(path, min_side=self.min_side)
+        except ImageDecodeError as exc:
+            log.warning("skipping unreadable image %s", exc)
+            return None
+        if self.view is None:
+            return self.transform(img), label, index
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1_000_003 * (self.view + 1) + index)
+            return self.transform(img), label, index
+
+
+def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    batch = [item for item in batch if item is not None]
+    return default_collate(batch) if batch else None
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def image_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    workers: int | None,
+    device: torch.device,
+    seed: int = 0,
+) -> DataLoader:
+    workers = default_workers() if workers is None else workers
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_skipping_bad,
+        generator=generator,
+    )
+
+
+class TensorBatches:
+    """Mini-batches over cached embeddings, shaped like an image loader's (x, y, index) batches.
+
+    ``features`` is (views, N, D): each epoch draws one random view per sample, which keeps the
+    train-time augmentation of the image path at the cost of a tensor gather.
+    """
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int = 0):
+        if features.dim() == 2:
+            features = features.unsqueeze(0)
+        self.features, self.labels = features, labels
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-self.labels.numel() // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        n = self.labels.numel()
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        views = torch.randint(self.features.shape[0], (n,), generator=self.generator)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.features[views[idx], idx].float(), self.labels[idx], idx

@@ -1,0 +1,152 @@
+"""A synthetic ImageFolder data set that a model has to learn, for the demo and the tests.
+
+Each class has its own colour pair, texture and shape; each image places that object at its own
+position, scale and rotation on a random background, with noise and a random JPEG quality. The
+classes borrow dog-breed folder names so the outputs look like the real data set's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from dogbreed.errors import DogbreedError
+
+BREEDS = (
+    "Affenpinscher", "Afghan_hound", "Airedale_terrier", "Akita", "Alaskan_malamute",
+    "American_eskimo_dog", "American_foxhound", "American_staffordshire_terrier",
+    "American_water_spaniel", "Anatolian_shepherd_dog", "Australian_cattle_dog",
+    "Australian_shepherd", "Australian_terrier", "Basenji", "Basset_hound", "Beagle",
+    "Bearded_collie", "Beauceron", "Bedlington_terrier", "Belgian_malinois", "Belgian_sheepdog",
+    "Belgian_tervuren", "Bernese_mountain_dog", "Bichon_frise", "Black_and_tan_coonhound",
+    "Black_russian_terrier", "Bloodhound", "Bluetick_coonhound", "Border_collie", "Border_terrier",
+    "Borzoi", "Boston_terrier", "Bouvier_des_flandres", "Boxer", "Boykin_spaniel", "Briard",
+    "Brittany", "Brussels_griffon", "Bull_terrier", "Bulldog",
+)
+SHAPES = ("circle", "square", "triangle", "star", "cross", "hexagon", "diamond", "ring")
+TEXTURES = ("stripes", "checker", "dots", "solid")
+SPLIT_SHARE = (("train", 0.7), ("valid", 0.15), ("test", 0.15))
+
+
+def class_names(n: int) -> list[str]:
+    return [f"{i + 1:03d}.{BREEDS[i] if i < len(BREEDS) else f'Breed_{i + 1:03d}'}" for i in range(n)]
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+    i = int(h * 6) % 6
+    f = h * 6 - math.floor(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]) * 255
+
+
+def _class_style(index: int, classes: int, seed: int) -> dict:
+    rng = np.random.default_rng([seed, index, 7])
+    hue = (index / classes + rng.uniform(-0.02, 0.02)) % 1.0
+    return {
+        "color": _hsv_to_rgb(hue, 0.85, 0.95),
+        "color2": _hsv_to_rgb((hue + 0.5) % 1.0, 0.6, 0.35),
+        "shape": SHAPES[index % len(SHAPES)],
+        "texture": TEXTURES[(index // len(SHAPES) + index) % len(TEXTURES)],
+        "period": float(rng.uniform(6, 16)),
+        "angle": float(rng.uniform(0, math.pi)),
+    }
+
+
+def _shape_points(shape: str, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
+    corners = {"square": 4, "triangle": 3, "hexagon": 6, "diamond": 4, "star": 10, "cross": 12}[shape]
+    pts = []
+    for k in range(corners):
+        a = rot + 2 * math.pi * k / corners + (math.pi / 4 if shape == "diamond" else 0)
+        rr = r
+        if shape == "star":
+            rr = r if k % 2 == 0 else r * 0.45
+        elif shape == "cross":
+            rr = r if k % 3 != 1 else r * 0.55
+            a = rot + 2 * math.pi * (k // 3) / 4 + (k % 3 - 1) * 0.35
+        pts.append((cx + rr * math.cos(a), cy + rr * math.sin(a)))
+    return pts
+
+
+def _mask(shape: str, size: int, cx: float, cy: float, r: float, rot: float) -> np.ndarray:
+    img = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(img)
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if shape == "circle":
+        draw.ellipse(box, fill=255)
+    elif shape == "ring":
+        draw.ellipse(box, fill=255)
+        draw.ellipse((cx - r / 2, cy - r / 2, cx + r / 2, cy + r / 2), fill=0)
+    else:
+        draw.polygon(_shape_points(shape, cx, cy, r, rot), fill=255)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _texture(style: dict, size: int, phase: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    u = xx * math.cos(style["angle"]) + yy * math.sin(style["angle"])
+    v = -xx * math.sin(style["angle"]) + yy * math.cos(style["angle"])
+    p = style["period"] * size / 224
+    kind = style["texture"]
+    if kind == "stripes":
+        t = (np.sin(2 * math.pi * u / p + phase) > 0).astype(np.float32)
+    elif kind == "checker":
+        t = ((np.floor(u / p) + np.floor(v / p)) % 2).astype(np.float32)
+    elif kind == "dots":
+        t = ((np.sin(2 * math.pi * u / p + phase) * np.sin(2 * math.pi * v / p)) > 0.5).astype(np.float32)
+    else:
+        t = np.zeros((size, size), np.float32)
+    return (1 - t)[..., None] * style["color"] + t[..., None] * style["color2"]
+
+
+def render(style: dict, size: int, rng: np.random.Generator) -> Image.Image:
+    """One image of a class: its textured shape on a random background."""
+    bg_a, bg_b = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
+    ramp = np.linspace(0, 1, size, dtype=np.float32)[None, :, None]
+    background = bg_a * (1 - ramp) + bg_b * ramp
+    background = np.broadcast_to(background, (size, size, 3))
+    r = size * rng.uniform(0.22, 0.4)
+    cx, cy = rng.uniform(r * 0.8, size - r * 0.8, 2)
+    mask = _mask(style["shape"], size, cx, cy, r, rng.uniform(0, 2 * math.pi))[..., None]
+    pixels = mask * _texture(style, size, rng.uniform(0, 2 * math.pi)) + (1 - mask) * background
+    pixels += rng.normal(0, rng.uniform(3, 14), pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def synth(dest: str | os.PathLike, classes: int = 10, per_class: int = 40, size: int = 224, seed: int = 0,
+          progress: bool = True) -> Path:
+    """Write ``dest/{train,valid,test}/<NNN.Name>/*.jpg``: ``per_class`` images per class, 70/15/15."""
+    if classes < 2:
+        raise DogbreedError(f"--classes must be at least 2, got {classes}")
+    if per_class < 6:
+        raise DogbreedError(f"--per-class must be at least 6 (so every split gets an image), got {per_class}")
+    if size < 32:
+        raise DogbreedError(f"--size must be at least 32, got {size}")
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise DogbreedError(f"{dest} exists and is not empty; pick a new folder")
+    # Written beside the target and renamed into place, so an interrupted run leaves nothing behind.
+    work = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    names = class_names(classes)
+    counts = [max(1, round(per_class * share)) for _, share in SPLIT_SHARE[1:]]
+    counts = [per_class - sum(counts), *counts]
+    bar = tqdm(total=classes * per_class, desc="synthesizing", unit="img", disable=not progress, leave=False)
+    for ci, name in enumerate(names):
+        style = _class_style(ci, classes, seed)
+        for si, ((split, _), count) in enumerate(zip(SPLIT_SHARE, counts)):
+            folder = work / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(count):
+                rng = np.random.default_rng([seed, ci, si, k])
+                img = render(style, size, rng)
+                img.save(folder / f"{name.split('.', 1)[1]}_{si}{k:04d}.jpg", quality=int(rng.integers(60, 96)))
+                bar.update()
+    bar.close()
+    os.replace(work, dest)
+    return dest

@@ -1,0 +1,176 @@
+"""Image decoding and the two transform presets (train and eval), defined once.
+
+Shipped verbatim inside every artifact (``code/presets.py``): keep it free of dogbreed imports.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import asdict, dataclass, field
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torchvision.transforms import v2 as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class ImageDecodeError(ValueError):
+    """The bytes or file are not an image this code can decode (named in the message)."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: alpha is composited on white, 16-bit is scaled, not clipped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_image(
+    source: str | os.PathLike | bytes | BinaryIO,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
+) -> Image.Image:
+    """Decode a path, bytes or file object into an upright RGB image.
+
+    ``max_pixels`` refuses decompression bombs before any pixel is decoded. ``min_side`` lets a
+    JPEG decode at a reduced scale whose shorter side is still at least that many pixels (the
+    eval preset resizes to it anyway), which makes large photos several times cheaper.
+    """
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageDecodeError("empty image body")
+        source = io.BytesIO(source)
+    try:
+        img = Image.open(source)
+        width, height = img.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageDecodeError(
+                f"{name}: {width}x{height} = {width * height} pixels is over the limit of {max_pixels}"
+            )
+        if min_side is not None and img.format == "JPEG":
+            img.draft("RGB", (min_side, min_side))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"{name}: {exc}") from None
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as exc:
+        reason = "not an image or an unsupported format" if isinstance(exc, Image.UnidentifiedImageError) else str(exc)
+        raise ImageDecodeError(f"{name}: cannot decode ({reason})") from None
+
+
+def _interpolation(name: str) -> T.InterpolationMode:
+    return T.InterpolationMode(name)
+
+
+@dataclass(frozen=True)
+class EvalPreset:
+    """Resize the shorter side, center-crop, normalize: the chosen weights' own eval transform."""
+
+    crop_size: int = 224
+    resize_size: int = 232
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(
+            self,
+            "_transform",
+            T.Compose(
+                [
+                    T.Resize(self.resize_size, interpolation=_interpolation(self.interpolation), antialias=True),
+                    T.CenterCrop(self.crop_size),
+                    T.PILToTensor(),
+                    T.ToDtype(torch.float32, scale=True),
+                    T.Normalize(self.mean, self.std),
+                ]
+            ),
+        )
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return self._transform(img)
+
+    def load(self, source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+        """Decode and transform in one step (decoding a JPEG no larger than needed)."""
+        return self(load_image(source, max_pixels=max_pixels, min_side=self.resize_size))
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EvalPreset":
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+    def with_crop(self, crop_size: int) -> "EvalPreset":
+        """The same preset at another crop size, keeping the resize/crop ratio."""
+        resize = round(crop_size * self.resize_size / self.crop_size)
+        return EvalPreset(crop_size, resize, self.mean, self.std, self.interpolation)
+
+
+@dataclass(frozen=True)
+class TrainPreset:
+    """Random-resized crop, horizontal flip and colour jitter, then the eval normalization."""
+
+    crop_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    scale: tuple[float, float] = (0.25, 1.0)
+    hflip: float = 0.5
+    jitter: tuple[float, float, float] = (0.2, 0.2, 0.2)
+    _transform: object = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "_transform",
+            T.Compose(
+                [
+                    T.RandomResizedCrop(
+                        self.crop_size, scale=tuple(self.scale),
+                        interpolation=_interpolation(self.interpolation), antialias=True,
+                    ),
+                    T.RandomHorizontalFlip(self.hflip),
+                    T.ColorJitter(*self.jitter),
+                    T.PILToTensor(),
+                    T.ToDtype(torch.float32, scale=True),
+                    T.Normalize(tuple(self.mean), tuple(self.std)),
+                ]
+            ),
+        )
+
+    @classmethod
+    def matching(cls, eval_preset: EvalPreset) -> "TrainPreset":
+        return cls(eval_preset.crop_size, eval_preset.mean, eval_preset.std, eval_preset.interpolation)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return self._transform(img)
+
+    def describe(self) -> str:
+        """A stable text naming every setting (part of the embedding cache key)."""
+        return (
+            f"TrainPreset(crop={self.crop_size},scale={tuple(self.scale)},hflip={self.hflip},"
+            f"jitter={tuple(self.jitter)},mean={tuple(self.mean)},std={tuple(self.std)},"
+            f"interp={self.interpolation})"
+        )
