@@ -49,8 +49,8 @@ def safe_extract_zip(archive: str | os.PathLike, dest: str | os.PathLike, skip_p
             infos = [i for i in zf.infolist() if not i.filename.startswith(skip_prefixes)]
             for info in infos:
                 _safe_name(info.filename, str(archive))
-                mode = info.external_attr >> 16
-                if stat.S_ISLNK(mode) or (mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+                kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver stored no type
+                if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                     raise DogbreedError(f"{archive}: refusing member {info.filename!r} (links and special files are not allowed)")
             for info in infos:
                 target = dest / _safe_name(info.filename, str(archive))

@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny synthetic data sets, small random-weight models, real sample photos."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO.parent / "shared" / "samples" / "photos"
+
+# Small and fast everywhere: 64 px images, resnet18, no worker processes unless a test asks.
+TINY = {"backbone": "resnet18", "pretrained": False, "image_size": 64, "workers": 0, "batch_size": 8}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_caches(tmp_path_factory):
+    """Embedding cache and torch hub in temporary folders; nothing reaches the network."""
+    os.environ["DOGBREED_CACHE"] = str(tmp_path_factory.mktemp("feature-cache"))
+    os.environ["TORCH_HOME"] = str(tmp_path_factory.mktemp("torch-home"))
+    os.environ["TQDM_DISABLE"] = "1"
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """4 classes x 16 images (12 train / 2 valid / 2 test each) at 64 px."""
+    from dogbreed.data.synth import synth
+
+    return synth(tmp_path_factory.mktemp("synth") / "data", classes=4, per_class=16, size=64, seed=1, progress=False)
+
+
+@pytest.fixture
+def data_copy(synth_data, tmp_path) -> Path:
+    """A private copy of the synthetic data set that a test may damage."""
+    import shutil
+
+    return Path(shutil.copytree(synth_data, tmp_path / "data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(synth_data, tmp_path_factory) -> Path:
+    """A resnet18 state dict trained briefly on the synthetic data: stands in for ImageNet weights,
+    so frozen-backbone tests have features worth training a head on."""
+    from dogbreed import config
+    from dogbreed.run import train
+
+    out = tmp_path_factory.mktemp("pretrain")
+    cfg = config.resolve(overrides={**TINY, "data": str(synth_data), "out": str(out), "train_layers": "all",
+                                    "epochs": 6, "lr": 0.003, "name": "pretrain"})
+    result = train(cfg, progress=False)
+    state = torch.load(result.run_dir / "checkpoints" / "best.pt", weights_only=True)["model"]
+    path = out / "resnet18-tiny.pth"
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_data, tiny_weights, tmp_path_factory):
+    """A finished fast-path (frozen backbone, cached embeddings) run with its artifact."""
+    from dogbreed import config
+    from dogbreed.run import train
+
+    cfg = config.resolve(overrides={**TINY, "data": str(synth_data), "weights": str(tiny_weights),
+                                    "out": str(tmp_path_factory.mktemp("runs")), "epochs": 4, "name": "fast"})
+    return train(cfg, progress=False)
+
+
+@pytest.fixture
+def samples() -> Path:
+    if not SAMPLES.is_dir():
+        pytest.skip(f"sample photos not found at {SAMPLES}")
+    return SAMPLES
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: str | Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``dogbreed ARGS`` as a real process."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "dogbreed", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=timeout)

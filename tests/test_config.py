@@ -1,0 +1,61 @@
+import pytest
+
+from dogbreed import config
+from dogbreed.config import TrainConfig, normalize_argv
+from dogbreed.errors import DogbreedError
+
+
+def test_defaults_are_the_seeds_best_hyperparameters():
+    cfg = TrainConfig()
+    assert (cfg.backbone, cfg.lr, cfg.batch_size, cfg.epochs, cfg.train_layers) == ("resnet50", 0.0044, 29, 9, "head")
+
+
+def test_precedence_defaults_then_recipe_then_flags(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("lr: 0.01\nepochs: 3\nbackbone: resnet18\n")
+    cfg = config.resolve(recipe, {"epochs": 5})
+    assert cfg.lr == 0.01  # from the recipe
+    assert cfg.epochs == 5  # the flag wins over the recipe
+    assert cfg.batch_size == 29  # the default stays
+    assert cfg.backbone == "resnet18"
+
+
+def test_unknown_recipe_key_names_it_and_lists_valid_keys(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("learnin_rate: 0.01\n")
+    with pytest.raises(DogbreedError, match=r"unknown config key 'learnin_rate'; valid keys: data, out"):
+        config.resolve(recipe)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("epochs: three\n", "epochs' expects int"),
+    ("epochs: 0\n", "epochs must be positive"),
+    ("train_layers: some\n", "train_layers 'some' is not valid; choose one of: head, layer4, all"),
+    ("- a\n- b\n", "must be a mapping"),
+    ("lr: [\n", "not valid YAML"),
+])
+def test_bad_recipe_values(tmp_path, text, match):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    with pytest.raises(DogbreedError, match=match):
+        config.resolve(recipe)
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = config.resolve(overrides={"lr": 0.02, "backbone": "convnext_tiny", "workers": 3})
+    config.save_yaml(cfg, tmp_path / "c.yaml")
+    assert config.resolve(tmp_path / "c.yaml") == cfg
+
+
+def test_sagemaker_hyperparameter_names_are_accepted():
+    argv = ["train", "--learning_rate", "0.01", "--batch_size=8", "--epochs", "3", "--train_layers", "all"]
+    assert normalize_argv(argv) == ["train", "--lr", "0.01", "--batch-size=8", "--epochs", "3", "--train-layers", "all"]
+
+
+def test_sagemaker_environment_sets_data_and_output(monkeypatch):
+    monkeypatch.setenv("SM_CHANNEL_TRAINING", "/opt/ml/input/data/training")
+    monkeypatch.setenv("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data")
+    cfg = config.resolve()
+    assert cfg.data == "/opt/ml/input/data/training"
+    assert cfg.out == "/opt/ml/output/data"
+    assert config.resolve(overrides={"data": "mine"}).data == "mine"  # an explicit flag still wins
