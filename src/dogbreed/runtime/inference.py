@@ -79,14 +79,18 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None) -> 
         if len(labels) != meta["num_classes"]:
             raise ValueError(f"labels.json has {len(labels)} classes, model.json says {meta['num_classes']}")
         model = build_network(meta["backbone"], meta["num_classes"])
-        state = torch.load(os.path.join(model_dir, WEIGHTS_FILE), map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
     except FileNotFoundError as exc:
         raise ValueError(f"{model_dir}: not a dogbreed model ({os.path.basename(exc.filename)} is missing)") from None
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{model_dir}: model.json or labels.json is malformed ({exc})") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(f"{model_dir}: model.pth is corrupt or does not match model.json ({str(exc).splitlines()[0]})") from None
+    weights = os.path.join(model_dir, WEIGHTS_FILE)
+    try:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except FileNotFoundError:
+        raise ValueError(f"{model_dir}: not a dogbreed model (model.pth is missing)") from None
+    except Exception as exc:  # torch.load raises many types for damaged or hostile files
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{model_dir}: model.pth is corrupt or does not match model.json ({first})") from None
     model = model.to(device, memory_format=torch.channels_last).eval()
     return LoadedModel(model, labels, display, EvalPreset.from_dict(meta["preset"]), meta, device)
 

@@ -1,0 +1,142 @@
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import textwrap
+
+import pytest
+import torch
+from torchvision import models
+
+from dogbreed.archive import safe_extract_tar
+from dogbreed.artifact import load_artifact
+from dogbreed.errors import DogbreedError
+
+from .conftest import run_cli
+
+
+def test_artifact_has_sagemakers_pytorch_layout(trained_run):
+    with tarfile.open(trained_run.artifact) as tar:
+        names = sorted(tar.getnames())
+    assert names == ["code", "code/inference.py", "code/network.py", "code/presets.py", "code/requirements.txt",
+                     "labels.json", "model.json", "model.pth"]
+
+
+def test_model_json_describes_how_to_rebuild_the_model(trained_run, tmp_path):
+    safe_extract_tar(trained_run.artifact, tmp_path)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["backbone"] == "resnet18" and meta["num_classes"] == 4 and meta["image_size"] == 64
+    assert meta["preset"] == {"crop_size": 64, "resize_size": 73, "mean": [0.485, 0.456, 0.406],
+                              "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"}
+    assert meta["config"]["epochs"] == 4 and "test_accuracy" in meta["metrics"]
+    # model.pth is a plain state dict that torchvision itself can load, no dogbreed needed
+    net = models.get_model("resnet18", num_classes=4)
+    net.load_state_dict(torch.load(tmp_path / "model.pth", weights_only=True))
+
+
+def test_inference_py_on_its_own_answers_like_dogbreed_predict(trained_run, samples, tmp_path):
+    """Loaded as SageMaker's container loads it: code/ on sys.path, no dogbreed package imported."""
+    safe_extract_tar(trained_run.artifact, tmp_path)
+    photos = sorted(samples.glob("*.jpg"))[:5]
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(tmp_path / "code")!r})
+        import inference
+        model = inference.model_fn({str(tmp_path)!r})
+        answers = []
+        for path in {[str(p) for p in photos]!r}:
+            body = open(path, "rb").read()
+            prediction = inference.predict_fn(inference.input_fn(body, "image/jpeg"), model)
+            answers.append(json.loads(inference.output_fn(prediction, "application/json")))
+        assert not [m for m in sys.modules if m.startswith("dogbreed")], "inference.py imported dogbreed"
+        print(json.dumps(answers))
+    """)
+    standalone = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert standalone.returncode == 0, standalone.stderr
+    proc = run_cli("predict", *map(str, photos), "--model", str(trained_run.artifact), "--json")
+    assert proc.returncode == 0, proc.stderr
+    cli = [json.loads(line) for line in proc.stdout.splitlines()]
+    for ours, theirs in zip(cli, json.loads(standalone.stdout), strict=True):
+        assert ours.pop("file").endswith(".jpg")
+        assert set(theirs) >= {"topk_labels", "topk_probs", "topk_indices"}
+        # predict batches images, the handlers take one at a time: identical up to float rounding
+        assert ours.pop("topk_probs") == pytest.approx(theirs.pop("topk_probs"), abs=1e-5)
+        assert ours == theirs
+
+
+def test_json_instances_give_a_list_in_order(trained_run, samples, tmp_path):
+    import base64
+
+    from dogbreed.runtime import inference
+
+    safe_extract_tar(trained_run.artifact, tmp_path)
+    model = inference.model_fn(str(tmp_path))
+    photos = sorted(samples.glob("*.jpg"))[:3]
+    body = json.dumps({"instances": [{"b64": base64.b64encode(p.read_bytes()).decode()} for p in photos]})
+    many = json.loads(inference.output_fn(inference.predict_fn(inference.input_fn(body, "application/json"), model)))
+    singles = [json.loads(inference.output_fn(inference.predict_fn(inference.input_fn(p.read_bytes(), "image/jpeg"), model)))
+               for p in photos]
+    assert [a["topk_labels"] for a in many] == [a["topk_labels"] for a in singles]
+    for a, b in zip(many, singles):
+        assert a["topk_probs"] == pytest.approx(b["topk_probs"], abs=1e-5)
+
+
+@pytest.mark.parametrize("body, ctype, match", [
+    (b"", "image/jpeg", "empty image body"),
+    (b"GIF89a-not-really", "image/jpeg", "cannot decode"),
+    (b"{}", "text/plain", "unsupported content type 'text/plain'"),
+    (b"{not json", "application/json", "malformed JSON"),
+    (b'{"instances": [{"b64": "***"}]}', "application/json", "malformed base64"),
+])
+def test_handlers_reject_bad_requests_with_a_reason(trained_run, tmp_path, body, ctype, match):
+    from dogbreed.runtime import inference
+
+    safe_extract_tar(trained_run.artifact, tmp_path)
+    model = inference.model_fn(str(tmp_path))
+    with pytest.raises(inference.InputError, match=match):
+        inference.input_fn(body, ctype)
+    assert model is not None
+
+
+def test_corrupt_artifact_is_one_clear_error(tmp_path):
+    bad = tmp_path / "model.tar.gz"
+    bad.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DogbreedError, match="not a readable tar.gz archive"):
+        load_artifact(bad)
+
+
+def test_artifact_with_corrupt_weights(trained_run, tmp_path):
+    safe_extract_tar(trained_run.artifact, tmp_path / "x")
+    (tmp_path / "x" / "model.pth").write_bytes(b"broken")
+    with pytest.raises(DogbreedError, match="model.pth is corrupt"):
+        load_artifact(tmp_path / "x")
+
+
+def test_pickled_code_in_model_pth_is_never_run(trained_run, tmp_path):
+    safe_extract_tar(trained_run.artifact, tmp_path / "x")
+    torch.save({"evil": print}, tmp_path / "x" / "model.pth")
+    with pytest.raises(DogbreedError, match="model.pth is corrupt"):
+        load_artifact(tmp_path / "x")
+
+
+@pytest.mark.parametrize("member", ["../escape.txt", "/abs.txt"])
+def test_tar_with_paths_outside_the_target_is_refused(tmp_path, member):
+    path = tmp_path / "evil.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo(member)
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(DogbreedError, match="unsafe member path"):
+        load_artifact(path)
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_tar_with_a_symlink_is_refused(tmp_path):
+    path = tmp_path / "evil.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("model.pth")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info)
+    with pytest.raises(DogbreedError, match="links and special files are not allowed"):
+        load_artifact(path)

@@ -1,0 +1,95 @@
+import socket
+
+import pytest
+import torch
+from torch import nn
+
+from dogbreed.errors import DogbreedError
+from dogbreed.model import build_model, freeze, train_mode
+from dogbreed.runtime.network import ARCHS, get_head
+
+
+@pytest.mark.parametrize("backbone", list(ARCHS))
+def test_every_backbone_gets_a_head_sized_from_the_data(backbone):
+    model, source = build_model(backbone, 7, pretrained=False)
+    head = get_head(model, backbone)
+    assert isinstance(head, nn.Linear) and head.out_features == 7 and source == "random-init"
+    if backbone in ("resnet18", "efficientnet_v2_s", "convnext_tiny"):  # a forward pass for each family
+        model.eval()
+        with torch.no_grad():
+            assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
+
+
+def test_registry_includes_the_required_backbones():
+    assert {"resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_v2_s", "convnext_tiny"} <= set(ARCHS)
+
+
+def test_unknown_backbone_lists_the_valid_ones():
+    with pytest.raises(DogbreedError, match="unknown backbone 'resnet9'; valid backbones: resnet18, resnet34"):
+        build_model("resnet9", 3, pretrained=False)
+
+
+@pytest.mark.parametrize("train_layers, trainable_prefixes", [
+    ("head", ("fc.",)), ("layer4", ("layer4.", "fc.")), ("all", ("",)),
+])
+def test_freeze_policy_and_gradients(train_layers, trainable_prefixes):
+    model, _ = build_model("resnet18", 3, pretrained=False)
+    frozen = freeze(model, "resnet18", train_layers)
+    train_mode(model, frozen)
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    for name, p in model.named_parameters():
+        should_train = name.startswith(trainable_prefixes)
+        assert p.requires_grad == should_train, name
+        assert (p.grad is not None) == should_train, name  # frozen parameters get no gradient
+
+
+def test_frozen_backbone_keeps_batchnorm_statistics():
+    model, _ = build_model("resnet18", 3, pretrained=False)
+    frozen = freeze(model, "resnet18", "layer4")
+    before = model.bn1.running_mean.clone()
+    train_mode(model, frozen)
+    model(torch.randn(4, 3, 64, 64) * 3 + 1)
+    assert torch.equal(model.bn1.running_mean, before)  # frozen stem: statistics untouched
+    assert not model.bn1.training and model.layer4.training and model.fc.training
+
+
+def test_frozen_modules_of_nested_heads():
+    model, _ = build_model("efficientnet_v2_s", 3, pretrained=False)
+    freeze(model, "efficientnet_v2_s", "head")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"classifier.1.weight", "classifier.1.bias"}
+
+
+def test_weights_file_loads_the_backbone_and_replaces_the_head(tmp_path):
+    source, _ = build_model("resnet18", 1000, pretrained=False)
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    model, where = build_model("resnet18", 5, weights=str(tmp_path / "r18.pth"))
+    assert where == "file:r18.pth" and model.fc.out_features == 5
+    assert torch.equal(model.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+
+
+def test_weights_file_for_another_backbone_is_refused(tmp_path):
+    other, _ = build_model("resnet34", 1000, pretrained=False)
+    torch.save(other.state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(DogbreedError, match="does not fit resnet18"):
+        build_model("resnet18", 5, weights=str(tmp_path / "r34.pth"))
+
+
+def test_weights_file_that_pickles_code_is_refused(tmp_path):
+    torch.save({"fc.weight": torch.zeros(1), "hook": print}, tmp_path / "evil.pth")
+    with pytest.raises(DogbreedError, match="not a readable state dict"):
+        build_model("resnet18", 5, weights=str(tmp_path / "evil.pth"))
+
+
+def test_offline_pretrained_weights_is_one_clear_line(monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("https_proxy", closed)
+    monkeypatch.setenv("HTTPS_PROXY", closed)
+    with pytest.raises(DogbreedError) as err:
+        build_model("resnet18", 5, pretrained=True)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("cannot download ResNet18_Weights.IMAGENET1K_V1 from https://download.pytorch.org/")
+    assert "--weights PATH" in msg and "--no-pretrained" in msg

@@ -1,0 +1,47 @@
+import json
+
+from dogbreed.cli import main
+
+
+def test_table_lists_topk_breeds_with_probabilities(trained_run, samples, capsys):
+    photo = samples / "Beagle_01125.jpg"
+    assert main(["predict", str(photo), "--model", str(trained_run.artifact), "--topk", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(photo)
+    ranked = [line for line in lines if line.startswith("  ") and line.strip()[:2] in ("1.", "2.", "3.")]
+    assert len(ranked) == 3
+    probs = [float(line.split()[-2]) if "█" in line.split()[-1] else float(line.split()[-1]) for line in ranked]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+
+
+def test_json_lines_for_a_folder(trained_run, samples, capsys):
+    assert main(["predict", str(samples), "--model", str(trained_run.artifact), "--json"]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(answers) == len(list(samples.glob("*.jpg")))
+    for a in answers:
+        assert len(a["topk_labels"]) == len(a["topk_probs"]) == len(a["breeds"]) == 4  # top-5 of 4 classes
+        assert a["topk_labels"][0].split(".", 1)[1].replace("_", " ") == a["breeds"][0]
+        assert a["low_confidence"] == (a["topk_probs"][0] < 0.8)
+
+
+def test_low_confidence_note_follows_the_threshold(trained_run, samples, capsys):
+    photo = str(samples / "cat_01.jpg")
+    main(["predict", photo, "--model", str(trained_run.artifact), "--threshold", "1.01"])
+    assert "low confidence: top-1 probability under 1.01" in capsys.readouterr().out
+    main(["predict", photo, "--model", str(trained_run.artifact), "--threshold", "0"])
+    assert "low confidence" not in capsys.readouterr().out
+
+
+def test_non_image_file_is_reported_and_exits_1(trained_run, samples, tmp_path, capsys):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    code = main(["predict", str(samples / "Boxer_02426.jpg"), str(bad), "--model", str(trained_run.artifact), "--json"])
+    assert code == 1
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "topk_labels" in out[0] and out[1]["error"].startswith(f"{bad}: cannot decode")
+
+
+def test_missing_model_is_one_line(samples, tmp_path, capsys):
+    assert main(["predict", str(samples / "Boxer_02426.jpg"), "--model", str(tmp_path / "none.tar.gz")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: model artifact {tmp_path / 'none.tar.gz'} does not exist; train one with `dogbreed train`"

@@ -1,0 +1,178 @@
+import csv
+import json
+import signal
+import time
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from dogbreed import config
+from dogbreed.data.loaders import TensorBatches
+from dogbreed.run import train
+from dogbreed.train import cosine_schedule, evaluate, fit
+
+from .conftest import TINY, run_cli
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_run_writes_every_file_and_metrics_that_mean_what_they_say(trained_run, synth_data):
+    run = trained_run.run_dir
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["checkpoints", "config.yaml", "confusion.png", "curves.png", "labels.json", "metrics.csv",
+                     "model.tar.gz", "per_class.csv", "results.json"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    rows = _rows(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+    assert list(rows[0]) == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5", "lr", "seconds"]
+    for r in rows:
+        assert 0 <= float(r["val_accuracy"]) <= float(r["val_top5"]) <= 1
+    results = json.loads((run / "results.json").read_text())
+    assert results["test_n"] == 8  # the real test split, not the valid split again
+    assert set(results["per_class_accuracy"]) == {"001.Affenpinscher", "002.Afghan_hound", "003.Airedale_terrier", "004.Akita"}
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    assert results["best_epoch"] == int(best["epoch"])
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["backbone"] == "resnet18" and saved["epochs"] == 4
+    for png in ("curves.png", "confusion.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_val_loss_is_a_mean_over_samples_independent_of_batch_size():
+    torch.manual_seed(0)
+    head = nn.Linear(16, 5)
+    x, y = torch.randn(37, 16), torch.randint(0, 5, (37,))
+    device = torch.device("cpu")
+    losses = {bs: evaluate(head, TensorBatches(x, y, bs, shuffle=False), device=device).loss for bs in (1, 8, 29, 64)}
+    expected = nn.functional.cross_entropy(head(x), y).item()
+    for loss in losses.values():
+        assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    head = nn.Linear(8, 4)
+    train_batches = TensorBatches(x, torch.randint(0, 4, (64,)), 8, shuffle=True)
+    val_batches = TensorBatches(x, torch.randint(0, 4, (64,)), 64, shuffle=False)  # unrelated labels: overfits
+    opt = torch.optim.AdamW(head.parameters(), lr=0.05)
+    state = fit(head, train_batches, val_batches, epochs=50, optimizer=opt, scheduler=cosine_schedule(opt, 400, "none"),
+                device=torch.device("cpu"), patience=3)
+    assert state.epoch < 50
+    assert state.epoch - state.best_epoch == 3
+    assert state.best_val_loss == min(r["val_loss"] for r in state.history)
+
+
+def test_cached_and_image_paths_reach_the_same_kind_of_result(synth_data, tiny_weights, tmp_path):
+    """One fit, two paths: the head on cached embeddings and the head on images agree."""
+    common = {**TINY, "data": str(synth_data), "weights": str(tiny_weights), "out": str(tmp_path), "epochs": 4,
+              "aug_views": 2}
+    cached = train(config.resolve(overrides={**common, "name": "cached"}), progress=False)
+    images = train(config.resolve(overrides={**common, "name": "images", "feature_cache": False}), progress=False)
+    for result in (cached, images):
+        assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+        assert result.test["test_accuracy"] >= 0.75  # 4 classes: chance is 0.25
+    assert abs(cached.test["test_accuracy"] - images.test["test_accuracy"]) <= 0.25
+    assert abs(cached.history[-1]["val_loss"] - images.history[-1]["val_loss"]) < 0.5
+
+
+def test_second_run_reuses_the_embedding_cache(synth_data, tiny_weights, tmp_path, capsys):
+    overrides = {**TINY, "data": str(synth_data), "weights": str(tiny_weights), "out": str(tmp_path), "epochs": 1,
+                 "aug_views": 1, "cache_dir": str(tmp_path / "cache")}
+    from dogbreed.cli import setup_logging
+
+    setup_logging()
+    train(config.resolve(overrides=overrides), progress=False)
+    assert "0 hit(s), 3 computed" in capsys.readouterr().out
+    train(config.resolve(overrides={**overrides, "lr": 0.01, "batch_size": 4}), progress=False)
+    assert "3 hit(s), 0 computed" in capsys.readouterr().out  # trials that change the head reuse it
+    train(config.resolve(overrides={**overrides, "image_size": 48}), progress=False)
+    assert "0 hit(s), 3 computed" in capsys.readouterr().out  # a new transform is a new entry
+
+
+def test_unfrozen_layer4_trains_on_images(synth_data, tmp_path):
+    result = train(config.resolve(overrides={**TINY, "data": str(synth_data), "out": str(tmp_path), "epochs": 2,
+                                             "train_layers": "layer4"}), progress=False)
+    assert len(result.history) == 2 and result.artifact.is_file()
+
+
+def test_bad_image_is_skipped_with_a_warning_in_worker_processes(data_copy, tmp_path):
+    folder = data_copy / "train" / "002.Afghan_hound"
+    good = next(folder.glob("*.jpg")).read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 3])  # a valid header: found only when decoded
+    proc = run_cli("train", "--data", str(data_copy), "--out", str(tmp_path), "--backbone", "resnet18", "--no-pretrained",
+                   "--image-size", "64", "--epochs", "1", "--train-layers", "all", "--workers", "2", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: skipping unreadable image" in proc.stderr and "truncated.jpg" in proc.stderr
+
+
+def test_resume_continues_after_a_kill(synth_data, tmp_path):
+    args = ["train", "--data", str(synth_data), "--out", str(tmp_path), "--name", "killed", "--backbone", "resnet18",
+            "--no-pretrained", "--image-size", "64", "--train-layers", "all", "--workers", "0", "--epochs", "40",
+            "--no-progress"]
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "dogbreed", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.csv"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.exists() and len(_rows(metrics)) >= 2:
+                break
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = _rows(metrics)
+    done = len(before)
+    assert 2 <= done < 40
+    assert not list((tmp_path / "killed" / "checkpoints").glob(".*tmp"))  # no half-written checkpoint left
+
+    resumed = run_cli("train", "--resume", str(tmp_path / "killed"), "--epochs", str(done + 1), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {tmp_path / 'killed'} after epoch {done}" in resumed.stdout
+    after = _rows(metrics)
+    assert [r["epoch"] for r in after] == [str(i) for i in range(1, done + 2)]
+    assert after[:done] == before[:done]
+    assert (tmp_path / "killed" / "model.tar.gz").is_file()
+
+
+def test_resume_refuses_to_change_the_recipe(trained_run, capsys):
+    from dogbreed.cli import main
+
+    assert main(["train", "--resume", str(trained_run.run_dir), "--lr", "0.1"]) == 1
+    assert "lr cannot change" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_is_one_clear_line(synth_data, tmp_path):
+    base = ["--backbone", "resnet18", "--no-pretrained", "--image-size", "64", "--workers", "0", "--no-progress"]
+    first = run_cli("train", "--data", str(synth_data), "--out", str(tmp_path), "--name", "r", "--epochs", "1", *base)
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "r" / "checkpoints" / "last.pt").write_bytes(b"garbage")
+    proc = run_cli("train", "--resume", str(tmp_path / "r"), "--epochs", "2", "--no-progress")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "checkpoint" in proc.stderr and "is corrupt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_runs_unchanged_as_a_sagemaker_training_job(synth_data, tmp_path):
+    """SageMaker's contract: data from SM_CHANNEL_TRAINING, hyperparameters as --snake_case flags,
+    the model left unpacked in SM_MODEL_DIR, everything else in SM_OUTPUT_DATA_DIR."""
+    env = {"SM_CHANNEL_TRAINING": str(synth_data), "SM_MODEL_DIR": str(tmp_path / "model"),
+           "SM_OUTPUT_DATA_DIR": str(tmp_path / "output")}
+    proc = run_cli("train", "--learning_rate", "0.003", "--batch_size", "8", "--epochs", "1", "--backbone", "resnet18",
+                   "--no-pretrained", "--image_size", "64", "--workers", "0", "--train_layers", "all", "--no-progress", env=env)
+    assert proc.returncode == 0, proc.stderr
+    model_dir = tmp_path / "model"
+    assert {p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*")} >= {
+        "model.pth", "labels.json", "model.json", "code", "code/inference.py", "code/presets.py", "code/network.py",
+        "code/requirements.txt"}
+    assert json.loads((model_dir / "model.json").read_text())["config"]["lr"] == 0.003
+    assert list((tmp_path / "output").glob("*/metrics.csv"))
+    assert "val_loss=" in proc.stdout and "test_accuracy=" in proc.stdout  # lines SageMaker metric regexes scrape
