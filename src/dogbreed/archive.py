@@ -37,7 +37,8 @@ def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> Non
                 with tar.extractfile(member) as src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out)
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DogbreedError(f"{archive}: not a readable tar.gz archive ({exc})") from None
+        reason = str(exc).splitlines()[0].rstrip(":")
+        raise DogbreedError(f"{archive}: not a readable tar.gz archive ({reason})") from None
 
 
 def safe_extract_zip(archive: str | os.PathLike, dest: str | os.PathLike, skip_prefixes: tuple[str, ...] = ("__MACOSX/",)) -> list[str]:

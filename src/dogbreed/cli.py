@@ -54,8 +54,8 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] =
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
             continue
         caster = int if kind.startswith("int") else float if kind.startswith("float") else str
-        group.add_argument(flag, type=caster, default=argparse.SUPPRESS, metavar=f.name.upper(),
-                           choices=f.metadata.get("choices"), help=help_text)
+        # Choices are checked by TrainConfig.validate, which names the bad value in one line.
+        group.add_argument(flag, type=caster, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
 
 
 def config_overrides(args: argparse.Namespace) -> dict:

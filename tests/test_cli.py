@@ -1,0 +1,106 @@
+"""The command as users meet it: help texts, and one clear line with exit 1 for bad input."""
+
+import shutil
+import socket
+from dataclasses import fields
+
+import pytest
+
+from dogbreed.cli import build_parser, main
+from dogbreed.config import TrainConfig
+
+from .conftest import run_cli
+
+SUBCOMMANDS = [["data"], ["data", "fetch"], ["data", "synth"], ["data", "check"], ["train"], ["predict"], ["demo"]]
+
+
+@pytest.mark.parametrize("words", [[], *SUBCOMMANDS])
+def test_help_explains_every_flag_with_its_default(words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*words, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: dogbreed")
+    parser = build_parser()
+    if words and words[-1] in ("fetch", "synth", "check", "train", "predict", "demo"):
+        sub = parser._subparsers._group_actions[0].choices[words[0]]
+        if len(words) == 2:
+            sub = sub._subparsers._group_actions[0].choices[words[1]]
+        for action in sub._actions:
+            if action.option_strings and action.dest not in ("help",) and not action.required:
+                assert "default" in (action.help or ""), f"{words} {action.option_strings} has no default in its help"
+
+
+def test_train_help_lists_every_config_field(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for f in fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in out
+
+
+def _one_line_error(proc, *fragments):
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+TRAIN = ["train", "--backbone", "resnet18", "--no-pretrained", "--image-size", "64", "--workers", "0", "--epochs", "1", "--no-progress"]
+
+
+def test_missing_data_dir(tmp_path):
+    _one_line_error(run_cli(*TRAIN, "--data", str(tmp_path / "nope"), "--out", str(tmp_path)), "does not exist", "data synth")
+
+
+def test_no_data_given(tmp_path):
+    _one_line_error(run_cli(*TRAIN, "--out", str(tmp_path)), "no data set given; pass --data DIR")
+
+
+def test_class_sets_differ(data_copy, tmp_path):
+    shutil.rmtree(data_copy / "test" / "003.Airedale_terrier")
+    _one_line_error(run_cli(*TRAIN, "--data", str(data_copy), "--out", str(tmp_path)),
+                    "test/ is missing 003.Airedale_terrier")
+    assert not (tmp_path / "runs").exists() and list(tmp_path.iterdir()) == [data_copy]  # nothing half-written
+
+
+def test_unknown_backbone_lists_valid_ones(synth_data, tmp_path):
+    _one_line_error(run_cli(*TRAIN, "--data", str(synth_data), "--out", str(tmp_path), "--backbone", "vgg16"),
+                    "backbone 'vgg16' is not valid; choose one of: resnet18, resnet34, resnet50, resnet101, efficientnet_v2_s, convnext_tiny")
+
+
+def test_unknown_config_key(synth_data, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 2\nbatchsize: 8\n")
+    _one_line_error(run_cli(*TRAIN, "--data", str(synth_data), "--config", str(recipe)), "unknown config key 'batchsize'")
+
+
+def test_offline_pretrained_weights(synth_data, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    proc = run_cli("train", "--data", str(synth_data), "--out", str(tmp_path), "--backbone", "resnet18", "--no-progress",
+                   env={"https_proxy": closed, "HTTPS_PROXY": closed})
+    _one_line_error(proc, "cannot download ResNet18_Weights.IMAGENET1K_V1", "--weights PATH", "--no-pretrained")
+
+
+def test_data_check_exit_codes(data_copy, capsys):
+    assert main(["data", "check", str(data_copy), "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip().endswith("ok")
+    (data_copy / "valid" / "001.Affenpinscher" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    assert main(["data", "check", str(data_copy), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "unreadable image" in err and "bad.png" in err and "1 error(s)" in err
+
+
+def test_data_check_of_a_missing_dir(tmp_path, capsys):
+    assert main(["data", "check", str(tmp_path / "x"), "--no-progress"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_corrupt_artifact_in_predict(samples, tmp_path):
+    bad = tmp_path / "model.tar.gz"
+    bad.write_bytes(b"nope")
+    _one_line_error(run_cli("predict", str(samples / "Boxer_02426.jpg"), "--model", str(bad)), "not a readable tar.gz archive")
