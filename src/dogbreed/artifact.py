@@ -68,7 +68,8 @@ def pack(model_dir: str | os.PathLike, tar_path: str | os.PathLike) -> Path:
     """Tar the model dir's contents (no top-level folder, as SageMaker does), atomically."""
     model_dir = Path(model_dir)
     with atomic_path(tar_path) as tmp:
-        with tarfile.open(tmp, "w:gz") as tar:
+        # Weights barely compress; level 1 is several times faster than the default 9 for ~1% size.
+        with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
             for path in sorted(model_dir.rglob("*")):
                 tar.add(path, arcname=str(path.relative_to(model_dir)), recursive=False)
     return Path(tar_path)

@@ -12,6 +12,7 @@ import copy
 import hashlib
 import logging
 import os
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,8 @@ class FeatureCache:
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
         self.weights_id = weights_digest(extractor)
         self.hits = self.misses = 0
+        self.embedded = 0  # images run through the backbone by this cache (misses only)
+        self.embed_seconds = 0.0
 
     def key(self, samples: list[Sample], transform_id: str, view: int | None) -> str:
         text = f"{self.weights_id}|{transform_id}|view={view}|{files_digest(samples)}|amp={self.amp_dtype}"
@@ -90,8 +93,14 @@ class FeatureCache:
         atomic_torch_save({"features": emb.features, "labels": emb.labels, "ok": emb.ok}, path)
         return emb
 
+    def stats(self) -> dict:
+        rate = self.embedded / self.embed_seconds if self.embed_seconds else None
+        return {"hits": self.hits, "computed": self.misses, "images_embedded": self.embedded,
+                "embed_seconds": round(self.embed_seconds, 3), "images_per_second": rate and round(rate, 2)}
+
     @torch.inference_mode()
     def compute(self, samples: list[Sample], transform, *, view: int | None, desc: str) -> Embeddings:
+        started = time.perf_counter()
         dataset = ImageDataset(samples, transform, view=view)
         loader = image_loader(dataset, self.batch_size, shuffle=False, workers=self.workers, device=self.device)
         features: torch.Tensor | None = None
@@ -113,4 +122,6 @@ class FeatureCache:
         if features is None:
             raise RuntimeError(f"no image of {desc} could be decoded")
         labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+        self.embedded += len(samples)
+        self.embed_seconds += time.perf_counter() - started
         return Embeddings(features, labels, ok)

@@ -119,9 +119,10 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
              cfg.train_layers, device, amp_dtype or "off")
 
     if cfg.uses_feature_cache:
-        trainable, set_train, batches = _cached_path(cfg, model, preset, data, device, amp_dtype, progress)
+        trainable, set_train, batches, cache_stats = _cached_path(cfg, model, preset, data, device, amp_dtype, progress)
     else:
         trainable, set_train, batches = _image_path(cfg, model, frozen, preset, data, device)
+        cache_stats = None
     train_batches, val_batches, test_batches = batches
 
     params = [p for p in trainable.parameters() if p.requires_grad]
@@ -142,7 +143,6 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
         patience=cfg.patience, checkpoint_dir=run_dir / "checkpoints", state=state, on_epoch=report,
         progress=progress,
     )
-    write_metrics(state.history, run_dir / "metrics.csv")
 
     best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=device, weights_only=True)
     trainable.load_state_dict(best["model"])
@@ -165,6 +165,7 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
         "epochs_run": state.epoch,
         "seconds": round(time.perf_counter() - started, 2),
         "weights": weights_source,
+        "feature_cache": cache_stats,
         "per_class_accuracy": {r["name"]: r["accuracy"] for r in per_class},
     }
     meta = model_meta(cfg.backbone, labels, preset, threshold=cfg.threshold, weights=weights_source,
@@ -193,18 +194,20 @@ def _cached_path(cfg, model, preset, data, device, amp_dtype, progress):
         views = [cache.get(data.splits["train"], preset, eval_id, view=None, desc="embedding train")]
     val = cache.get(data.splits["valid"], preset, eval_id, view=None, desc="embedding valid")
     test = cache.get(data.splits["test"], preset, eval_id, view=None, desc="embedding test")
-    log.info("embedding cache %s: %d hit(s), %d computed", cache.root, cache.hits, cache.misses)
+    stats = cache.stats()
+    log.info("embedding cache %s: %d hit(s), %d computed%s", cache.root, cache.hits, cache.misses,
+             f" ({stats['images_embedded']} images, {stats['images_per_second']} img/s)" if cache.misses else "")
 
-    ok = torch.stack([v.ok for v in views]).all(dim=0)
-    train_x = torch.stack([v.features[ok] for v in views])
-    g = cfg.seed
+    ok = torch.stack([v.ok for v in views]).all(dim=0)  # an unreadable image fails in every view
+    # The embeddings (tens of MB for dogImages) live on the training device for the whole run.
+    train_x = torch.stack([v.features[ok] for v in views]).to(device)
     batches = (
-        TensorBatches(train_x, views[0].labels[ok], cfg.batch_size, shuffle=True, seed=g),
-        TensorBatches(val.features[val.ok], val.labels[val.ok], 1024, shuffle=False),
-        TensorBatches(test.features[test.ok], test.labels[test.ok], 1024, shuffle=False),
+        TensorBatches(train_x, views[0].labels[ok].to(device), cfg.batch_size, shuffle=True, seed=cfg.seed),
+        TensorBatches(val.features[val.ok].to(device), val.labels[val.ok].to(device), 1024, shuffle=False),
+        TensorBatches(test.features[test.ok].to(device), test.labels[test.ok].to(device), 1024, shuffle=False),
     )
     head = get_head(model, cfg.backbone).to(device)
-    return head, head.train, batches
+    return head, head.train, batches, stats
 
 
 def _image_path(cfg, model, frozen, preset, data, device):

@@ -98,6 +98,7 @@ class TensorBatches:
         n = self.labels.numel()
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         views = torch.randint(self.features.shape[0], (n,), generator=self.generator)
+        order, views = order.to(self.labels.device), views.to(self.labels.device)
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
             yield self.features[views[idx], idx].float(), self.labels[idx], idx
