@@ -4,7 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install system-deps clean
+
+# Debian packages the tests use: PostgreSQL (distributed tuning). Installed when missing and root.
+APT_PACKAGES := postgresql
 
 install: $(STAMP)
 
@@ -16,8 +19,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/dogbreed demo --out demo
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
+
+system-deps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	else echo "note: PostgreSQL is not installed; distributed-tuning tests will be skipped (apt-get install $(APT_PACKAGES))"; fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_bench.py

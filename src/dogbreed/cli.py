@@ -26,6 +26,8 @@ class _StdoutInfo(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
+        if record.exc_info:  # only with --verbose: tracebacks are for debugging, not for users
+            msg += "\n" + logging.Formatter().formatException(record.exc_info)
         if record.levelno >= logging.WARNING:
             sys.stderr.write(f"{record.levelname.lower()}: {msg}\n")
         else:
@@ -140,6 +142,28 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from dogbreed import config as cfgmod
+    from dogbreed.tune import TuneOptions, default_storage, results, show, tune
+
+    if args.tune_command == "show":
+        rows, best, objective = show(args.name, args.storage or default_storage(args.out))
+        for row in rows:
+            print(results.format_trial(row, objective))
+        if best:
+            params = " ".join(f"{k}={v}" for k, v in best["params"].items())
+            print(f"best: trial {best['number']}  {objective} {best['value']:.4f}  {params}")
+        return 0
+    opts = TuneOptions(trials=args.trials, parallel=args.parallel, study=args.study, storage=args.storage,
+                       space=args.space, objective=args.objective, sampler=args.sampler, pruner=args.pruner,
+                       seed=args.tune_seed, heartbeat=args.heartbeat, final=args.final)
+    base = cfgmod.resolve(args.config, config_overrides(args))
+    result = tune(base, opts, progress=not args.no_progress)
+    if result.artifact:
+        print(f"best run: {result.final_run}\nartifact: {result.artifact}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from dogbreed.demo import run_demo
 
@@ -203,6 +227,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="RUN", help="continue the run folder RUN from its last finished epoch (default: none)")
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", parents=[common], formatter_class=_Formatter, help="hyperparameter search (Optuna)",
+                       description="Search hyperparameters with Optuna, then train the best trial's settings into a\n"
+                                   "normal run and artifact. Workers on any machine join a study through --storage.\n"
+                                   "Training options below set everything the search space does not.")
+    p.add_argument("--trials", type=int, default=8, help="trials in the study, over all workers (default: 8)")
+    p.add_argument("--parallel", type=int, default=2, help="local worker processes (default: 2)")
+    p.add_argument("--study", default="dogbreed", help="study name; rerunning the same command resumes it (default: dogbreed)")
+    p.add_argument("--storage", default=None, metavar="URL", help="SQLAlchemy URL shared by all workers, e.g. "
+                   "postgresql://user:pw@host/db (default: sqlite file OUT/tune.db)")
+    p.add_argument("--space", default=None, metavar="SPACE.yaml", help="search space file (default: lr 1e-4..1e-2 log, "
+                   "batch_size 8..32, epochs 3..10)")
+    p.add_argument("--objective", default="val_loss", help="val_loss (minimized) or val_accuracy (maximized) (default: val_loss)")
+    p.add_argument("--sampler", default="tpe", help="tpe, random or grid (default: tpe)")
+    p.add_argument("--pruner", default="median", help="median (SageMaker's Auto early stopping), hyperband or none (default: median)")
+    p.add_argument("--tune-seed", type=int, default=0, help="sampler seed (default: 0)")
+    p.add_argument("--heartbeat", type=int, default=10, help="seconds between a trial's heartbeats; a trial silent for 3 "
+                   "heartbeats is failed and retried (default: 10)")
+    p.add_argument("--final", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the best hyperparameters into a run and artifact at the end (default: on)")
+    p.add_argument("--config", default=None, metavar="RECIPE.yaml", help="YAML recipe of training options (default: none)")
+    add_config_flags(p)
+    tune_sub = p.add_subparsers(dest="tune_command", metavar="ACTION")
+    show_p = tune_sub.add_parser("show", formatter_class=_Formatter, help="print the trials and best trial of a study",
+                                 description="Print the trials table and the best trial of an existing study.")
+    show_p.add_argument("name", help="study name")
+    show_p.add_argument("--storage", default=None, metavar="URL", help="storage URL (default: sqlite file OUT/tune.db)")
+    show_p.add_argument("--out", default="runs", help="folder holding tune.db when --storage is not given (default: runs)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("predict", parents=[common], formatter_class=_Formatter, help="top-k breeds for images",
                        description="Predict the top-k breeds of images with a trained artifact.")

@@ -9,11 +9,12 @@ and read back with ``weights_only=True``.
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import logging
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,18 @@ def files_digest(samples: list[Sample]) -> str:
     return h.hexdigest()[:16]
 
 
+@contextmanager
+def _file_lock(path: Path):
+    """An exclusive advisory lock held for the block (released if the process dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @dataclass
 class Embeddings:
     features: torch.Tensor  # (N, D) float16
@@ -81,17 +94,27 @@ class FeatureCache:
 
     def get(self, samples: list[Sample], transform, transform_id: str, *, view: int | None, desc: str) -> Embeddings:
         path = self.root / f"{self.key(samples, transform_id, view)}.pt"
-        if path.exists():
-            try:
-                doc = torch.load(path, map_location="cpu", weights_only=True)
-                self.hits += 1
-                return Embeddings(doc["features"], doc["labels"], doc["ok"])
-            except Exception as exc:  # a damaged entry is recomputed, never trusted
-                log.warning("embedding cache entry %s is unreadable (%s); recomputing", path, exc)
-        self.misses += 1
-        emb = self.compute(samples, transform, view=view, desc=desc)
-        atomic_torch_save({"features": emb.features, "labels": emb.labels, "ok": emb.ok}, path)
+        if (emb := self._load(path)) is not None:
+            return emb
+        # Parallel tuning workers ask for the same entry at once: one computes, the others wait.
+        with _file_lock(path.with_suffix(".lock")):
+            if (emb := self._load(path)) is not None:
+                return emb
+            self.misses += 1
+            emb = self.compute(samples, transform, view=view, desc=desc)
+            atomic_torch_save({"features": emb.features, "labels": emb.labels, "ok": emb.ok}, path)
         return emb
+
+    def _load(self, path: Path) -> Embeddings | None:
+        if not path.exists():
+            return None
+        try:
+            doc = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a damaged entry is recomputed, never trusted
+            log.warning("embedding cache entry %s is unreadable (%s); recomputing", path, exc)
+            return None
+        self.hits += 1
+        return Embeddings(doc["features"], doc["labels"], doc["ok"])
 
     def stats(self) -> dict:
         rate = self.embedded / self.embed_seconds if self.embed_seconds else None

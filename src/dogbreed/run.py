@@ -44,7 +44,7 @@ RESUME_OVERRIDABLE = {"epochs", "patience", "workers", "device", "data", "cache_
 @dataclass
 class RunResult:
     run_dir: Path
-    artifact: Path
+    artifact: Path | None  # None for a run stopped before its outputs (``finish=False``)
     test: dict
     best_epoch: int
     history: list[dict]
@@ -99,8 +99,10 @@ def write_per_class(targets: torch.Tensor, preds: torch.Tensor, labels: layout_m
 
 
 def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress: bool = True,
-          on_epoch=None) -> RunResult:
-    """Run one training end to end. ``on_epoch(row)`` sees each epoch's metrics (tuning uses it)."""
+          on_epoch=None, finish: bool = True) -> RunResult:
+    """Run one training end to end. ``on_epoch(row)`` sees each epoch's metrics (tuning reports and
+    prunes through it). ``finish=False`` stops after the epochs: no test evaluation, plots or
+    artifact (what a tuning trial needs)."""
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     amp_dtype = amp_dtype_for(device, cfg.amp)
@@ -143,6 +145,8 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
         patience=cfg.patience, checkpoint_dir=run_dir / "checkpoints", state=state, on_epoch=report,
         progress=progress,
     )
+    if not finish:
+        return RunResult(run_dir, None, {}, state.best_epoch, state.history)
 
     best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=device, weights_only=True)
     trainable.load_state_dict(best["model"])

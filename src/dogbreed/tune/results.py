@@ -1,0 +1,114 @@
+"""What a finished study leaves behind: trials.csv, best.json and the plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from dogbreed.files import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def trial_row(t: FrozenTrial, params: list[str]) -> dict:
+    seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "value": t.value,
+        **{f"param_{p}": t.params.get(p) for p in params},
+        "epochs_run": t.user_attrs.get("epochs_run"),
+        "best_epoch": t.user_attrs.get("best_epoch"),
+        "val_accuracy": t.user_attrs.get("val_accuracy"),
+        "last_step": t.last_step,
+        "seconds": round(seconds, 2) if seconds is not None else None,
+        "worker": t.user_attrs.get("worker"),
+        "retry_of": t.system_attrs.get("failed_trial"),
+    }
+
+
+def table(study: optuna.Study) -> list[dict]:
+    trials = study.get_trials(deepcopy=False)
+    params = sorted({p for t in trials for p in t.params})
+    return [trial_row(t, params) for t in trials]
+
+
+def format_trial(row: dict, objective: str) -> str:
+    params = " ".join(f"{k[6:]}={_fmt(v)}" for k, v in row.items() if k.startswith("param_"))
+    value = f"{objective} {row['value']:.4f}" if row["value"] is not None else f"{objective} -"
+    seconds = f"{row['seconds']:.1f}s" if row["seconds"] is not None else "-"
+    return f"trial {row['number']:>3}  {row['state']:<8}  {value:<20}  {params}  {seconds}"
+
+
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def write_table(rows: list[dict], path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["number"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def best_summary(study: optuna.Study) -> dict | None:
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        return None
+    best = study.best_trial
+    return {"number": best.number, "value": best.value, "params": best.params, "user_attrs": best.user_attrs}
+
+
+def pruning_savings(study: optuna.Study) -> dict:
+    """Trials pruned and epochs they did not run (each would have run its ``epochs``)."""
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    saved = sum(max(0, t.user_attrs.get("epochs_planned", 0) - (t.last_step or 0)) for t in pruned)
+    return {"pruned": len(pruned), "epochs_saved": saved}
+
+
+def write_plots(study: optuna.Study, folder: Path) -> list[str]:
+    """PNG for each plot, and an HTML version where the plot is interactive (plotly.js written once
+    beside them, so the pages open offline)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna import visualization as vis
+    from optuna.visualization import matplotlib as vis_mpl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        log.info("no completed trial: no plots")
+        return []
+    plots = {
+        "optimization_history": (vis.plot_optimization_history, vis_mpl.plot_optimization_history),
+        "intermediate_values": (vis.plot_intermediate_values, vis_mpl.plot_intermediate_values),
+        "param_importances": (vis.plot_param_importances, vis_mpl.plot_param_importances),
+        "parallel_coordinate": (vis.plot_parallel_coordinate, vis_mpl.plot_parallel_coordinate),
+    }
+    written = []
+    for name, (html_plot, png_plot) in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna's matplotlib plots are marked experimental
+                ax = png_plot(study)
+                fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
+                fig.set_size_inches(9, 5)
+                with atomic_path(folder / f"{name}.png") as tmp:
+                    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+                plt.close(fig)
+                html_plot(study).write_html(folder / f"{name}.html", include_plotlyjs="directory")
+            written.append(name)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances need 2+ finished trials
+            log.info("plot %s skipped: %s", name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return written
+
+
+def write_best(path: Path, doc: dict) -> None:
+    atomic_write_text(path, json.dumps(doc, indent=1, default=str))

@@ -1,0 +1,205 @@
+"""Optuna studies that any number of workers, on any machines, share through one storage.
+
+Trials are planned up front: the process that creates a study enqueues ``trials`` empty trials;
+every worker claims waiting trials one at a time (an atomic WAITING -> RUNNING update in the
+database), so the study ends with exactly that many trials and none runs twice. Each running
+trial records a heartbeat; a trial whose worker died is failed by the next worker that looks, and
+retried once as a new trial with the same parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable
+
+import optuna
+import sqlalchemy.exc
+from optuna.storages import RDBStorage, fail_stale_trials
+from optuna.trial import TrialState
+
+try:  # renamed in optuna 4.9
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as RetryStale
+except ImportError:  # pragma: no cover - older optuna
+    from optuna.storages import RetryFailedTrialCallback as RetryStale
+
+from dogbreed.errors import DogbreedError
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+OBJECTIVES = {"val_loss": "minimize", "val_accuracy": "maximize"}
+SETUP_ATTR = "dogbreed_setup"  # written last by the creator: the study is ready to join
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Heartbeats, retries and ask-style trials are stable in practice but flagged experimental.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def masked(url: str) -> str:
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def open_storage(url: str, heartbeat: int = 10) -> RDBStorage:
+    """An RDB storage with heartbeats; one clear line if it cannot be reached."""
+    shown = masked(url)
+    if url.startswith(("postgresql://", "postgres://")):  # the driver dogbreed installs: psycopg 3
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    for attempt in range(5):
+        try:
+            return RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=RetryStale(max_retry=1),
+            )
+        except ImportError as exc:
+            missing = getattr(exc.__cause__, "name", None) or "database driver"
+            raise DogbreedError(f"storage {shown} needs the {missing} package; install it with pip") from None
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            # Workers starting together on an empty database race to create its tables: retry.
+            if isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) and attempt < 4:
+                time.sleep(0.2 + random.random())
+                continue
+            raise DogbreedError(f"cannot open storage {shown} ({reason})") from None
+    raise AssertionError("unreachable")
+
+
+def make_sampler(name: str, seed: int, space_grid: dict | None, trials: int) -> optuna.samplers.BaseSampler:
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(space_grid, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, trials // 3)))
+
+
+def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":  # SageMaker's "Auto" early stopping: worse than the median at this epoch
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(2, max_epochs), reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def create_or_load(storage: RDBStorage, name: str, *, setup: dict, trials: int, sampler, pruner,
+                   wait_s: float = 30.0) -> tuple[optuna.Study, bool]:
+    """The study ``name``: created with ``trials`` planned trials, or loaded if it exists with the
+    same setup (search space and objective). Returns (study, created)."""
+    direction = OBJECTIVES[setup["objective"]]
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler, pruner=pruner)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        deadline = time.monotonic() + wait_s
+        while SETUP_ATTR not in study.user_attrs and time.monotonic() < deadline:
+            time.sleep(0.2)  # its creator is still enqueueing the planned trials
+        existing = study.user_attrs.get(SETUP_ATTR)
+        if existing != setup:
+            raise DogbreedError(
+                f"study {name!r} exists with a different setup ({_differences(existing, setup)}); "
+                f"use --study NEW_NAME to start fresh, or rerun with the original space and objective"
+            )
+        planned = study.user_attrs.get("planned_trials", 0)
+        if trials > planned:  # asking for more trials extends the study
+            for _ in range(trials - planned):
+                study.enqueue_trial({})
+            study.set_user_attr("planned_trials", trials)
+        return study, False
+    for _ in range(trials):
+        study.enqueue_trial({})
+    study.set_user_attr("planned_trials", trials)
+    study.set_user_attr(SETUP_ATTR, setup)
+    return study, True
+
+
+def _differences(old: dict | None, new: dict) -> str:
+    """``space: lr, epochs differ; objective: val_loss there, val_accuracy here``."""
+    if old is None:
+        return "it was not made by dogbreed tune"
+    parts = []
+    for key in ("space", "objective", "base"):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            names = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            parts.append(f"{key}: {', '.join(names)} differ")
+        else:
+            parts.append(f"{key}: {a} there, {b} here")
+    return "; ".join(parts)
+
+
+class Heartbeat:
+    """Records the trial's heartbeat every ``interval`` seconds while the block runs."""
+
+    def __init__(self, storage: RDBStorage, trial_id: int, interval: float):
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.storage.record_heartbeat(self.trial_id)
+
+    def __enter__(self) -> "Heartbeat":
+        self.storage.record_heartbeat(self.trial_id)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def claim(study: optuna.Study) -> int | None:
+    """Atomically take one waiting trial (WAITING -> RUNNING); None if there is none left.
+
+    The same row-level update ``Study.ask`` relies on, without its fallback of creating a new
+    trial when none is waiting (which would run more trials than planned)."""
+    storage = study._storage  # the study's own (caching) view of the storage, as optuna uses it
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                return frozen._trial_id
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def work(study: optuna.Study, storage: RDBStorage, objective: Callable[[optuna.Trial], float], *,
+         poll_s: float = 1.0) -> int:
+    """Run trials until none is waiting or running anywhere; returns how many this worker ran."""
+    ran = 0
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    while True:
+        fail_stale_trials(study)  # a dead worker's trial becomes FAIL plus a waiting retry
+        trial_id = claim(study)
+        if trial_id is None:
+            if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                time.sleep(poll_s)  # others are busy; one may die and leave a retry to pick up
+                continue
+            return ran
+        trial = optuna.Trial(study, trial_id)
+        trial.set_user_attr("worker", worker)
+        ran += 1
+        with Heartbeat(storage, trial_id, storage.get_heartbeat_interval() or 10):
+            try:
+                value = objective(trial)
+            except optuna.TrialPruned:
+                study.tell(trial, state=TrialState.PRUNED)
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                trial.set_user_attr("error", reason)
+                study.tell(trial, state=TrialState.FAIL)
+                log.warning("trial %d failed: %s", trial.number, reason, exc_info=log.isEnabledFor(logging.DEBUG))
+            else:
+                study.tell(trial, value)

@@ -1,0 +1,125 @@
+"""``dogbreed tune`` end to end on its default embedded storage (SQLite) with worker processes."""
+
+import json
+import socket
+
+import pytest
+
+from dogbreed.cli import main
+
+from ..conftest import TINY
+
+
+def tune_args(data, out, *extra):
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "pretrained"]
+    return ["tune", "--data", str(data), "--out", str(out), "--no-pretrained", "--no-progress", *flags, *extra]
+
+
+@pytest.fixture(scope="module")
+def study(synth_data, tiny_weights, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tune")
+    cache = out / "cache"
+    args = tune_args(synth_data, out, "--weights", str(tiny_weights), "--cache-dir", str(cache), "--trials", "6",
+                     "--parallel", "2", "--heartbeat", "2")
+    assert main(args) == 0
+    return out, args, cache
+
+
+def test_study_finishes_with_every_planned_trial_and_a_final_run(study):
+    out, _, _ = study
+    folder = out / "tune-dogbreed"
+    best = json.loads((folder / "best.json").read_text())
+    assert sum(best["trials"].values()) == 6 and best["trials"]["FAIL"] == 0
+    assert best["direction"] == "minimize" and best["objective"] == "val_loss"
+    assert set(best["best_trial"]["params"]) == {"lr", "batch_size", "epochs"}
+    assert (folder / "best" / "model.tar.gz").is_file()
+    assert best["final_run"]["artifact"].endswith("best/model.tar.gz") and 0 <= best["final_run"]["test_accuracy"] <= 1
+    lines = (folder / "trials.csv").read_text().splitlines()
+    assert lines[0].startswith("number,state,value,param_batch_size,param_epochs,param_lr")
+    assert len(lines) == 7
+    workers = {line.split(",")[-2] for line in lines[1:]}
+    assert len(workers) == 2  # both local worker processes ran trials
+    assert sorted(p.name for p in (folder / "trials").iterdir()) == [f"trial-{i:03d}" for i in range(6)]  # none twice
+
+
+def test_plots_are_written_as_png_and_offline_html(study):
+    plots = study[0] / "tune-dogbreed" / "plots"
+    for name in ("optimization_history", "intermediate_values", "param_importances", "parallel_coordinate"):
+        assert (plots / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        html = (plots / f"{name}.html").read_text()
+        assert 'src="plotly.min.js"' in html and "cdn" not in html.split("<body>")[0].lower()  # opens offline
+    assert (plots / "plotly.min.js").stat().st_size > 1_000_000
+
+
+def test_all_trials_share_one_embedding_extraction(study):
+    cache = study[2]
+    assert len(list(cache.glob("*.pt"))) == 4  # 2 augmented train views + valid + test, for 6 trials + final run
+
+
+def test_rerunning_the_command_resumes_and_more_trials_extend(study, capsys):
+    out, args, _ = study
+    capsys.readouterr()
+    assert main([*args, "--no-final"]) == 0
+    assert "study dogbreed joined" in capsys.readouterr().out
+    assert len((out / "tune-dogbreed" / "trials.csv").read_text().splitlines()) == 7  # nothing new to run
+    more = [a if a != "6" else "7" for a in args]
+    assert main([*more, "--no-final", "--parallel", "1"]) == 0
+    assert len((out / "tune-dogbreed" / "trials.csv").read_text().splitlines()) == 8
+
+
+def test_show_prints_the_table_and_best_trial(study, capsys):
+    out = study[0]
+    capsys.readouterr()
+    assert main(["tune", "show", "dogbreed", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("\ntrial ") + text.startswith("trial ") >= 6
+    assert "best: trial" in text
+
+
+def test_show_of_an_unknown_study_lists_the_known_ones(study, capsys):
+    capsys.readouterr()
+    assert main(["tune", "show", "nope", "--out", str(study[0])]) == 1
+    err = capsys.readouterr().err
+    assert "no study 'nope'" in err and "studies there: dogbreed" in err
+
+
+def test_same_study_name_with_another_space_is_refused(study, tmp_path, capsys):
+    out, args, _ = study
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {type: float, low: 0.001, high: 0.1, log: true}\n")
+    capsys.readouterr()
+    assert main([*args, "--space", str(space)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: study 'dogbreed' exists with a different setup (space: batch_size, epochs, lr differ;")
+    assert "--study NEW_NAME" in err
+    assert "\n" not in err
+
+
+def test_objective_val_accuracy_is_maximized(synth_data, tiny_weights, tmp_path):
+    assert main(tune_args(synth_data, tmp_path, "--weights", str(tiny_weights), "--trials", "2", "--parallel", "1",
+                          "--objective", "val_accuracy", "--pruner", "none", "--sampler", "random", "--no-final")) == 0
+    best = json.loads((tmp_path / "tune-dogbreed" / "best.json").read_text())
+    assert best["direction"] == "maximize" and 0 <= best["best_trial"]["value"] <= 1
+    assert "final_run" not in best
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--trials", "0"], "--trials must be at least 1, got 0"),
+    (["--sampler", "bayes"], "--sampler 'bayes' is not valid; choose one of: tpe, random, grid"),
+    (["--parallel", "0"], "--parallel must be at least 1, got 0"),
+])
+def test_bad_options_are_one_line(synth_data, tmp_path, capsys, extra, match):
+    assert main(tune_args(synth_data, tmp_path, *extra)) == 1
+    assert capsys.readouterr().err.strip() == f"error: {match}"
+    assert not (tmp_path / "tune.db").exists()  # refused before any storage was touched
+
+
+def test_unreachable_storage_is_one_line(synth_data, tmp_path, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql://tuner:secret@127.0.0.1:{port}/studies"
+    assert main(tune_args(synth_data, tmp_path, "--storage", url)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot open storage postgresql://tuner:***@127.0.0.1:{port}/studies (connection")
+    assert "secret" not in err and "\n" not in err
