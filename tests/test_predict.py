@@ -45,3 +45,16 @@ def test_missing_model_is_one_line(samples, tmp_path, capsys):
     assert main(["predict", str(samples / "Boxer_02426.jpg"), "--model", str(tmp_path / "none.tar.gz")]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"error: model artifact {tmp_path / 'none.tar.gz'} does not exist; train one with `dogbreed train`"
+
+
+def test_the_artifacts_own_threshold_is_used_and_shown(trained_run, samples, tmp_path, capsys):
+    import json as _json
+
+    from dogbreed.archive import safe_extract_tar
+
+    safe_extract_tar(trained_run.artifact, tmp_path / "m")
+    meta = _json.loads((tmp_path / "m" / "model.json").read_text())
+    meta["threshold"] = 1.5  # above any probability: every answer is low-confidence
+    (tmp_path / "m" / "model.json").write_text(_json.dumps(meta))
+    assert main(["predict", str(samples / "Boxer_02426.jpg"), "--model", str(tmp_path / "m")]) == 0
+    assert "low confidence: top-1 probability under 1.5" in capsys.readouterr().out

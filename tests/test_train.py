@@ -1,6 +1,9 @@
 import csv
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -115,9 +118,6 @@ def test_resume_continues_after_a_kill(synth_data, tmp_path):
     args = ["train", "--data", str(synth_data), "--out", str(tmp_path), "--name", "killed", "--backbone", "resnet18",
             "--no-pretrained", "--image-size", "64", "--train-layers", "all", "--workers", "0", "--epochs", "40",
             "--no-progress"]
-    import subprocess
-    import sys
-
     proc = subprocess.Popen([sys.executable, "-m", "dogbreed", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "killed" / "metrics.csv"
     deadline = time.monotonic() + 120
@@ -166,8 +166,12 @@ def test_runs_unchanged_as_a_sagemaker_training_job(synth_data, tmp_path):
     the model left unpacked in SM_MODEL_DIR, everything else in SM_OUTPUT_DATA_DIR."""
     env = {"SM_CHANNEL_TRAINING": str(synth_data), "SM_MODEL_DIR": str(tmp_path / "model"),
            "SM_OUTPUT_DATA_DIR": str(tmp_path / "output")}
-    proc = run_cli("train", "--learning_rate", "0.003", "--batch_size", "8", "--epochs", "1", "--backbone", "resnet18",
-                   "--no-pretrained", "--image_size", "64", "--workers", "0", "--train_layers", "all", "--no-progress", env=env)
+    # Exactly how SageMaker starts an entry script: hyperparameters only, booleans as values.
+    proc = subprocess.run(
+        [sys.executable, "-m", "dogbreed.sagemaker", "--learning_rate", "0.003", "--batch_size", "8", "--epochs", "1",
+         "--backbone", "resnet18", "--pretrained", "False", "--image_size", "64", "--workers", "0",
+         "--train_layers", "all"],
+        capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     model_dir = tmp_path / "model"
     assert {p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*")} >= {
@@ -176,3 +180,52 @@ def test_runs_unchanged_as_a_sagemaker_training_job(synth_data, tmp_path):
     assert json.loads((model_dir / "model.json").read_text())["config"]["lr"] == 0.003
     assert list((tmp_path / "output").glob("*/metrics.csv"))
     assert "val_loss=" in proc.stdout and "test_accuracy=" in proc.stdout  # lines SageMaker metric regexes scrape
+
+
+def test_resume_on_the_cached_path_reproduces_an_uninterrupted_run(synth_data, tiny_weights, tmp_path):
+    common = {**TINY, "data": str(synth_data), "weights": str(tiny_weights), "out": str(tmp_path), "aug_views": 2}
+    whole = train(config.resolve(overrides={**common, "epochs": 4, "name": "whole"}), progress=False)
+
+    def stop_after_two(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt  # the process dies after its second checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config.resolve(overrides={**common, "epochs": 4, "name": "split"}), progress=False, on_epoch=stop_after_two)
+    from dogbreed.run import resume_config
+
+    rest = train(resume_config(tmp_path / "split", {}), resume=tmp_path / "split", progress=False)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    # Model, optimizer, schedule and batch order all continue where they stopped.
+    assert strip(rest.history) == strip(whole.history)
+    assert rest.test == whole.test
+
+
+def test_checkpoints_carry_the_config(trained_run):
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(trained_run.run_dir / "checkpoints" / name, weights_only=True)
+        assert ckpt["config"]["backbone"] == "resnet18" and ckpt["config"]["epochs"] == 4
+
+
+def test_frozen_layers_keep_their_weights_and_batchnorm_statistics_in_a_real_run(synth_data, tiny_weights, tmp_path):
+    from dogbreed.archive import safe_extract_tar
+
+    result = train(config.resolve(overrides={**TINY, "data": str(synth_data), "weights": str(tiny_weights),
+                                             "out": str(tmp_path), "epochs": 2, "train_layers": "layer4"}), progress=False)
+    safe_extract_tar(result.artifact, tmp_path / "model")
+    trained = torch.load(tmp_path / "model" / "model.pth", weights_only=True)
+    start = torch.load(tiny_weights, weights_only=True)
+    for key in ("bn1.running_mean", "bn1.running_var", "layer1.0.conv1.weight", "layer3.1.bn2.running_mean"):
+        assert torch.equal(trained[key], start[key]), key  # frozen: untouched, statistics included
+    assert not torch.equal(trained["layer4.0.conv1.weight"], start["layer4.0.conv1.weight"])  # trained
+
+
+def test_a_split_with_no_readable_image_is_one_line_and_leaves_nothing(data_copy, tmp_path):
+    for f in (data_copy / "valid").rglob("*.jpg"):
+        f.write_bytes(f.read_bytes()[:200])  # valid headers, truncated pixels
+    proc = run_cli("train", "--data", str(data_copy), "--out", str(tmp_path / "runs"), "--backbone", "resnet18",
+                   "--no-pretrained", "--image-size", "64", "--workers", "0", "--epochs", "1", "--no-progress")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no image could be decoded while embedding valid")
+    assert "Traceback" not in proc.stderr
+    assert list((tmp_path / "runs").iterdir()) == []  # the run folder was removed

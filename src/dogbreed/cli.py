@@ -85,15 +85,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from dogbreed.predict import format_answer, run_predict
+    from dogbreed.artifact import load_artifact
+    from dogbreed.predict import expand, format_answer, predict_files
 
+    loaded = load_artifact(args.model)
+    threshold = args.threshold if args.threshold is not None else loaded.threshold
     failed = 0
-    for path, answer in run_predict(args.images, args.model, topk=args.topk, threshold=args.threshold):
+    for path, answer in predict_files(loaded, expand(args.images), topk=args.topk, threshold=threshold):
         failed += "error" in answer
         if args.json:
             print(json.dumps({"file": str(path), **answer}))
         else:
-            print(format_answer(path, answer, args.threshold if args.threshold is not None else 0.8))
+            print(format_answer(path, answer, threshold))
     if failed:
         log.error("%d file(s) could not be read as images", failed)
     return 1 if failed else 0
@@ -161,6 +164,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
     result = tune(base, opts, progress=not args.no_progress)
     if result.artifact:
         print(f"best run: {result.final_run}\nartifact: {result.artifact}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dogbreed.serve.main import serve
+
+    return serve(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dogbreed.export import export
+
+    print(f"wrote {export(args.model, args.format, args.out)}")
     return 0
 
 
@@ -265,6 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="low-confidence note under this top-1 probability (default: the artifact's, 0.8)")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of a table (default: table)")
     p.set_defaults(func=cmd_predict)
+
+    from dogbreed.serve.main import add_serve_flags
+
+    p = sub.add_parser("serve", parents=[common], formatter_class=_Formatter, help="serve a model over HTTP (SageMaker's contract)",
+                       description="Serve an artifact with SageMaker's endpoint contract: GET /ping, POST /invocations,\n"
+                                   "POST /endpoints/NAME/invocations (boto3 sagemaker-runtime), POST /predict (multipart),\n"
+                                   "GET / (web page), GET /metrics (Prometheus), GET /docs (OpenAPI).")
+    add_serve_flags(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", parents=[common], formatter_class=_Formatter, help="write a TorchScript variant of an artifact",
+                       description="Write an artifact variant holding a TorchScript model.pt beside model.pth, for\n"
+                                   "`dogbreed serve --backend torchscript` and SageMaker's default TorchScript loader.")
+    p.add_argument("model", metavar="model.tar.gz", help="trained artifact")
+    p.add_argument("--format", default="torchscript", help="torchscript (default: torchscript)")
+    p.add_argument("--out", default=None, help="output path (default: beside the input, named model-FORMAT.tar.gz)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", parents=[common], formatter_class=_Formatter, help="the whole workflow offline, on synthetic data",
                        description="Synthesize data, train, write the artifact and predict, offline, in a few minutes on a CPU.")

@@ -141,12 +141,27 @@ SAGEMAKER_ALIASES = {"learning_rate": "lr", "learning-rate": "lr", "model_name":
 
 
 def normalize_argv(argv: list[str]) -> list[str]:
-    """``--learning_rate 0.01`` -> ``--lr 0.01``; ``--batch_size`` -> ``--batch-size``."""
-    out = []
-    for arg in argv:
+    """SageMaker's spelling to ours: ``--learning_rate 0.01`` -> ``--lr 0.01``, ``--batch_size`` ->
+    ``--batch-size``, and booleans passed as values, ``--pretrained False`` -> ``--no-pretrained``."""
+    bools = {k.replace("_", "-") for k, kind in FIELD_TYPES.items() if kind.startswith("bool")}
+    truth = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
         if arg.startswith("--") and len(arg) > 2:
             name, eq, value = arg[2:].partition("=")
             name = SAGEMAKER_ALIASES.get(name, name).replace("_", "-")
+            if name in bools:
+                if not eq:
+                    value = next(args, "")
+                    if value.lower() not in truth:  # a plain flag followed by something else
+                        out.append(f"--{name}")
+                        if value:
+                            out.append(value)
+                        continue
+                if value.lower() in truth:
+                    out.append(f"--{name}" if truth[value.lower()] else f"--no-{name}")
+                    continue
             arg = f"--{name}{eq}{value}"
         out.append(arg)
     return out

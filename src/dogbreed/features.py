@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from dogbreed.data.layout import Sample
 from dogbreed.data.loaders import ImageDataset, image_loader
+from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_torch_save
 from dogbreed.runtime.network import set_head
 
@@ -124,7 +125,8 @@ class FeatureCache:
     @torch.inference_mode()
     def compute(self, samples: list[Sample], transform, *, view: int | None, desc: str) -> Embeddings:
         started = time.perf_counter()
-        dataset = ImageDataset(samples, transform, view=view)
+        # Eval transforms decode JPEGs no larger than needed, exactly as prediction does.
+        dataset = ImageDataset(samples, transform, view=view, min_side=getattr(transform, "resize_size", None))
         loader = image_loader(dataset, self.batch_size, shuffle=False, workers=self.workers, device=self.device)
         features: torch.Tensor | None = None
         ok = torch.zeros(len(samples), dtype=torch.bool)
@@ -143,7 +145,7 @@ class FeatureCache:
             bar.update(len(index))
         bar.close()
         if features is None:
-            raise RuntimeError(f"no image of {desc} could be decoded")
+            raise DogbreedError(f"no image could be decoded while {desc}; run `dogbreed data check` on the data set")
         labels = torch.tensor([label for _, label in samples], dtype=torch.long)
         self.embedded += len(samples)
         self.embed_seconds += time.perf_counter() - started

@@ -24,7 +24,7 @@ def plot_curves(history: list[dict], path: str | os.PathLike, best_epoch: int | 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="valid")
-    ax_loss.set(title="loss (mean per sample)", xlabel="epoch")
+    ax_loss.set(title="loss (mean per sample)", xlabel="epoch", yscale="log")
     ax_acc.plot(epochs, [r["train_accuracy"] for r in history], "o-", label="train top-1")
     ax_acc.plot(epochs, [r["val_accuracy"] for r in history], "o-", label="valid top-1")
     ax_acc.plot(epochs, [r["val_top5"] for r in history], "o--", label="valid top-5")

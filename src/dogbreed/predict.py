@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from dogbreed.artifact import load_artifact
 from dogbreed.data.layout import IMAGE_EXTS
 from dogbreed.errors import DogbreedError
 from dogbreed.runtime.inference import InputError, LoadedModel, decode, topk_answer
@@ -34,6 +33,8 @@ def expand(paths: list[str | os.PathLike]) -> list[Path]:
 def predict_files(loaded: LoadedModel, files: list[Path], *, topk: int = 5, threshold: float | None = None,
                   batch_size: int = 16) -> Iterator[tuple[Path, dict]]:
     """(file, answer) in order; an undecodable file gets ``{"error": ...}`` instead of an answer."""
+    if topk < 1:
+        raise DogbreedError(f"--topk must be at least 1, got {topk}")
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         tensors, errors = {}, {}
@@ -65,8 +66,3 @@ def format_answer(path: Path, answer: dict, threshold: float) -> str:
     return "\n".join(lines)
 
 
-def run_predict(paths: list[str], model: str, *, topk: int = 5, threshold: float | None = None) -> Iterator[tuple[Path, dict]]:
-    loaded = load_artifact(model)
-    if topk < 1:
-        raise DogbreedError(f"--topk must be at least 1, got {topk}")
-    yield from predict_files(loaded, expand(paths), topk=topk, threshold=threshold)

@@ -103,6 +103,17 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
     """Run one training end to end. ``on_epoch(row)`` sees each epoch's metrics (tuning reports and
     prunes through it). ``finish=False`` stops after the epochs: no test evaluation, plots or
     artifact (what a tuning trial needs)."""
+    run_dir = Path(resume) if resume else new_run_dir(cfg)
+    try:
+        return _train_in(run_dir, cfg, resume=bool(resume), progress=progress, on_epoch=on_epoch, finish=finish)
+    except BaseException:
+        # A run that fails before its first checkpoint leaves nothing behind.
+        if not resume and not (run_dir / "checkpoints" / "last.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _train_in(run_dir: Path, cfg: TrainConfig, *, resume: bool, progress: bool, on_epoch, finish: bool) -> RunResult:
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     amp_dtype = amp_dtype_for(device, cfg.amp)
@@ -113,7 +124,6 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
     preset = eval_preset(cfg.backbone, cfg.image_size)
     frozen = freeze(model, cfg.backbone, cfg.train_layers)
 
-    run_dir = Path(resume) if resume else new_run_dir(cfg)
     cfgmod.save_yaml(cfg, run_dir / "config.yaml")
     labels.write(run_dir / "labels.json")
     log.info("run %s: %s (%s), %d classes, %d/%d/%d images, train_layers=%s, device=%s, amp=%s",
@@ -130,7 +140,7 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
     params = [p for p in trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, cfg.epochs * len(train_batches), cfg.scheduler)
-    state = _restore(run_dir, trainable, optimizer, scheduler) if resume else FitState()
+    state = _restore(run_dir, trainable, optimizer, scheduler, train_batches) if resume else FitState()
 
     def report(row: dict) -> None:
         log.info(format_epoch(row, cfg.epochs))
@@ -142,8 +152,8 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
     state = fit(
         trainable, train_batches, val_batches, epochs=cfg.epochs, optimizer=optimizer, scheduler=scheduler,
         device=device, amp_dtype=amp_dtype, label_smoothing=cfg.label_smoothing, set_train=set_train,
-        patience=cfg.patience, checkpoint_dir=run_dir / "checkpoints", state=state, on_epoch=report,
-        progress=progress,
+        patience=cfg.patience, checkpoint_dir=run_dir / "checkpoints", checkpoint_extra={"config": cfg.to_dict()},
+        state=state, on_epoch=report, progress=progress,
     )
     if not finish:
         return RunResult(run_dir, None, {}, state.best_epoch, state.history)
@@ -184,6 +194,21 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
     return RunResult(run_dir, artifact, test_metrics, state.best_epoch, state.history)
 
 
+# Settings that change the embeddings themselves; a search over any of them cannot share one cache.
+EMBEDDING_KEYS = {"backbone", "pretrained", "weights", "train_layers", "image_size", "aug_views", "feature_cache", "amp"}
+
+
+def warm_cache(cfg: TrainConfig, *, progress: bool = True) -> dict:
+    """Compute (or find) the run's cached embeddings without training: what tuning does once, with
+    every core, before its workers start. Returns the cache statistics."""
+    device = resolve_device(cfg.device)
+    data = load_layout(cfg.data)
+    torch.manual_seed(cfg.seed)
+    model, _ = build_model(cfg.backbone, len(data.labels.names), pretrained=cfg.pretrained, weights=cfg.weights)
+    preset = eval_preset(cfg.backbone, cfg.image_size)
+    return _cached_path(cfg, model, preset, data, device, amp_dtype_for(device, cfg.amp), progress)[3]
+
+
 def _cached_path(cfg, model, preset, data, device, amp_dtype, progress):
     """Frozen backbone: embed every image once (and ``aug_views`` augmented views of the training
     images), then train the head alone on those embeddings."""
@@ -221,20 +246,25 @@ def _image_path(cfg, model, frozen, preset, data, device):
 
     def loader(split, transform, shuffle):
         size = cfg.batch_size if shuffle else max(cfg.batch_size, 64)
-        return image_loader(ImageDataset(data.splits[split], transform), size, shuffle=shuffle,
-                            workers=cfg.workers, device=device, seed=cfg.seed)
+        dataset = ImageDataset(data.splits[split], transform, min_side=getattr(transform, "resize_size", None))
+        return image_loader(dataset, size, shuffle=shuffle, workers=cfg.workers, device=device, seed=cfg.seed)
 
     batches = (loader("train", train_preset, True), loader("valid", preset, False), loader("test", preset, False))
     return model, (lambda: train_mode(model, frozen)), batches
 
 
-def _restore(run_dir: Path, trainable, optimizer, scheduler) -> FitState:
+def _restore(run_dir: Path, trainable, optimizer, scheduler, train_batches) -> FitState:
     path = run_dir / "checkpoints" / "last.pt"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         trainable.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        # The schedule's length follows --epochs, which a resume may change: set the lr for this step.
+        for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * fn(scheduler.last_epoch)
+        if ckpt.get("shuffle") is not None and getattr(train_batches, "generator", None) is not None:
+            train_batches.generator.set_state(ckpt["shuffle"])
         state = FitState(**ckpt["state"])
     except FileNotFoundError:
         raise DogbreedError(f"{run_dir} has no checkpoint to resume from (checkpoints/last.pt)") from None

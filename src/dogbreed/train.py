@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,6 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from dogbreed.errors import DogbreedError
-
         raise DogbreedError(f"device {name} was asked for but no CUDA GPU is visible; use --device cpu")
     return device
 
@@ -106,7 +105,7 @@ def train_one_epoch(
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.numel()
     if seen == 0:
-        raise RuntimeError("no training sample could be read in this epoch")
+        raise DogbreedError("no training image could be decoded in this epoch; run `dogbreed data check` on the data set")
     return {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen}
 
 
@@ -140,7 +139,7 @@ def evaluate(
             preds.append(ranked[:, 0].cpu())
             targets.append(y.cpu())
     if seen == 0:
-        raise RuntimeError("no evaluation sample could be read")
+        raise DogbreedError("no evaluation image could be decoded; run `dogbreed data check` on the data set")
     return EvalResult(
         loss_sum.item() / seen, top1.item() / seen, top5.item() / seen, seen,
         torch.cat(preds) if keep_predictions else None,
@@ -197,16 +196,20 @@ def fit(
     set_train: Callable[[], None] | None = None,
     patience: int = 0,
     checkpoint_dir: Path | None = None,
+    checkpoint_extra: dict | None = None,
     state: FitState | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = False,
 ) -> FitState:
     """Train for ``epochs`` (from ``state.epoch`` on); keep the best epoch by val_loss.
 
-    ``checkpoint_dir`` receives ``last.pt`` (model, optimizer, schedule, state) every epoch and
-    ``best.pt`` (model) whenever val_loss improves, each written atomically. ``on_epoch`` gets
-    each epoch's metrics row (for printing, tuning reports and pruning).
+    ``checkpoint_dir`` receives ``last.pt`` (model, optimizer, schedule, shuffle state, fit state)
+    every epoch and ``best.pt`` (model) whenever val_loss improves, each written atomically with
+    ``checkpoint_extra`` (the run's config). ``on_epoch`` gets each epoch's metrics row (for
+    printing, tuning reports and pruning).
     """
+    extra = checkpoint_extra or {}
+    shuffle = getattr(train_batches, "generator", None)  # restored on resume: the same batch order
     state = state or FitState()
     state.history = state.history or []
     for epoch in range(state.epoch + 1, epochs + 1):
@@ -229,10 +232,11 @@ def fit(
             state.best_epoch, state.best_val_loss = epoch, val.loss
         if checkpoint_dir is not None:
             if improved:
-                atomic_torch_save({"epoch": epoch, "model": model.state_dict()}, checkpoint_dir / "best.pt")
+                atomic_torch_save({**extra, "epoch": epoch, "model": model.state_dict()}, checkpoint_dir / "best.pt")
             atomic_torch_save(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "state": state.to_dict()},
+                {**extra, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "state": state.to_dict(),
+                 "shuffle": shuffle.get_state() if shuffle is not None else None},
                 checkpoint_dir / "last.pt",
             )
         if on_epoch:

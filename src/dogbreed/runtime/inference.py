@@ -26,6 +26,7 @@ except ImportError:  # loaded as a top-level module from an extracted artifact's
 WEIGHTS_FILE = "model.pth"
 LABELS_FILE = "labels.json"
 MODEL_FILE = "model.json"
+TORCHSCRIPT_FILE = "model.pt"  # the name SageMaker's default TorchScript model_fn loads
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/x-image", "application/octet-stream")
 JSON_TYPE = "application/json"
 MAX_INSTANCES = int(os.environ.get("DOGBREED_MAX_INSTANCES", "64"))
@@ -69,8 +70,9 @@ def read_labels(path: str) -> tuple[list[str], list[str]]:
     return [c["name"] for c in classes], [c["display"] for c in classes]
 
 
-def load_model_dir(model_dir: str, device: str | torch.device | None = None) -> LoadedModel:
-    """Rebuild the network from model.json and load model.pth (tensors only, never pickled code)."""
+def load_model_dir(model_dir: str, device: str | torch.device | None = None, backend: str = "eager") -> LoadedModel:
+    """Rebuild the network from model.json and load model.pth (tensors only, never pickled code).
+    ``backend="torchscript"`` loads the exported ``model.pt`` instead (``dogbreed export``)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         with open(os.path.join(model_dir, MODEL_FILE), encoding="utf-8") as f:
@@ -83,6 +85,12 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None) -> 
         raise ValueError(f"{model_dir}: not a dogbreed model ({os.path.basename(exc.filename)} is missing)") from None
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{model_dir}: model.json or labels.json is malformed ({exc})") from None
+    if backend == "torchscript":
+        scripted = os.path.join(model_dir, TORCHSCRIPT_FILE)
+        if not os.path.exists(scripted):
+            raise ValueError(f"{model_dir}: no {TORCHSCRIPT_FILE}; make one with `dogbreed export MODEL --format torchscript`")
+        model = torch.jit.load(scripted, map_location="cpu")
+        return LoadedModel(model.to(device).eval(), labels, display, EvalPreset.from_dict(meta["preset"]), meta, device)
     weights = os.path.join(model_dir, WEIGHTS_FILE)
     try:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

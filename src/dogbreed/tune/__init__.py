@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from dogbreed.config import TrainConfig
 from dogbreed.errors import DogbreedError
+from dogbreed.run import EMBEDDING_KEYS
 from dogbreed.tune import results
 from dogbreed.tune.space import NOT_TUNABLE, Param, load_space, space_to_dict, suggest
 from dogbreed.tune.study import (
@@ -189,6 +190,13 @@ def tune(base: TrainConfig, opts: TuneOptions, *, progress: bool = True) -> Tune
              opts.study, "created" if created else "joined", masked(url), study.user_attrs["planned_trials"], done,
              opts.parallel, opts.objective, OBJECTIVES[opts.objective])
 
+    if base.uses_feature_cache and not EMBEDDING_KEYS & set(space) and study.get_trials(
+            deepcopy=False, states=(TrialState.WAITING,)):
+        # Every trial shares these embeddings: compute them once here, with all cores, not in a worker.
+        from dogbreed.run import warm_cache
+
+        stats = warm_cache(base, progress=progress)
+        log.info("embeddings ready: %d cached, %d computed", stats["hits"], stats["computed"])
     bar = _Progress(study, opts.objective, progress)
     bar.start()
     quiet = {name: logging.getLogger(name).level for name in QUIET_DURING_TRIALS}

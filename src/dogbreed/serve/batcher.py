@@ -1,0 +1,88 @@
+"""Dynamic batching: requests that arrive within ``max_delay_ms`` run through the model together.
+
+The event loop never runs the model: batches go to one dedicated thread (the model is the only
+user of the cores it needs), while image decoding runs on a separate pool. The queue is bounded:
+past ``queue_size`` waiting images a request is refused at once instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+
+class Overloaded(Exception):
+    """The queue is full; the client should retry later."""
+
+
+class Batcher:
+    def __init__(self, predict: Callable[[torch.Tensor], torch.Tensor], *, max_batch_size: int = 16,
+                 max_delay_ms: float = 5.0, queue_size: int = 256, on_batch: Callable[[int], None] | None = None):
+        self.predict = predict
+        self.max_batch_size, self.max_delay = max_batch_size, max_delay_ms / 1000.0
+        self.queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] = asyncio.Queue(maxsize=queue_size)
+        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.on_batch = on_batch
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        self.model_thread.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    async def submit(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Probabilities for each image, in order; raises Overloaded if the queue cannot take them."""
+        if self.queue.maxsize - self.queue.qsize() < len(images):
+            raise Overloaded(f"{self.queue.qsize()} images are waiting (limit {self.queue.maxsize})")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in images]
+        for image, future in zip(images, futures):
+            self.queue.put_nowait((image, future))
+        try:
+            return list(await asyncio.gather(*futures))
+        except asyncio.CancelledError:  # the request timed out or its client left: drop its images
+            for future in futures:
+                future.cancel()
+            raise
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = time.monotonic() + self.max_delay
+            while len(batch) < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            batch = [(image, future) for image, future in batch if not future.done()]
+            if not batch:
+                continue
+            if self.on_batch:
+                self.on_batch(len(batch))
+            stacked = torch.stack([image for image, _ in batch])
+            try:
+                probs = await loop.run_in_executor(self.model_thread, self.predict, stacked)
+            except Exception as exc:  # a model failure fails this batch's requests, not the server
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for row, (_, future) in zip(probs, batch):
+                if not future.done():
+                    future.set_result(row)

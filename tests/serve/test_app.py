@@ -1,0 +1,168 @@
+"""The endpoint as clients see it, against a real server process."""
+
+import base64
+import io
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from PIL import Image
+
+from dogbreed.runtime.presets import load_image
+
+
+def call(url, path, body=b"", headers=None, method="POST"):
+    req = urllib.request.Request(url + path, data=body if method == "POST" else None, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def invoke(url, body, ctype="image/jpeg", **headers):
+    return call(url, "/invocations", body, {"Content-Type": ctype, **headers})
+
+
+def encoded(path, fmt):
+    buf = io.BytesIO()
+    load_image(path).save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_ping_is_200_once_ready(server):
+    assert call(server, "/ping", method="GET")[:1] == (200,)
+
+
+def test_ping_is_503_before_the_model_is_loaded(trained_run):
+    from starlette.testclient import TestClient
+
+    from dogbreed.serve.app import ServeConfig, create_app
+
+    client = TestClient(create_app(ServeConfig(model=str(trained_run.artifact))))  # lifespan not started
+    assert client.get("/ping").status_code == 503
+
+
+def test_invocations_answers_with_the_seeds_field_names(server, samples):
+    status, headers, body = invoke(server, (samples / "Beagle_01125.jpg").read_bytes())
+    assert status == 200 and headers["content-type"] == "application/json"
+    answer = json.loads(body)
+    assert list(answer) == ["topk_labels", "topk_indices", "topk_probs", "breeds", "low_confidence"]
+    assert len(answer["topk_labels"]) == 4 and answer["topk_labels"][0].startswith("00")
+    assert answer["topk_probs"] == sorted(answer["topk_probs"], reverse=True)
+
+
+@pytest.mark.parametrize("fmt, ctype", [("PNG", "image/png"), ("WEBP", "image/webp"), ("JPEG", "application/x-image"),
+                                        ("PNG", "application/octet-stream")])
+def test_every_image_type_gives_the_same_answer(server, samples, fmt, ctype):
+    photo = samples / "Collie_03797.jpg"
+    reference = json.loads(invoke(server, encoded(photo, "PNG"), "image/png")[2])
+    status, _, body = invoke(server, encoded(photo, fmt), ctype)
+    assert status == 200
+    assert json.loads(body)["topk_labels"][:2] == reference["topk_labels"][:2]
+
+
+def test_json_instances_are_answered_as_a_list_in_order(server, samples):
+    photos = [samples / n for n in ("Boxer_02426.jpg", "cat_01.jpg", "Poodle_07956.jpg")]
+    singles = [json.loads(invoke(server, p.read_bytes())[2]) for p in photos]
+    body = json.dumps({"instances": [{"b64": base64.b64encode(p.read_bytes()).decode()} for p in photos]}).encode()
+    status, _, out = invoke(server, body, "application/json")
+    assert status == 200
+    many = json.loads(out)
+    assert [a["topk_labels"] for a in many] == [a["topk_labels"] for a in singles]
+    for a, b in zip(many, singles):
+        assert a["topk_probs"] == pytest.approx(b["topk_probs"], abs=1e-4)
+
+
+def test_custom_attributes_set_topk_and_threshold(server, samples):
+    body = (samples / "Dalmatian_04068.jpg").read_bytes()
+    answer = json.loads(invoke(server, body, **{"X-Amzn-SageMaker-Custom-Attributes": "topk=2,threshold=0"})[2])
+    assert len(answer["topk_labels"]) == 2 and answer["low_confidence"] is False
+    answer = json.loads(invoke(server, body, **{"X-Amzn-SageMaker-Custom-Attributes": "threshold=1"})[2])
+    assert answer["low_confidence"] is True
+
+
+def test_multipart_predict(server, samples):
+    boundary = "dogbreedboundary"
+    data = (samples / "Saint_bernard_08010.jpg").read_bytes()
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"dog.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    status, _, out = call(server, "/predict", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 200 and "breeds" in json.loads(out)
+
+
+def _bomb() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (2000, 2000)).save(buf, "PNG")  # 4 megapixels in a few kilobytes
+    return buf.getvalue()
+
+
+BAD = [
+    ("empty body", b"", "image/jpeg", {}, 400, "empty body"),
+    ("not an image", b"hello", "image/jpeg", {}, 400, "cannot decode"),
+    ("decompression bomb", _bomb(), "image/png", {}, 400, "over the limit of 1000000"),
+    ("body too large", b"\xff" * (1024 * 1024 + 1), "image/jpeg", {}, 413, "over the limit of 1048576 bytes"),
+    ("content type", b"x", "text/plain", {}, 415, "unsupported Content-Type 'text/plain'"),
+    ("accept", b"x", "image/jpeg", {"Accept": "text/csv"}, 406, "answers are application/json"),
+    ("malformed json", b"{oops", "application/json", {}, 400, "malformed JSON"),
+    ("bad base64", b'{"instances": [{"b64": "@@@"}]}', "application/json", {}, 400, "malformed base64"),
+    ("too many instances", json.dumps({"instances": [{"b64": "AAAA"}] * 5}).encode(), "application/json", {}, 400,
+     "5 instances is over the limit of 4"),
+    ("bad attribute", b"x", "image/jpeg", {"X-Amzn-SageMaker-Custom-Attributes": "topk=lots"}, 400, "expected topk=N"),
+]
+
+
+@pytest.mark.parametrize("name, body, ctype, headers, status, fragment", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_gets_a_4xx_json_error_and_the_server_keeps_serving(server, samples, name, body, ctype, headers,
+                                                                        status, fragment):
+    got, response_headers, out = invoke(server, body, ctype, **headers)
+    assert got == status
+    error = json.loads(out)["error"]
+    assert fragment in error
+    assert invoke(server, (samples / "Beagle_01125.jpg").read_bytes())[0] == 200  # still serving
+
+
+def test_truncated_jpeg(server, samples):
+    data = (samples / "Golden_retriever_05182.jpg").read_bytes()
+    status, _, out = invoke(server, data[: len(data) // 2])
+    assert status == 400 and "cannot decode" in json.loads(out)["error"]
+
+
+def test_concurrent_requests_are_batched_with_identical_results(server, samples):
+    photos = sorted(samples.glob("*.jpg"))[:8]
+    alone = {p.name: json.loads(invoke(server, p.read_bytes())[2]) for p in photos}
+    together, errors = {}, []
+
+    def one(p):
+        try:
+            together[p.name] = json.loads(invoke(server, p.read_bytes())[2])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(p,)) for p in photos]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    for name, answer in alone.items():
+        assert together[name]["topk_labels"] == answer["topk_labels"]
+        assert together[name]["topk_probs"] == pytest.approx(answer["topk_probs"], abs=1e-4)
+    metrics = call(server, "/metrics", method="GET")[2].decode()
+    sizes = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line.startswith("dogbreed_batch_size_")}
+    assert sizes["dogbreed_batch_size_count"] < sizes["dogbreed_batch_size_sum"]  # some batch held more than one image
+
+
+def test_metrics_and_docs(server):
+    status, headers, out = call(server, "/metrics", method="GET")
+    text = out.decode()
+    assert status == 200 and "text/plain" in headers["content-type"]
+    for name in ("dogbreed_requests_total", "dogbreed_request_seconds_bucket", "dogbreed_batch_size_bucket",
+                 "dogbreed_queue_depth", "dogbreed_model_load_seconds"):
+        assert name in text
+    assert 'route="/invocations",status="200"' in text
+    assert call(server, "/docs", method="GET")[0] == 200
+    spec = json.loads(call(server, "/openapi.json", method="GET")[2])
+    assert {"/ping", "/invocations", "/endpoints/{name}/invocations", "/predict", "/metrics"} <= set(spec["paths"])
