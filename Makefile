@@ -6,8 +6,9 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test bench install system-deps clean
 
-# Debian packages the tests use: PostgreSQL (distributed tuning). Installed when missing and root.
-APT_PACKAGES := postgresql
+# Debian packages the tests use: PostgreSQL (distributed tuning), Chromium and its driver (the web
+# page). Installed when missing and root.
+APT_PACKAGES := postgresql chromium chromium-driver
 
 install: $(STAMP)
 
@@ -23,13 +24,15 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 system-deps:
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
-	else echo "note: PostgreSQL is not installed; distributed-tuning tests will be skipped (apt-get install $(APT_PACKAGES))"; fi
+	else echo "note: missing Debian packages; their tests will be skipped (apt-get install $(APT_PACKAGES))"; fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_bench.py
+	$(BIN)/python benchmarks/tune_bench.py
+	$(BIN)/python benchmarks/serve_bench.py
 
 clean:
 	rm -rf $(VENV) demo runs .pytest_cache

@@ -1,0 +1,75 @@
+"""The web page in a real headless Chromium: upload a photo, read the rendered answer."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .test_app import invoke
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        message = "Debian's chromium and chromium-driver are not installed (make test installs them as root)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=900,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def test_upload_a_photo_and_read_the_breeds(server, samples, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = samples / "Beagle_01125.jpg"  # under the test server's 1 MB body limit
+    expected = json.loads(invoke(server, photo.read_bytes())[2])
+    browser.get(server + "/")
+    assert browser.title == "dogbreed"
+    upload = browser.find_element(By.ID, "file")
+    browser.execute_script("arguments[0].hidden = false", upload)
+    upload.send_keys(str(photo))
+    WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#results .row")))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#results .row")
+    assert [r.find_element(By.CLASS_NAME, "breed").text for r in rows] == expected["breeds"]
+    assert [r.get_attribute("data-label") for r in rows] == expected["topk_labels"]
+    first = rows[0].find_element(By.CLASS_NAME, "prob").text
+    assert first == f"{100 * expected['topk_probs'][0]:.1f}%"
+    notes = browser.find_elements(By.CSS_SELECTOR, "#results .note")
+    assert bool(notes) == expected["low_confidence"]
+    shot = Path(os.environ.get("DOGBREED_SCREENSHOTS", tmp_path)) / "page.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def test_a_bad_file_shows_the_error(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    browser.get(server + "/")
+    upload = browser.find_element(By.ID, "file")
+    browser.execute_script("arguments[0].hidden = false", upload)
+    upload.send_keys(str(bad))
+    error = WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#results .error")))
+    assert "cannot decode" in error.text
