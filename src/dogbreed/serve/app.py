@@ -36,7 +36,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
-    max_batch_size: int = 16
+    max_batch_size: int = 8
     max_delay_ms: float = 5.0
     queue_size: int = 256
     timeout_s: float = 30.0
@@ -111,10 +111,13 @@ class Server:
         if len(images) > self.cfg.max_instances:
             raise ClientError(400, f"{len(images)} instances is over the limit of {self.cfg.max_instances}")
         loop = asyncio.get_running_loop()
+        self.batcher.incoming += 1
         try:
             tensors = await asyncio.gather(*(loop.run_in_executor(self.decode_pool, self._decode, b) for b in images))
         except InputError as exc:
             raise ClientError(400, str(exc)) from None
+        finally:
+            self.batcher.incoming -= 1
         try:
             probs = await asyncio.wait_for(self.batcher.submit(list(tensors)), self.cfg.timeout_s)
         except Overloaded as exc:

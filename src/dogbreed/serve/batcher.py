@@ -28,6 +28,7 @@ class Batcher:
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.on_batch = on_batch
         self.task: asyncio.Task | None = None
+        self.incoming = 0  # requests still decoding: images that may join the next batch
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -62,14 +63,15 @@ class Batcher:
         while True:
             batch = [await self.queue.get()]
             deadline = time.monotonic() + self.max_delay
-            while len(batch) < self.max_batch_size:
+            # Wait for company only if some is on its way: a lone request runs at once.
+            while len(batch) < self.max_batch_size and (self.incoming or not self.queue.empty()):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                    batch.append(await asyncio.wait_for(self.queue.get(), min(remaining, 0.001)))
                 except asyncio.TimeoutError:
-                    break
+                    continue
             batch = [(image, future) for image, future in batch if not future.done()]
             if not batch:
                 continue

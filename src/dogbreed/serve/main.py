@@ -20,7 +20,7 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port; SageMaker's containers use 8080 (default: 8080)")
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy (default: 1)")
-    p.add_argument("--max-batch-size", type=int, default=16, help="most images run through the model at once (default: 16)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="most images run through the model at once; 8 is fastest on CPU, try more on GPU (default: 8)")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="how long the first image of a batch waits for others (default: 5)")
     p.add_argument("--queue-size", type=int, default=256, help="images that may wait; past it requests get 503 + Retry-After (default: 256)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="a request waiting longer gets 504 (default: 30)")
