@@ -291,11 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_flags(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", parents=[common], formatter_class=_Formatter, help="write a TorchScript variant of an artifact",
-                       description="Write an artifact variant holding a TorchScript model.pt beside model.pth, for\n"
-                                   "`dogbreed serve --backend torchscript` and SageMaker's default TorchScript loader.")
+    p = sub.add_parser("export", parents=[common], formatter_class=_Formatter, help="write a TorchScript or ONNX variant of an artifact",
+                       description="Write an artifact variant holding a TorchScript model.pt or an ONNX model.onnx beside\n"
+                                   "model.pth, for `dogbreed serve --backend torchscript|onnx` (model.pt also suits\n"
+                                   "SageMaker's default TorchScript loader).")
     p.add_argument("model", metavar="model.tar.gz", help="trained artifact")
-    p.add_argument("--format", default="torchscript", help="torchscript (default: torchscript)")
+    p.add_argument("--format", default="torchscript", help="torchscript or onnx (default: torchscript)")
     p.add_argument("--out", default=None, help="output path (default: beside the input, named model-FORMAT.tar.gz)")
     p.set_defaults(func=cmd_export)
 

@@ -1,7 +1,8 @@
-"""``dogbreed export``: an artifact variant with a TorchScript model (``model.pt``) beside model.pth.
+"""``dogbreed export``: an artifact variant with a TorchScript (``model.pt``) or ONNX
+(``model.onnx``) model beside model.pth.
 
-SageMaker's PyTorch container loads ``model.pt`` as TorchScript when no custom code is given, and
-``dogbreed serve --backend torchscript`` runs it.
+SageMaker's PyTorch container loads ``model.pt`` as TorchScript when no custom code is given;
+``dogbreed serve --backend torchscript|onnx`` runs either.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import torch
 from dogbreed.archive import safe_extract_tar
 from dogbreed.artifact import pack
 from dogbreed.errors import DogbreedError
-from dogbreed.runtime.inference import MODEL_FILE, TORCHSCRIPT_FILE, load_model_dir
+from dogbreed.runtime.inference import MODEL_FILE, ONNX_FILE, TORCHSCRIPT_FILE, load_model_dir
 
-FORMATS = ("torchscript",)
+FORMATS = ("torchscript", "onnx")
 
 
 def export(artifact: str | os.PathLike, fmt: str = "torchscript", out: str | os.PathLike | None = None) -> Path:
@@ -35,9 +36,24 @@ def export(artifact: str | os.PathLike, fmt: str = "torchscript", out: str | os.
         except ValueError as exc:
             raise DogbreedError(f"cannot load model {artifact}: {exc}") from None
         size = loaded.preset.crop_size
-        with torch.no_grad():
-            traced = torch.jit.trace(loaded.model.eval(), torch.zeros(2, 3, size, size))
-        traced.save(os.path.join(tmp, TORCHSCRIPT_FILE))
+        model = loaded.model.eval().to(memory_format=torch.contiguous_format)
+        example = torch.zeros(2, 3, size, size)
+        if fmt == "torchscript":
+            with torch.no_grad():
+                torch.jit.trace(model, example).save(os.path.join(tmp, TORCHSCRIPT_FILE))
+        else:
+            _export_onnx(model, example, os.path.join(tmp, ONNX_FILE))
         meta = dict(loaded.meta, exports=sorted(set(loaded.meta.get("exports", [])) | {fmt}))
         Path(tmp, MODEL_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         return pack(tmp, out)
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str) -> None:
+    try:
+        import onnxscript  # noqa: F401 - torch's exporter needs it
+    except ImportError:
+        raise DogbreedError("ONNX export needs the onnx, onnxscript and onnxruntime packages: pip install 'dogbreed[onnx]'") from None
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["logits"],
+                                dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+    program.save(path)

@@ -17,16 +17,17 @@ import torch
 from torch import nn
 
 try:
-    from .network import build_network, predict_probs
+    from .network import OnnxModel, build_network, predict_probs
     from .presets import DEFAULT_MAX_PIXELS, EvalPreset, ImageDecodeError, load_image
 except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
-    from network import build_network, predict_probs  # type: ignore[no-redef]
+    from network import OnnxModel, build_network, predict_probs  # type: ignore[no-redef]
     from presets import DEFAULT_MAX_PIXELS, EvalPreset, ImageDecodeError, load_image  # type: ignore[no-redef]
 
 WEIGHTS_FILE = "model.pth"
 LABELS_FILE = "labels.json"
 MODEL_FILE = "model.json"
 TORCHSCRIPT_FILE = "model.pt"  # the name SageMaker's default TorchScript model_fn loads
+ONNX_FILE = "model.onnx"
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/x-image", "application/octet-stream")
 JSON_TYPE = "application/json"
 MAX_INSTANCES = int(os.environ.get("DOGBREED_MAX_INSTANCES", "64"))
@@ -72,7 +73,8 @@ def read_labels(path: str) -> tuple[list[str], list[str]]:
 
 def load_model_dir(model_dir: str, device: str | torch.device | None = None, backend: str = "eager") -> LoadedModel:
     """Rebuild the network from model.json and load model.pth (tensors only, never pickled code).
-    ``backend="torchscript"`` loads the exported ``model.pt`` instead (``dogbreed export``)."""
+    ``backend="torchscript"`` or ``"onnx"`` loads the exported ``model.pt`` or ``model.onnx``
+    instead (``dogbreed export``)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         with open(os.path.join(model_dir, MODEL_FILE), encoding="utf-8") as f:
@@ -85,12 +87,16 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
         raise ValueError(f"{model_dir}: not a dogbreed model ({os.path.basename(exc.filename)} is missing)") from None
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{model_dir}: model.json or labels.json is malformed ({exc})") from None
-    if backend == "torchscript":
-        scripted = os.path.join(model_dir, TORCHSCRIPT_FILE)
-        if not os.path.exists(scripted):
-            raise ValueError(f"{model_dir}: no {TORCHSCRIPT_FILE}; make one with `dogbreed export MODEL --format torchscript`")
-        model = torch.jit.load(scripted, map_location="cpu")
-        return LoadedModel(model.to(device).eval(), labels, display, EvalPreset.from_dict(meta["preset"]), meta, device)
+    if backend in ("torchscript", "onnx"):
+        name = TORCHSCRIPT_FILE if backend == "torchscript" else ONNX_FILE
+        path = os.path.join(model_dir, name)
+        if not os.path.exists(path):
+            raise ValueError(f"{model_dir}: no {name}; make one with `dogbreed export MODEL --format {backend}`")
+        if backend == "torchscript":
+            model = torch.jit.load(path, map_location="cpu").to(device).eval()
+        else:
+            model, device = OnnxModel(path), torch.device("cpu")
+        return LoadedModel(model, labels, display, EvalPreset.from_dict(meta["preset"]), meta, device)
     weights = os.path.join(model_dir, WEIGHTS_FILE)
     try:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

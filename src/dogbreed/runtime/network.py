@@ -61,6 +61,23 @@ def replace_head(model: nn.Module, backbone: str, num_classes: int) -> nn.Linear
     return head
 
 
+class OnnxModel:
+    """An ONNX Runtime session that takes and returns torch tensors, like the eager network."""
+
+    def __init__(self, path: str):
+        import onnxruntime  # only for artifacts exported with `dogbreed export --format onnx`
+
+        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        images = batch.detach().float().contiguous().cpu().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input: images})[0])
+
+    def eval(self) -> "OnnxModel":
+        return self
+
+
 @torch.no_grad()
 def predict_probs(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Softmax probabilities in fp32 for a batch of preset-transformed images."""

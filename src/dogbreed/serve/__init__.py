@@ -1,3 +1,3 @@
 """``dogbreed serve``: SageMaker's endpoint contract on one machine (FastAPI + uvicorn)."""
 
-BACKENDS = ("eager", "torchscript")
+BACKENDS = ("eager", "torchscript", "onnx")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from dogbreed.config import TrainConfig
 from dogbreed.errors import DogbreedError
-from dogbreed.run import EMBEDDING_KEYS
+from dogbreed.run import EMBEDDING_KEYS, train, warm_cache
 from dogbreed.tune import results
 from dogbreed.tune.space import NOT_TUNABLE, Param, load_space, space_to_dict, suggest
 from dogbreed.tune.study import (
@@ -89,8 +89,6 @@ def _components(opts: TuneOptions, space: dict[str, Param], base: TrainConfig, w
 
 
 def _objective(base: TrainConfig, space: dict[str, Param], objective: str, study_dir: Path):
-    from dogbreed.run import train
-
     def run_trial(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
         name = f"trial-{trial.number:03d}"
@@ -193,8 +191,6 @@ def tune(base: TrainConfig, opts: TuneOptions, *, progress: bool = True) -> Tune
     if base.uses_feature_cache and not EMBEDDING_KEYS & set(space) and study.get_trials(
             deepcopy=False, states=(TrialState.WAITING,)):
         # Every trial shares these embeddings: compute them once here, with all cores, not in a worker.
-        from dogbreed.run import warm_cache
-
         stats = warm_cache(base, progress=progress)
         log.info("embeddings ready: %d cached, %d computed", stats["hits"], stats["computed"])
     bar = _Progress(study, opts.objective, progress)
@@ -237,8 +233,6 @@ def _run_processes(url, opts, base, space, study_dir) -> None:
 def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, study_dir: Path, *,
            progress: bool = True) -> TuneResult:
     """Table, plots, the final training with the best hyperparameters, and best.json."""
-    from dogbreed.run import train
-
     study_dir.mkdir(parents=True, exist_ok=True)
     rows = results.table(study)
     results.write_table(rows, study_dir / "trials.csv")
