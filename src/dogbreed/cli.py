@@ -118,7 +118,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     if report.layout:
         counts = report.layout.counts()
         names = report.layout.labels.names
-        if args.verbose:
+        if not args.quiet:
             print(f"{'class':<40} " + " ".join(f"{s:>6}" for s in SPLITS))
             for i, name in enumerate(names):
                 print(f"{name:<40} " + " ".join(f"{counts[s][i]:>6}" for s in SPLITS))
@@ -159,8 +159,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 0
     opts = TuneOptions(trials=args.trials, parallel=args.parallel, study=args.study, storage=args.storage,
                        space=args.space, objective=args.objective, sampler=args.sampler, pruner=args.pruner,
-                       seed=args.tune_seed, heartbeat=args.heartbeat, final=args.final)
+                       heartbeat=args.heartbeat, final=args.final)
     base = cfgmod.resolve(args.config, config_overrides(args))
+    opts.seed = base.seed  # --seed seeds the sampler as well as every trial's training
     result = tune(base, opts, progress=not args.no_progress)
     if result.artifact:
         print(f"best run: {result.final_run}\nartifact: {result.artifact}")
@@ -233,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Validate the layout, class sets, counts and every image. Exit 1 on errors, 0 with warnings.")
     p.add_argument("dir", help="data set root")
     p.add_argument("--quick", action="store_true", help="read image headers only, do not decode pixels (default: full decode)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-class table, only totals and problems (default: table shown)")
     p.set_defaults(func=cmd_data_check)
 
     p = sub.add_parser("train", parents=[common], formatter_class=_Formatter, help="train a model and write its artifact",
@@ -258,7 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", default="val_loss", help="val_loss (minimized) or val_accuracy (maximized) (default: val_loss)")
     p.add_argument("--sampler", default="tpe", help="tpe, random or grid (default: tpe)")
     p.add_argument("--pruner", default="median", help="median (SageMaker's Auto early stopping), hyperband or none (default: median)")
-    p.add_argument("--tune-seed", type=int, default=0, help="sampler seed (default: 0)")
     p.add_argument("--heartbeat", type=int, default=10, help="seconds between a trial's heartbeats; a trial silent for 3 "
                    "heartbeats is failed and retried (default: 10)")
     p.add_argument("--final", action=argparse.BooleanOptionalAction, default=True,

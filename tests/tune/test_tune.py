@@ -123,3 +123,14 @@ def test_unreachable_storage_is_one_line(synth_data, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: cannot open storage postgresql://tuner:***@127.0.0.1:{port}/studies (connection")
     assert "secret" not in err and "\n" not in err
+
+
+def test_trials_that_unfreeze_layers_train_on_images(synth_data, tiny_weights, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n"
+                     "train_layers: {type: categorical, choices: [layer4]}\n")
+    assert main(tune_args(synth_data, tmp_path, "--weights", str(tiny_weights), "--space", str(space), "--trials", "2",
+                          "--parallel", "1", "--epochs", "2", "--pruner", "none", "--no-final")) == 0
+    best = json.loads((tmp_path / "tune-dogbreed" / "best.json").read_text())
+    assert best["trials"]["COMPLETE"] == 2 and best["best_trial"]["params"]["train_layers"] == "layer4"
+    assert not (tmp_path / "tune-dogbreed" / "trials" / "trial-000" / "checkpoints").exists()  # trial checkpoints go
