@@ -115,6 +115,21 @@ def load(port: int, path: str, concurrency: int, total: int, photos: list[Path])
             "rps": len(lat) / result["wall"], "errors": result["errors"]}
 
 
+def measure_server(command, ready_path: str, photos: list[Path], requests: int, env: dict) -> tuple[dict, dict, float]:
+    """Start a server, warm it, load it at concurrency 1 and 16; returns both loads and its peak RSS."""
+    port = free_port()
+    proc = subprocess.Popen(command(port), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}{ready_path}", proc)
+        load(port, "/invocations", 4, 16, photos)  # warm-up
+        one = load(port, "/invocations", 1, requests, photos)
+        sixteen = load(port, "/invocations", 16, requests * 2, photos)
+        return one, sixteen, peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def make_artifact(folder: Path) -> Path:
     from dogbreed.artifact import model_meta, write_artifact
     from dogbreed.data.layout import Labels
@@ -170,34 +185,14 @@ def main() -> None:
         artifact = make_artifact(tmp)
         base = in_process(artifact, photos, repeats=args.requests)
 
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "dogbreed", "serve", "--model", str(artifact), "--port", str(port)],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_ready(f"http://127.0.0.1:{port}/ping", proc)
-            load(port, "/invocations", 4, 16, photos)  # warm-up
-            ours1 = load(port, "/invocations", 1, args.requests, photos)
-            ours16 = load(port, "/invocations", 16, args.requests * 2, photos)
-            ours_rss = peak_rss_mb(proc.pid)
-        finally:
-            proc.terminate()
-            proc.wait()
-
+        ours1, ours16, ours_rss = measure_server(
+            lambda port: [sys.executable, "-m", "dogbreed", "serve", "--model", str(artifact), "--port", str(port)],
+            "/ping", photos, args.requests, env)
         from dogbreed.archive import safe_extract_tar
 
         safe_extract_tar(artifact, tmp / "model")
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-c", PLAIN_SERVER, str(tmp / "model"), str(port)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_ready(f"http://127.0.0.1:{port}/", proc)
-            load(port, "/invocations", 4, 16, photos)
-            plain1 = load(port, "/invocations", 1, args.requests, photos)
-            plain16 = load(port, "/invocations", 16, args.requests * 2, photos)
-            plain_rss = peak_rss_mb(proc.pid)
-        finally:
-            proc.terminate()
-            proc.wait()
+        plain1, plain16, plain_rss = measure_server(
+            lambda port: [sys.executable, "-c", PLAIN_SERVER, str(tmp / "model"), str(port)], "/", photos, args.requests, env)
 
     ms = lambda s: f"{1000 * s:.0f} ms"  # noqa: E731
     print(f"\n## serve_bench: resnet50, 133 classes, {len(photos)} real photos (225x220 to 2560x1920), cpu, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,13 @@ def samples() -> Path:
     if not SAMPLES.is_dir():
         pytest.skip(f"sample photos not found at {SAMPLES}")
     return SAMPLES
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (free to bind, or to prove a connection is refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: str | Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -1,7 +1,6 @@
 """The command as users meet it: help texts, and one clear line with exit 1 for bad input."""
 
 import shutil
-import socket
 from dataclasses import fields
 
 import pytest
@@ -9,7 +8,7 @@ import pytest
 from dogbreed.cli import build_parser, main
 from dogbreed.config import TrainConfig
 
-from .conftest import run_cli
+from .conftest import free_port, run_cli
 
 SUBCOMMANDS = [["data"], ["data", "fetch"], ["data", "synth"], ["data", "check"], ["train"], ["predict"], ["demo"]]
 
@@ -78,9 +77,7 @@ def test_unknown_config_key(synth_data, tmp_path):
 
 
 def test_offline_pretrained_weights(synth_data, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{free_port()}"
     proc = run_cli("train", "--data", str(synth_data), "--out", str(tmp_path), "--backbone", "resnet18", "--no-progress",
                    env={"https_proxy": closed, "HTTPS_PROXY": closed})
     _one_line_error(proc, "cannot download ResNet18_Weights.IMAGENET1K_V1", "--weights PATH", "--no-pretrained")

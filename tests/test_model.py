@@ -1,4 +1,3 @@
-import socket
 
 import pytest
 import torch
@@ -7,6 +6,8 @@ from torch import nn
 from dogbreed.errors import DogbreedError
 from dogbreed.model import build_model, freeze, train_mode
 from dogbreed.runtime.network import ARCHS, get_head
+
+from .conftest import free_port
 
 
 @pytest.mark.parametrize("backbone", list(ARCHS))
@@ -82,9 +83,7 @@ def test_weights_file_that_pickles_code_is_refused(tmp_path):
 
 
 def test_offline_pretrained_weights_is_one_clear_line(monkeypatch):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("https_proxy", closed)
     monkeypatch.setenv("HTTPS_PROXY", closed)
     with pytest.raises(DogbreedError) as err:

@@ -16,6 +16,8 @@ from dogbreed.cli import main
 from dogbreed.data.fetch import download, fetch
 from dogbreed.errors import DogbreedError
 
+from ..conftest import free_port
+
 
 class Origin:
     """A tiny S3-like origin: ETag = MD5, byte ranges, and an optional one-time cut."""
@@ -144,9 +146,7 @@ def test_malicious_archive_is_refused_and_nothing_is_written(origin_factory, tmp
 
 
 def test_offline_is_one_clear_line(tmp_path, capsys):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}/dogImages.zip"
     assert main(["data", "fetch", "--dest", str(tmp_path), "--url", url, "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()

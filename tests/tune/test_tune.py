@@ -1,13 +1,12 @@
 """``dogbreed tune`` end to end on its default embedded storage (SQLite) with worker processes."""
 
 import json
-import socket
 
 import pytest
 
 from dogbreed.cli import main
 
-from ..conftest import TINY
+from ..conftest import TINY, free_port
 
 
 def tune_args(data, out, *extra):
@@ -115,9 +114,7 @@ def test_bad_options_are_one_line(synth_data, tmp_path, capsys, extra, match):
 
 
 def test_unreachable_storage_is_one_line(synth_data, tmp_path, capsys):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"postgresql://tuner:secret@127.0.0.1:{port}/studies"
     assert main(tune_args(synth_data, tmp_path, "--storage", url)) == 1
     err = capsys.readouterr().err.strip()
