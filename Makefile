@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench install system-deps clean
+.PHONY: demo test lint bench install system-deps clean
 
 # Debian packages the tests use: PostgreSQL (distributed tuning), Chromium and its driver (the web
 # page). Installed when missing and root.
@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/dogbreed demo --out demo
 
-test: $(STAMP) system-deps
+test: lint system-deps
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks sagemaker
 
 system-deps:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
@@ -33,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_bench.py
 	$(BIN)/python benchmarks/tune_bench.py
 	$(BIN)/python benchmarks/serve_bench.py
+	$(BIN)/python benchmarks/profile_bench.py
 
 clean:
 	rm -rf $(VENV) demo runs .pytest_cache

@@ -28,7 +28,7 @@ def test_a_run_writes_every_file_and_metrics_that_mean_what_they_say(trained_run
     run = trained_run.run_dir
     names = sorted(p.name for p in run.iterdir())
     assert names == ["checkpoints", "config.yaml", "confusion.png", "curves.png", "labels.json", "metrics.csv",
-                     "model.tar.gz", "per_class.csv", "results.json"]
+                     "model.tar.gz", "per_class.csv", "profile", "results.json"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     rows = _rows(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]

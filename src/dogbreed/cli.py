@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 from dataclasses import MISSING, fields
-from pathlib import Path
 
 from dogbreed import __version__
 from dogbreed.config import TrainConfig, normalize_argv
@@ -181,6 +180,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from dogbreed.monitor.rules import RULES
+
+    if args.list_rules:
+        for name, rule in RULES.items():
+            params = ", ".join(f"{k}={v}" for k, v in rule.defaults.items()) or "no parameters"
+            print(f"{name:<26} {rule.kind:<9} {params}\n{'':<26} {rule.description}")
+        return 0
+    if not args.run:
+        raise DogbreedError("name a run folder: dogbreed report runs/<run> (or --list-rules)")
+    from dogbreed.monitor.report import write_report
+
+    report = write_report(args.run, args.rules)
+    for r in report.rules:
+        if r["status"] == "triggered":
+            first = r["first_trigger"] or {}
+            print(f"triggered  {r['rule']:<26} {r['triggers']:>5}x  first: {first.get('message', '')}")
+    counted = [r for r in report.rules if r["status"] in ("triggered", "no issues found")]
+    fired = sum(r["status"] == "triggered" for r in counted)
+    print(f"{fired} of {len(counted)} evaluated rules triggered; {len(report.rules) - len(counted)} summaries, "
+          f"not applicable or without data")
+    if not report.profile.finished:
+        print(f"note: the run did not finish (status: {report.profile.meta.get('status')}); this covers what was collected")
+    print(f"report: {report.html}\nrules: {report.html.parent / 'rules'}/<Rule>.json"
+          + (f"\ntimeline: {report.png}" if report.png.exists() else ""))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from dogbreed.demo import run_demo
 
@@ -273,6 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     show_p.add_argument("--storage", default=None, metavar="URL", help="storage URL (default: sqlite file OUT/tune.db)")
     show_p.add_argument("--out", default="runs", help="folder holding tune.db when --storage is not given (default: runs)")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("report", parents=[common], formatter_class=_Formatter, help="profile report of a training run",
+                       description="Run the debugger and profiler rules over a run's recorded profile and write\n"
+                                   "RUN/profile/report.html (self-contained), rules/<Rule>.json and timeline.png. Works on\n"
+                                   "a run killed mid-way: it reports what was collected.")
+    p.add_argument("run", nargs="?", metavar="RUN", help="run folder written by `dogbreed train` (runs/<run>)")
+    p.add_argument("--rules", default=None, metavar="RULES.yaml", help="rule parameters and actions to use instead of the "
+                   "run's own (default: the rules the run trained with)")
+    p.add_argument("--list-rules", action="store_true", help="list every rule with its default parameters and exit (default: off)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("predict", parents=[common], formatter_class=_Formatter, help="top-k breeds for images",
                        description="Predict the top-k breeds of images with a trained artifact.")

@@ -51,6 +51,12 @@ class TrainConfig:
     amp: str = _opt("auto", "mixed precision: auto (bf16 where the device supports it), bf16 or off", choices=AMP_MODES)
     workers: int | None = _opt(None, "data-loader worker processes (default: the machine's cores)")
     threshold: float = _opt(0.8, "top-1 probability under which a prediction is flagged low-confidence")
+    profile: bool = _opt(True, "record system and step metrics and debugger tensors, run the rules live and write profile/report.html; --no-profile to skip")
+    profile_interval_ms: int = _opt(500, "milliseconds between system samples (CPU, memory, disk, GPU)")
+    debug_interval: int = _opt(25, "train steps between debugger records (loss, gradient/weight norms, update ratios; 0 = only the first steps)")
+    trace_start: int = _opt(5, "first train step of the torch.profiler + cProfile window")
+    trace_steps: int = _opt(5, "train steps in that window (0 = no trace)")
+    rules: str | None = _opt(None, "YAML file of rule parameters and actions, e.g. `Overfit: {action: stop}` (see docs/profiling.md)")
 
     def validate(self) -> "TrainConfig":
         for f in fields(self):
@@ -66,6 +72,8 @@ class TrainConfig:
             raise DogbreedError(f"image_size must be at least 32, got {self.image_size}")
         if self.aug_views < 0 or self.patience < 0 or (self.workers is not None and self.workers < 0):
             raise DogbreedError("aug_views, patience and workers cannot be negative")
+        if min(self.debug_interval, self.trace_start, self.trace_steps) < 0 or self.profile_interval_ms < 50:
+            raise DogbreedError("debug_interval, trace_start and trace_steps cannot be negative; profile_interval_ms is at least 50")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise DogbreedError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         return self
@@ -79,6 +87,8 @@ class TrainConfig:
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+# Settings that change how a run is observed, never what it learns.
+PROFILE_KEYS = {"profile", "profile_interval_ms", "debug_interval", "trace_start", "trace_steps", "rules"}
 
 
 def coerce(key: str, value: Any) -> Any:

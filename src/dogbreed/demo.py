@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-
 import shutil
+from pathlib import Path
 
 from dogbreed import config as cfgmod
 from dogbreed.artifact import extracted, load_artifact
@@ -39,7 +38,8 @@ def run_demo(out: str | Path = "demo", *, progress: bool = True, show: int = 3) 
     else:
         log.info("1/4 data: reusing %s", data)
 
-    log.info("2/4 train: %s", ", ".join(f"{k}={v}" for k, v in DEMO_RECIPE.items()))
+    log.info("2/4 train (profiled: system, steps, debugger tensors, rules): %s",
+             ", ".join(f"{k}={v}" for k, v in DEMO_RECIPE.items()))
     cfg = cfgmod.resolve(overrides={**DEMO_RECIPE, "data": str(data), "out": str(out / "runs")})
     result = train(cfg, progress=progress)
 
@@ -62,9 +62,10 @@ def run_demo(out: str | Path = "demo", *, progress: bool = True, show: int = 3) 
         log.info(format_answer(path, answer, loaded.threshold))
     log.info(
         "\ndemo done on synthetic data: test accuracy %.1f%% (trained from scratch), %.1f%% (tuned head)\n"
-        "  training run: %s\n  tuning:       %s (best.json, trials.csv, plots/)\n  artifact:     %s\n"
+        "  training run: %s\n  profile:      %s (rules, charts; `dogbreed report RUN` rebuilds it)\n"
+        "  tuning:       %s (best.json, trials.csv, plots/)\n  artifact:     %s\n"
         "  try:          dogbreed predict %s --model %s",
         100 * result.test["test_accuracy"], 100 * loaded.meta["metrics"]["test_accuracy"], result.run_dir,
-        tuned.study_dir, tuned.artifact, data / "test", tuned.artifact,
+        result.run_dir / "profile" / "report.html", tuned.study_dir, tuned.artifact, data / "test", tuned.artifact,
     )
     return tuned.artifact

@@ -20,25 +20,33 @@ import torch
 
 from dogbreed import config as cfgmod
 from dogbreed.artifact import model_meta, write_artifact, write_model_dir
-from dogbreed.config import TrainConfig
+from dogbreed.config import PROFILE_KEYS, TrainConfig
 from dogbreed.data import layout as layout_mod
 from dogbreed.data.loaders import ImageDataset, TensorBatches, image_loader
 from dogbreed.errors import DogbreedError
 from dogbreed.features import FeatureCache, feature_extractor
 from dogbreed.files import atomic_write_text
 from dogbreed.model import build_model, eval_preset, freeze, train_mode
+from dogbreed.monitor import NULL_MONITOR, NullMonitor, open_monitor
 from dogbreed.plots import confusion_matrix, plot_confusion, plot_curves
-from dogbreed.runtime.network import get_head
+from dogbreed.runtime.network import ARCHS, get_head
 from dogbreed.runtime.presets import TrainPreset
 from dogbreed.train import (
-    METRIC_COLUMNS, FitState, amp_dtype_for, cosine_schedule, evaluate, fit, format_epoch, resolve_device,
+    METRIC_COLUMNS,
+    FitState,
+    amp_dtype_for,
+    cosine_schedule,
+    evaluate,
+    fit,
+    format_epoch,
+    resolve_device,
     sagemaker_line,
 )
 
 log = logging.getLogger(__name__)
 
 # What a resumed run may change; everything else must match the run it continues.
-RESUME_OVERRIDABLE = {"epochs", "patience", "workers", "device", "data", "cache_dir"}
+RESUME_OVERRIDABLE = {"epochs", "patience", "workers", "device", "data", "cache_dir", *PROFILE_KEYS}
 
 
 @dataclass
@@ -114,8 +122,45 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
 
 
 def _train_in(run_dir: Path, cfg: TrainConfig, *, resume: bool, progress: bool, on_epoch, finish: bool) -> RunResult:
-    started = time.perf_counter()
+    """The run inside its monitor (tuning trials, ``finish=False``, run unobserved)."""
     device = resolve_device(cfg.device)
+    if cfg.rules and not cfg.profile:
+        log.warning("--rules %s has no effect with --no-profile", cfg.rules)
+    if not (cfg.profile and finish):
+        return _run(run_dir, cfg, device, NULL_MONITOR, resume=resume, progress=progress, on_epoch=on_epoch, finish=finish)
+    monitor = open_monitor(run_dir, cfg, device, resume=resume)
+    status = "failed"
+    try:
+        result = _run(run_dir, cfg, device, monitor, resume=resume, progress=progress, on_epoch=on_epoch, finish=finish)
+        status = "completed"
+        return result
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        monitor.close(status)
+        if status == "completed":
+            _report(run_dir)
+        else:
+            log.info("profile data kept in %s; `dogbreed report %s` reports what was collected", monitor.folder, run_dir)
+
+
+def _report(run_dir: Path) -> None:
+    from dogbreed.monitor.report import write_report
+
+    try:
+        report = write_report(run_dir)
+    except Exception as exc:  # noqa: BLE001 - the run itself succeeded; the report can be rebuilt
+        log.warning("could not write the profile report (%s: %s); retry with `dogbreed report %s`",
+                    type(exc).__name__, exc, run_dir)
+        return
+    fired = [r["rule"] for r in report.rules if r["status"] == "triggered"]
+    log.info("profile report: %s (rules triggered: %s)", report.html, ", ".join(fired) or "none")
+
+
+def _run(run_dir: Path, cfg: TrainConfig, device: torch.device, monitor: NullMonitor, *, resume: bool, progress: bool,
+         on_epoch, finish: bool) -> RunResult:
+    started = time.perf_counter()
     amp_dtype = amp_dtype_for(device, cfg.amp)
     data = load_layout(cfg.data)
     labels = data.labels
@@ -126,21 +171,27 @@ def _train_in(run_dir: Path, cfg: TrainConfig, *, resume: bool, progress: bool, 
 
     cfgmod.save_yaml(cfg, run_dir / "config.yaml")
     labels.write(run_dir / "labels.json")
+    monitor.describe_data(labels.names, data.counts()["train"])
     log.info("run %s: %s (%s), %d classes, %d/%d/%d images, train_layers=%s, device=%s, amp=%s",
              run_dir, cfg.backbone, weights_source, len(labels.names), *(len(data.splits[s]) for s in layout_mod.SPLITS),
              cfg.train_layers, device, amp_dtype or "off")
 
     if cfg.uses_feature_cache:
-        trainable, set_train, batches, cache_stats = _cached_path(cfg, model, preset, data, device, amp_dtype, progress)
+        trainable, set_train, batches, cache_stats = _cached_path(cfg, model, preset, data, device, amp_dtype, progress,
+                                                                  monitor)
+        watched = ARCHS[cfg.backbone].head + "."  # the head's own names inside the network
     else:
         trainable, set_train, batches = _image_path(cfg, model, frozen, preset, data, device)
-        cache_stats = None
+        cache_stats, watched = None, ""
     train_batches, val_batches, test_batches = batches
+    for phase, loader in zip(("train", "eval", "test"), batches):
+        monitor.describe_loader(phase, loader)
 
     params = [p for p in trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, cfg.epochs * len(train_batches), cfg.scheduler)
     state = _restore(run_dir, trainable, optimizer, scheduler, train_batches) if resume else FitState()
+    monitor.watch(trainable, prefix=watched, start_step=state.epoch * len(train_batches))
 
     def report(row: dict) -> None:
         log.info(format_epoch(row, cfg.epochs))
@@ -153,20 +204,23 @@ def _train_in(run_dir: Path, cfg: TrainConfig, *, resume: bool, progress: bool, 
         trainable, train_batches, val_batches, epochs=cfg.epochs, optimizer=optimizer, scheduler=scheduler,
         device=device, amp_dtype=amp_dtype, label_smoothing=cfg.label_smoothing, set_train=set_train,
         patience=cfg.patience, checkpoint_dir=run_dir / "checkpoints", checkpoint_extra={"config": cfg.to_dict()},
-        state=state, on_epoch=report, progress=progress,
+        state=state, on_epoch=report, progress=progress, monitor=monitor,
     )
     if not finish:
         return RunResult(run_dir, None, {}, state.best_epoch, state.history)
 
     best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=device, weights_only=True)
     trainable.load_state_dict(best["model"])
-    test = evaluate(trainable, test_batches, device=device, amp_dtype=amp_dtype, keep_predictions=True)
+    test = evaluate(trainable, test_batches, device=device, amp_dtype=amp_dtype, keep_predictions=True, monitor=monitor,
+                    phase="test")
     test_metrics = {"test_loss": test.loss, "test_accuracy": test.accuracy, "test_top5": test.top5, "test_n": test.n}
     log.info("test (best epoch %d): loss %.4f  accuracy %.4f  top5 %.4f  (%d images)",
              state.best_epoch, test.loss, test.accuracy, test.top5, test.n)
     log.info(" ".join(f"{k}={v:.6g};" for k, v in test_metrics.items() if k != "test_n"))
 
     per_class = write_per_class(test.targets, test.predictions, labels, run_dir / "per_class.csv")
+    monitor.note({"event": "per_class", "split": "test", "names": labels.names, "n": [r["n"] for r in per_class],
+                  "correct": [r["correct"] for r in per_class]})
     plot_curves(state.history, run_dir / "curves.png", state.best_epoch)
     matrix = confusion_matrix(test.targets.numpy(), test.predictions.numpy(), len(labels.names))
     plot_confusion(matrix, labels.display, run_dir / "confusion.png")
@@ -209,11 +263,11 @@ def warm_cache(cfg: TrainConfig, *, progress: bool = True) -> dict:
     return _cached_path(cfg, model, preset, data, device, amp_dtype_for(device, cfg.amp), progress)[3]
 
 
-def _cached_path(cfg, model, preset, data, device, amp_dtype, progress):
+def _cached_path(cfg, model, preset, data, device, amp_dtype, progress, monitor=NULL_MONITOR):
     """Frozen backbone: embed every image once (and ``aug_views`` augmented views of the training
     images), then train the head alone on those embeddings."""
     cache = FeatureCache(cfg.cache_dir, feature_extractor(model, cfg.backbone), device=device, amp_dtype=amp_dtype,
-                         batch_size=max(cfg.batch_size, 64), workers=cfg.workers, progress=progress)
+                         batch_size=max(cfg.batch_size, 64), workers=cfg.workers, progress=progress, monitor=monitor)
     train_preset = TrainPreset.matching(preset)
     eval_id = repr(preset)
     if cfg.aug_views:

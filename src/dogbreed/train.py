@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_torch_save
+from dogbreed.monitor.monitor import NULL_MONITOR, NullMonitor
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,16 @@ def train_one_epoch(
     set_train: Callable[[], None] | None = None,
     progress: bool = False,
     desc: str = "train",
+    monitor: NullMonitor = NULL_MONITOR,
 ) -> dict[str, float]:
     (set_train or model.train)()
     # Running sums stay on the device: one host sync per epoch, not one per step.
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+    bar = tqdm(total=len(batches), desc=desc, unit="batch", disable=not progress, leave=False)
+    for batch in monitor.steps(batches, "train"):
+        bar.update()
         if batch is None:  # every image of the batch failed to decode (each was warned about)
             continue
         x, y, _ = batch
@@ -99,11 +103,14 @@ def train_one_epoch(
         loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        monitor.after_backward(loss)
         optimizer.step()
         scheduler.step()
+        monitor.after_step()
         loss_sum += loss.detach() * y.numel()
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.numel()
+    bar.close()
     if seen == 0:
         raise DogbreedError("no training image could be decoded in this epoch; run `dogbreed data check` on the data set")
     return {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen}
@@ -117,13 +124,15 @@ def evaluate(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     keep_predictions: bool = False,
+    monitor: NullMonitor = NULL_MONITOR,
+    phase: str = "eval",
 ) -> EvalResult:
     model.eval()
     loss_sum = torch.zeros((), device=device)
     top1 = torch.zeros((), device=device, dtype=torch.long)
     top5 = torch.zeros((), device=device, dtype=torch.long)
     preds, targets, seen = [], [], 0
-    for batch in batches:
+    for batch in monitor.steps(batches, phase):
         if batch is None:
             continue
         x, y, _ = batch
@@ -200,13 +209,15 @@ def fit(
     state: FitState | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = False,
+    monitor: NullMonitor = NULL_MONITOR,
 ) -> FitState:
     """Train for ``epochs`` (from ``state.epoch`` on); keep the best epoch by val_loss.
 
     ``checkpoint_dir`` receives ``last.pt`` (model, optimizer, schedule, shuffle state, fit state)
     every epoch and ``best.pt`` (model) whenever val_loss improves, each written atomically with
     ``checkpoint_extra`` (the run's config). ``on_epoch`` gets each epoch's metrics row (for
-    printing, tuning reports and pruning).
+    printing, tuning reports and pruning). ``monitor`` times the steps and reads debugger tensors;
+    a rule with the stop action ends training after the epoch it fires in.
     """
     extra = checkpoint_extra or {}
     shuffle = getattr(train_batches, "generator", None)  # restored on resume: the same batch order
@@ -215,11 +226,13 @@ def fit(
     for epoch in range(state.epoch + 1, epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
+        monitor.epoch_begin(epoch)
         train = train_one_epoch(
             model, train_batches, optimizer, scheduler, device=device, amp_dtype=amp_dtype,
             label_smoothing=label_smoothing, set_train=set_train, progress=progress, desc=f"epoch {epoch}/{epochs}",
+            monitor=monitor,
         )
-        val = evaluate(model, val_batches, device=device, amp_dtype=amp_dtype)
+        val = evaluate(model, val_batches, device=device, amp_dtype=amp_dtype, monitor=monitor)
         row = {
             "epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
             "val_loss": val.loss, "val_accuracy": val.accuracy, "val_top5": val.top5,
@@ -239,8 +252,12 @@ def fit(
                  "shuffle": shuffle.get_state() if shuffle is not None else None},
                 checkpoint_dir / "last.pt",
             )
+        monitor.epoch_end(row)
         if on_epoch:
             on_epoch(row)
+        if monitor.stop_requested:
+            log.info("training stopped after epoch %d by rule %s (its action is stop)", epoch, monitor.stopped_by)
+            break
         if patience and epoch - state.best_epoch >= patience:
             log.info("early stop: val_loss has not improved for %d epochs (best: epoch %d)", patience, state.best_epoch)
             break

@@ -131,7 +131,7 @@ def _dataset_root(folder: Path) -> Path:
     for candidate in [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]:
         if all((candidate / s).is_dir() for s in SPLITS):
             return candidate
-    raise DogbreedError(f"the archive holds no train/ valid/ test/ folders")
+    raise DogbreedError("the archive holds no train/ valid/ test/ folders")
 
 
 def extract_dataset(zip_path: str | os.PathLike, dest: str | os.PathLike, name: str = "dogImages") -> Path:

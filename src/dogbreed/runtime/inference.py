@@ -18,10 +18,10 @@ from torch import nn
 
 try:
     from .network import OnnxModel, build_network, predict_probs
-    from .presets import DEFAULT_MAX_PIXELS, EvalPreset, ImageDecodeError, load_image
+    from .presets import DEFAULT_MAX_PIXELS, EvalPreset, ImageDecodeError
 except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
     from network import OnnxModel, build_network, predict_probs  # type: ignore[no-redef]
-    from presets import DEFAULT_MAX_PIXELS, EvalPreset, ImageDecodeError, load_image  # type: ignore[no-redef]
+    from presets import DEFAULT_MAX_PIXELS, EvalPreset, ImageDecodeError  # type: ignore[no-redef]
 
 WEIGHTS_FILE = "model.pth"
 LABELS_FILE = "labels.json"

@@ -19,7 +19,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from dogbreed.runtime.inference import (
-    JSON_TYPE, InputError, LoadedModel, decode, decode_instances, topk_answer,
+    JSON_TYPE,
+    InputError,
+    LoadedModel,
+    decode,
+    decode_instances,
+    topk_answer,
 )
 from dogbreed.runtime.network import predict_probs
 from dogbreed.serve.batcher import Batcher, Overloaded

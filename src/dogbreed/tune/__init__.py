@@ -26,7 +26,16 @@ from dogbreed.run import EMBEDDING_KEYS, train, warm_cache
 from dogbreed.tune import results
 from dogbreed.tune.space import NOT_TUNABLE, Param, load_space, space_to_dict, suggest
 from dogbreed.tune.study import (
-    OBJECTIVES, PRUNERS, SAMPLERS, SETUP_ATTR, create_or_load, make_pruner, make_sampler, masked, open_storage, work,
+    OBJECTIVES,
+    PRUNERS,
+    SAMPLERS,
+    SETUP_ATTR,
+    create_or_load,
+    make_pruner,
+    make_sampler,
+    masked,
+    open_storage,
+    work,
 )
 
 log = logging.getLogger(__name__)

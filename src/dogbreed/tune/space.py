@@ -16,10 +16,10 @@ from typing import Any
 import optuna
 import yaml
 
-from dogbreed.config import FIELD_TYPES, coerce
+from dogbreed.config import FIELD_TYPES, PROFILE_KEYS, coerce
 from dogbreed.errors import DogbreedError
 
-NOT_TUNABLE = {"data", "out", "name", "cache_dir", "device", "workers", "resume"}
+NOT_TUNABLE = {"data", "out", "name", "cache_dir", "device", "workers", "resume", *PROFILE_KEYS}
 KINDS = ("float", "int", "categorical")
 KEYS = {"type", "low", "high", "log", "step", "choices"}
 

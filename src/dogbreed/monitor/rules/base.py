@@ -1,0 +1,103 @@
+"""What every rule shares: parameters with defaults, datapoints, triggers and its result file.
+
+A rule sees records one at a time, in time order, from the streams it names, and decides on each
+one. The same rule objects run live during training (fed every sampler tick) and over a finished
+run (fed the recorded files), so the two agree.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numpy as np
+
+MAX_MESSAGES = 20  # trigger messages kept per rule (the count keeps going)
+
+
+def num(value) -> float:
+    """A recorded number; NaN and infinities were written as strings."""
+    return float(value) if value is not None else math.nan
+
+
+class Rule:
+    name: ClassVar[str]
+    kind: ClassVar[str]  # "profiler" or "debugger"
+    description: ClassVar[str]
+    recommendation: ClassVar[str]
+    defaults: ClassVar[dict] = {}
+    choices: ClassVar[dict[str, tuple]] = {}  # parameters that take one of a few words
+    streams: ClassVar[tuple[str, ...]] = ()
+    summary_only: ClassVar[bool] = False  # a summary never triggers
+
+    def __init__(self, meta: dict, params: dict | None = None, action: str = "log") -> None:
+        self.meta = meta  # shared with the monitor, which fills it in as the run goes
+        self.params = {**self.defaults, **(params or {})}
+        self.action = action
+        self.datapoints = 0
+        self.evaluations = 0
+        self.triggers = 0
+        self.first: dict | None = None
+        self.last: dict | None = None
+        self.messages: list[dict] = []
+        self.details: dict = {}
+
+    # -- subclasses -------------------------------------------------------------------------------
+
+    def not_applicable(self) -> str | None:
+        """Why this rule cannot run on this run's hardware or network, or None when it can."""
+        return None
+
+    def observe(self, stream: str, record: dict) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """The end of the run (or of the recorded files): final evaluation and summary details."""
+
+    # -- shared -----------------------------------------------------------------------------------
+
+    @property
+    def gpus(self) -> list:
+        return self.meta.get("hardware", {}).get("gpus", [])
+
+    def no_gpu(self) -> str | None:
+        return None if self.gpus else "not applicable: no NVIDIA GPU on this machine"
+
+    def check(self, condition: bool, record: dict, message: str) -> bool:
+        """One evaluation; a trigger when ``condition`` holds."""
+        self.evaluations += 1
+        if condition:
+            self.fire(record, message)
+        return condition
+
+    def fire(self, record: dict, message: str) -> None:
+        self.triggers += 1
+        where = {"t": record.get("t"), "step": record.get("step"), "epoch": record.get("epoch"), "message": message}
+        self.first = self.first or where
+        self.last = where
+        if len(self.messages) < MAX_MESSAGES:
+            self.messages.append(where)
+
+    def status(self) -> str:
+        if reason := self.not_applicable():
+            return reason
+        if self.summary_only:
+            return "summary"
+        if self.triggers:
+            return "triggered"
+        if not self.evaluations:
+            return "no data: " + self.details.get("waiting", "nothing to evaluate in this run")
+        return "no issues found"
+
+    def result(self) -> dict:
+        return {
+            "rule": self.name, "kind": self.kind, "status": self.status(), "description": self.description,
+            "recommendation": self.recommendation, "parameters": self.params, "action": self.action,
+            "datapoints": self.datapoints, "evaluations": self.evaluations, "triggers": self.triggers,
+            "first_trigger": self.first, "last_trigger": self.last, "messages": self.messages, "details": self.details,
+        }
+
+
+def percentile(values, q: float) -> float:
+    """Linear-interpolated percentile, as SageMaker's rules compute them (numpy's default)."""
+    return float(np.percentile(np.asarray(values, dtype=float), q))

@@ -1,0 +1,21 @@
+"""`make demo`'s job as a real process: synthetic data -> profiled training -> tuning -> predictions."""
+
+import re
+from pathlib import Path
+
+from .conftest import run_cli
+
+
+def test_the_demo_runs_end_to_end_offline(tmp_path):
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--out", str(out), "--no-progress", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    text = proc.stdout
+    accuracy = re.search(r"test accuracy ([\d.]+)% \(trained from scratch\), ([\d.]+)% \(tuned head\)", text)
+    assert accuracy and float(accuracy[1]) > 50 and float(accuracy[2]) > 50  # 10 classes: chance is 10%
+    report = Path(re.search(r"profile: +(\S+report\.html)", text)[1])
+    assert report.is_file() and (report.parent / "rules" / "StepOutlier.json").is_file()
+    artifact = Path(re.search(r"artifact: +(\S+model\.tar\.gz)", text)[1])
+    assert artifact.is_file()
+    assert text.count("  1. ") == 3  # top-5 tables for three test images
