@@ -229,3 +229,20 @@ def test_a_split_with_no_readable_image_is_one_line_and_leaves_nothing(data_copy
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no image could be decoded while embedding valid")
     assert "Traceback" not in proc.stderr
     assert list((tmp_path / "runs").iterdir()) == []  # the run folder was removed
+
+
+def test_a_finished_run_leaves_no_worker_processes_behind(synth_data, tmp_path):
+    import gc
+
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    cfg = config.resolve(overrides={**TINY, "data": str(synth_data), "out": str(tmp_path), "train_layers": "all",
+                                    "epochs": 2, "workers": 2, "profile": False})
+    gc.disable()  # the workers must end with the run, not whenever the garbage collector next runs
+    try:
+        train(cfg, progress=False)
+        left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    finally:
+        gc.enable()
+    assert left == []

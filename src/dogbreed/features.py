@@ -130,7 +130,8 @@ class FeatureCache:
         started = time.perf_counter()
         # Eval transforms decode JPEGs no larger than needed, exactly as prediction does.
         dataset = ImageDataset(samples, transform, view=view, min_side=getattr(transform, "resize_size", None))
-        loader = image_loader(dataset, self.batch_size, shuffle=False, workers=self.workers, device=self.device)
+        loader = image_loader(dataset, self.batch_size, shuffle=False, workers=self.workers, device=self.device,
+                              persistent=False)
         self.monitor.describe_loader("embed", loader)
         features: torch.Tensor | None = None
         ok = torch.zeros(len(samples), dtype=torch.bool)

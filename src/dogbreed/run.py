@@ -22,7 +22,7 @@ from dogbreed import config as cfgmod
 from dogbreed.artifact import model_meta, write_artifact, write_model_dir
 from dogbreed.config import PROFILE_KEYS, TrainConfig
 from dogbreed.data import layout as layout_mod
-from dogbreed.data.loaders import ImageDataset, TensorBatches, image_loader
+from dogbreed.data.loaders import ImageDataset, TensorBatches, image_loader, shutdown_workers
 from dogbreed.errors import DogbreedError
 from dogbreed.features import FeatureCache, feature_extractor
 from dogbreed.files import atomic_write_text
@@ -200,12 +200,16 @@ def _run(run_dir: Path, cfg: TrainConfig, device: torch.device, monitor: NullMon
         if on_epoch:
             on_epoch(row)
 
-    state = fit(
-        trainable, train_batches, val_batches, epochs=cfg.epochs, optimizer=optimizer, scheduler=scheduler,
-        device=device, amp_dtype=amp_dtype, label_smoothing=cfg.label_smoothing, set_train=set_train,
-        patience=cfg.patience, checkpoint_dir=run_dir / "checkpoints", checkpoint_extra={"config": cfg.to_dict()},
-        state=state, on_epoch=report, progress=progress, monitor=monitor,
-    )
+    try:
+        state = fit(
+            trainable, train_batches, val_batches, epochs=cfg.epochs, optimizer=optimizer, scheduler=scheduler,
+            device=device, amp_dtype=amp_dtype, label_smoothing=cfg.label_smoothing, set_train=set_train,
+            patience=cfg.patience, checkpoint_dir=run_dir / "checkpoints", checkpoint_extra={"config": cfg.to_dict()},
+            state=state, on_epoch=report, progress=progress, monitor=monitor,
+        )
+    finally:
+        for loader in (train_batches, val_batches):
+            shutdown_workers(loader)
     if not finish:
         return RunResult(run_dir, None, {}, state.best_epoch, state.history)
 
@@ -301,7 +305,8 @@ def _image_path(cfg, model, frozen, preset, data, device):
     def loader(split, transform, shuffle):
         size = cfg.batch_size if shuffle else max(cfg.batch_size, 64)
         dataset = ImageDataset(data.splits[split], transform, min_side=getattr(transform, "resize_size", None))
-        return image_loader(dataset, size, shuffle=shuffle, workers=cfg.workers, device=device, seed=cfg.seed)
+        return image_loader(dataset, size, shuffle=shuffle, workers=cfg.workers, device=device, seed=cfg.seed,
+                            persistent=split != "test")  # the test split is read once
 
     batches = (loader("train", train_preset, True), loader("valid", preset, False), loader("test", preset, False))
     return model, (lambda: train_mode(model, frozen)), batches

@@ -62,7 +62,10 @@ def image_loader(
     workers: int | None,
     device: torch.device,
     seed: int = 0,
+    persistent: bool = True,
 ) -> DataLoader:
+    """``persistent``: keep the worker processes between passes (loaders read every epoch); a loader
+    read once lets its workers end with the pass."""
     workers = default_workers() if workers is None else workers
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
@@ -70,11 +73,21 @@ def image_loader(
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,
-        persistent_workers=workers > 0,
+        persistent_workers=persistent and workers > 0,
         pin_memory=device.type == "cuda",
         collate_fn=collate_skipping_bad,
         generator=generator,
     )
+
+
+def shutdown_workers(loader) -> None:
+    """End a loader's persistent worker processes now. Left to the garbage collector, a finished run's
+    workers are joined whenever it next runs, which stalled a later run in the same process (the demo,
+    the Python API) for seconds at a time."""
+    iterator = getattr(loader, "_iterator", None)  # where torch keeps the persistent workers' iterator
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+        loader._iterator = None
 
 
 class TensorBatches:
