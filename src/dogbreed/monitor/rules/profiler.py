@@ -193,37 +193,57 @@ class StepOutlier(Rule):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.durations: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self.series: dict[str, _Growing] = defaultdict(_Growing)
 
     def observe(self, stream: str, record: dict) -> None:
         phase = record["phase"]
         if self.params["mode"] not in ("all", phase):
             return
         self.datapoints += 1
-        series = self.durations[phase]
-        series.append((record["step"], record["data"] + record["compute"]))
-        if len(series) > self.MIN_STEPS and len(series) % int(self.params["every"]) == 0:
+        series = self.series[phase]
+        series.append(record["step"], record["data"] + record["compute"])
+        if series.n > self.MIN_STEPS and series.n % int(self.params["every"]) == 0:
             self._evaluate(phase, record)
-        elif len(series) <= self.MIN_STEPS:
+        elif series.n <= self.MIN_STEPS:
             self.details["waiting"] = f"evaluates once a phase has more than {self.MIN_STEPS} steps"
 
     def _evaluate(self, phase: str, record: dict) -> None:
-        steps, values = zip(*self.durations[phase])
-        values = np.asarray(values)
-        threshold = values.mean() + self.params["stddev"] * values.std()
-        outliers = [(s, float(v)) for s, v in zip(steps, values) if v > threshold]
+        # Vectorised over the whole history: a live run checks every `every` steps for hours.
+        steps, values = self.series[phase].arrays()
+        mean, std = float(values.mean()), float(values.std())
+        threshold = mean + self.params["stddev"] * std
+        above = np.flatnonzero(values > threshold)
+        slowest = above[np.argsort(-values[above])[:10]]
         self.details.setdefault("phases", {})[phase] = {
-            "steps": len(values), "mean_s": float(values.mean()), "std_s": float(values.std()),
-            "threshold_s": float(threshold), "outliers": len(outliers),
-            "slowest": sorted(outliers, key=lambda o: -o[1])[:10],
+            "steps": len(values), "mean_s": mean, "std_s": std, "threshold_s": threshold, "outliers": len(above),
+            "slowest": [(int(steps[i]), float(values[i])) for i in slowest],
         }
-        self.check(len(outliers) > self.params["n_outliers"], record,
-                   f"{phase}: {len(outliers)} steps over {threshold * 1000:.1f} ms (mean + {self.params['stddev']} sd)")
+        self.check(len(above) > self.params["n_outliers"], record,
+                   f"{phase}: {len(above)} steps over {threshold * 1000:.1f} ms (mean + {self.params['stddev']} sd)")
 
     def finish(self) -> None:
-        for phase, series in self.durations.items():
-            if len(series) > self.MIN_STEPS and len(series) % int(self.params["every"]):
-                self._evaluate(phase, {"step": series[-1][0], "phase": phase})
+        for phase, series in self.series.items():
+            if series.n > self.MIN_STEPS and series.n % int(self.params["every"]):
+                self._evaluate(phase, {"step": int(series.arrays()[0][-1]), "phase": phase})
+
+
+class _Growing:
+    """(step, seconds) pairs in numpy arrays that double as they fill."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.steps = np.zeros(256, dtype=np.int64)
+        self.values = np.zeros(256)
+
+    def append(self, step: int, value: float) -> None:
+        if self.n == len(self.values):
+            self.steps = np.concatenate([self.steps, np.zeros_like(self.steps)])
+            self.values = np.concatenate([self.values, np.zeros_like(self.values)])
+        self.steps[self.n], self.values[self.n] = step, value
+        self.n += 1
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.steps[: self.n], self.values[: self.n]
 
 
 def _js_distance(p: np.ndarray, q: np.ndarray) -> float:
