@@ -158,3 +158,15 @@ def test_a_killed_run_is_reported_from_what_was_collected(synth_data, tmp_path):
     page = (run_dir / "profile" / "report.html").read_text()
     assert "This run did not finish" in page and "1 partial line(s)" in page
     assert "partial line" in report.stderr
+
+
+def test_a_bad_rules_file_stops_training_before_it_starts(synth_data, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("StepOutlier: {sigma: 3}\n")
+    proc = run_cli("train", "--data", str(synth_data), "--out", str(tmp_path / "runs"), "--backbone", "resnet18",
+                   "--no-pretrained", "--image-size", "64", "--workers", "0", "--epochs", "1", "--rules", str(rules))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: rules file {rules}: rule StepOutlier has no parameter 'sigma'; its parameters: stddev, n_outliers, mode, "
+        "every, action"]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing half-made
