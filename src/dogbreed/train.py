@@ -217,13 +217,16 @@ def fit(
     every epoch and ``best.pt`` (model) whenever val_loss improves, each written atomically with
     ``checkpoint_extra`` (the run's config). ``on_epoch`` gets each epoch's metrics row (for
     printing, tuning reports and pruning). ``monitor`` times the steps and reads debugger tensors;
-    a rule with the stop action ends training after the epoch it fires in.
+    a rule with the stop action ends the epoch after the current step, and no epoch starts after it.
     """
     extra = checkpoint_extra or {}
     shuffle = getattr(train_batches, "generator", None)  # restored on resume: the same batch order
     state = state or FitState()
     state.history = state.history or []
     for epoch in range(state.epoch + 1, epochs + 1):
+        if monitor.stop_requested:
+            log.info("training stopped after epoch %d by rule %s (its action is stop)", epoch - 1, monitor.stopped_by)
+            break
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         monitor.epoch_begin(epoch)
@@ -255,9 +258,6 @@ def fit(
         monitor.epoch_end(row)
         if on_epoch:
             on_epoch(row)
-        if monitor.stop_requested:
-            log.info("training stopped after epoch %d by rule %s (its action is stop)", epoch, monitor.stopped_by)
-            break
         if patience and epoch - state.best_epoch >= patience:
             log.info("early stop: val_loss has not improved for %d epochs (best: epoch %d)", patience, state.best_epoch)
             break

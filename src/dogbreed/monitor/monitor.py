@@ -134,7 +134,7 @@ class Monitor(NullMonitor):
         clock, queue, epoch = time.perf_counter, self._queues["steps"], self.epoch
         iterator = iter(batches)
         try:
-            while not (train and self.stop_requested):  # a stop never cuts an embedding or evaluation pass
+            while True:
                 t0 = clock()
                 try:
                     batch = next(iterator)
@@ -152,6 +152,8 @@ class Monitor(NullMonitor):
                 if train and (event := self.trace.after_step(step)):
                     self.note(event)
                 step += 1
+                if train and self.stop_requested:  # after a step: a stopped epoch still trained; never cuts embed/eval
+                    break
         finally:
             self.counts[phase] = step
             if train:
