@@ -65,10 +65,11 @@ def head_epochs(folder: Path, rounds: int) -> dict:
         epoch(NULL_MONITOR, warm)
         epoch(on, warm)
     times = {"off": [], "on": []}
-    for r in range(rounds):  # alternate, and alternate which goes first
+    for r in range(rounds):  # adjacent pairs, alternating which goes first: drift cancels within a pair
         for mode in (("off", "on") if r % 2 else ("on", "off")):
             times[mode].append(epoch(on if mode == "on" else NULL_MONITOR, r))
     on.close()
+    pairs = sorted(a / b for a, b in zip(times["on"], times["off"]))
     traced = monitor_for("head-trace", trace_steps=5)
     trace_epoch = epoch(traced, 0)
     traced.close()
@@ -80,7 +81,13 @@ def head_epochs(folder: Path, rounds: int) -> dict:
     steps = len(batches)
     off, with_monitor = statistics.median(times["off"]), statistics.median(times["on"])
     return {"steps": steps, "off_ms": 1000 * off / steps, "on_ms": 1000 * with_monitor / steps,
-            "ratio": with_monitor / off, "trace_s": trace_epoch - with_monitor, "report_s": report_s}
+            "ratio": statistics.median(pairs), "iqr": quartiles(pairs), "trace_s": trace_epoch - with_monitor,
+            "report_s": report_s}
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
 
 
 def image_runs(folder: Path, epochs: int, rounds: int) -> dict:
@@ -94,20 +101,22 @@ def image_runs(folder: Path, epochs: int, rounds: int) -> dict:
             start = time.perf_counter()
             result = train(config.resolve(overrides={**common, "profile": mode == "on", "name": f"{mode}-{r}"}), progress=False)
             wall[mode].append(time.perf_counter() - start)
-            epoch_s[mode] += [row["seconds"] for row in result.history[1:]]  # epoch 1 holds the trace window
+            epoch_s[mode].append([row["seconds"] for row in result.history[1:]])  # epoch 1 holds the trace window
             if mode == "on":
                 first_on = result.history[0]["seconds"]
             else:
                 first_off = result.history[0]["seconds"]
-    off, on = statistics.median(epoch_s["off"]), statistics.median(epoch_s["on"])
-    return {"epoch_off": off, "epoch_on": on, "ratio": on / off, "first_on": first_on, "first_off": first_off,
+    pairs = sorted(a / b for on_run, off_run in zip(epoch_s["on"], epoch_s["off"]) for a, b in zip(on_run, off_run))
+    off = statistics.median(s for run in epoch_s["off"] for s in run)
+    on = statistics.median(s for run in epoch_s["on"] for s in run)
+    return {"epoch_off": off, "epoch_on": on, "ratio": statistics.median(pairs), "iqr": quartiles(pairs), "first_on": first_on, "first_off": first_off,
             "wall_off": statistics.median(wall["off"]), "wall_on": statistics.median(wall["on"]), "steps": 10}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=12, help="alternating off/on epochs on the head path")
-    p.add_argument("--image-rounds", type=int, default=2, help="alternating off/on training runs on images")
+    p.add_argument("--rounds", type=int, default=40, help="adjacent off/on epoch pairs on the head path")
+    p.add_argument("--image-rounds", type=int, default=3, help="adjacent off/on training runs on images")
     p.add_argument("--image-epochs", type=int, default=3)
     args = p.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -119,11 +128,13 @@ def main() -> None:
 
     print(f"\n## profile_bench ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu)\n")
-    print("| measure | no profile | profile (defaults) | ratio |\n|---|---|---|---|")
-    print(f"| head path: train step, {head['steps']} steps/epoch, median of {args.rounds} epochs each | "
-          f"{head['off_ms']:.3f} ms | {head['on_ms']:.3f} ms | **{head['ratio']:.3f}x** |")
-    print(f"| image path: epoch (resnet50 layer4, 10 steps + eval), median of epochs 2..{args.image_epochs} x "
-          f"{args.image_rounds} runs | {image['epoch_off']:.2f} s | {image['epoch_on']:.2f} s | **{image['ratio']:.3f}x** |")
+    print("| measure | no profile | profile (defaults) | ratio: median of adjacent pairs (p25-p75) |\n|---|---|---|---|")
+    print(f"| head path: train step, {head['steps']} steps/epoch, {args.rounds} epoch pairs | "
+          f"{head['off_ms']:.3f} ms | {head['on_ms']:.3f} ms | **{head['ratio']:.3f}x** "
+          f"({head['iqr'][0]:.3f}-{head['iqr'][1]:.3f}) |")
+    print(f"| image path: epoch (resnet50 layer4, 10 steps + eval), epochs 2..{args.image_epochs} of "
+          f"{args.image_rounds} run pairs | {image['epoch_off']:.2f} s | {image['epoch_on']:.2f} s | **{image['ratio']:.3f}x** "
+          f"({image['iqr'][0]:.3f}-{image['iqr'][1]:.3f}) |")
     print(f"| image path: first epoch (holds the 5-step trace window) | {image['first_off']:.2f} s | {image['first_on']:.2f} s | "
           f"{image['first_on'] / image['first_off']:.3f}x |")
     print(f"| image path: whole `dogbreed train` run, {args.image_epochs} epochs (report included) | "

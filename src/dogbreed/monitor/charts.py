@@ -42,15 +42,19 @@ def epoch_ends(profile: Profile) -> list[tuple[int, float]]:
 
 
 def _decorate(fig: go.Figure, profile: Profile, t0: float, rows: int) -> None:
-    for phase, _, start, end in phase_spans(profile):
-        fig.add_vrect(x0=start - t0, x1=end - t0, fillcolor=PHASE_COLOURS.get(phase, "#999"), opacity=0.12,
-                      line_width=0, layer="below", row="all", col=1)
-    for epoch, t in epoch_ends(profile):
-        fig.add_vline(x=t - t0, line=dict(color="#777", dash="dot", width=1), row="all", col=1)
-        fig.add_annotation(x=t - t0, y=1.0, yref="paper", text=f"epoch {epoch}", showarrow=False, font=dict(size=9),
-                           xanchor="right", yanchor="bottom")
+    """Phase bands and epoch lines across every subplot (shared x axis): one shape each, set in one
+    layout update (plotly's add_vrect per shape grows quadratically with the run's epochs)."""
+    spans = phase_spans(profile)
+    shapes = [dict(type="rect", xref="x", yref="paper", x0=start - t0, x1=end - t0, y0=0, y1=1, layer="below",
+                   fillcolor=PHASE_COLOURS.get(phase, "#999"), opacity=0.12, line_width=0) for phase, _, start, end in spans]
+    ends = epoch_ends(profile)
+    shapes += [dict(type="line", xref="x", yref="paper", x0=t - t0, x1=t - t0, y0=0, y1=1,
+                    line=dict(color="#777", dash="dot", width=1)) for _, t in ends]
+    labels = [dict(x=t - t0, y=1.0, xref="x", yref="paper", text=f"epoch {epoch}", showarrow=False, font=dict(size=9),
+                   xanchor="right", yanchor="bottom") for epoch, t in ends[:: max(1, len(ends) // 30)]]
+    fig.update_layout(shapes=shapes, annotations=[*fig.layout.annotations, *labels])
     for phase, colour in PHASE_COLOURS.items():  # a legend entry per phase shown
-        if any(s[0] == phase for s in phase_spans(profile)):
+        if any(s[0] == phase for s in spans):
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"{phase} phase",
                                      marker=dict(color=colour, size=10, symbol="square", opacity=0.4)), row=1, col=1)
 

@@ -58,7 +58,7 @@ NULL_MONITOR = NullMonitor()
 
 class Monitor(NullMonitor):
     def __init__(self, run_dir: Path, *, device: torch.device, meta: dict, interval_ms: int = 500,
-                 debug_interval: int = 10, trace_start: int = 5, trace_steps: int = 5, rules: str | None = None,
+                 debug_interval: int = 25, trace_start: int = 5, trace_steps: int = 5, rules: str | None = None,
                  resume: bool = False) -> None:
         self.folder = Path(run_dir) / PROFILE_DIR
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -96,7 +96,10 @@ def _badge(status: str) -> str:
     return f'<span class="badge {cls}" title="{_e(status)}">{_e(label)}</span>'
 
 
-def _table(headers: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
+def _table(headers: list[str] | None, rows: list[list], numeric: set[int] = frozenset()) -> str:
+    if headers is None:  # a key-value table: the keys are the headers
+        rows = [[f"<b>{k}</b>", v] for k, v in rows]
+        return "<table><tbody>" + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows) + "</tbody></table>"
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r))
                    + "</tr>" for r in rows)
@@ -183,7 +186,7 @@ def render(profile: Profile, results: list[dict]) -> str:
     files = [f for f in ("trace/trace.json", "trace/cprofile.prof", "trace/cprofile.txt", "trace/ops.txt", "tensorboard",
                          "timeline.png", "tensors.jsonl", "steps.jsonl", "system.jsonl", "events.jsonl") if (profile.folder / f).exists()]
     cfg = meta.get("config", {})
-    summary = _table(["", ""], [
+    summary = _table(None, [
         ["run", _e(meta.get("run"))], ["status", _e(status + (f" (by rule {meta['stopped_by']})" if meta.get("stopped_by") else ""))],
         ["started / ended", f"{_e(_when(meta.get('started')))} / {_e(_when(meta.get('ended')))}"],
         ["training", _e(", ".join(f"{k}={v}" for k, v in cfg.items()) + f"; path: {meta.get('path', '-')}")],
