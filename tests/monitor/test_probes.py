@@ -64,3 +64,13 @@ def test_relus_of_frozen_blocks_and_late_steps_are_not_measured():
     assert len(active) == 8 and all(0 <= a <= 1 for a in active)
     assert records[2]["loss"] > 0  # the mean of steps 2's loss alone (step 1 was recorded)
     assert not probe._hooks  # removed once past the early steps
+
+
+def test_interval_zero_records_only_the_early_steps_and_keeps_nothing_after():
+    model = nn.Linear(5, 3)
+    probe = TensorProbe(model, interval=0, early_steps=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for step in range(50):
+        _step(model, probe, step, optimizer)
+    assert [r["step"] for r in probe.flush()] == [0, 1]
+    assert probe._losses == []  # no unbounded list of losses waiting for a record that never comes

@@ -41,7 +41,7 @@ def epoch_ends(profile: Profile) -> list[tuple[int, float]]:
     return [(e["epoch"], e["t"]) for e in profile.events if e.get("event") == "epoch"]
 
 
-def _decorate(fig: go.Figure, profile: Profile, t0: float, rows: int) -> None:
+def _decorate(fig: go.Figure, profile: Profile, t0: float) -> None:
     """Phase bands and epoch lines across every subplot (shared x axis): one shape each, set in one
     layout update (plotly's add_vrect per shape grows quadratically with the run's epochs)."""
     spans = phase_spans(profile)
@@ -84,7 +84,7 @@ def system_timeline(profile: Profile) -> go.Figure | None:
         fig.add_trace(go.Scatter(x=x, y=[v["util"] if v else None for v in gpu_at], name=f"GPU {g} util"), row=4, col=1)
         fig.add_trace(go.Scatter(x=x, y=[v["mem_percent"] if v else None for v in gpu_at], name=f"GPU {g} memory",
                                  line=dict(dash="dash")), row=4, col=1)
-    _decorate(fig, profile, t0, len(titles))
+    _decorate(fig, profile, t0)
     fig.update_xaxes(title_text="seconds since start", row=len(titles), col=1)
     fig.update_layout(height=230 * len(titles) + 80, **LAYOUT)
     return fig

@@ -72,7 +72,8 @@ class TensorProbe:
             self.remove_hooks()
 
     def after_backward(self, step: int, epoch: int, t: float, loss: torch.Tensor) -> None:
-        self._losses.append(loss.detach())  # a view, no kernel; averaged at the next record
+        if self.interval or step < self.early_steps:  # with interval 0 no later record would average them
+            self._losses.append(loss.detach())  # a view, no kernel; averaged at the next record
         if not self.wants(step):
             return
         with torch.no_grad():
