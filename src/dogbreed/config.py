@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from dogbreed.errors import DogbreedError
+from dogbreed.files import read_yaml
 from dogbreed.runtime.network import ARCHS
 
 TRAIN_LAYERS = ("head", "layer4", "all")
@@ -120,12 +121,7 @@ def coerce(key: str, value: Any) -> Any:
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise DogbreedError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise DogbreedError(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    doc = read_yaml(path, "config file") or {}
     if not isinstance(doc, dict):
         raise DogbreedError(f"config file {path} must be a mapping of key: value")
     return {key: coerce(key, value) for key, value in doc.items()}

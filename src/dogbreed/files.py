@@ -8,6 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import yaml
+
+from dogbreed.errors import DogbreedError
 
 
 @contextmanager
@@ -33,3 +36,14 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def read_yaml(path: str | os.PathLike, what: str):
+    """The YAML document in ``path``; a missing or malformed file is one line naming it (``what``:
+    "config file", "space file", "rules file")."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DogbreedError(f"{what} {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise DogbreedError(f"{what} {path} is not valid YAML ({str(exc).splitlines()[0]})") from None

@@ -10,14 +10,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 
 from dogbreed.config import FIELD_TYPES, PROFILE_KEYS, coerce
 from dogbreed.errors import DogbreedError
+from dogbreed.files import read_yaml
 
 NOT_TUNABLE = {"data", "out", "name", "cache_dir", "device", "workers", "resume", *PROFILE_KEYS}
 KINDS = ("float", "int", "categorical")
@@ -101,12 +100,7 @@ def _param(name: str, spec: Any, where: str) -> Param:
 def load_space(path: str | os.PathLike | None) -> dict[str, Param]:
     if path is None:
         return dict(DEFAULT_SPACE)
-    try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DogbreedError(f"space file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise DogbreedError(f"space file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    doc = read_yaml(path, "space file")
     if not isinstance(doc, dict) or not doc:
         raise DogbreedError(f"space file {path} must map parameter names to ranges")
     return {name: _param(name, spec, str(path)) for name, spec in doc.items()}

@@ -12,11 +12,9 @@ triggers (SageMaker's StopTraining action), ``off`` (or ``false``) disables a ru
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
-import yaml
 
 from dogbreed.errors import DogbreedError
+from dogbreed.files import read_yaml
 from dogbreed.monitor.rules.base import Rule
 from dogbreed.monitor.rules.debugger import (
     ClassImbalance,
@@ -102,13 +100,7 @@ def validate_rules(doc, source: str = "rules file") -> dict[str, dict | None]:
 def load_rules_file(path: str | os.PathLike | None) -> dict[str, dict | None]:
     if not path:
         return {}
-    try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DogbreedError(f"rules file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise DogbreedError(f"rules file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    return validate_rules(doc, f"rules file {path}")
+    return validate_rules(read_yaml(path, "rules file"), f"rules file {path}")
 
 
 class RuleSet:
