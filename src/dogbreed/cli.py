@@ -190,16 +190,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     if not args.run:
         raise DogbreedError("name a run folder: dogbreed report runs/<run> (or --list-rules)")
-    from dogbreed.monitor.report import write_report
+    from dogbreed.monitor.report import evaluated, triggered, write_report
 
     report = write_report(args.run, args.rules)
-    for r in report.rules:
-        if r["status"] == "triggered":
-            first = r["first_trigger"] or {}
-            print(f"triggered  {r['rule']:<26} {r['triggers']:>5}x  first: {first.get('message', '')}")
-    counted = [r for r in report.rules if r["status"] in ("triggered", "no issues found")]
-    fired = sum(r["status"] == "triggered" for r in counted)
-    print(f"{fired} of {len(counted)} evaluated rules triggered; {len(report.rules) - len(counted)} summaries, "
+    fired, counted = triggered(report.rules), evaluated(report.rules)
+    for r in fired:
+        print(f"triggered  {r['rule']:<26} {r['triggers']:>5}x  first: {(r['first_trigger'] or {}).get('message', '')}")
+    print(f"{len(fired)} of {len(counted)} evaluated rules triggered; {len(report.rules) - len(counted)} summaries, "
           f"not applicable or without data")
     if not report.profile.finished:
         print(f"note: the run did not finish (status: {report.profile.meta.get('status')}); this covers what was collected")

@@ -146,7 +146,7 @@ def _train_in(run_dir: Path, cfg: TrainConfig, *, resume: bool, progress: bool, 
 
 
 def _report(run_dir: Path) -> None:
-    from dogbreed.monitor.report import write_report
+    from dogbreed.monitor.report import triggered, write_report
 
     try:
         report = write_report(run_dir)
@@ -154,7 +154,7 @@ def _report(run_dir: Path) -> None:
         log.warning("could not write the profile report (%s: %s); retry with `dogbreed report %s`",
                     type(exc).__name__, exc, run_dir)
         return
-    fired = [r["rule"] for r in report.rules if r["status"] == "triggered"]
+    fired = [r["rule"] for r in triggered(report.rules)]
     log.info("profile report: %s (rules triggered: %s)", report.html, ", ".join(fired) or "none")
 
 

@@ -244,6 +244,6 @@ def test_rules_file_overrides_disables_and_sets_actions():
     ({"StepOutlier": {"mode": "training"}}, "StepOutlier.mode 'training' is not valid; choose one of: all, train, eval"),
 ])
 def test_bad_rules_are_named(doc, fragment):
-    with pytest.raises(DogbreedError, match=None) as err:
+    with pytest.raises(DogbreedError) as err:
         validate_rules(doc)
     assert fragment in str(err.value)

@@ -24,7 +24,7 @@ LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=40, b=40), lege
 def phase_spans(profile: Profile) -> list[tuple[str, int, float, float]]:
     """(phase, epoch, start, end) from the phase begin/end events; an unfinished phase ends at the last record."""
     spans, open_ = [], {}
-    last = max((r["t"] for s in (profile.system, profile.steps, profile.events) for r in s[-1:]), default=0.0)
+    last = profile.last_time or 0.0
     for e in profile.events:
         if e.get("event") != "phase":
             continue
@@ -216,15 +216,16 @@ def timeline_png(profile: Profile, path: str | os.PathLike) -> None:
         gpu_at = [(s.get("gpus") or [None] * gpus)[g] for s in samples]
         axes[3].plot(x, [v["util"] if v else math.nan for v in gpu_at], label=f"GPU {g} util %")
         axes[3].plot(x, [v["mem_percent"] if v else math.nan for v in gpu_at], ls="--", label=f"GPU {g} memory %")
+    spans, ends = phase_spans(profile), epoch_ends(profile)
     for ax in axes:
-        for phase, _, start, end in phase_spans(profile):
+        for phase, _, start, end in spans:
             ax.axvspan(start - t0, end - t0, color=PHASE_COLOURS.get(phase, "#999"), alpha=0.12, lw=0)
-        for _, t in epoch_ends(profile):
+        for _, t in ends:
             ax.axvline(t - t0, color="#777", ls=":", lw=0.8)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="upper right", fontsize=7)
-    phases = sorted({s[0] for s in phase_spans(profile)})
+    phases = sorted({s[0] for s in spans})
     axes[-1].set_xlabel("seconds since start   (shaded: " + ", ".join(phases) + " phases; dotted: epoch ends)")
     fig.suptitle(f"{profile.meta.get('run', '')}: system timeline")
     fig.tight_layout()

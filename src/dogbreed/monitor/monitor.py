@@ -9,7 +9,6 @@ training after the current step (SageMaker's StopTraining).
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import platform
@@ -26,7 +25,7 @@ from torch import nn
 from dogbreed.monitor.probes import FLUSH_EVERY, TensorProbe, TraceWindow
 from dogbreed.monitor.rules import RuleSet, load_rules_file
 from dogbreed.monitor.sampler import SystemSampler
-from dogbreed.monitor.streams import PROFILE_DIR, JsonlWriter, write_meta
+from dogbreed.monitor.streams import PROFILE_DIR, STREAMS, JsonlWriter, read_meta, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class Monitor(NullMonitor):
         self.debug_interval = debug_interval
         self.sampler = SystemSampler()
         now = time.time()
-        previous = _read_meta(self.folder) if resume else None
+        previous = read_meta(self.folder) if resume else None
         self.meta = previous or {
             "run": Path(run_dir).name, "started": now, "hostname": socket.gethostname(), "pid": os.getpid(),
             "python": platform.python_version(), "torch": torch.__version__, "device": str(device),
@@ -89,8 +88,8 @@ class Monitor(NullMonitor):
         self.counts: dict[str, int] = collections.defaultdict(int)
         self.probe: TensorProbe | None = None
         self.trace = TraceWindow(self.folder / "trace", trace_start, trace_steps, device)
-        self._writers = {name: JsonlWriter(self.folder / f"{name}.jsonl") for name in ("system", "steps", "tensors", "events")}
-        self._queues = {name: collections.deque() for name in ("steps", "tensors", "events")}
+        self._writers = {name: JsonlWriter(self.folder / f"{name}.jsonl") for name in STREAMS}
+        self._queues = {name: collections.deque() for name in STREAMS if name != "system"}  # system: sampled on the thread
         from tensorboardX import SummaryWriter  # thread-safe: the training and monitor threads both write
 
         self._tensorboard = SummaryWriter(str(self.folder / "tensorboard"), flush_secs=10)
@@ -185,7 +184,7 @@ class Monitor(NullMonitor):
         self._queues["events"].append({"t": round(time.time(), 3), **event})
 
     def close(self, status: str = "completed") -> None:
-        """Stops sampling, runs the rules' final evaluation, closes the files (never raises)."""
+        """Stops sampling, runs the rules' final evaluation, closes the files."""
         if self.trace.active and (event := self.trace.stop(self.counts["train"] - 1)):
             self.note(event)
         self._flush_tensors()
@@ -269,13 +268,6 @@ class Monitor(NullMonitor):
             self.stop_requested, self.stopped_by = True, rule.name
             self._queues["events"].append({"t": round(time.time(), 3), "event": "stop", "rule": rule.name})
             log.warning("stopping training: rule %s has action stop", rule.name)
-
-
-def _read_meta(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _drain(queue: collections.deque) -> list:

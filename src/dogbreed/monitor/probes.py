@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import cProfile
 import io
+import json
 import logging
 import os
 import pstats
@@ -33,8 +34,13 @@ def _trained_block(root: nn.Module, relu_name: str) -> bool:
     return bool(params) and all(p.requires_grad for p in params)
 
 
+def _short(v: float) -> float:
+    """Six significant digits: what the rules and charts need, a third of the JSON."""
+    return float(f"{v:.6g}")
+
+
 def _values(t: torch.Tensor) -> list[float]:
-    return [float(f"{v:.6g}") for v in t.float().tolist()]
+    return [_short(v) for v in t.float().tolist()]
 
 
 class TensorProbe:
@@ -126,14 +132,14 @@ class TensorProbe:
         out = []
         for record in self._records:
             plain = {"t": record["t"], "step": record["step"], "epoch": record["epoch"],
-                     "loss": float(f"{float(record['loss']):.6g}")}
+                     "loss": _short(float(record["loss"]))}
             if "grad_l2" in record:
                 plain["names"] = record["names"]
                 for key in ("grad_l2", "grad_abs_mean", "weight_l2", "weight_mean", "weight_std", "grad_range", "update_ratio"):
                     if key in record:
                         plain[key] = _values(record[key])
             if "relu" in record:
-                plain["relu"] = {name: {"var": float(f"{float(var):.6g}"), "active": [round(v, 4) for v in active.tolist()]}
+                plain["relu"] = {name: {"var": _short(float(var)), "active": [round(v, 4) for v in active.tolist()]}
                                  for name, (var, active) in record["relu"].items()}
             out.append(plain)
         self._records = []
@@ -196,7 +202,6 @@ class TraceWindow:
         self.device = device
         self._profiler = None
         self._cprofile: cProfile.Profile | None = None
-        self.files: list[str] = []
 
     @property
     def active(self) -> bool:
@@ -236,15 +241,13 @@ class TraceWindow:
         (self.folder / "ops.txt").write_text(format_ops(top_ops(trace)), encoding="utf-8")
         self._profiler = self._cprofile = None
         self.enabled = False
-        self.files = ["trace/trace.json", "trace/cprofile.prof", "trace/cprofile.txt", "trace/ops.txt"]
         log.info("profiled train steps %d-%d: %s", self.start, last_step, trace)
-        return {"event": "trace", "first_step": self.start, "last_step": last_step, "files": self.files}
+        return {"event": "trace", "first_step": self.start, "last_step": last_step,
+                "files": ["trace/trace.json", "trace/cprofile.prof", "trace/cprofile.txt", "trace/ops.txt"]}
 
 
 def top_ops(trace: Path, limit: int = 25) -> list[dict]:
     """The operators that took the most time in a Chrome trace (inclusive time, summed per name)."""
-    import json
-
     totals: dict[str, list[float]] = {}
     for event in json.loads(trace.read_text(encoding="utf-8")).get("traceEvents", []):
         if event.get("cat") in ("cpu_op", "kernel") and "dur" in event:

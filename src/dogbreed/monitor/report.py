@@ -28,6 +28,15 @@ class Report:
     profile: Profile
 
 
+def triggered(results: list[dict]) -> list[dict]:
+    return [r for r in results if r["status"] == "triggered"]
+
+
+def evaluated(results: list[dict]) -> list[dict]:
+    """The rules that ran and decided: triggered or found no issue (not summaries, not applicable, no data)."""
+    return [r for r in results if r["status"] in ("triggered", "no issues found")]
+
+
 def run_rules(profile: Profile, rules_file: str | os.PathLike | None = None) -> list[dict]:
     """Every rule over the recorded streams, in time order (as they ran live)."""
     own = profile.folder / "rules.yaml"
@@ -160,18 +169,16 @@ def render(profile: Profile, results: list[dict]) -> str:
     system = by_name.get("OverallSystemUsage", {}).get("details", {}).get("metrics", {})
     hardware = meta.get("hardware", {})
     gpus = ", ".join(g["name"] for g in hardware.get("gpus", [])) or "none"
-    fired = [r for r in results if r["status"] == "triggered"]
     status = meta.get("status", "unknown")
     warnings = []
     if status in ("running", "failed", "interrupted"):
-        last = max((r["t"] for n in STREAMS for r in profile.stream(n)[-1:]), default=None)
         warnings.append(f"This run did not finish (status: {_e(status)}). The report covers what was collected until "
-                        f"{_e(_when(last))}.")
+                        f"{_e(_when(profile.last_time))}.")
     if profile.damaged_lines:
         warnings.append(f"{profile.damaged_lines} partial line(s) at the end of the recorded files were skipped.")
-    duration = (meta.get("ended") or max((r["t"] for n in STREAMS for r in profile.stream(n)[-1:]), default=0)) - meta.get("started", 0)
+    duration = (meta.get("ended") or profile.last_time or 0) - meta.get("started", 0)
     kpis = [("duration", _secs(duration)), ("initialisation", _secs(framework.get("initialization_s"))),
-            ("rules triggered", f"{len(fired)} of {sum(1 for r in results if r['status'] in ('triggered', 'no issues found'))}"),
+            ("rules triggered", f"{len(triggered(results))} of {len(evaluated(results))}"),
             ("CPU p95", f"{system.get('cpu', {}).get('p95', '-')}%"),
             ("peak RSS", f"{system.get('rss', {}).get('max', 0) / 1000:.2f} GB" if system.get("rss") else "-")]
     phase_rows = [[_e(p), d["steps"], _secs(d["total_s"]), f"{d['data_percent']:.1f}%", f"{d['mean_step_s'] * 1000:.2f}",

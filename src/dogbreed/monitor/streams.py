@@ -79,6 +79,14 @@ def write_meta(folder: Path, meta: dict) -> None:
     atomic_write_text(folder / "meta.json", json.dumps(_finite(meta), indent=1))
 
 
+def read_meta(folder: Path) -> dict | None:
+    """The run's meta.json, or None when it is missing or unreadable."""
+    try:
+        return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 @dataclass
 class Profile:
     """Everything a monitored run recorded, as lists of records sorted by time."""
@@ -98,6 +106,11 @@ class Profile:
     def stream(self, name: str) -> list[dict]:
         return getattr(self, name)
 
+    @property
+    def last_time(self) -> float | None:
+        """When the last record of any stream was written (where a killed run stopped)."""
+        return max((records[-1]["t"] for records in map(self.stream, STREAMS) if records), default=None)
+
 
 def load_profile(run_dir: str | os.PathLike) -> Profile:
     run_dir = Path(run_dir)
@@ -110,10 +123,9 @@ def load_profile(run_dir: str | os.PathLike) -> Profile:
             f"{run_dir} has no profile data ({folder}/meta.json is missing); train with profiling on "
             f"(`dogbreed train --profile ...`, the default) to collect it"
         )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DogbreedError(f"{meta_path} is unreadable ({exc}); the profile cannot be reported") from None
+    meta = read_meta(folder)
+    if meta is None:
+        raise DogbreedError(f"{meta_path} is unreadable; the profile cannot be reported")
     profile = Profile(folder, meta)
     for name in STREAMS:
         records, bad = read_jsonl(folder / f"{name}.jsonl")
