@@ -9,12 +9,11 @@ and read back with ``weights_only=True``.
 from __future__ import annotations
 
 import copy
-import fcntl
 import hashlib
 import logging
 import os
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from dogbreed.data.layout import Sample
 from dogbreed.data.loaders import ImageDataset, image_loader
 from dogbreed.errors import DogbreedError
-from dogbreed.files import atomic_torch_save
+from dogbreed.files import atomic_torch_save, file_lock
 from dogbreed.monitor import NULL_MONITOR, NullMonitor
 from dogbreed.runtime.network import set_head
 
@@ -59,18 +58,6 @@ def files_digest(samples: list[Sample]) -> str:
     return h.hexdigest()[:16]
 
 
-@contextmanager
-def _file_lock(path: Path):
-    """An exclusive advisory lock held for the block (released if the process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 @dataclass
 class Embeddings:
     features: torch.Tensor  # (N, D) float16
@@ -101,7 +88,7 @@ class FeatureCache:
         if (emb := self._load(path)) is not None:
             return emb
         # Parallel tuning workers ask for the same entry at once: one computes, the others wait.
-        with _file_lock(path.with_suffix(".lock")):
+        with file_lock(path.with_suffix(".lock")):
             if (emb := self._load(path)) is not None:
                 return emb
             self.misses += 1

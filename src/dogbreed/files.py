@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
 from contextlib import contextmanager
@@ -11,6 +12,19 @@ import torch
 import yaml
 
 from dogbreed.errors import DogbreedError
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike):
+    """An exclusive advisory lock on ``path`` held for the block (released if the process dies)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager

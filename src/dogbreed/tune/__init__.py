@@ -30,6 +30,7 @@ from dogbreed.tune.study import (
     PRUNERS,
     SAMPLERS,
     SETUP_ATTR,
+    claim_lock,
     create_or_load,
     make_pruner,
     make_sampler,
@@ -129,7 +130,8 @@ def _run_worker(url: str, opts: TuneOptions, base: TrainConfig, space: dict[str,
     storage = open_storage(url, opts.heartbeat)
     sampler, pruner = _components(opts, space, base, worker)
     study = optuna.load_study(study_name=opts.study, storage=storage, sampler=sampler, pruner=pruner)
-    return work(study, storage, _objective(base, space, opts.objective, study_dir), poll_s=min(1.0, opts.heartbeat))
+    return work(study, storage, _objective(base, space, opts.objective, study_dir), poll_s=min(1.0, opts.heartbeat),
+                lock=claim_lock(url))
 
 
 def _worker_process(url, opts, base, space, study_dir, worker, threads) -> None:

@@ -17,6 +17,8 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
 
 import optuna
 import sqlalchemy.exc
@@ -29,6 +31,7 @@ except ImportError:  # pragma: no cover - older optuna
     from optuna.storages import RetryFailedTrialCallback as RetryStale
 
 from dogbreed.errors import DogbreedError
+from dogbreed.files import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -160,29 +163,38 @@ class Heartbeat:
         self.thread.join()
 
 
-def claim(study: optuna.Study) -> int | None:
+def claim_lock(url: str) -> Path | None:
+    """The file that serialises claims on a SQLite study (None for servers, which lock rows)."""
+    return Path(url.split(":///", 1)[1] + ".claim.lock") if url.startswith("sqlite:///") else None
+
+
+def claim(study: optuna.Study, lock: Path | None = None) -> int | None:
     """Atomically take one waiting trial (WAITING -> RUNNING); None if there is none left.
 
     The same row-level update ``Study.ask`` relies on, without its fallback of creating a new
-    trial when none is waiting (which would run more trials than planned)."""
+    trial when none is waiting (which would run more trials than planned). PostgreSQL locks the
+    row (SELECT ... FOR UPDATE); SQLite ignores that, and two processes took the same trial (14 of
+    300 in a test), so on SQLite ``lock`` (``claim_lock``, a local file: SQLite workers share a
+    machine) serialises the claims."""
     storage = study._storage  # the study's own (caching) view of the storage, as optuna uses it
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
-                return frozen._trial_id
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
+    with file_lock(lock) if lock else nullcontext():
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            try:
+                if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                    return frozen._trial_id
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
     return None
 
 
 def work(study: optuna.Study, storage: RDBStorage, objective: Callable[[optuna.Trial], float], *,
-         poll_s: float = 1.0) -> int:
+         poll_s: float = 1.0, lock: Path | None = None) -> int:
     """Run trials until none is waiting or running anywhere; returns how many this worker ran."""
     ran = 0
     worker = f"{socket.gethostname()}:{os.getpid()}"
     while True:
         fail_stale_trials(study)  # a dead worker's trial becomes FAIL plus a waiting retry
-        trial_id = claim(study)
+        trial_id = claim(study, lock)
         if trial_id is None:
             if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 time.sleep(poll_s)  # others are busy; one may die and leave a retry to pick up
