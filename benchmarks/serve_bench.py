@@ -126,6 +126,7 @@ def measure_server(command, ready_path: str, photos: list[Path], requests: int, 
         load(port, "/invocations", 4, 16, photos)  # warm-up
         one = load(port, "/invocations", 1, requests, photos)
         sixteen = load(port, "/invocations", 16, requests * 2, photos)
+        sixteen["local_rps"] = base["rate"](base["best_batch"])  # the in-process best again, right after: drift
         paired = interleaved(base, port, requests)
         return one, sixteen, paired, peak_rss_mb(proc.pid)
     finally:
@@ -163,17 +164,18 @@ def in_process(artifact: Path, photos: list[Path], repeats: int) -> dict:
         start = time.perf_counter()
         run([bodies[i % len(bodies)]])
         single.append(time.perf_counter() - start)
-    best, rates = (0.0, 1), {}
-    for size in (1, 4, 8, 16):
+    def rate(size: int, seconds: float = 4.0) -> float:
         batch = [bodies[i % len(bodies)] for i in range(size)]
         start, n = time.perf_counter(), 0
-        while time.perf_counter() - start < 4.0:
+        while time.perf_counter() - start < seconds:
             run(batch)
             n += size
-        rates[size] = n / (time.perf_counter() - start)
-        best = max(best, (rates[size], size))
-    return {"p50": statistics.median(single), "rps": best[0], "best_batch": best[1], "rates": rates,
-            "run": lambda body: run([body]), "bodies": bodies}
+        return n / (time.perf_counter() - start)
+
+    rates = {size: rate(size) for size in (1, 4, 8, 16)}
+    best = max(rates, key=rates.get)
+    return {"p50": statistics.median(single), "rps": rates[best], "best_batch": best, "rates": rates,
+            "run": lambda body: run([body]), "rate": rate, "bodies": bodies}
 
 
 def interleaved(base: dict, port: int, requests: int) -> dict:
@@ -235,6 +237,9 @@ def main() -> None:
           f"{ms(plain_paired['local'])} | {ms(ours_paired['served'])} | {ms(plain_paired['served'])} |")
     print(f"| throughput, concurrency 16 | {base['rps']:.1f} img/s (batch {base['best_batch']}) | {ours16['rps']:.1f} req/s | "
           f"{plain16['rps']:.1f} req/s |")
+    print(f"| throughput, concurrency 16, in-process best batch re-measured right after the load | "
+          f"{ours16['local_rps']:.1f} / {plain16['local_rps']:.1f} img/s | {ours16['rps'] / ours16['local_rps']:.2f}x | "
+          f"{plain16['rps'] / plain16['local_rps']:.2f}x |")
     print(f"| p99 latency, concurrency 16 | - | {ms(ours16['p99'])} | {ms(plain16['p99'])} |")
     print(f"| peak RSS | - | {ours_rss:.0f} MB | {plain_rss:.0f} MB |")
     print(f"| errors | - | {len(ours1['errors']) + len(ours16['errors'])} | {len(plain1['errors']) + len(plain16['errors'])} |")
@@ -242,7 +247,8 @@ def main() -> None:
     print(f"\nratios: p50 serve / in-process = {ours_paired['ratio']:.2f}x interleaved (aim <= 1.3), "
           f"{ours1['p50'] / base['p50']:.2f}x measured minutes apart; plain handlers / in-process = "
           f"{plain_paired['ratio']:.2f}x interleaved; "
-          f"c16 throughput serve / in-process best batch = {ours16['rps'] / base['rps']:.2f}x (aim >= 0.85); "
+          f"c16 throughput serve / in-process best batch = {ours16['rps'] / ours16['local_rps']:.2f}x re-measured right after "
+          f"(aim >= 0.85), {ours16['rps'] / base['rps']:.2f}x against the first measurement; "
           f"serve / plain handlers = {ours16['rps'] / plain16['rps']:.2f}x (aim >= 2)")
     print(f"\ncommand: python {' '.join(sys.argv)}")
 

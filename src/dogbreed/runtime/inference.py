@@ -110,8 +110,14 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
 
 
 def decode(loaded: LoadedModel, data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Image bytes to the network's input, (3, crop, crop) float."""
+    return loaded.preset.normalize(decode_pixels(loaded, data, max_pixels))
+
+
+def decode_pixels(loaded: LoadedModel, data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Image bytes to resized, cropped uint8 pixels; ``loaded.preset.normalize`` finishes the job."""
     try:
-        return loaded.preset.load(data, max_pixels=max_pixels)
+        return loaded.preset.load_pixels(data, max_pixels=max_pixels)
     except ImageDecodeError as exc:
         raise InputError(str(exc)) from None
 

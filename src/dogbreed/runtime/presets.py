@@ -94,26 +94,28 @@ class EvalPreset:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        object.__setattr__(
-            self,
-            "_transform",
-            T.Compose(
-                [
-                    T.Resize(self.resize_size, interpolation=_interpolation(self.interpolation), antialias=True),
-                    T.CenterCrop(self.crop_size),
-                    T.PILToTensor(),
-                    T.ToDtype(torch.float32, scale=True),
-                    T.Normalize(self.mean, self.std),
-                ]
-            ),
-        )
+        resize = T.Resize(self.resize_size, interpolation=_interpolation(self.interpolation), antialias=True)
+        object.__setattr__(self, "_pixels", T.Compose([resize, T.CenterCrop(self.crop_size), T.PILToTensor()]))
+        object.__setattr__(self, "_normalize", T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(self.mean, self.std)]))
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        return self._transform(img)
+        return self.normalize(self.pixels(img))
+
+    def pixels(self, img: Image.Image) -> torch.Tensor:
+        """The geometric half: resized and cropped uint8 pixels, (3, crop, crop). PIL work only."""
+        return self._pixels(img)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The numeric half: uint8 pixels, one image or a batch, to the network's float input."""
+        return self._normalize(pixels)
 
     def load(self, source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
         """Decode and transform in one step (decoding a JPEG no larger than needed)."""
-        return self(load_image(source, max_pixels=max_pixels, min_side=self.resize_size))
+        return self.normalize(self.load_pixels(source, max_pixels=max_pixels))
+
+    def load_pixels(self, source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+        """Decode to the uint8 pixels :meth:`normalize` takes."""
+        return self.pixels(load_image(source, max_pixels=max_pixels, min_side=self.resize_size))
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}

@@ -22,11 +22,12 @@ from dogbreed.runtime.inference import (
     JSON_TYPE,
     InputError,
     LoadedModel,
-    decode,
     decode_instances,
+    decode_pixels,
     topk_answer,
 )
 from dogbreed.runtime.network import predict_probs
+from dogbreed.serve.backends import load_backend
 from dogbreed.serve.batcher import Batcher, Overloaded
 from dogbreed.serve.requests import ClientError, check_accept, content_type, custom_attributes, read_body
 
@@ -67,49 +68,76 @@ class Metrics:
 
 
 class Server:
-    """The loaded model, its batcher and decode pool: everything the routes share."""
+    """The loaded model, its batcher and decode pool: everything the routes share.
+
+    Every torch computation runs on one thread, the model thread: loading, warm-up, normalising and
+    the forward pass. Decode threads do PIL work only, the event loop none. On CPU each thread that
+    runs a parallel torch operation gets its own OpenMP team, and once the teams hold more threads
+    than there are cores libgomp stops spin-waiting between operations: on 2 cores a lone forward
+    pass went from 32 to 50 ms (benchmarks/RESULTS.md).
+    """
 
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
         self.metrics = Metrics()
         self.model: LoadedModel | None = None
         self.batcher: Batcher | None = None
+        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.decode_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="decode")
+        self.load_seconds = 0.0
         self.ready = False
 
     @property
     def threshold(self) -> float:
         return self.model.threshold if self.cfg.threshold is None else self.cfg.threshold
 
-    async def start(self) -> None:
-        from dogbreed.serve.backends import load_backend
+    def load(self) -> LoadedModel:
+        """Load the artifact on the model thread, waiting for it (``dogbreed serve`` calls this before
+        it listens, so that a bad artifact is a one-line error)."""
+        return self.model_thread.submit(self._load).result()
 
+    def _load(self) -> LoadedModel:
+        if self.model is None:
+            started = time.perf_counter()
+            self.model = load_backend(self.cfg.model, self.cfg.backend)
+            self.load_seconds = time.perf_counter() - started
+        return self.model
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        self.model = await asyncio.to_thread(load_backend, self.cfg.model, self.cfg.backend)
-        size = self.model.preset.crop_size
-        warm = torch.zeros(self.cfg.max_batch_size, 3, size, size)
-        await asyncio.to_thread(self._predict, warm)  # first calls are slow: pay before /ping says ready
-        self.batcher = Batcher(self._predict, max_batch_size=self.cfg.max_batch_size, max_delay_ms=self.cfg.max_delay_ms,
-                               queue_size=self.cfg.queue_size, on_batch=self.metrics.batch.observe)
+        await loop.run_in_executor(self.model_thread, self._load)
+        await loop.run_in_executor(self.model_thread, self._warm)
+        self.batcher = Batcher(self._predict, self.model_thread, max_batch_size=self.cfg.max_batch_size,
+                               max_delay_ms=self.cfg.max_delay_ms, queue_size=self.cfg.queue_size,
+                               on_batch=self.metrics.batch.observe)
         self.metrics.queue.set_function(lambda: self.batcher.depth)
         self.batcher.start()
-        self.metrics.load.set(time.perf_counter() - started)
+        self.metrics.load.set(self.load_seconds + time.perf_counter() - started)
         self.ready = True
         log.info("model %s loaded and warmed in %.2fs (backend %s, %s)", self.cfg.model,
-                 time.perf_counter() - started, self.cfg.backend, self.model.device)
+                 self.load_seconds + time.perf_counter() - started, self.cfg.backend, self.model.device)
 
     async def stop(self) -> None:
         self.ready = False
         if self.batcher:
             await self.batcher.stop()
+        self.model_thread.shutdown(wait=False, cancel_futures=True)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
-    def _predict(self, batch: torch.Tensor) -> torch.Tensor:
-        images = batch.to(self.model.device, memory_format=torch.channels_last)
+    def _warm(self) -> None:
+        """First calls are slow: pay for them before /ping says ready."""
+        size = self.model.preset.crop_size
+        self._predict([torch.zeros(3, size, size, dtype=torch.uint8)] * self.cfg.max_batch_size)
+
+    def _predict(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+        """uint8 pixels in, probabilities out: the model thread's whole job."""
+        batch = torch.stack(pixels).to(self.model.device)
+        images = self.model.preset.normalize(batch).contiguous(memory_format=torch.channels_last)
         return predict_probs(self.model.model, images).cpu()
 
     def _decode(self, data: bytes) -> torch.Tensor:
-        return decode(self.model, data, max_pixels=self.cfg.max_pixels)
+        return decode_pixels(self.model, data, max_pixels=self.cfg.max_pixels)
 
     async def answer(self, images: list[bytes], topk: int, threshold: float) -> list[dict]:
         """Decode in parallel off the event loop, then batch with other requests' images."""
@@ -142,8 +170,9 @@ def _authorized(request: Request, key: str | None) -> bool:
     return auth.startswith("AWS4-HMAC-SHA256") and f"Credential={key}/" in auth
 
 
-def create_app(cfg: ServeConfig) -> FastAPI:
-    server = Server(cfg)
+def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
+    """The app; ``server`` may come with its model already loaded (see :meth:`Server.load`)."""
+    server = server or Server(cfg)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

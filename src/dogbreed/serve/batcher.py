@@ -1,8 +1,8 @@
 """Dynamic batching: requests that arrive within ``max_delay_ms`` run through the model together.
 
-The event loop never runs the model: batches go to one dedicated thread (the model is the only
-user of the cores it needs), while image decoding runs on a separate pool. The queue is bounded:
-past ``queue_size`` waiting images a request is refused at once instead of growing memory.
+The event loop never runs the model: each batch goes to the executor it is given (the server's one
+model thread), while image decoding runs on a separate pool. The queue is bounded: past
+``queue_size`` waiting images a request is refused at once instead of growing memory.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 
 import torch
 
@@ -20,12 +20,15 @@ class Overloaded(Exception):
 
 
 class Batcher:
-    def __init__(self, predict: Callable[[torch.Tensor], torch.Tensor], *, max_batch_size: int = 16,
-                 max_delay_ms: float = 5.0, queue_size: int = 256, on_batch: Callable[[int], None] | None = None):
-        self.predict = predict
+    """``predict`` takes a list of images and returns one row of probabilities per image; it runs on
+    ``executor``, one batch at a time."""
+
+    def __init__(self, predict: Callable[[list[torch.Tensor]], torch.Tensor], executor: Executor, *,
+                 max_batch_size: int = 16, max_delay_ms: float = 5.0, queue_size: int = 256,
+                 on_batch: Callable[[int], None] | None = None):
+        self.predict, self.executor = predict, executor
         self.max_batch_size, self.max_delay = max_batch_size, max_delay_ms / 1000.0
         self.queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] = asyncio.Queue(maxsize=queue_size)
-        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.on_batch = on_batch
         self.task: asyncio.Task | None = None
         self.incoming = 0  # requests still decoding: images that may join the next batch
@@ -37,7 +40,6 @@ class Batcher:
         if self.task:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
-        self.model_thread.shutdown(wait=False, cancel_futures=True)
 
     @property
     def depth(self) -> int:
@@ -77,9 +79,8 @@ class Batcher:
                 continue
             if self.on_batch:
                 self.on_batch(len(batch))
-            stacked = torch.stack([image for image, _ in batch])
             try:
-                probs = await loop.run_in_executor(self.model_thread, self.predict, stacked)
+                probs = await loop.run_in_executor(self.executor, self.predict, [image for image, _ in batch])
             except Exception as exc:  # a model failure fails this batch's requests, not the server
                 for _, future in batch:
                     if not future.done():

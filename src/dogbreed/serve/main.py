@@ -38,7 +38,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from dogbreed.artifact import load_artifact
-    from dogbreed.serve.app import ServeConfig, create_app
+    from dogbreed.serve.app import ServeConfig, Server, create_app
 
     fields = set(ServeConfig.__dataclass_fields__)
     cfg = ServeConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -47,14 +47,16 @@ def serve(args: argparse.Namespace) -> int:
     for key in ("max_batch_size", "queue_size", "workers", "max_instances", "topk"):
         if getattr(cfg, key) < 1:
             raise DogbreedError(f"--{key.replace('_', '-')} must be at least 1")
-    load_artifact(cfg.model, device="cpu", backend=cfg.backend)  # fail here, in one line, not in a worker
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this address can use the model", cfg.host)
     log.info("serving %s on http://%s:%d (endpoint name %r)", cfg.model, cfg.host, cfg.port, cfg.name)
     if cfg.workers > 1:
+        load_artifact(cfg.model, device="cpu", backend=cfg.backend)  # fail here, in one line, not in each worker
         os.environ["DOGBREED_SERVE_CONFIG"] = json.dumps(asdict(cfg))
         uvicorn.run("dogbreed.serve.app:app_from_env", factory=True, host=cfg.host, port=cfg.port,
                     workers=cfg.workers, log_level="warning")
     else:
-        uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning")
+        server = Server(cfg)
+        server.load()  # fail here, in one line; the model is loaded once, on the thread that will run it
+        uvicorn.run(create_app(cfg, server), host=cfg.host, port=cfg.port, log_level="warning")
     return 0
