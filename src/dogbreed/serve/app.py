@@ -74,7 +74,7 @@ class Server:
     the forward pass. Decode threads do PIL work only, the event loop none. On CPU each thread that
     runs a parallel torch operation gets its own OpenMP team, and once the teams hold more threads
     than there are cores libgomp stops spin-waiting between operations: on 2 cores a lone forward
-    pass went from 32 to 50 ms (benchmarks/RESULTS.md).
+    pass took 53 ms instead of 37 (benchmarks/thread_teams.py).
     """
 
     def __init__(self, cfg: ServeConfig):
