@@ -64,8 +64,10 @@ def run_demo(out: str | Path = "demo", *, progress: bool = True, show: int = 3) 
         "\ndemo done on synthetic data: test accuracy %.1f%% (trained from scratch), %.1f%% (tuned head)\n"
         "  training run: %s\n  profile:      %s (rules, charts; `dogbreed report RUN` rebuilds it)\n"
         "  tuning:       %s (best.json, trials.csv, plots/)\n  artifact:     %s\n"
-        "  try:          dogbreed predict %s --model %s",
+        "  try:          dogbreed predict %s --model %s\n"
+        "  serve it:     dogbreed serve --model %s   (then open http://127.0.0.1:8080/)",
         100 * result.test["test_accuracy"], 100 * loaded.meta["metrics"]["test_accuracy"], result.run_dir,
         result.run_dir / "profile" / "report.html", tuned.study_dir, tuned.artifact, data / "test", tuned.artifact,
+        tuned.artifact,
     )
     return tuned.artifact
