@@ -34,9 +34,33 @@ def test_any_training_flag_with_float_int_or_categorical_ranges(tmp_path):
     ("lr: {type: float, low: a, high: 1}\n", "needs numeric low and high"),
     ("backbone: {type: categorical, choices: []}\n", "non-empty list of choices"),
     ("[1, 2]\n", "must map parameter names to ranges"),
+    ("lr: {type: float, low: 0.001, high: 0.1, log: true, step: 0.01}\n", "both log: true and a step"),
+    ("lr: {type: float, low: 0.001, high: 0.1, step: 0}\n", "step must be a positive number, got 0"),
+    ("lr: {type: float, low: 0.001, high: 0.1, step: fast}\n", "step must be a positive number, got 'fast'"),
+    ("epochs: {type: int, low: 1, high: 9, step: 0.5}\n", "its step must be a whole number, got 0.5"),
 ])
 def test_bad_space_files(tmp_path, text, match):
     f = tmp_path / "space.yaml"
     f.write_text(text)
     with pytest.raises(DogbreedError, match=match.replace("(", r"\(").replace(")", r"\)")):
         load_space(f)
+
+
+def test_grid_values_cover_steps_and_stay_inside_the_range(tmp_path):
+    f = tmp_path / "space.yaml"
+    f.write_text("weight_decay: {type: float, low: 0, high: 0.1, step: 0.025}\n"
+                 "epochs: {type: int, low: 2, high: 8, step: 3}\n"
+                 "lr: {type: float, low: 3.0e-4, high: 3.0e-2, log: true}\n")
+    space = load_space(f)
+    assert space["weight_decay"].grid() == pytest.approx([0, 0.025, 0.05, 0.075, 0.1])
+    assert space["epochs"].grid() == [2, 5, 8]
+    lr = space["lr"].grid()
+    assert lr[0] == 3.0e-4 and lr[-1] == 3.0e-2  # exactly the bounds: the sampler rejects values outside
+
+
+def test_grid_points_are_every_combination_in_a_seeded_order():
+    from dogbreed.tune.study import grid_points
+
+    points = grid_points({"lr": [0.1, 0.01], "epochs": [1, 2, 3]}, seed=0)
+    assert sorted((p["lr"], p["epochs"]) for p in points) == [(0.01, 1), (0.01, 2), (0.01, 3), (0.1, 1), (0.1, 2), (0.1, 3)]
+    assert grid_points({"lr": [0.1, 0.01], "epochs": [1, 2, 3]}, seed=0) == points

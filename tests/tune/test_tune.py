@@ -134,3 +134,27 @@ def test_trials_that_unfreeze_layers_train_on_images(synth_data, tiny_weights, t
     best = json.loads((tmp_path / "tune-dogbreed" / "best.json").read_text())
     assert best["trials"]["COMPLETE"] == 2 and best["best_trial"]["params"]["train_layers"] == "layer4"
     assert not (tmp_path / "tune-dogbreed" / "trials" / "trial-000" / "checkpoints").exists()  # trial checkpoints go
+
+
+def test_grid_sampler_runs_each_point_once(synth_data, tiny_weights, tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {type: categorical, choices: [0.001, 0.01]}\nepochs: {type: int, low: 1, high: 2}\n")
+    args = tune_args(synth_data, tmp_path, "--weights", str(tiny_weights), "--space", str(space), "--sampler", "grid",
+                     "--trials", "9", "--pruner", "none", "--no-final")
+    assert main(args) == 0
+    assert "the grid has 4 points, so 4 trials instead of 9" in capsys.readouterr().out
+    best = json.loads((tmp_path / "tune-dogbreed" / "best.json").read_text())
+    assert best["trials"] == {"COMPLETE": 4, "PRUNED": 0, "FAIL": 0}
+    rows = (tmp_path / "tune-dogbreed" / "trials.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    points = {(r[header.index("param_lr")], r[header.index("param_epochs")]) for r in (line.split(",") for line in rows[1:])}
+    assert points == {("0.001", "1"), ("0.001", "2"), ("0.01", "1"), ("0.01", "2")}
+
+
+def test_a_study_where_every_trial_fails_exits_non_zero(synth_data, tiny_weights, tmp_path, capsys):
+    space = tmp_path / "space.yaml"  # every trial's configuration is refused when the trial starts
+    space.write_text("lr: {type: float, low: -0.01, high: -0.001}\n")
+    args = tune_args(synth_data, tmp_path, "--weights", str(tiny_weights), "--space", str(space), "--trials", "2", "--no-final")
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert "no trial completed (2 failed, 0 pruned); the first error:" in err

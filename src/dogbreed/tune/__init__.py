@@ -32,6 +32,7 @@ from dogbreed.tune.study import (
     SETUP_ATTR,
     claim_lock,
     create_or_load,
+    grid_points,
     make_pruner,
     make_sampler,
     masked,
@@ -92,8 +93,7 @@ def study_setup(base: TrainConfig, space: dict[str, Param], objective: str) -> d
 
 
 def _components(opts: TuneOptions, space: dict[str, Param], base: TrainConfig, worker: int = 0):
-    grid = {name: p.grid() for name, p in space.items()} if opts.sampler == "grid" else None
-    sampler = make_sampler(opts.sampler, opts.seed + worker, grid, opts.trials)
+    sampler = make_sampler(opts.sampler, opts.seed + worker, opts.trials)
     max_epochs = int(space["epochs"].high) if "epochs" in space and space["epochs"].high else base.epochs
     return sampler, make_pruner(opts.pruner, max_epochs)
 
@@ -183,9 +183,14 @@ class _Progress(threading.Thread):
 def tune(base: TrainConfig, opts: TuneOptions, *, progress: bool = True) -> TuneResult:
     opts.validate()
     space = load_space(opts.space)
-    unknown_grid = opts.sampler == "grid" and any(p.type == "float" and p.step is None for p in space.values())
-    if unknown_grid:
-        log.info("grid sampler: float ranges are sampled at 3 points each (give a step for another grid)")
+    points = None
+    if opts.sampler == "grid":
+        if any(p.type == "float" and p.step is None for p in space.values()):
+            log.info("grid sampler: float ranges are sampled at 3 points each (give a step for another grid)")
+        points = grid_points({name: p.grid() for name, p in space.items()}, opts.seed)
+        if opts.trials > len(points):
+            log.info("grid sampler: the grid has %d points, so %d trials instead of %d", len(points), len(points), opts.trials)
+            opts = dataclasses.replace(opts, trials=len(points))
     if not base.data:
         raise DogbreedError("no data set given; pass --data DIR (expected DIR/{train,valid,test}/<class>/*.jpg)")
     study_dir = Path(base.out) / f"tune-{opts.study}"
@@ -193,7 +198,7 @@ def tune(base: TrainConfig, opts: TuneOptions, *, progress: bool = True) -> Tune
     storage = open_storage(url, opts.heartbeat)
     sampler, pruner = _components(opts, space, base)
     study, created = create_or_load(storage, opts.study, setup=study_setup(base, space, opts.objective),
-                                    trials=opts.trials, sampler=sampler, pruner=pruner)
+                                    trials=opts.trials, sampler=sampler, pruner=pruner, points=points)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     log.info("study %s %s in %s: %d trial(s) planned, %d finished; %d local worker(s); objective %s (%s)",
              opts.study, "created" if created else "joined", masked(url), study.user_attrs["planned_trials"], done,
@@ -254,9 +259,7 @@ def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, 
            "direction": OBJECTIVES[opts.objective], "trials": counts, "pruning": results.pruning_savings(study),
            "best_trial": best, "plots": plots}
     final_run = artifact = None
-    if best is None:
-        log.warning("no trial completed; nothing to train")
-    else:
+    if best is not None:
         log.info("best trial %d: %s %.4f with %s", best["number"], opts.objective, best["value"],
                  " ".join(f"{k}={results._fmt(v)}" for k, v in best["params"].items()))
         if opts.final:
@@ -267,6 +270,12 @@ def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, 
             doc["final_run"] = {"run_dir": str(run.run_dir), "artifact": str(run.artifact), **run.test}
     results.write_best(study_dir / "best.json", doc)
     log.info("results: %s (best.json, trials.csv, plots/)", study_dir)
+    if best is None:
+        errors = [t.user_attrs["error"] for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                  if "error" in t.user_attrs]
+        why = f"; the first error: {errors[0]}" if errors else ""
+        raise DogbreedError(f"no trial completed ({counts['FAIL']} failed, {counts['PRUNED']} pruned){why}; "
+                            f"see {study_dir / 'trials.csv'}")
     return TuneResult(study_dir, best, rows, final_run, artifact)
 
 

@@ -39,10 +39,13 @@ class Param:
             return list(self.choices)
         if self.type == "int" and self.step:
             return list(range(int(self.low), int(self.high) + 1, int(self.step)))
+        if self.step:  # a float range with a step: every step, as the sampler would draw them
+            return [self.low + i * self.step for i in range(int((self.high - self.low) / self.step + 1e-9) + 1)]
         if self.log:
             values = [math.exp(math.log(self.low) + i * (math.log(self.high) - math.log(self.low)) / (points - 1)) for i in range(points)]
         else:
             values = [self.low + i * (self.high - self.low) / (points - 1) for i in range(points)]
+        values[0], values[-1] = self.low, self.high  # exactly: exp(log(high)) may land just past it
         return sorted({round(v) for v in values}) if self.type == "int" else values
 
 
@@ -90,6 +93,13 @@ def _param(name: str, spec: Any, where: str) -> Param:
     if kind == "int" and (low != int(low) or high != int(high)):
         raise DogbreedError(f"{where}: {name} is an int range; low and high must be whole numbers")
     step = spec.get("step")
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0:
+            raise DogbreedError(f"{where}: {name} step must be a positive number, got {step!r}")
+        if log:
+            raise DogbreedError(f"{where}: {name} has both log: true and a step; use one or the other")
+        if kind == "int" and step != int(step):
+            raise DogbreedError(f"{where}: {name} is an int range; its step must be a whole number, got {step!r}")
     try:
         coerce(name, low if kind == "float" else int(low))
     except DogbreedError as exc:

@@ -9,6 +9,7 @@ retried once as a new trial with the same parameters.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -77,12 +78,19 @@ def open_storage(url: str, heartbeat: int = 10) -> RDBStorage:
     raise AssertionError("unreachable")
 
 
-def make_sampler(name: str, seed: int, space_grid: dict | None, trials: int) -> optuna.samplers.BaseSampler:
-    if name == "random":
+def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    if name in ("random", "grid"):  # a grid's points are planned as fixed trials: its sampler is never asked
         return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":
-        return optuna.samplers.GridSampler(space_grid, seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, trials // 3)))
+
+
+def grid_points(grid: dict[str, list], seed: int) -> list[dict]:
+    """Every combination of the grid's values, in a seeded random order (so that a study of fewer
+    trials than points covers the grid evenly rather than its first corner)."""
+    names = sorted(grid)
+    points = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+    random.Random(seed).shuffle(points)
+    return points
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -94,9 +102,14 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
 
 
 def create_or_load(storage: RDBStorage, name: str, *, setup: dict, trials: int, sampler, pruner,
-                   wait_s: float = 30.0) -> tuple[optuna.Study, bool]:
+                   points: list[dict] | None = None, wait_s: float = 30.0) -> tuple[optuna.Study, bool]:
     """The study ``name``: created with ``trials`` planned trials, or loaded if it exists with the
-    same setup (search space and objective). Returns (study, created)."""
+    same setup (search space and objective). Returns (study, created). With ``points`` (a grid),
+    planned trial ``i`` runs ``points[i]``; without, the sampler chooses."""
+    def plan(first: int, last: int) -> None:
+        for i in range(first, last):
+            study.enqueue_trial(points[i] if points else {})
+
     direction = OBJECTIVES[setup["objective"]]
     try:
         study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler, pruner=pruner)
@@ -113,12 +126,10 @@ def create_or_load(storage: RDBStorage, name: str, *, setup: dict, trials: int, 
             )
         planned = study.user_attrs.get("planned_trials", 0)
         if trials > planned:  # asking for more trials extends the study
-            for _ in range(trials - planned):
-                study.enqueue_trial({})
+            plan(planned, trials)
             study.set_user_attr("planned_trials", trials)
         return study, False
-    for _ in range(trials):
-        study.enqueue_trial({})
+    plan(0, trials)
     study.set_user_attr("planned_trials", trials)
     study.set_user_attr(SETUP_ATTR, setup)
     return study, True
