@@ -70,6 +70,12 @@ def test_decompression_bomb_is_refused_before_decoding():
         load_image(data, max_pixels=1_000_000)
 
 
+def test_an_elongated_image_is_refused_before_decoding():
+    with pytest.raises(ImageDecodeError, match=r"1x8000 is too elongated to classify \(aspect ratio over 100:1\)"):
+        load_image(_encode(Image.new("L", (1, 8000))))
+    assert load_image(_encode(Image.new("L", (100, 1)))).size == (100, 1)  # 100:1 is still a picture
+
+
 @pytest.mark.parametrize("data, match", [
     (b"", "empty image body"),
     (b"hello, not an image", "not an image or an unsupported format"),

@@ -101,10 +101,17 @@ def _bomb() -> bytes:
     return buf.getvalue()
 
 
+def _thin() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (300_000, 1)).save(buf, "PNG")  # under the pixel limit, but resized it would be 232 x 70 million
+    return buf.getvalue()
+
+
 BAD = [
     ("empty body", b"", "image/jpeg", {}, 400, "empty body"),
     ("not an image", b"hello", "image/jpeg", {}, 400, "cannot decode"),
     ("decompression bomb", _bomb(), "image/png", {}, 400, "over the limit of 1000000"),
+    ("elongated image", _thin(), "image/png", {}, 400, "too elongated to classify (aspect ratio over 100:1)"),
     ("content type", b"x", "text/plain", {}, 415, "unsupported Content-Type 'text/plain'"),
     ("accept", b"x", "image/jpeg", {"Accept": "text/csv"}, 406, "answers are application/json"),
     ("malformed json", b"{oops", "application/json", {}, 400, "malformed JSON"),
@@ -123,6 +130,16 @@ def test_bad_input_gets_a_4xx_json_error_and_the_server_keeps_serving(server, sa
     error = json.loads(out)["error"]
     assert fragment in error
     assert invoke(server, (samples / "Beagle_01125.jpg").read_bytes())[0] == 200  # still serving
+
+
+@pytest.mark.parametrize("method, path, body, headers, status", [
+    ("GET", "/no/such/route", None, {}, 404),
+    ("GET", "/invocations", None, {}, 405),
+    ("POST", "/predict", b"--x\r\n", {"Content-Type": "multipart/form-data"}, 400),  # no boundary
+])
+def test_routing_and_form_errors_are_json_too(server, method, path, body, headers, status):
+    got, _, out = call(server, path, body or b"", headers, method=method)
+    assert got == status and json.loads(out)["error"]
 
 
 def test_a_body_over_the_limit_is_refused_from_its_headers(server, samples):

@@ -18,6 +18,9 @@ from torchvision.transforms import v2 as T
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_MAX_PIXELS = 64_000_000
+# Longest side over shortest. Resizing the shorter side to ~232 scales the longer one alike, so a
+# 1 x 8000 image of a few hundred bytes would become 232 x 1,856,000 pixels: refused instead.
+MAX_ASPECT = 100
 
 
 class ImageDecodeError(ValueError):
@@ -47,7 +50,8 @@ def load_image(
 ) -> Image.Image:
     """Decode a path, bytes or file object into an upright RGB image.
 
-    ``max_pixels`` refuses decompression bombs before any pixel is decoded. ``min_side`` lets a
+    ``max_pixels`` refuses decompression bombs before any pixel is decoded, and so does an aspect
+    ratio over ``MAX_ASPECT`` (the resize would blow it up). ``min_side`` lets a
     JPEG decode at a reduced scale whose shorter side is still at least that many pixels (the
     eval preset resizes to it anyway), which makes large photos several times cheaper.
     """
@@ -63,6 +67,8 @@ def load_image(
             raise ImageDecodeError(
                 f"{name}: {width}x{height} = {width * height} pixels is over the limit of {max_pixels}"
             )
+        if max(width, height) > MAX_ASPECT * min(width, height):
+            raise ImageDecodeError(f"{name}: {width}x{height} is too elongated to classify (aspect ratio over {MAX_ASPECT}:1)")
         if min_side is not None and img.format == "JPEG":
             img.draft("RGB", (min_side, min_side))
         img.load()

@@ -17,6 +17,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dogbreed.runtime.inference import (
     JSON_TYPE,
@@ -203,6 +204,14 @@ def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError):
         return _error(request, exc)
+
+    @app.exception_handler(StarletteHTTPException)  # unknown route, wrong method, a malformed form
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)  # a bug: JSON like every other answer (uvicorn logs the traceback)
+    async def server_error(request: Request, exc: Exception):
+        return JSONResponse({"error": "internal server error; the server's log has the details"}, status_code=500)
 
     @app.get("/ping", summary="Health: 200 once the model is loaded and warmed, 503 before")
     async def ping():
