@@ -102,3 +102,13 @@ def test_corrupt_artifact_in_predict(samples, tmp_path):
     bad = tmp_path / "model.tar.gz"
     bad.write_bytes(b"nope")
     _one_line_error(run_cli("predict", str(samples / "Boxer_02426.jpg"), "--model", str(bad)), "not a readable tar.gz archive")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--threshold", "80"], "--threshold must be in [0, 1], got 80"),
+    (["--topk", "1001"], "--topk must be at most 1000"),
+    (["--max-batch-size", "0"], "--max-batch-size must be at least 1"),
+])
+def test_serve_refuses_bad_settings_before_loading(tmp_path, capsys, flags, message):
+    assert main(["serve", "--model", str(tmp_path / "model.tar.gz"), *flags]) == 1
+    assert capsys.readouterr().err.strip().endswith(message)

@@ -246,3 +246,23 @@ def test_a_finished_run_leaves_no_worker_processes_behind(synth_data, tmp_path):
     finally:
         gc.enable()
     assert left == []
+
+
+def test_a_diverging_run_stops_with_one_line_and_leaves_nothing(synth_data, tiny_weights, tmp_path):
+    proc = run_cli("train", "--data", str(synth_data), "--out", str(tmp_path / "runs"), "--weights", str(tiny_weights),
+                   *(f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "pretrained"), "--no-pretrained",
+                   "--lr", "1e20", "--epochs", "2", "--no-progress")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: training diverged in epoch 1")
+    assert list((tmp_path / "runs").iterdir()) == []  # diverged before its first checkpoint: nothing kept
+
+
+def test_runs_started_together_with_one_name_get_distinct_folders(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dogbreed.run import new_run_dir
+
+    cfg = config.resolve(overrides={"out": str(tmp_path), "name": "same"})
+    with ThreadPoolExecutor(8) as pool:
+        dirs = list(pool.map(lambda _: new_run_dir(cfg), range(16)))
+    assert len(set(dirs)) == 16 and all((d / "checkpoints").is_dir() for d in dirs)

@@ -7,6 +7,7 @@ The same ``TrainConfig`` drives ``dogbreed train``, tuning trials and SageMaker 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -67,8 +68,12 @@ class TrainConfig:
                 raise DogbreedError(f"{f.name} {value!r} is not valid; choose one of: {', '.join(choices)}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
         for key, value in positive.items():
-            if value <= 0:
-                raise DogbreedError(f"{key} must be positive, got {value}")
+            if not (math.isfinite(value) and value > 0):
+                raise DogbreedError(f"{key} must be a positive number, got {value}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise DogbreedError(f"weight_decay must be a number at least 0, got {self.weight_decay}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise DogbreedError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.image_size < 32:
             raise DogbreedError(f"image_size must be at least 32, got {self.image_size}")
         if self.aug_views < 0 or self.patience < 0 or (self.workers is not None and self.workers < 0):

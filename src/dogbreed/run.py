@@ -61,11 +61,16 @@ class RunResult:
 def new_run_dir(cfg: TrainConfig) -> Path:
     base = Path(cfg.out)
     name = cfg.name or f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.backbone}"
+    base.mkdir(parents=True, exist_ok=True)
     run_dir, n = base / name, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = base / f"{name}-{n}"
-    (run_dir / "checkpoints").mkdir(parents=True)
+    while True:
+        try:
+            run_dir.mkdir()  # atomic: of two runs started together with one name, one gets "-2"
+            break
+        except FileExistsError:
+            n += 1
+            run_dir = base / f"{name}-{n}"
+    (run_dir / "checkpoints").mkdir()
     return run_dir
 
 
@@ -107,10 +112,11 @@ def write_per_class(targets: torch.Tensor, preds: torch.Tensor, labels: layout_m
 
 
 def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress: bool = True,
-          on_epoch=None, finish: bool = True) -> RunResult:
+          on_epoch=None, finish: bool = True, keep_checkpoints: bool = True) -> RunResult:
     """Run one training end to end. ``on_epoch(row)`` sees each epoch's metrics (tuning reports and
     prunes through it). ``finish=False`` stops after the epochs: no test evaluation, plots or
-    artifact (what a tuning trial needs)."""
+    artifact (what a tuning trial needs); ``keep_checkpoints=False`` removes the checkpoints when
+    the run ends, however it ends."""
     run_dir = Path(resume) if resume else new_run_dir(cfg)
     try:
         return _train_in(run_dir, cfg, resume=bool(resume), progress=progress, on_epoch=on_epoch, finish=finish)
@@ -119,6 +125,9 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
         if not resume and not (run_dir / "checkpoints" / "last.pt").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    finally:
+        if not keep_checkpoints:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
 def _train_in(run_dir: Path, cfg: TrainConfig, *, resume: bool, progress: bool, on_epoch, finish: bool) -> RunResult:

@@ -241,6 +241,9 @@ def fit(
             "val_loss": val.loss, "val_accuracy": val.accuracy, "val_top5": val.top5,
             "lr": lr, "seconds": time.perf_counter() - start,
         }
+        if not (math.isfinite(train["loss"]) and math.isfinite(val.loss)):
+            raise DogbreedError(f"training diverged in epoch {epoch} (train loss {train['loss']:.4g}, val_loss "
+                                f"{val.loss:.4g}); lower the learning rate (it was {lr:.4g} at the start of the epoch)")
         state.history.append(row)
         state.epoch = epoch
         improved = val.loss < state.best_val_loss

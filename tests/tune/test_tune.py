@@ -39,6 +39,7 @@ def test_study_finishes_with_every_planned_trial_and_a_final_run(study):
     workers = {line.split(",")[-2] for line in lines[1:]}
     assert len(workers) == 2  # both local worker processes ran trials
     assert sorted(p.name for p in (folder / "trials").iterdir()) == [f"trial-{i:03d}" for i in range(6)]  # none twice
+    assert not list((folder / "trials").glob("*/checkpoints"))  # removed when each trial ended
     # Trials run unobserved; the final run (a normal training) is profiled like any other.
     assert not any((folder / "trials" / t / "profile").exists() for t in ("trial-000", "trial-005"))
     assert (folder / "best" / "profile" / "report.html").is_file()

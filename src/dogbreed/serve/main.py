@@ -39,6 +39,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from dogbreed.artifact import load_artifact
     from dogbreed.serve.app import ServeConfig, Server, create_app
+    from dogbreed.serve.requests import MAX_TOPK
 
     fields = set(ServeConfig.__dataclass_fields__)
     cfg = ServeConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -47,6 +48,10 @@ def serve(args: argparse.Namespace) -> int:
     for key in ("max_batch_size", "queue_size", "workers", "max_instances", "topk"):
         if getattr(cfg, key) < 1:
             raise DogbreedError(f"--{key.replace('_', '-')} must be at least 1")
+    if cfg.topk > MAX_TOPK:
+        raise DogbreedError(f"--topk must be at most {MAX_TOPK}")
+    if cfg.threshold is not None and not 0 <= cfg.threshold <= 1:
+        raise DogbreedError(f"--threshold must be in [0, 1], got {cfg.threshold:g}")
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this address can use the model", cfg.host)
     log.info("serving %s on http://%s:%d (endpoint name %r)", cfg.model, cfg.host, cfg.port, cfg.name)

@@ -8,6 +8,8 @@ from starlette.requests import Request
 
 from dogbreed.runtime.inference import IMAGE_TYPES, JSON_TYPE
 
+MAX_TOPK = 1000
+
 
 class ClientError(Exception):
     """A request the server refuses: answered with ``status`` and ``{"error": message}``."""
@@ -54,10 +56,10 @@ def custom_attributes(request: Request, default_topk: int, default_threshold: fl
     raw = request.headers.get("x-amzn-sagemaker-custom-attributes", "")
     pairs = dict(re.findall(r"(\w+)\s*=\s*([^,;\s]+)", raw))
     try:
-        topk = int(pairs.get("topk", default_topk))
-        threshold = float(pairs.get("threshold", default_threshold))
+        topk = int(pairs["topk"]) if "topk" in pairs else None
+        threshold = float(pairs["threshold"]) if "threshold" in pairs else None
     except ValueError:
         raise ClientError(400, f"bad X-Amzn-SageMaker-Custom-Attributes {raw!r}; expected topk=N,threshold=X") from None
-    if not 1 <= topk <= 1000 or not 0 <= threshold <= 1:
-        raise ClientError(400, "custom attribute topk must be 1..1000 and threshold 0..1")
-    return topk, threshold
+    if (topk is not None and not 1 <= topk <= MAX_TOPK) or (threshold is not None and not 0 <= threshold <= 1):
+        raise ClientError(400, f"custom attribute topk must be 1..{MAX_TOPK} and threshold 0..1")
+    return (default_topk if topk is None else topk), (default_threshold if threshold is None else threshold)

@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import multiprocessing
 import os
-import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,10 +109,8 @@ def _objective(base: TrainConfig, space: dict[str, Param], objective: str, study
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {row['epoch']}")
 
-        try:
-            history = train(cfg, progress=False, on_epoch=report, finish=False).history
-        finally:  # a trial's checkpoints are only needed while it runs
-            shutil.rmtree(study_dir / "trials" / name / "checkpoints", ignore_errors=True)
+        # A trial's checkpoints are only needed while it runs.
+        history = train(cfg, progress=False, on_epoch=report, finish=False, keep_checkpoints=False).history
         pick = min if OBJECTIVES[objective] == "minimize" else max
         best = pick(history, key=lambda r: r[objective])
         trial.set_user_attr("epochs_run", len(history))
