@@ -113,6 +113,28 @@ def test_artifact_with_corrupt_weights(trained_run, tmp_path):
         load_artifact(tmp_path / "x")
 
 
+@pytest.mark.parametrize("damage, match", [
+    (lambda meta: meta.pop("preset"), "model.json or labels.json is malformed"),
+    (lambda meta: meta["preset"].update(sharpen=2), "model.json or labels.json is malformed"),
+    (lambda meta: meta.update(preset="fast"), "model.json or labels.json is malformed"),
+])
+def test_artifact_with_a_damaged_model_json(trained_run, tmp_path, damage, match):
+    safe_extract_tar(trained_run.artifact, tmp_path / "x")
+    path = tmp_path / "x" / "model.json"
+    meta = json.loads(path.read_text())
+    damage(meta)
+    path.write_text(json.dumps(meta))
+    with pytest.raises(DogbreedError, match=match):
+        load_artifact(tmp_path / "x")
+
+
+def test_artifact_with_a_corrupt_torchscript_export(trained_run, tmp_path):
+    safe_extract_tar(trained_run.artifact, tmp_path / "x")
+    (tmp_path / "x" / "model.pt").write_bytes(b"broken")
+    with pytest.raises(DogbreedError, match="model.pt is corrupt"):
+        load_artifact(tmp_path / "x", backend="torchscript")
+
+
 def test_pickled_code_in_model_pth_is_never_run(trained_run, tmp_path):
     safe_extract_tar(trained_run.artifact, tmp_path / "x")
     torch.save({"evil": print}, tmp_path / "x" / "model.pth")
@@ -140,3 +162,52 @@ def test_tar_with_a_symlink_is_refused(tmp_path):
         tar.addfile(info)
     with pytest.raises(DogbreedError, match="links and special files are not allowed"):
         load_artifact(path)
+
+
+def _zip(path, data: bytes) -> bytes:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("data/train/a.txt", data)
+    return path.read_bytes()
+
+
+def test_damaged_zip_data_is_one_clear_error(tmp_path):
+    import random
+
+    from dogbreed.archive import safe_extract_zip
+    from dogbreed.errors import DogbreedError
+
+    good = _zip(tmp_path / "good.zip", random.Random(0).randbytes(2000) * 4)
+    start = good.index(b"a.txt") + len("a.txt")  # the compressed data follows the local header's name
+    for offset in range(start, start + 40):
+        damaged = bytearray(good)
+        damaged[offset] ^= 0xFF
+        (tmp_path / "bad.zip").write_bytes(bytes(damaged))
+        with pytest.raises(DogbreedError, match="not a readable zip archive"):
+            safe_extract_zip(tmp_path / "bad.zip", tmp_path / f"out-{offset}")
+
+
+def test_encrypted_zip_is_one_clear_error(tmp_path):
+    from dogbreed.archive import safe_extract_zip
+    from dogbreed.errors import DogbreedError
+
+    data = bytearray(_zip(tmp_path / "plain.zip", b"hello" * 100))
+    for signature, flag_offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local and central headers
+        at = data.index(signature) + flag_offset
+        data[at] |= 0x01  # "encrypted"
+    (tmp_path / "enc.zip").write_bytes(bytes(data))
+    with pytest.raises(DogbreedError, match="not a readable zip archive"):
+        safe_extract_zip(tmp_path / "enc.zip", tmp_path / "out")
+
+
+def test_the_artifacts_requirements_are_the_packages_own_pins():
+    import tomllib
+    from pathlib import Path
+
+    from dogbreed.artifact import REQUIREMENTS
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    pins = {d.split(">=")[0].split("[")[0]: d for d in pyproject["project"]["dependencies"]}
+    for line in REQUIREMENTS.split():
+        assert pins[line.split(">=")[0]] == line  # inference.py needs what dogbreed itself was tested with

@@ -41,6 +41,15 @@ def test_non_image_file_is_reported_and_exits_1(trained_run, samples, tmp_path, 
     assert "topk_labels" in out[0] and out[1]["error"].startswith(f"{bad}: cannot decode")
 
 
+def test_the_same_photo_twice_gets_two_identical_answers(trained_run, samples, tmp_path, capsys):
+    photo, bad = str(samples / "Boxer_02426.jpg"), tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    code = main(["predict", photo, str(bad), photo, str(bad), "--model", str(trained_run.artifact), "--json"])
+    assert code == 1
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(out) == 4 and out[0] == out[2] and "topk_labels" in out[0] and "error" in out[1] and "error" in out[3]
+
+
 def test_missing_model_is_one_line(samples, tmp_path, capsys):
     assert main(["predict", str(samples / "Boxer_02426.jpg"), "--model", str(tmp_path / "none.tar.gz")]) == 1
     err = capsys.readouterr().err.strip()

@@ -7,6 +7,7 @@ import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from dogbreed.errors import DogbreedError
@@ -62,6 +63,7 @@ def safe_extract_zip(archive: str | os.PathLike, dest: str | os.PathLike, skip_p
                 with zf.open(info) as src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out, 1 << 20)
                 written.append(info.filename)
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error, RuntimeError, NotImplementedError) as exc:
+        # zlib.error: damaged compressed data; RuntimeError: encrypted; NotImplementedError: unknown compression
         raise DogbreedError(f"{archive}: not a readable zip archive ({exc})") from None
     return written

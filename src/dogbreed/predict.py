@@ -37,19 +37,20 @@ def predict_files(loaded: LoadedModel, files: list[Path], *, topk: int = 5, thre
         raise DogbreedError(f"--topk must be at least 1, got {topk}")
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        tensors, errors = {}, {}
+        decoded: list[torch.Tensor | str] = []  # per position: the image, or why it did not decode
         for path in chunk:
             try:
-                tensors[path] = decode(loaded, path.read_bytes())
+                decoded.append(decode(loaded, path.read_bytes()))
             except InputError as exc:
-                errors[path] = str(exc).replace("image:", f"{path}:", 1)
+                decoded.append(str(exc).replace("image:", f"{path}:", 1))
+        images = [d for d in decoded if isinstance(d, torch.Tensor)]
         probs = iter(())
-        if tensors:
-            batch = torch.stack(list(tensors.values())).to(loaded.device, memory_format=torch.channels_last)
+        if images:
+            batch = torch.stack(images).to(loaded.device, memory_format=torch.channels_last)
             probs = iter(predict_probs(loaded.model, batch).cpu())
-        for path in chunk:
-            if path in errors:
-                yield path, {"error": errors[path]}
+        for path, d in zip(chunk, decoded):
+            if isinstance(d, str):
+                yield path, {"error": d}
             else:
                 yield path, topk_answer(next(probs), loaded, topk, threshold)
 

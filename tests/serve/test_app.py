@@ -118,6 +118,8 @@ BAD = [
     ("bad base64", b'{"instances": [{"b64": "@@@"}]}', "application/json", {}, 400, "malformed base64"),
     ("too many instances", json.dumps({"instances": [{"b64": "AAAA"}] * 5}).encode(), "application/json", {}, 400,
      "5 instances is over the limit of 4"),
+    ("far too many instances", json.dumps({"instances": [{"b64": "AAAA"}] * 70}).encode(), "application/json", {}, 400,
+     "70 instances is over the limit of 4"),  # the server's limit, whatever the handlers' own default
     ("bad attribute", b"x", "image/jpeg", {"X-Amzn-SageMaker-Custom-Attributes": "topk=lots"}, 400, "expected topk=N"),
 ]
 

@@ -82,21 +82,28 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
         labels, display = read_labels(os.path.join(model_dir, LABELS_FILE))
         if len(labels) != meta["num_classes"]:
             raise ValueError(f"labels.json has {len(labels)} classes, model.json says {meta['num_classes']}")
+        preset = EvalPreset.from_dict(meta["preset"])
         model = build_network(meta["backbone"], meta["num_classes"])
     except FileNotFoundError as exc:
         raise ValueError(f"{model_dir}: not a dogbreed model ({os.path.basename(exc.filename)} is missing)") from None
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{model_dir}: model.json or labels.json is malformed ({exc})") from None
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{model_dir}: model.json or labels.json is malformed ({type(exc).__name__}: {exc})") from None
     if backend in ("torchscript", "onnx"):
         name = TORCHSCRIPT_FILE if backend == "torchscript" else ONNX_FILE
         path = os.path.join(model_dir, name)
         if not os.path.exists(path):
             raise ValueError(f"{model_dir}: no {name}; make one with `dogbreed export MODEL --format {backend}`")
-        if backend == "torchscript":
-            model = torch.jit.load(path, map_location="cpu").to(device).eval()
-        else:
-            model, device = OnnxModel(path), torch.device("cpu")
-        return LoadedModel(model, labels, display, EvalPreset.from_dict(meta["preset"]), meta, device)
+        try:
+            if backend == "torchscript":
+                model = torch.jit.load(path, map_location="cpu").to(device).eval()
+            else:
+                model, device = OnnxModel(path), torch.device("cpu")
+        except ImportError:
+            raise
+        except Exception as exc:  # each runtime raises its own types for a damaged file
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"{model_dir}: {name} is corrupt ({first})") from None
+        return LoadedModel(model, labels, display, preset, meta, device)
     weights = os.path.join(model_dir, WEIGHTS_FILE)
     try:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -106,7 +113,7 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"{model_dir}: model.pth is corrupt or does not match model.json ({first})") from None
     model = model.to(device, memory_format=torch.channels_last).eval()
-    return LoadedModel(model, labels, display, EvalPreset.from_dict(meta["preset"]), meta, device)
+    return LoadedModel(model, labels, display, preset, meta, device)
 
 
 def decode(loaded: LoadedModel, data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
@@ -122,15 +129,15 @@ def decode_pixels(loaded: LoadedModel, data: bytes, max_pixels: int | None = DEF
         raise InputError(str(exc)) from None
 
 
-def decode_instances(body: bytes | str) -> list[bytes]:
-    """``{"instances": [{"b64": "..."}, ...]}`` -> the images' bytes, in order."""
+def decode_instances(body: bytes | str, limit: int = MAX_INSTANCES) -> list[bytes]:
+    """``{"instances": [{"b64": "..."}, ...]}`` -> the images' bytes, in order (at most ``limit``)."""
     try:
         doc = json.loads(body)
         instances = doc["instances"]
         if not isinstance(instances, list) or not instances:
             raise InputError('"instances" must be a non-empty list of {"b64": "..."} objects')
-        if len(instances) > MAX_INSTANCES:
-            raise InputError(f"{len(instances)} instances is over the limit of {MAX_INSTANCES}")
+        if len(instances) > limit:
+            raise InputError(f"{len(instances)} instances is over the limit of {limit}")
         return [base64.b64decode(item["b64"], validate=True) for item in instances]
     except InputError:
         raise

@@ -115,12 +115,8 @@ class EvalPreset:
         """The numeric half: uint8 pixels, one image or a batch, to the network's float input."""
         return self._normalize(pixels)
 
-    def load(self, source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-        """Decode and transform in one step (decoding a JPEG no larger than needed)."""
-        return self.normalize(self.load_pixels(source, max_pixels=max_pixels))
-
     def load_pixels(self, source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-        """Decode to the uint8 pixels :meth:`normalize` takes."""
+        """Decode (a JPEG no larger than needed) to the uint8 pixels :meth:`normalize` takes."""
         return self.pixels(load_image(source, max_pixels=max_pixels, min_side=self.resize_size))
 
     def to_dict(self) -> dict:

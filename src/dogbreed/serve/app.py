@@ -228,7 +228,7 @@ def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
         body = await read_body(request, limit)
         if ctype == JSON_TYPE:
             try:
-                images = decode_instances(body)
+                images = decode_instances(body, cfg.max_instances)
             except InputError as exc:
                 raise ClientError(400, str(exc)) from None
         else:
