@@ -138,8 +138,17 @@ def test_artifact_with_a_corrupt_torchscript_export(trained_run, tmp_path):
 def test_pickled_code_in_model_pth_is_never_run(trained_run, tmp_path):
     safe_extract_tar(trained_run.artifact, tmp_path / "x")
     torch.save({"evil": print}, tmp_path / "x" / "model.pth")
-    with pytest.raises(DogbreedError, match="model.pth is corrupt"):
+    with pytest.raises(DogbreedError, match="model.pth is corrupt") as caught:
         load_artifact(tmp_path / "x")
+    message = str(caught.value)  # no advice to load it unsafely, and the folder named once
+    assert "pickled objects, not just tensors" in message and "weights_only" not in message
+    assert message.count(str(tmp_path / "x")) == 1
+
+
+def test_errors_name_the_artifact_not_the_folder_it_was_unpacked_into(trained_run):
+    with pytest.raises(DogbreedError) as caught:
+        load_artifact(trained_run.artifact, backend="onnx")
+    assert str(caught.value).startswith(f"cannot load model {trained_run.artifact}: no model.onnx;")
 
 
 @pytest.mark.parametrize("member", ["../escape.txt", "/abs.txt"])

@@ -108,7 +108,19 @@ def test_corrupt_artifact_in_predict(samples, tmp_path):
     (["--threshold", "80"], "--threshold must be in [0, 1], got 80"),
     (["--topk", "1001"], "--topk must be at most 1000"),
     (["--max-batch-size", "0"], "--max-batch-size must be at least 1"),
+    (["--port", "99999"], "--port must be 1..65535, got 99999"),
+    (["--max-body-mb", "0"], "--max-body-mb, --timeout-s and --max-pixels must be positive, --max-delay-ms at least 0"),
 ])
 def test_serve_refuses_bad_settings_before_loading(tmp_path, capsys, flags, message):
     assert main(["serve", "--model", str(tmp_path / "model.tar.gz"), *flags]) == 1
     assert capsys.readouterr().err.strip().endswith(message)
+
+
+def test_export_takes_an_unpacked_artifact_quietly(trained_run, tmp_path, capsys):
+    from dogbreed.archive import safe_extract_tar
+    from dogbreed.artifact import load_artifact
+
+    safe_extract_tar(trained_run.artifact, tmp_path / "u")
+    assert main(["export", str(tmp_path / "u")]) == 0
+    assert "Warning" not in capsys.readouterr().err  # torch's deprecation notices are not the user's business
+    assert load_artifact(tmp_path / "u-torchscript.tar.gz", backend="torchscript").model is not None

@@ -78,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resume_config(args.resume, overrides)
     else:
         cfg = cfgmod.resolve(args.config, overrides)
-    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    result = train(cfg, resume=args.resume, progress=_progress(args))
     print(f"run: {result.run_dir}\nartifact: {result.artifact}")
     return 0
 
@@ -105,7 +105,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from dogbreed.data.synth import synth
 
     path = synth(args.dir, classes=args.classes, per_class=args.per_class, size=args.size, seed=args.seed,
-                 progress=not args.no_progress)
+                 progress=_progress(args))
     print(f"wrote a synthetic data set: {path} ({args.classes} classes, {args.per_class} images each)")
     return 0
 
@@ -113,7 +113,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from dogbreed.data.layout import SPLITS, check
 
-    report = check(args.dir, full=not args.quick, progress=not args.no_progress)
+    report = check(args.dir, full=not args.quick, progress=_progress(args))
     if report.layout:
         counts = report.layout.counts()
         names = report.layout.labels.names
@@ -139,7 +139,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     from dogbreed.data.fetch import fetch
 
-    root = fetch(args.dest, url=args.url, zip_path=args.zip, sha256=args.sha256, progress=not args.no_progress)
+    root = fetch(args.dest, url=args.url, zip_path=args.zip, sha256=args.sha256, progress=_progress(args))
     print(f"data set ready: {root}\nnext: dogbreed data check {root} && dogbreed train --data {root}")
     return 0
 
@@ -161,7 +161,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                        heartbeat=args.heartbeat, final=args.final)
     base = cfgmod.resolve(args.config, config_overrides(args))
     opts.seed = base.seed  # --seed seeds the sampler as well as every trial's training
-    result = tune(base, opts, progress=not args.no_progress)
+    result = tune(base, opts, progress=_progress(args))
     if result.artifact:
         print(f"best run: {result.final_run}\nartifact: {result.artifact}")
     return 0
@@ -208,7 +208,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from dogbreed.demo import run_demo
 
-    run_demo(args.out, progress=not args.no_progress)
+    run_demo(args.out, progress=_progress(args))
     return 0
 
 
@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dogbreed {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
+    common.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
     common.add_argument("-v", "--verbose", action="store_true", help="more detail (default: off)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -336,10 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", parents=[common], formatter_class=_Formatter, help="the whole workflow offline, on synthetic data",
-                       description="Synthesize data, train, write the artifact and predict, offline, in a few minutes on a CPU.")
+                       description="Synthesize data, train (profiled), tune, write the artifact and predict, offline, in a few\nminutes on a CPU.")
     p.add_argument("--out", default="demo", help="folder for the demo's data and runs (default: demo)")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Bars on a terminal only: piped into a log they are lines of carriage returns."""
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a path that is a file, not writable, on a full disk...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,9 +7,13 @@ SageMaker's PyTorch container loads ``model.pt`` as TorchScript when no custom c
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,20 +30,25 @@ def export(artifact: str | os.PathLike, fmt: str = "torchscript", out: str | os.
     if fmt not in FORMATS:
         raise DogbreedError(f"export format {fmt!r} is not supported; choose one of: {', '.join(FORMATS)}")
     artifact = Path(artifact)
-    if not artifact.is_file():
+    if not artifact.exists():
         raise DogbreedError(f"model artifact {artifact} does not exist")
-    out = Path(out) if out else artifact.with_name(artifact.name.replace(".tar.gz", "") + f"-{fmt}.tar.gz")
+    name = artifact.name.replace(".tar.gz", "") if artifact.is_file() else artifact.name
+    out = Path(out) if out else artifact.with_name(f"{name}-{fmt}.tar.gz")
     with tempfile.TemporaryDirectory(prefix="dogbreed-export-") as tmp:
-        safe_extract_tar(artifact, tmp)
+        if artifact.is_dir():  # an unpacked artifact, as predict and serve take
+            shutil.copytree(artifact, tmp, dirs_exist_ok=True)
+        else:
+            safe_extract_tar(artifact, tmp)
         try:
             loaded = load_model_dir(tmp, "cpu")
         except ValueError as exc:
-            raise DogbreedError(f"cannot load model {artifact}: {exc}") from None
+            raise DogbreedError(f"cannot load model {artifact}: {str(exc).removeprefix(f'{tmp}: ')}") from None
         size = loaded.preset.crop_size
         model = loaded.model.eval().to(memory_format=torch.contiguous_format)
         example = torch.zeros(2, 3, size, size)
         if fmt == "torchscript":
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated": SageMaker still loads it
                 torch.jit.trace(model, example).save(os.path.join(tmp, TORCHSCRIPT_FILE))
         else:
             _export_onnx(model, example, os.path.join(tmp, ONNX_FILE))
@@ -54,6 +63,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str) -> No
     except ImportError:
         raise DogbreedError("ONNX export needs the onnx, onnxscript and onnxruntime packages: pip install 'dogbreed[onnx]'") from None
     batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["logits"],
-                                dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter's step-by-step chatter
+        program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["logits"],
+                                    dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
     program.save(path)

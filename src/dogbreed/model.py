@@ -12,6 +12,7 @@ from torch import nn
 from torchvision import models
 
 from dogbreed.errors import DogbreedError
+from dogbreed.runtime.inference import load_failure
 from dogbreed.runtime.network import ARCHS, replace_head
 from dogbreed.runtime.presets import EvalPreset
 
@@ -76,7 +77,7 @@ def load_backbone_weights(model: nn.Module, backbone: str, path: str | os.PathLi
     except FileNotFoundError:
         raise DogbreedError(f"weights file {path} does not exist") from None
     except Exception as exc:
-        raise DogbreedError(f"weights file {path} is not a readable state dict ({str(exc).splitlines()[0]})") from None
+        raise DogbreedError(f"weights file {path} is not a readable state dict ({load_failure(exc)})") from None
     if not isinstance(state, dict):
         raise DogbreedError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
     head = ARCHS[backbone].head

@@ -29,6 +29,7 @@ from dogbreed.files import atomic_write_text
 from dogbreed.model import build_model, eval_preset, freeze, train_mode
 from dogbreed.monitor import NULL_MONITOR, NullMonitor, open_monitor
 from dogbreed.plots import confusion_matrix, plot_confusion, plot_curves
+from dogbreed.runtime.inference import load_failure
 from dogbreed.runtime.network import ARCHS, get_head
 from dogbreed.runtime.presets import TrainPreset
 from dogbreed.train import (
@@ -124,6 +125,8 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
         # A run that fails before its first checkpoint leaves nothing behind.
         if not resume and not (run_dir / "checkpoints" / "last.pt").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
+        elif (run_dir / "profile").is_dir():
+            log.info("profile data kept in %s; `dogbreed report %s` reports what was collected", run_dir / "profile", run_dir)
         raise
     finally:
         if not keep_checkpoints:
@@ -150,8 +153,6 @@ def _train_in(run_dir: Path, cfg: TrainConfig, *, resume: bool, progress: bool, 
         monitor.close(status)
         if status == "completed":
             _report(run_dir)
-        else:
-            log.info("profile data kept in %s; `dogbreed report %s` reports what was collected", monitor.folder, run_dir)
 
 
 def _report(run_dir: Path) -> None:
@@ -337,7 +338,7 @@ def _restore(run_dir: Path, trainable, optimizer, scheduler, train_batches) -> F
     except FileNotFoundError:
         raise DogbreedError(f"{run_dir} has no checkpoint to resume from (checkpoints/last.pt)") from None
     except Exception as exc:
-        raise DogbreedError(f"checkpoint {path} is corrupt or does not match this run ({str(exc).splitlines()[0]})") from None
+        raise DogbreedError(f"checkpoint {path} is corrupt or does not match this run ({load_failure(exc)})") from None
     log.info("resuming %s after epoch %d", run_dir, state.epoch)
     return state
 

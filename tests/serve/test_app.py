@@ -101,6 +101,12 @@ def _bomb() -> bytes:
     return buf.getvalue()
 
 
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 120, 40)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def _thin() -> bytes:
     buf = io.BytesIO()
     Image.new("L", (300_000, 1)).save(buf, "PNG")  # under the pixel limit, but resized it would be 232 x 70 million
@@ -118,6 +124,9 @@ BAD = [
     ("bad base64", b'{"instances": [{"b64": "@@@"}]}', "application/json", {}, 400, "malformed base64"),
     ("too many instances", json.dumps({"instances": [{"b64": "AAAA"}] * 5}).encode(), "application/json", {}, 400,
      "5 instances is over the limit of 4"),
+    ("one bad instance", json.dumps({"instances": [{"b64": base64.b64encode(_png()).decode()},
+                                                   {"b64": base64.b64encode(b"hello").decode()}]}).encode(),
+     "application/json", {}, 400, "instance 1: image: cannot decode"),
     ("far too many instances", json.dumps({"instances": [{"b64": "AAAA"}] * 70}).encode(), "application/json", {}, 400,
      "70 instances is over the limit of 4"),  # the server's limit, whatever the handlers' own default
     ("bad attribute", b"x", "image/jpeg", {"X-Amzn-SageMaker-Custom-Attributes": "topk=lots"}, 400, "expected topk=N"),
@@ -138,10 +147,29 @@ def test_bad_input_gets_a_4xx_json_error_and_the_server_keeps_serving(server, sa
     ("GET", "/no/such/route", None, {}, 404),
     ("GET", "/invocations", None, {}, 405),
     ("POST", "/predict", b"--x\r\n", {"Content-Type": "multipart/form-data"}, 400),  # no boundary
+    ("POST", "/predict", None, {}, 400),
 ])
 def test_routing_and_form_errors_are_json_too(server, method, path, body, headers, status):
     got, _, out = call(server, path, body or b"", headers, method=method)
     assert got == status and json.loads(out)["error"]
+    if path == "/predict" and body is None:
+        assert "multipart form with the photo in the field 'image'" in json.loads(out)["error"]
+
+
+def test_oversized_headers_are_refused_and_the_server_keeps_serving(server, samples):
+    host, port = urllib.parse.urlsplit(server).netloc.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.putrequest("GET", "/ping")
+        conn.putheader("X-Padding", "a" * 200_000)  # over the 64 KB bound: refused, not read into memory
+        conn.endheaders()
+        status = conn.getresponse().status
+    except (BrokenPipeError, ConnectionResetError):  # refused while the client was still sending
+        status = None
+    finally:
+        conn.close()
+    assert status in (400, None)
+    assert call(server, "/ping", method="GET")[0] == 200
 
 
 def test_a_body_over_the_limit_is_refused_from_its_headers(server, samples):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import platform
 import shutil
@@ -230,7 +231,8 @@ class Monitor(NullMonitor):
             for key, tag in (("grad_l2", "gradient_norm"), ("weight_l2", "weight_norm"), ("weight_std", "weight_std"),
                              ("update_ratio", "update_ratio")):
                 for name, value in zip(r.get("names", []), r.get(key, [])):
-                    writer.add_scalar(f"{tag}/{name}", float(value), r["step"])
+                    if math.isfinite(value := float(value)):  # NaN: no ratio (an all-zero weight), not a number to plot
+                        writer.add_scalar(f"{tag}/{name}", value, r["step"])
         for e in events:
             if e.get("event") == "epoch":
                 for key in ("train_loss", "val_loss", "val_accuracy", "val_top5"):

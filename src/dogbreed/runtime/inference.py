@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +72,17 @@ def read_labels(path: str) -> tuple[list[str], list[str]]:
     return [c["name"] for c in classes], [c["display"] for c in classes]
 
 
+def load_failure(exc: Exception) -> str:
+    """Why a weights file did not load, in a line: never torch's advice to retry without
+    ``weights_only`` (that would run whatever code the file holds)."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        return "it holds pickled objects, not just tensors, and those are never loaded"
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(exc).__name__]
+    reason = " ".join(lines[:2])  # a state-dict mismatch names the keys on its second line
+    return reason if len(reason) <= 300 else reason[:297] + "..."
+
+
 def load_model_dir(model_dir: str, device: str | torch.device | None = None, backend: str = "eager") -> LoadedModel:
     """Rebuild the network from model.json and load model.pth (tensors only, never pickled code).
     ``backend="torchscript"`` or ``"onnx"`` loads the exported ``model.pt`` or ``model.onnx``
@@ -95,14 +107,15 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
             raise ValueError(f"{model_dir}: no {name}; make one with `dogbreed export MODEL --format {backend}`")
         try:
             if backend == "torchscript":
-                model = torch.jit.load(path, map_location="cpu").to(device).eval()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+                    model = torch.jit.load(path, map_location="cpu").to(device).eval()
             else:
                 model, device = OnnxModel(path), torch.device("cpu")
         except ImportError:
             raise
         except Exception as exc:  # each runtime raises its own types for a damaged file
-            first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise ValueError(f"{model_dir}: {name} is corrupt ({first})") from None
+            raise ValueError(f"{model_dir}: {name} is corrupt ({load_failure(exc)})") from None
         return LoadedModel(model, labels, display, preset, meta, device)
     weights = os.path.join(model_dir, WEIGHTS_FILE)
     try:
@@ -110,8 +123,7 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
     except FileNotFoundError:
         raise ValueError(f"{model_dir}: not a dogbreed model (model.pth is missing)") from None
     except Exception as exc:  # torch.load raises many types for damaged or hostile files
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ValueError(f"{model_dir}: model.pth is corrupt or does not match model.json ({first})") from None
+        raise ValueError(f"{model_dir}: model.pth is corrupt or does not match model.json ({load_failure(exc)})") from None
     model = model.to(device, memory_format=torch.channels_last).eval()
     return LoadedModel(model, labels, display, preset, meta, device)
 

@@ -145,11 +145,16 @@ class Server:
         if len(images) > self.cfg.max_instances:
             raise ClientError(400, f"{len(images)} instances is over the limit of {self.cfg.max_instances}")
         loop = asyncio.get_running_loop()
+
+        async def decode(i: int, data: bytes) -> torch.Tensor:
+            try:
+                return await loop.run_in_executor(self.decode_pool, self._decode, data)
+            except InputError as exc:  # in a list, say which one
+                raise ClientError(400, f"instance {i}: {exc}" if len(images) > 1 else str(exc)) from None
+
         self.batcher.incoming += 1
         try:
-            tensors = await asyncio.gather(*(loop.run_in_executor(self.decode_pool, self._decode, b) for b in images))
-        except InputError as exc:
-            raise ClientError(400, str(exc)) from None
+            tensors = await asyncio.gather(*(decode(i, b) for i, b in enumerate(images)))
         finally:
             self.batcher.incoming -= 1
         try:
@@ -253,7 +258,7 @@ def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
     async def predict(request: Request):
         if not server.ready:
             raise ClientError(503, "the model is still loading", {"Retry-After": "1"})
-        body = await read_body(request, limit)
+        body = await read_body(request, limit, "a multipart form with the photo in the field 'image' (curl -F image=@photo.jpg)")
 
         async def replay():
             return {"type": "http.request", "body": body, "more_body": False}

@@ -12,6 +12,7 @@ from dogbreed.errors import DogbreedError
 from dogbreed.serve import BACKENDS
 
 log = logging.getLogger(__name__)
+MAX_HEADER_BYTES = 64 * 1024
 
 
 def add_serve_flags(p: argparse.ArgumentParser) -> None:
@@ -48,20 +49,28 @@ def serve(args: argparse.Namespace) -> int:
     for key in ("max_batch_size", "queue_size", "workers", "max_instances", "topk"):
         if getattr(cfg, key) < 1:
             raise DogbreedError(f"--{key.replace('_', '-')} must be at least 1")
+    if not 1 <= cfg.port <= 65535:
+        raise DogbreedError(f"--port must be 1..65535, got {cfg.port}")
+    if not cfg.max_body_mb > 0 or not cfg.timeout_s > 0 or cfg.max_pixels < 1 or cfg.max_delay_ms < 0:
+        raise DogbreedError("--max-body-mb, --timeout-s and --max-pixels must be positive, --max-delay-ms at least 0")
     if cfg.topk > MAX_TOPK:
         raise DogbreedError(f"--topk must be at most {MAX_TOPK}")
     if cfg.threshold is not None and not 0 <= cfg.threshold <= 1:
         raise DogbreedError(f"--threshold must be in [0, 1], got {cfg.threshold:g}")
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this address can use the model", cfg.host)
-    log.info("serving %s on http://%s:%d (endpoint name %r)", cfg.model, cfg.host, cfg.port, cfg.name)
+    # h11 bounds a request's headers (httptools reads any amount); the body has its own limit.
+    http = {"host": cfg.host, "port": cfg.port, "log_level": "warning", "http": "h11",
+            "h11_max_incomplete_event_size": MAX_HEADER_BYTES}
     if cfg.workers > 1:
         load_artifact(cfg.model, device="cpu", backend=cfg.backend)  # fail here, in one line, not in each worker
+        log.info("serving %s on http://%s:%d (endpoint name %r, %d workers)", cfg.model, cfg.host, cfg.port, cfg.name,
+                 cfg.workers)
         os.environ["DOGBREED_SERVE_CONFIG"] = json.dumps(asdict(cfg))
-        uvicorn.run("dogbreed.serve.app:app_from_env", factory=True, host=cfg.host, port=cfg.port,
-                    workers=cfg.workers, log_level="warning")
+        uvicorn.run("dogbreed.serve.app:app_from_env", factory=True, workers=cfg.workers, **http)
     else:
         server = Server(cfg)
         server.load()  # fail here, in one line; the model is loaded once, on the thread that will run it
-        uvicorn.run(create_app(cfg, server), host=cfg.host, port=cfg.port, log_level="warning")
+        log.info("serving %s on http://%s:%d (endpoint name %r)", cfg.model, cfg.host, cfg.port, cfg.name)
+        uvicorn.run(create_app(cfg, server), **http)
     return 0

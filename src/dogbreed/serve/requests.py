@@ -19,7 +19,7 @@ class ClientError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, what: str = "the image bytes (or JSON instances)") -> bytes:
     """The body, refusing (413) as soon as it is known to exceed ``limit``: from Content-Length
     before reading anything, or while streaming, never reading past the limit."""
     declared = request.headers.get("content-length")
@@ -33,7 +33,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         chunks.append(chunk)
     body = b"".join(chunks)
     if not body:
-        raise ClientError(400, "empty body; send the image bytes (or JSON instances)")
+        raise ClientError(400, f"empty body; send {what}")
     return body
 
 
