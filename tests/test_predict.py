@@ -26,10 +26,12 @@ def test_json_lines_for_a_folder(trained_run, samples, capsys):
 
 def test_low_confidence_note_follows_the_threshold(trained_run, samples, capsys):
     photo = str(samples / "cat_01.jpg")
-    main(["predict", photo, "--model", str(trained_run.artifact), "--threshold", "1.01"])
-    assert "low confidence: top-1 probability under 1.01" in capsys.readouterr().out
+    main(["predict", photo, "--model", str(trained_run.artifact), "--threshold", "1"])
+    assert "low confidence: top-1 probability under 1" in capsys.readouterr().out
     main(["predict", photo, "--model", str(trained_run.artifact), "--threshold", "0"])
     assert "low confidence" not in capsys.readouterr().out
+    assert main(["predict", photo, "--model", str(trained_run.artifact), "--threshold", "2"]) == 1
+    assert capsys.readouterr().err.strip() == "error: --threshold must be in [0, 1], got 2"
 
 
 def test_non_image_file_is_reported_and_exits_1(trained_run, samples, tmp_path, capsys):

@@ -149,7 +149,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from dogbreed.tune import TuneOptions, default_storage, results, show, tune
 
     if args.tune_command == "show":
-        rows, best, objective = show(args.name, args.storage or default_storage(args.out))
+        rows, best, objective = show(args.name, args.storage or default_storage(args.out, create=False))
         for row in rows:
             print(results.format_trial(row, objective))
         if best:

@@ -153,9 +153,31 @@ def test_grid_sampler_runs_each_point_once(synth_data, tiny_weights, tmp_path, c
 
 
 def test_a_study_where_every_trial_fails_exits_non_zero(synth_data, tiny_weights, tmp_path, capsys):
-    space = tmp_path / "space.yaml"  # every trial's configuration is refused when the trial starts
-    space.write_text("lr: {type: float, low: -0.01, high: -0.001}\n")
+    space = tmp_path / "space.yaml"  # resnet18 weights cannot start a resnet34: every trial fails when it loads them
+    space.write_text("backbone: {type: categorical, choices: [resnet34]}\n")
     args = tune_args(synth_data, tmp_path, "--weights", str(tiny_weights), "--space", str(space), "--trials", "2", "--no-final")
     assert main(args) != 0
     err = capsys.readouterr().err
     assert "no trial completed (2 failed, 0 pruned); the first error:" in err
+
+
+@pytest.mark.parametrize("space, message", [
+    ("backbone: {type: categorical, choices: [resnet18, resnet999]}\n", "backbone = 'resnet999' is not usable (backbone 'resnet999' is not valid"),
+    ("lr: {type: float, low: -0.01, high: 0.01}\n", "lr = -0.01 is not usable (lr must be a positive number"),
+])
+def test_a_space_that_cannot_train_is_refused_before_the_study(synth_data, tmp_path, capsys, space, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(space)
+    assert main(tune_args(synth_data, tmp_path / "out", "--space", str(path))) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "tune.db").exists()
+
+
+def test_missing_data_is_said_before_a_study_is_made(tmp_path, capsys):
+    assert main(tune_args(tmp_path / "nope", tmp_path / "out")) == 1
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "out" / "tune.db").exists()
+
+
+def test_show_does_not_create_a_database(tmp_path, capsys):
+    assert main(["tune", "show", "dogbreed", "--out", str(tmp_path)]) == 1
+    assert "no study database at" in capsys.readouterr().err and not (tmp_path / "tune.db").exists()

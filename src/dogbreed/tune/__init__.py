@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from dogbreed.config import TrainConfig
+from dogbreed.data.layout import scan
 from dogbreed.errors import DogbreedError
 from dogbreed.run import EMBEDDING_KEYS, train, warm_cache
 from dogbreed.tune import results
@@ -80,8 +81,9 @@ class TuneResult:
     artifact: Path | None
 
 
-def default_storage(out: str) -> str:
-    Path(out).mkdir(parents=True, exist_ok=True)
+def default_storage(out: str, create: bool = True) -> str:
+    if create:
+        Path(out).mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{Path(out).resolve() / 'tune.db'}"
 
 
@@ -190,6 +192,8 @@ def tune(base: TrainConfig, opts: TuneOptions, *, progress: bool = True) -> Tune
             opts = dataclasses.replace(opts, trials=len(points))
     if not base.data:
         raise DogbreedError("no data set given; pass --data DIR (expected DIR/{train,valid,test}/<class>/*.jpg)")
+    scan(base.data)  # a missing or misshapen data set is said before any study is made
+    check_space(space, base, opts.space)
     study_dir = Path(base.out) / f"tune-{opts.study}"
     url = opts.storage or default_storage(base.out)
     storage = open_storage(url, opts.heartbeat)
@@ -276,8 +280,22 @@ def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, 
     return TuneResult(study_dir, best, rows, final_run, artifact)
 
 
+def check_space(space: dict[str, Param], base: TrainConfig, where: str | None) -> None:
+    """Every choice and both ends of every range make a valid training configuration (else every
+    trial would fail, one by one, after the study was made)."""
+    for name, p in space.items():
+        for value in p.choices if p.type == "categorical" else (p.low, p.high):
+            value = int(value) if p.type == "int" else value
+            try:
+                dataclasses.replace(base, **{name: value}).validate()
+            except DogbreedError as exc:
+                raise DogbreedError(f"{where or 'search space'}: {name} = {value!r} is not usable ({exc})") from None
+
+
 def show(study_name: str, storage_url: str) -> tuple[list[dict], dict | None, str]:
     """(trials table, best trial, objective name) of an existing study."""
+    if storage_url.startswith("sqlite:///") and not Path(storage_url.split(":///", 1)[1]).is_file():
+        raise DogbreedError(f"no study database at {storage_url.split(':///', 1)[1]}; pass --out or --storage of a tuning run")
     storage = open_storage(storage_url)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
