@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import yaml
 from torch import nn
 
 from dogbreed import config
+from dogbreed.cli import main
 from dogbreed.data.loaders import TensorBatches
 from dogbreed.run import train
 from dogbreed.train import cosine_schedule, evaluate, fit
@@ -266,3 +268,15 @@ def test_runs_started_together_with_one_name_get_distinct_folders(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         dirs = list(pool.map(lambda _: new_run_dir(cfg), range(16)))
     assert len(set(dirs)) == 16 and all((d / "checkpoints").is_dir() for d in dirs)
+
+
+def test_resuming_a_finished_run_says_so_and_a_failed_resume_changes_nothing(trained_run, tmp_path, capsys):
+    import shutil
+
+    assert main(["train", "--resume", str(trained_run.run_dir)]) == 1
+    assert f"{trained_run.run_dir} has finished (4 epochs" in capsys.readouterr().err
+    copy = Path(shutil.copytree(trained_run.run_dir, tmp_path / "copy"))
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    assert main(["train", "--resume", str(copy), "--epochs", "6", "--data", str(tmp_path / "nope")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before  # status, profile, checkpoints untouched

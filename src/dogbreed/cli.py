@@ -49,7 +49,15 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] =
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
-        help_text = f"{f.metadata['help']} (default: {default})"
+        help_text, notes = f.metadata["help"], []
+        choices = f.metadata.get("choices")
+        if choices and not all(c in help_text for c in choices):
+            notes.append(f"one of: {', '.join(choices)}")
+        if default is not None:
+            notes.append(f"default: {default}")
+        elif "default" not in help_text:  # a help that explains its own default says it better
+            notes.append("default: none")
+        help_text += f" ({'; '.join(notes)})" if notes else ""
         kind = f.type
         if kind.startswith("bool"):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)

@@ -32,7 +32,7 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 class TrainConfig:
     data: str | None = _opt(None, "data set root holding train/ valid/ test/ class folders (SageMaker: $SM_CHANNEL_TRAINING)")
     out: str = _opt("runs", "folder that receives one run folder per training (SageMaker: $SM_OUTPUT_DATA_DIR)")
-    name: str | None = _opt(None, "run folder name; a timestamp and the backbone when not given")
+    name: str | None = _opt(None, "run folder name (default: the date, time and backbone)")
     backbone: str = _opt("resnet50", "network: " + ", ".join(ARCHS), choices=tuple(ARCHS))
     pretrained: bool = _opt(True, "start from ImageNet weights (downloaded once, cached by torchvision); --no-pretrained for random init")
     weights: str | None = _opt(None, "local file with the backbone's ImageNet weights (a torchvision state dict), for offline use")

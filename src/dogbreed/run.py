@@ -118,6 +118,8 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
     prunes through it). ``finish=False`` stops after the epochs: no test evaluation, plots or
     artifact (what a tuning trial needs); ``keep_checkpoints=False`` removes the checkpoints when
     the run ends, however it ends."""
+    if resume:
+        _check_resumable(Path(resume), cfg)
     run_dir = Path(resume) if resume else new_run_dir(cfg)
     try:
         return _train_in(run_dir, cfg, resume=bool(resume), progress=progress, on_epoch=on_epoch, finish=finish)
@@ -131,6 +133,19 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
     finally:
         if not keep_checkpoints:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def _check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse, before touching the run, a resume with nothing to do or no data to do it with."""
+    results = run_dir / "results.json"
+    if results.is_file():
+        done = json.loads(results.read_text(encoding="utf-8")).get("epochs_run", 0)
+        if cfg.epochs <= done:
+            raise DogbreedError(f"{run_dir} has finished ({done} epochs; its artifact is {run_dir / 'model.tar.gz'}); "
+                                f"to train it further, pass --epochs N with N over {done}")
+    if not cfg.data:
+        raise DogbreedError("no data set given; pass --data DIR")
+    layout_mod.scan(cfg.data)  # a missing data set fails here, not after the run's status was changed
 
 
 def _train_in(run_dir: Path, cfg: TrainConfig, *, resume: bool, progress: bool, on_epoch, finish: bool) -> RunResult:
@@ -184,7 +199,7 @@ def _run(run_dir: Path, cfg: TrainConfig, device: torch.device, monitor: NullMon
     monitor.describe_data(labels.names, data.counts()["train"])
     log.info("run %s: %s (%s), %d classes, %d/%d/%d images, train_layers=%s, device=%s, amp=%s",
              run_dir, cfg.backbone, weights_source, len(labels.names), *(len(data.splits[s]) for s in layout_mod.SPLITS),
-             cfg.train_layers, device, amp_dtype or "off")
+             cfg.train_layers, device, {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "off"))
 
     if cfg.uses_feature_cache:
         trainable, set_train, batches, cache_stats = _cached_path(cfg, model, preset, data, device, amp_dtype, progress,
@@ -258,7 +273,6 @@ def _run(run_dir: Path, cfg: TrainConfig, device: torch.device, monitor: NullMon
         write_model_dir(sm_dir, model, labels, meta)
         shutil.copy(run_dir / "metrics.csv", Path(sm_dir) / "metrics.csv")
         log.info("SageMaker model dir written: %s", sm_dir)
-    log.info("artifact: %s", artifact)
     return RunResult(run_dir, artifact, test_metrics, state.best_epoch, state.history)
 
 
