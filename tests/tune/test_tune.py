@@ -45,6 +45,15 @@ def test_study_finishes_with_every_planned_trial_and_a_final_run(study):
     assert (folder / "best" / "profile" / "report.html").is_file()
 
 
+def test_rerunning_a_finished_study_reuses_its_final_run(study, capsys):
+    out, args, _ = study
+    best = json.loads((out / "tune-dogbreed" / "best.json").read_text())
+    assert main(args) == 0
+    assert f"final training already done for trial {best['best_trial']['number']}" in capsys.readouterr().out
+    assert not (out / "tune-dogbreed" / "best-2").exists()
+    assert json.loads((out / "tune-dogbreed" / "best.json").read_text())["final_run"] == best["final_run"]
+
+
 def test_plots_are_written_as_png_and_offline_html(study):
     plots = study[0] / "tune-dogbreed" / "plots"
     for name in ("optimization_history", "intermediate_values", "param_importances", "parallel_coordinate"):

@@ -8,6 +8,7 @@ trial's hyperparameters then get one full training that writes a normal run and 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import multiprocessing
 import os
@@ -263,12 +264,17 @@ def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, 
     if best is not None:
         log.info("best trial %d: %s %.4f with %s", best["number"], opts.objective, best["value"],
                  " ".join(f"{k}={results._fmt(v)}" for k, v in best["params"].items()))
-        if opts.final:
+        earlier = _earlier_final(study_dir / "best.json", best)
+        if opts.final and earlier:
+            log.info("final training already done for trial %d: %s", best["number"], earlier["artifact"])
+            final_run, artifact = Path(earlier["run_dir"]), Path(earlier["artifact"])
+            doc["final_run"] = earlier
+        elif opts.final:
             log.info("final training with the best hyperparameters")
             cfg = dataclasses.replace(base, **best["params"], out=str(study_dir), name="best").validate()
             run = train(cfg, progress=progress)
             final_run, artifact = run.run_dir, run.artifact
-            doc["final_run"] = {"run_dir": str(run.run_dir), "artifact": str(run.artifact), **run.test}
+            doc["final_run"] = {"run_dir": str(run.run_dir), "artifact": str(run.artifact), "trial": best["number"], **run.test}
     results.write_best(study_dir / "best.json", doc)
     log.info("results: %s (best.json, trials.csv, plots/)", study_dir)
     if best is None:
@@ -278,6 +284,16 @@ def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, 
         raise DogbreedError(f"no trial completed ({counts['FAIL']} failed, {counts['PRUNED']} pruned){why}; "
                             f"see {study_dir / 'trials.csv'}")
     return TuneResult(study_dir, best, rows, final_run, artifact)
+
+
+def _earlier_final(best_json: Path, best: dict) -> dict | None:
+    """The final run an earlier ``tune`` of this study made, if it trained this same best trial and
+    its artifact is still there: rerunning a finished study does not train it again."""
+    try:
+        final = json.loads(best_json.read_text(encoding="utf-8")).get("final_run") or {}
+    except (OSError, ValueError):
+        return None
+    return final if final.get("trial") == best["number"] and Path(final.get("artifact", "")).is_file() else None
 
 
 def check_space(space: dict[str, Param], base: TrainConfig, where: str | None) -> None:
