@@ -226,7 +226,8 @@ def test_concurrent_requests_are_batched_with_identical_results(server, samples)
     assert sizes["dogbreed_batch_size_count"] < sizes["dogbreed_batch_size_sum"]  # some batch held more than one image
 
 
-def test_metrics_and_docs(server):
+def test_metrics_and_docs(server, samples):
+    assert invoke(server, (samples / "Beagle_01125.jpg").read_bytes())[0] == 200
     status, headers, out = call(server, "/metrics", method="GET")
     text = out.decode()
     assert status == 200 and "text/plain" in headers["content-type"]
@@ -234,6 +235,7 @@ def test_metrics_and_docs(server):
                  "dogbreed_queue_depth", "dogbreed_model_load_seconds"):
         assert name in text
     assert 'route="/invocations",status="200"' in text
-    assert call(server, "/docs", method="GET")[0] == 200
+    status, _, page = call(server, "/docs", method="GET")
+    assert status == 200 and b"<script src" not in page and b"cdn" not in page.lower()  # works offline
     spec = json.loads(call(server, "/openapi.json", method="GET")[2])
     assert {"/ping", "/invocations", "/endpoints/{name}/invocations", "/predict", "/metrics"} <= set(spec["paths"])

@@ -45,3 +45,16 @@ def test_a_bad_file_shows_the_error(server, browser, tmp_path):
     upload.send_keys(str(bad))
     error = WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#results .error")))
     assert "cannot decode" in error.text
+
+
+def test_the_api_page_lists_the_routes_offline(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/docs")
+    WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#routes .route")))
+    paths = {r.get_attribute("data-path") for r in browser.find_elements(By.CSS_SELECTOR, "#routes .route")}
+    assert {"/ping", "/invocations", "/endpoints/{name}/invocations", "/predict", "/metrics"} <= paths
+    assert browser.find_element(By.ID, "error").text == ""
+    assert "curl -F image=@dog.jpg " + server + "/predict" in browser.find_element(By.TAG_NAME, "body").text

@@ -34,6 +34,7 @@ from dogbreed.serve.requests import ClientError, check_accept, content_type, cus
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("page.html")
+DOCS_PAGE = Path(__file__).with_name("docs.html")
 
 
 @dataclass
@@ -186,7 +187,8 @@ def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
         yield
         await server.stop()
 
-    app = FastAPI(title="dogbreed", version="1", lifespan=lifespan,
+    # /docs is our own page (FastAPI's loads Swagger UI from a CDN, which fails offline).
+    app = FastAPI(title="dogbreed", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Dog-breed classification with SageMaker's endpoint contract.")
     app.state.server = server
     limit = int(cfg.max_body_mb * 1024 * 1024)
@@ -194,7 +196,7 @@ def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
     @app.middleware("http")
     async def observe(request: Request, call_next):
         started = time.perf_counter()
-        open_paths = ("/ping", "/")  # the page itself is static; its calls carry the key
+        open_paths = ("/ping", "/", "/docs", "/openapi.json")  # static pages and the spec; the page's calls carry the key
         if request.url.path not in open_paths and not _authorized(request, cfg.api_key):
             response = _error(request, ClientError(401, "missing or wrong API key; send Authorization: Bearer KEY",
                                                    {"WWW-Authenticate": "Bearer"}))
@@ -275,6 +277,10 @@ def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs():
+        return HTMLResponse(DOCS_PAGE.read_text(encoding="utf-8"))
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics():
