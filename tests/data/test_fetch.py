@@ -159,3 +159,11 @@ def test_zip_flag_extracts_a_local_copy(synth_data, tmp_path):
     local.write_bytes(dataset_zip(synth_data))
     assert main(["data", "fetch", "--dest", str(tmp_path / "d"), "--zip", str(local), "--no-progress"]) == 0
     assert (tmp_path / "d" / "dogImages" / "valid" / "004.Akita").is_dir()
+
+
+def test_a_bad_local_zip_leaves_no_folder_behind(tmp_path, capsys):
+    local = tmp_path / "dogImages.zip"
+    local.write_bytes(b"not a zip")
+    assert main(["data", "fetch", "--dest", str(tmp_path / "d"), "--zip", str(local), "--no-progress"]) == 1
+    assert "not a readable zip archive" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -143,11 +143,16 @@ def extract_dataset(zip_path: str | os.PathLike, dest: str | os.PathLike, name: 
     if target.exists():
         raise DogbreedError(f"{target} already exists; remove it to extract again")
     work = dest / f".{name}.extracting"
+    made_dest = not dest.exists()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
         safe_extract_zip(zip_path, work)
         os.replace(_dataset_root(work), target)
+    except BaseException:
+        if made_dest:  # a folder this call made for nothing is not left behind either
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
