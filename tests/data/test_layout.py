@@ -89,3 +89,15 @@ def test_check_flags_class_imbalance(data_copy):
     report = check(data_copy, progress=False)
     assert report.ok  # a warning, not an error
     assert any("class imbalance" in w and "004.Akita has 2" in w for w in report.warnings)
+
+
+def test_check_warns_of_a_test_photo_that_is_also_in_train(data_copy):
+    assert not any("more than one split" in w for w in check(data_copy, progress=False).warnings)  # synthetic: all distinct
+    test_photo = next((data_copy / "test" / "004.Akita").glob("*.jpg"))
+    copy = data_copy / "train" / "004.Akita" / "copied.jpg"
+    copy.write_bytes(test_photo.read_bytes())
+    report = check(data_copy, progress=False)
+    assert report.ok  # a warning, not an error
+    leak = [w for w in report.warnings if "more than one split" in w]
+    assert leak and leak[0].startswith("1 image(s) appear") and str(copy) in leak[0] and str(test_photo) in leak[0]
+    assert not any("more than one split" in w for w in check(data_copy, full=False, progress=False).warnings)

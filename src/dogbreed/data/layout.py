@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -148,6 +149,22 @@ def find_bad_images(
         return [(path, reason) for path, reason in zip(paths, bar) if reason]
 
 
+def find_leaks(layout: Layout, workers: int | None = None) -> list[list[str]]:
+    """Groups of byte-identical images that sit in more than one split (a test photo that is also a
+    training photo makes the test score a memory test)."""
+    def digest(path: str) -> str:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "blake2b").hexdigest()
+
+    owners = [(path, split) for split, samples in layout.splits.items() for path, _ in samples]
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        digests = list(pool.map(digest, (path for path, _ in owners)))
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for (path, split), d in zip(owners, digests):
+        groups.setdefault(d, []).append((path, split))
+    return [[path for path, _ in g] for g in groups.values() if len({split for _, split in g}) > 1]
+
+
 def check(root: str | os.PathLike, full: bool = True, progress: bool = True) -> Report:
     """Everything ``dogbreed data check`` reports. Unreadable images are errors here; training
     (which calls this with ``full=False``) skips them with a warning instead."""
@@ -158,6 +175,9 @@ def check(root: str | os.PathLike, full: bool = True, progress: bool = True) -> 
     report = Report(layout)
     report.bad_images = find_bad_images(layout, full=full, progress=progress)
     report.errors += [f"unreadable image {reason}" for _, reason in report.bad_images]
+    if full and (leaks := find_leaks(layout)):
+        report.warnings.append(f"{len(leaks)} image(s) appear in more than one split, byte for byte, e.g. "
+                               f"{' = '.join(leaks[0])}; test and validation scores count them as unseen")
     if layout.ignored:
         report.warnings.append(f"{len(layout.ignored)} non-image file(s) ignored, e.g. {layout.ignored[0]}")
     train_counts = layout.counts()["train"]
