@@ -28,6 +28,7 @@ from dogbreed.runtime.inference import (
     topk_answer,
 )
 from dogbreed.runtime.network import predict_probs
+from dogbreed.runtime.presets import DEFAULT_MAX_PIXELS
 from dogbreed.serve.backends import load_backend
 from dogbreed.serve.batcher import Batcher, Overloaded
 from dogbreed.serve.requests import ClientError, check_accept, content_type, custom_attributes, read_body
@@ -49,7 +50,7 @@ class ServeConfig:
     queue_size: int = 256
     timeout_s: float = 30.0
     max_body_mb: float = 6.0
-    max_pixels: int = 40_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     max_instances: int = 16
     topk: int = 5
     threshold: float | None = None  # None: the artifact's own

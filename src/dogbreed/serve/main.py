@@ -9,6 +9,7 @@ import os
 from dataclasses import asdict
 
 from dogbreed.errors import DogbreedError
+from dogbreed.runtime.presets import DEFAULT_MAX_PIXELS
 from dogbreed.serve import BACKENDS
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue-size", type=int, default=256, help="images that may wait; past it requests get 503 + Retry-After (default: 256)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="a request waiting longer gets 504 (default: 30)")
     p.add_argument("--max-body-mb", type=float, default=6.0, help="largest request body; larger gets 413 (default: 6, SageMaker's limit)")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image in pixels, checked before decoding (default: 40000000)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"largest image in pixels, checked before decoding; predict and training use the same (default: {DEFAULT_MAX_PIXELS})")
     p.add_argument("--max-instances", type=int, default=16, help="most images in one JSON request (default: 16)")
     p.add_argument("--topk", type=int, default=5, help="breeds per answer; a request may ask otherwise with the topk= custom attribute (default: 5)")
     p.add_argument("--threshold", type=float, default=None, help="low_confidence below this top-1 probability (default: the artifact's, 0.8)")
