@@ -124,3 +124,10 @@ def test_export_takes_an_unpacked_artifact_quietly(trained_run, tmp_path, capsys
     assert main(["export", str(tmp_path / "u")]) == 0
     assert "Warning" not in capsys.readouterr().err  # torch's deprecation notices are not the user's business
     assert load_artifact(tmp_path / "u-torchscript.tar.gz", backend="torchscript").model is not None
+
+
+def test_a_path_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    assert main(["data", "synth", str(tmp_path / "notes.txt" / "sub"), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "Not a directory" in err and err.count("\n") == 0
