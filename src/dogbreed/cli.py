@@ -93,6 +93,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from dogbreed.artifact import load_artifact
+
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise DogbreedError(f"--threshold must be in [0, 1], got {args.threshold:g}")
     from dogbreed.predict import expand, format_answer, predict_files
 
     loaded = load_artifact(args.model)

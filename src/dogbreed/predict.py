@@ -35,8 +35,6 @@ def predict_files(loaded: LoadedModel, files: list[Path], *, topk: int = 5, thre
     """(file, answer) in order; an undecodable file gets ``{"error": ...}`` instead of an answer."""
     if topk < 1:
         raise DogbreedError(f"--topk must be at least 1, got {topk}")
-    if threshold is not None and not 0 <= threshold <= 1:
-        raise DogbreedError(f"--threshold must be in [0, 1], got {threshold:g}")
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         decoded: list[torch.Tensor | str] = []  # per position: the image, or why it did not decode
