@@ -280,3 +280,14 @@ def test_resuming_a_finished_run_says_so_and_a_failed_resume_changes_nothing(tra
     assert main(["train", "--resume", str(copy), "--epochs", "6", "--data", str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before  # status, profile, checkpoints untouched
+
+
+def test_a_run_started_with_relative_paths_resumes_from_anywhere(synth_data, tmp_path):
+    tiny = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "pretrained"]
+    first = run_cli("train", "--data", synth_data.name, "--out", str(tmp_path / "runs"), "--name", "rel", "--epochs", "1",
+                    "--no-pretrained", "--no-profile", "--no-progress", *tiny, cwd=synth_data.parent)
+    assert first.returncode == 0, first.stderr
+    saved = yaml.safe_load((tmp_path / "runs" / "rel" / "config.yaml").read_text())
+    assert saved["data"] == str(synth_data.resolve())
+    resumed = run_cli("train", "--resume", str(tmp_path / "runs" / "rel"), "--epochs", "2", "--no-progress", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr

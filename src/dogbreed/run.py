@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -194,7 +195,9 @@ def _run(run_dir: Path, cfg: TrainConfig, device: torch.device, monitor: NullMon
     preset = eval_preset(cfg.backbone, cfg.image_size)
     frozen = freeze(model, cfg.backbone, cfg.train_layers)
 
-    cfgmod.save_yaml(cfg, run_dir / "config.yaml")
+    # Paths saved absolute: `--resume` works from any folder.
+    paths = {k: str(Path(v).resolve()) for k in ("data", "weights", "cache_dir", "rules") if (v := getattr(cfg, k))}
+    cfgmod.save_yaml(dataclasses.replace(cfg, **paths), run_dir / "config.yaml")
     labels.write(run_dir / "labels.json")
     monitor.describe_data(labels.names, data.counts()["train"])
     log.info("run %s: %s (%s), %d classes, %d/%d/%d images, train_layers=%s, device=%s, amp=%s",
