@@ -73,12 +73,12 @@ class Metrics:
 class Server:
     """The loaded model, its batcher and decode pool: everything the routes share.
 
-    Every torch computation runs on one thread, the model thread: loading, warm-up, normalising and
-    the forward pass. Decode threads do PIL work only, the event loop only each answer's top-k (133
-    numbers, too few for torch to parallelise). On CPU each thread that
-    runs a parallel torch operation gets its own OpenMP team, and once the teams hold more threads
-    than there are cores libgomp stops spin-waiting between operations: on 2 cores a lone forward
-    pass took 53 ms instead of 37 (benchmarks/thread_teams.py).
+    Every torch computation big enough to run in parallel happens on one thread, the model thread:
+    loading, warm-up, normalising and the forward pass. Decode threads do PIL work only; the event
+    loop takes each answer's top-k of 133 numbers. On CPU each thread that runs a parallel torch
+    operation gets its own OpenMP team, and once the teams hold more threads than there are cores
+    libgomp stops spin-waiting between operations: on 2 cores a lone forward pass took 53 ms
+    instead of 37 (benchmarks/thread_teams.py).
     """
 
     def __init__(self, cfg: ServeConfig):
