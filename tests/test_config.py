@@ -63,3 +63,16 @@ def test_sagemaker_environment_sets_data_and_output(monkeypatch):
     assert cfg.data == "/opt/ml/input/data/training"
     assert cfg.out == "/opt/ml/output/data"
     assert config.resolve(overrides={"data": "mine"}).data == "mine"  # an explicit flag still wins
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--learning_rate", "abc"], "hyperparameter --learning_rate: config key 'lr' expects float, got 'abc'"),
+    (["--pretrained", "maybe"], "hyperparameter --pretrained: config key 'pretrained' expects bool, got 'maybe'"),
+    (["--epochs"], "hyperparameter --epochs has no value"),
+    (["--lerning_rate", "0.1"], "unknown hyperparameter '--lerning_rate'; training options: data, out"),
+])
+def test_sagemaker_entry_names_a_bad_hyperparameter_as_the_job_spelled_it(argv, message, capsys):
+    from dogbreed.sagemaker import main
+
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip().startswith(f"error: {message}")
