@@ -117,6 +117,7 @@ def test_artifact_with_corrupt_weights(trained_run, tmp_path):
     (lambda meta: meta.pop("preset"), "model.json or labels.json is malformed"),
     (lambda meta: meta["preset"].update(sharpen=2), "model.json or labels.json is malformed"),
     (lambda meta: meta.update(preset="fast"), "model.json or labels.json is malformed"),
+    (lambda meta: meta.update(format_version=99), "the artifact has format 99, newer than this code reads .1.; upgrade"),
 ])
 def test_artifact_with_a_damaged_model_json(trained_run, tmp_path, damage, match):
     safe_extract_tar(trained_run.artifact, tmp_path / "x")

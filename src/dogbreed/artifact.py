@@ -33,7 +33,7 @@ from dogbreed.runtime.presets import EvalPreset
 RUNTIME_DIR = Path(inference.__file__).parent
 CODE_FILES = ("inference.py", "presets.py", "network.py")
 REQUIREMENTS = "torch>=2.2\ntorchvision>=0.17\npillow>=10.0\nnumpy>=1.24\n"  # pyproject's pins (a test holds this)
-FORMAT_VERSION = 1
+FORMAT_VERSION = inference.FORMAT_VERSION
 
 
 def model_meta(backbone: str, labels: Labels, preset: EvalPreset, *, threshold: float = 0.8, **extra) -> dict:

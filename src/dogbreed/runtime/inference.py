@@ -31,6 +31,7 @@ TORCHSCRIPT_FILE = "model.pt"  # the name SageMaker's default TorchScript model_
 ONNX_FILE = "model.onnx"
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/x-image", "application/octet-stream")
 JSON_TYPE = "application/json"
+FORMAT_VERSION = 1  # of model.json; raised when a change would mislead older code
 MAX_INSTANCES = int(os.environ.get("DOGBREED_MAX_INSTANCES", "64"))
 
 
@@ -91,6 +92,9 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
     try:
         with open(os.path.join(model_dir, MODEL_FILE), encoding="utf-8") as f:
             meta = json.load(f)
+        if meta.get("format_version", 1) > FORMAT_VERSION:
+            raise ValueError(f"the artifact has format {meta['format_version']}, newer than this code reads "
+                             f"({FORMAT_VERSION}); upgrade dogbreed")
         labels, display = read_labels(os.path.join(model_dir, LABELS_FILE))
         if len(labels) != meta["num_classes"]:
             raise ValueError(f"labels.json has {len(labels)} classes, model.json says {meta['num_classes']}")
