@@ -123,45 +123,44 @@ def scan(root: str | os.PathLike) -> Layout:
     return Layout(root, Labels(names), splits, ignored)
 
 
-def _probe(path: str, full: bool) -> str | None:
-    """None if the image decodes, else the reason. ``full=False`` reads the header only."""
+def _probe(path: str, full: bool) -> tuple[str | None, str | None]:
+    """(why the image does not decode or None, its content digest). ``full=False`` reads the
+    header only, and gives no digest."""
     try:
-        if full:
-            load_image(path, max_pixels=None)
-        else:
+        if not full:
             with Image.open(path) as img:
                 img.size  # noqa: B018 - the header is parsed on open
-        return None
+            return None, None
+        data = Path(path).read_bytes()  # read once: hashed, then decoded
+        load_image(data, max_pixels=None, name=path)
+        return None, hashlib.blake2b(data).hexdigest()
     except ImageDecodeError as exc:
-        return str(exc)
+        return str(exc), None
     except Exception as exc:  # PIL raises many types for bad headers
-        return f"{path}: cannot decode ({exc})"
+        return f"{path}: cannot decode ({exc})", None
 
 
-def find_bad_images(
-    layout: Layout, full: bool = True, workers: int | None = None, progress: bool = True
-) -> list[tuple[str, str]]:
-    """(path, reason) for every image that does not decode; decoding runs on a thread pool."""
+def probe_images(layout: Layout, full: bool = True, workers: int | None = None,
+                 progress: bool = True) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(path, reason) for every image that does not decode, and (full only) every decodable
+    image's content digest by path; decoding runs on a thread pool."""
     paths = [p for samples in layout.splits.values() for p, _ in samples]
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         results = pool.map(lambda p: _probe(p, full), paths)
         bar = tqdm(results, total=len(paths), desc="checking images", unit="img", disable=not progress, leave=False)
-        return [(path, reason) for path, reason in zip(paths, bar) if reason]
+        probed = list(zip(paths, bar))
+    bad = [(path, reason) for path, (reason, _) in probed if reason]
+    return bad, {path: digest for path, (_, digest) in probed if digest}
 
 
-def find_leaks(layout: Layout, workers: int | None = None) -> list[list[str]]:
+def find_leaks(layout: Layout, digests: dict[str, str]) -> list[list[str]]:
     """Groups of byte-identical images that sit in more than one split (a test photo that is also a
     training photo makes the test score a memory test)."""
-    def digest(path: str) -> str:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "blake2b").hexdigest()
-
-    owners = [(path, split) for split, samples in layout.splits.items() for path, _ in samples]
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        digests = list(pool.map(digest, (path for path, _ in owners)))
     groups: dict[str, list[tuple[str, str]]] = {}
-    for (path, split), d in zip(owners, digests):
-        groups.setdefault(d, []).append((path, split))
+    for split, samples in layout.splits.items():
+        for path, _ in samples:
+            if path in digests:
+                groups.setdefault(digests[path], []).append((path, split))
     return [[path for path, _ in g] for g in groups.values() if len({split for _, split in g}) > 1]
 
 
@@ -173,9 +172,9 @@ def check(root: str | os.PathLike, full: bool = True, progress: bool = True) -> 
     except DogbreedError as exc:
         return Report(None, errors=[str(exc)])
     report = Report(layout)
-    report.bad_images = find_bad_images(layout, full=full, progress=progress)
+    report.bad_images, digests = probe_images(layout, full=full, progress=progress)
     report.errors += [f"unreadable image {reason}" for _, reason in report.bad_images]
-    if full and (leaks := find_leaks(layout)):
+    if leaks := find_leaks(layout, digests):
         report.warnings.append(f"{len(leaks)} image(s) appear in more than one split, byte for byte, e.g. "
                                f"{' = '.join(leaks[0])}; test and validation scores count them as unseen")
     if layout.ignored:

@@ -47,15 +47,17 @@ def load_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     min_side: int | None = None,
+    name: str | None = None,
 ) -> Image.Image:
-    """Decode a path, bytes or file object into an upright RGB image.
+    """Decode a path, bytes or file object into an upright RGB image (errors name ``name``, else
+    the path, else "image").
 
     ``max_pixels`` refuses decompression bombs before any pixel is decoded, and so does an aspect
     ratio over ``MAX_ASPECT`` (the resize would blow it up). ``min_side`` lets a
     JPEG decode at a reduced scale whose shorter side is still at least that many pixels (the
     eval preset resizes to it anyway), which makes large photos several times cheaper.
     """
-    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image"
+    name = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ImageDecodeError("empty image body")
