@@ -38,6 +38,7 @@ from dogbreed.tune.study import (
     make_sampler,
     masked,
     open_storage,
+    sqlite_file,
     work,
 )
 
@@ -310,8 +311,8 @@ def check_space(space: dict[str, Param], base: TrainConfig, where: str | None) -
 
 def show(study_name: str, storage_url: str) -> tuple[list[dict], dict | None, str]:
     """(trials table, best trial, objective name) of an existing study."""
-    if storage_url.startswith("sqlite:///") and not Path(storage_url.split(":///", 1)[1]).is_file():
-        raise DogbreedError(f"no study database at {storage_url.split(':///', 1)[1]}; pass --out or --storage of a tuning run")
+    if (db := sqlite_file(storage_url)) and not db.is_file():
+        raise DogbreedError(f"no study database at {db}; pass --out or --storage of a tuning run")
     storage = open_storage(storage_url)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)

@@ -174,9 +174,15 @@ class Heartbeat:
         self.thread.join()
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` storage URL (None for database servers)."""
+    return Path(url.split(":///", 1)[1]) if url.startswith("sqlite:///") else None
+
+
 def claim_lock(url: str) -> Path | None:
     """The file that serialises claims on a SQLite study (None for servers, which lock rows)."""
-    return Path(url.split(":///", 1)[1] + ".claim.lock") if url.startswith("sqlite:///") else None
+    db = sqlite_file(url)
+    return db.with_name(db.name + ".claim.lock") if db else None
 
 
 def claim(study: optuna.Study, lock: Path | None = None) -> int | None:
