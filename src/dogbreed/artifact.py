@@ -94,11 +94,17 @@ def extracted(tar_path: str | os.PathLike):
 def load_artifact(tar_path: str | os.PathLike, device: str | None = None, backend: str = "eager") -> inference.LoadedModel:
     """An artifact (``model.tar.gz``) or an unpacked model dir, loaded for prediction."""
     path = Path(tar_path)
-    model_dir = path
+    if path.is_dir():
+        return load_model_dir(path, tar_path, device, backend)
+    with extracted(path) as model_dir:
+        return load_model_dir(model_dir, tar_path, device, backend)
+
+
+def load_model_dir(model_dir: str | os.PathLike, artifact: str | os.PathLike, device: str | None = None,
+                   backend: str = "eager") -> inference.LoadedModel:
+    """``inference.load_model_dir`` with its errors one line naming ``artifact``, not the folder it
+    was unpacked into."""
     try:
-        if path.is_dir():
-            return inference.load_model_dir(str(path), device, backend)
-        with extracted(path) as model_dir:
-            return inference.load_model_dir(str(model_dir), device, backend)
-    except ValueError as exc:  # named by the artifact, not by the folder it was unpacked into
-        raise DogbreedError(f"cannot load model {tar_path}: {str(exc).removeprefix(f'{model_dir}: ')}") from None
+        return inference.load_model_dir(str(model_dir), device, backend)
+    except ValueError as exc:
+        raise DogbreedError(f"cannot load model {artifact}: {str(exc).removeprefix(f'{model_dir}: ')}") from None
