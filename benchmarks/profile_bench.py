@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,10 +25,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dogbreed import config
+from dogbreed import config, machine
 from dogbreed.data.loaders import TensorBatches
 from dogbreed.data.synth import synth
-from dogbreed.monitor import NULL_MONITOR, Monitor
+from dogbreed.hooks import NO_HOOKS
+from dogbreed.monitor import Monitor
 from dogbreed.run import train
 from dogbreed.train import cosine_schedule, evaluate, train_one_epoch
 
@@ -53,21 +53,21 @@ def head_epochs(folder: Path, rounds: int) -> dict:
     def epoch(monitor, number: int) -> float:
         monitor.epoch_begin(number)
         start = time.perf_counter()
-        train_one_epoch(head, batches, optimizer, scheduler, device=device, monitor=monitor)
+        train_one_epoch(head, batches, optimizer, scheduler, device=device, hooks=monitor)
         seconds = time.perf_counter() - start
-        result = evaluate(head, val, device=device, monitor=monitor)
+        result = evaluate(head, val, device=device, hooks=monitor)
         monitor.epoch_end({"epoch": number, "train_loss": 1.0, "val_loss": result.loss, "val_accuracy": result.accuracy,
                            "val_top5": result.top5, "lr": 0.0, "seconds": seconds})
         return seconds
 
     on = monitor_for("head-on", trace_steps=0)
     for warm in range(3):
-        epoch(NULL_MONITOR, warm)
+        epoch(NO_HOOKS, warm)
         epoch(on, warm)
     times = {"off": [], "on": []}
     for r in range(rounds):  # adjacent pairs, alternating which goes first: drift cancels within a pair
         for mode in (("off", "on") if r % 2 else ("on", "off")):
-            times[mode].append(epoch(on if mode == "on" else NULL_MONITOR, r))
+            times[mode].append(epoch(on if mode == "on" else NO_HOOKS, r))
     on.close()
     pairs = sorted(a / b for a, b in zip(times["on"], times["off"]))
     traced = monitor_for("head-trace", trace_steps=5)
@@ -126,7 +126,7 @@ def main() -> None:
         head = head_epochs(Path(tmp), args.rounds)
         image = image_runs(Path(tmp), args.image_epochs, args.image_rounds)
 
-    print(f"\n## profile_bench ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    print(f"\n## profile_bench ({machine.describe()}, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu)\n")
     print("| measure | no profile | profile (defaults) | ratio: median of adjacent pairs (p25-p75) |\n|---|---|---|---|")
     print(f"| head path: train step, {head['steps']} steps/epoch, {args.rounds} epoch pairs | "

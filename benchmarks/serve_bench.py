@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from dogbreed import machine
+
 REPO = Path(__file__).resolve().parents[1]
 
 CLIENT = textwrap.dedent('''
@@ -72,8 +74,9 @@ PLAIN_SERVER = textwrap.dedent('''
             self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"ok")
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            out = inference.output_fn(inference.predict_fn(inference.input_fn(body, self.headers["Content-Type"]), model),
-                                      "application/json").encode()
+            out, _ = inference.output_fn(inference.predict_fn(inference.input_fn(body, self.headers["Content-Type"]), model),
+                                         "application/json")
+            out = out.encode()
             self.send_response(200); self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(out))); self.end_headers(); self.wfile.write(out)
     HTTPServer(("127.0.0.1", port), Handler).serve_forever()
@@ -148,15 +151,14 @@ def make_artifact(folder: Path) -> Path:
 
 def in_process(artifact: Path, photos: list[Path], repeats: int) -> dict:
     from dogbreed.artifact import load_artifact
-    from dogbreed.runtime.inference import decode
-    from dogbreed.runtime.network import predict_probs
+    from dogbreed.runtime import pipeline
 
     loaded = load_artifact(artifact)
+    options = pipeline.Options.of(loaded)
     bodies = [p.read_bytes() for p in photos]
 
-    def run(batch: list[bytes]) -> None:
-        images = torch.stack([decode(loaded, b) for b in batch]).contiguous(memory_format=torch.channels_last)
-        predict_probs(loaded.model, images)
+    def run(batch: list[bytes]) -> None:  # the server's path, without HTTP, batching or threads
+        pipeline.predict(loaded, [pipeline.decode(loaded, b) for b in batch], options)
 
     run(bodies[:4])  # warm-up
     single = []
@@ -228,8 +230,8 @@ def main() -> None:
             base)
 
     ms = lambda s: f"{1000 * s:.0f} ms"  # noqa: E731
-    print(f"\n## serve_bench: resnet50, 133 classes, {len(photos)} real photos (225x220 to 2560x1920), cpu, "
-          f"{os.cpu_count()} cores, torch {torch.__version__}\n")
+    print(f"\n## serve_bench: resnet50, 133 classes, {len(photos)} real photos (225x220 to 2560x1920), cpu "
+          f"({machine.describe()}), torch {torch.__version__}\n")
     print("| measure | in-process | dogbreed serve | plain handlers |\n|---|---|---|---|")
     print(f"| p50 latency, concurrency 1 | {ms(base['p50'])} | {ms(ours1['p50'])} | {ms(plain1['p50'])} |")
     print(f"| p99 latency, concurrency 1 | - | {ms(ours1['p99'])} | {ms(plain1['p99'])} |")

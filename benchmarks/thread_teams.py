@@ -13,12 +13,13 @@ Each forward is followed by a 50 ms pause, as a lone request after an idle momen
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import textwrap
 
 import torch
+
+from dogbreed import machine
 
 CASE = textwrap.dedent('''
     import statistics, sys, time
@@ -55,7 +56,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=30)
     args = p.parse_args()
-    print(f"\n## thread_teams: resnet50 batch 1, cpu, {os.cpu_count()} cores, torch {torch.__version__}, "
+    print(f"\n## thread_teams: resnet50 batch 1, cpu ({machine.describe()}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} intra-op threads\n")
     print("| forward pass runs on | p50 |\n|---|---|")
     for case, words in CASES.items():

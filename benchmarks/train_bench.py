@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from dogbreed import config
+from dogbreed import config, machine
 from dogbreed.data.layout import scan
 from dogbreed.data.synth import synth
 from dogbreed.run import train
@@ -68,7 +66,7 @@ def main() -> None:
     amp = amp_dtype_for(torch.device("cpu"), args.amp)
     print(f"\n## train_bench: {args.backbone}, {args.size} px, {args.classes} classes x {args.per_class} images "
           f"({n_train} train / {n_eval} valid / {n_eval} test), {args.epochs} epochs, aug_views={args.aug_views}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+    print(f"machine: {machine.describe()}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, amp {amp or 'off'}, device cpu\n")
     print("| measure | value |\n|---|---|")
     print(f"| cached run, cold cache (embed {extracted} images + {args.epochs} head epochs) | {cold:.1f} s |")

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import torch
 
-from dogbreed import config
+from dogbreed import config, machine
 from dogbreed.data.layout import scan
 from dogbreed.data.synth import synth
 from dogbreed.run import train
-from dogbreed.tune import TuneOptions, tune
+from dogbreed.tune.options import TuneOptions
+from dogbreed.tune.tuner import tune
 
 
 def main() -> None:
@@ -70,7 +71,7 @@ def main() -> None:
         theirs = time.perf_counter() - start
 
     print(f"\n## tune_bench: {args.trials} trials, {args.backbone} frozen, {args.size} px, {args.classes} classes x "
-          f"{args.per_class} images ({counts['train']}/{counts['valid']}/{counts['test']}), cpu, {os.cpu_count()} cores, "
+          f"{args.per_class} images ({counts['train']}/{counts['valid']}/{counts['test']}), cpu ({machine.describe()}), "
           f"torch {torch.__version__}\n")
     print("| measure | value |\n|---|---|")
     print(f"| dogbreed tune ({args.parallel} workers, cache + median pruner, cold cache) | {ours:.1f} s |")

@@ -4,14 +4,24 @@ import shutil
 from dataclasses import fields
 
 import pytest
+import torch
 
 from dogbreed.cli import build_parser, main
 from dogbreed.config import TrainConfig
+from dogbreed.runtime.network import BACKBONES
 
 from .conftest import free_port, run_cli
 
-SUBCOMMANDS = [["data"], ["data", "fetch"], ["data", "synth"], ["data", "check"], ["train"], ["tune"], ["report"], ["predict"],
-               ["serve"], ["export"], ["demo"]]
+
+def _commands(parser, words=()):
+    """Every command and subcommand the parser knows, as the words that name it."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        for name, sub in action.choices.items():
+            yield [*words, name]
+            yield from _commands(sub, (*words, name))
+
+
+SUBCOMMANDS = list(_commands(build_parser()))
 
 
 @pytest.mark.parametrize("words", [[], *SUBCOMMANDS])
@@ -21,14 +31,17 @@ def test_help_explains_every_flag_with_its_default(words, capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: dogbreed")
-    parser = build_parser()
-    if words and words[-1] != "data":
-        sub = parser._subparsers._group_actions[0].choices[words[0]]
-        if len(words) == 2:
-            sub = sub._subparsers._group_actions[0].choices[words[1]]
-        for action in sub._actions:
-            if action.option_strings and action.dest not in ("help",) and not action.required:
-                assert "default" in (action.help or ""), f"{words} {action.option_strings} has no default in its help"
+    sub = build_parser()
+    for word in words:
+        sub = sub._subparsers._group_actions[0].choices[word]
+    for action in sub._actions:
+        if action.option_strings and action.dest not in ("help", "version") and not action.required:
+            assert "default" in (action.help or ""), f"{words} {action.option_strings} has no default in its help"
+
+
+def test_every_command_is_tested():
+    assert {" ".join(w) for w in SUBCOMMANDS} >= {"data fetch", "data synth", "data check", "train", "tune", "tune show",
+                                                 "report", "predict", "serve", "export", "demo"}
 
 
 def test_train_help_lists_every_config_field(capsys):
@@ -68,7 +81,7 @@ def test_class_sets_differ(data_copy, tmp_path):
 
 def test_unknown_backbone_lists_valid_ones(synth_data, tmp_path):
     _one_line_error(run_cli(*TRAIN, "--data", str(synth_data), "--out", str(tmp_path), "--backbone", "vgg16"),
-                    "backbone 'vgg16' is not valid; choose one of: resnet18, resnet34, resnet50, resnet101, efficientnet_v2_s, convnext_tiny")
+                    f"backbone 'vgg16' is not valid; choose one of: {', '.join(BACKBONES)}")
 
 
 def test_unknown_config_key(synth_data, tmp_path):
@@ -106,7 +119,8 @@ def test_corrupt_artifact_in_predict(samples, tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--threshold", "80"], "--threshold must be in [0, 1], got 80"),
-    (["--topk", "1001"], "--topk must be at most 1000"),
+    (["--topk", "1001"], "--topk must be 1..1000, got 1001"),
+    (["--backend", "tensorrt"], "--backend 'tensorrt' is not available; choose one of: eager, torchscript, onnx"),
     (["--max-batch-size", "0"], "--max-batch-size must be at least 1"),
     (["--port", "99999"], "--port must be 1..65535, got 99999"),
     (["--max-body-mb", "0"], "--max-body-mb, --timeout-s and --max-pixels must be positive, --max-delay-ms at least 0"),
@@ -116,14 +130,20 @@ def test_serve_refuses_bad_settings_before_loading(tmp_path, capsys, flags, mess
     assert capsys.readouterr().err.strip().endswith(message)
 
 
-def test_export_takes_an_unpacked_artifact_quietly(trained_run, tmp_path, capsys):
+def test_export_takes_an_unpacked_artifact_quietly(trained_run, samples, tmp_path, capsys):
     from dogbreed.archive import safe_extract_tar
     from dogbreed.artifact import load_artifact
+    from dogbreed.predict import predict_files
 
     safe_extract_tar(trained_run.artifact, tmp_path / "u")
     assert main(["export", str(tmp_path / "u")]) == 0
     assert "Warning" not in capsys.readouterr().err  # torch's deprecation notices are not the user's business
-    assert load_artifact(tmp_path / "u-torchscript.tar.gz", backend="torchscript").model is not None
+    exported = load_artifact(tmp_path / "u-torchscript.tar.gz", backend="torchscript")
+    assert isinstance(exported.model, torch.jit.ScriptModule)
+    photo = [samples / "Boxer_02426.jpg"]
+    (_, ours), = predict_files(exported, photo)
+    (_, eager), = predict_files(load_artifact(trained_run.artifact), photo)
+    assert ours["topk_labels"] == eager["topk_labels"]
 
 
 def test_a_path_that_is_a_file_is_one_line(tmp_path, capsys):

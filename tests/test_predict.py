@@ -65,7 +65,17 @@ def test_the_artifacts_own_threshold_is_used_and_shown(trained_run, samples, tmp
 
     safe_extract_tar(trained_run.artifact, tmp_path / "m")
     meta = _json.loads((tmp_path / "m" / "model.json").read_text())
-    meta["threshold"] = 1.5  # above any probability: every answer is low-confidence
+    meta["threshold"], meta["topk"] = 1.0, 2  # 1: every answer is low-confidence
     (tmp_path / "m" / "model.json").write_text(_json.dumps(meta))
     assert main(["predict", str(samples / "Boxer_02426.jpg"), "--model", str(tmp_path / "m")]) == 0
-    assert "low confidence: top-1 probability under 1.5" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "low confidence: top-1 probability under 1;" in out
+    assert "  2. " in out and "  3. " not in out  # the artifact's own top-k
+
+
+def test_bad_flags_are_refused_before_the_model_loads(tmp_path, capsys):
+    missing = str(tmp_path / "none.tar.gz")
+    assert main(["predict", "x.jpg", "--model", missing, "--topk", "0"]) == 1
+    assert capsys.readouterr().err.strip() == "error: --topk must be 1..1000, got 0"
+    assert main(["predict", "x.jpg", "--model", missing, "--threshold", "nan"]) == 1
+    assert capsys.readouterr().err.strip() == "error: --threshold must be in [0, 1], got nan"

@@ -3,10 +3,9 @@
     model.pth            state dict (torchvision key names)
     labels.json          class index -> folder name and display name
     model.json           backbone, class count, image size, eval preset, config, test metrics
-    code/inference.py    model_fn / input_fn / predict_fn / output_fn
-    code/presets.py      the EvalPreset the model was trained with (the package's own file)
-    code/network.py      how to rebuild the network from model.json
-    code/requirements.txt
+    code/                the package's own runtime/ modules, verbatim: inference.py (model_fn,
+                         input_fn, predict_fn, output_fn), pipeline.py, loading.py, network.py,
+                         presets.py; and requirements.txt
 """
 
 from __future__ import annotations
@@ -27,24 +26,25 @@ from dogbreed.archive import safe_extract_tar
 from dogbreed.data.layout import Labels
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_path
-from dogbreed.runtime import inference
+from dogbreed.runtime import loading
+from dogbreed.runtime.loading import LABELS_FILE, MODEL_FILE, WEIGHTS_FILE, LoadedModel
+from dogbreed.runtime.pipeline import DEFAULT_THRESHOLD, DEFAULT_TOPK, Options
 from dogbreed.runtime.presets import EvalPreset
 
-RUNTIME_DIR = Path(inference.__file__).parent
-CODE_FILES = ("inference.py", "presets.py", "network.py")
+RUNTIME_DIR = Path(loading.__file__).parent
+CODE_FILES = ("inference.py", "pipeline.py", "loading.py", "network.py", "presets.py")
 REQUIREMENTS = "torch>=2.2\ntorchvision>=0.17\npillow>=10.0\nnumpy>=1.24\n"  # pyproject's pins (a test holds this)
-FORMAT_VERSION = inference.FORMAT_VERSION
 
 
-def model_meta(backbone: str, labels: Labels, preset: EvalPreset, *, threshold: float = 0.8, **extra) -> dict:
+def model_meta(backbone: str, labels: Labels, preset: EvalPreset, *, threshold: float = DEFAULT_THRESHOLD, **extra) -> dict:
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": loading.FORMAT_VERSION,
         "dogbreed_version": dogbreed.__version__,
         "backbone": backbone,
         "num_classes": len(labels.names),
         "image_size": preset.crop_size,
         "preset": preset.to_dict(),
-        "topk": 5,
+        "topk": DEFAULT_TOPK,
         "threshold": threshold,
         **extra,
     }
@@ -55,9 +55,9 @@ def write_model_dir(dest: str | os.PathLike, model: nn.Module, labels: Labels, m
     dest = Path(dest)
     (dest / "code").mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(state, dest / inference.WEIGHTS_FILE)
-    labels.write(dest / inference.LABELS_FILE)
-    (dest / inference.MODEL_FILE).write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
+    torch.save(state, dest / WEIGHTS_FILE)
+    labels.write(dest / LABELS_FILE)
+    (dest / MODEL_FILE).write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
     for name in CODE_FILES:
         shutil.copyfile(RUNTIME_DIR / name, dest / "code" / name)
     (dest / "code" / "requirements.txt").write_text(REQUIREMENTS, encoding="utf-8")
@@ -91,20 +91,22 @@ def extracted(tar_path: str | os.PathLike):
         yield Path(tmp)
 
 
-def load_artifact(tar_path: str | os.PathLike, device: str | None = None, backend: str = "eager") -> inference.LoadedModel:
-    """An artifact (``model.tar.gz``) or an unpacked model dir, loaded for prediction."""
-    path = Path(tar_path)
+def load_artifact(path: str | os.PathLike, device: str | None = None, backend: str = "eager", *,
+                  name: str | os.PathLike | None = None) -> LoadedModel:
+    """An artifact (``model.tar.gz``) or an unpacked model dir, loaded for prediction. Errors are
+    one line naming ``name`` (default: ``path``), never the temporary folder it was unpacked into."""
+    path = Path(path)
+    name = name or path
     if path.is_dir():
-        return load_model_dir(path, tar_path, device, backend)
+        return _load(path, name, device, backend)
     with extracted(path) as model_dir:
-        return load_model_dir(model_dir, tar_path, device, backend)
+        return _load(model_dir, name, device, backend)
 
 
-def load_model_dir(model_dir: str | os.PathLike, artifact: str | os.PathLike, device: str | None = None,
-                   backend: str = "eager") -> inference.LoadedModel:
-    """``inference.load_model_dir`` with its errors one line naming ``artifact``, not the folder it
-    was unpacked into."""
+def _load(model_dir: Path, name, device, backend) -> LoadedModel:
     try:
-        return inference.load_model_dir(str(model_dir), device, backend)
+        model = loading.load_model_dir(str(model_dir), device, backend)
+        Options.of(model)  # its top-k and threshold are valid
+        return model
     except ValueError as exc:
-        raise DogbreedError(f"cannot load model {artifact}: {str(exc).removeprefix(f'{model_dir}: ')}") from None
+        raise DogbreedError(f"cannot load model {name}: {str(exc).removeprefix(f'{model_dir}: ')}") from None

@@ -6,11 +6,12 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import MISSING, fields
 
 from dogbreed import __version__
 from dogbreed.config import TrainConfig, normalize_argv
 from dogbreed.errors import DogbreedError
+from dogbreed.flags import add_flags, given
+from dogbreed.logs import setup_logging
 
 log = logging.getLogger("dogbreed")
 
@@ -20,66 +21,15 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, max_help_position=34, width=100)
 
 
-class _StdoutInfo(logging.Handler):
-    """INFO lines to stdout as they are; warnings and errors to stderr, prefixed."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if record.exc_info:  # only with --verbose: tracebacks are for debugging, not for users
-            msg += "\n" + logging.Formatter().formatException(record.exc_info)
-        if record.levelno >= logging.WARNING:
-            sys.stderr.write(f"{record.levelname.lower()}: {msg}\n")
-        else:
-            sys.stdout.write(msg + "\n")
-            sys.stdout.flush()
-
-
-def setup_logging(verbose: bool = False) -> None:
-    root = logging.getLogger()
-    root.handlers[:] = [_StdoutInfo()]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
-def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
-    """One flag per TrainConfig field, its help ending with the default. Flags not given stay
-    absent from the namespace, so a recipe file's values are only overridden by flags typed."""
-    group = parser.add_argument_group("training options (defaults -> --config recipe -> these flags)")
-    for f in fields(TrainConfig):
-        if f.name in exclude:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
-        help_text, notes = f.metadata["help"], []
-        choices = f.metadata.get("choices")
-        if choices and not all(c in help_text for c in choices):
-            notes.append(f"one of: {', '.join(choices)}")
-        if default is not None:
-            notes.append(f"default: {default}")
-        elif "default" not in help_text:  # a help that explains its own default says it better
-            notes.append("default: none")
-        help_text += f" ({'; '.join(notes)})" if notes else ""
-        kind = f.type
-        if kind.startswith("bool"):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-            continue
-        caster = int if kind.startswith("int") else float if kind.startswith("float") else str
-        # Choices are checked by TrainConfig.validate, which names the bad value in one line.
-        group.add_argument(flag, type=caster, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
-
-
-def config_overrides(args: argparse.Namespace) -> dict:
-    names = {f.name for f in fields(TrainConfig)}
-    return {k: v for k, v in vars(args).items() if k in names}
-
-
 # --- subcommands ---------------------------------------------------------------------------------
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dogbreed import config as cfgmod
-    from dogbreed.run import resume_config, train
+    from dogbreed.checkpoints import resume_config
+    from dogbreed.run import train
 
-    overrides = config_overrides(args)
+    overrides = given(args, TrainConfig)
     if args.resume:
         if args.config:
             raise DogbreedError("--resume uses the run's own config.yaml; drop --config")
@@ -93,20 +43,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from dogbreed.artifact import load_artifact
+    from dogbreed.predict import check_flags, expand, format_answer, predict_files
+    from dogbreed.runtime.pipeline import Options
 
-    if args.threshold is not None and not 0 <= args.threshold <= 1:
-        raise DogbreedError(f"--threshold must be in [0, 1], got {args.threshold:g}")
-    from dogbreed.predict import expand, format_answer, predict_files
-
+    check_flags(args.topk, args.threshold)  # before the artifact loads: a typo fails at once
     loaded = load_artifact(args.model)
-    threshold = args.threshold if args.threshold is not None else loaded.threshold
+    opts = Options.of(loaded).override(args.topk, args.threshold)
     failed = 0
-    for path, answer in predict_files(loaded, expand(args.images), topk=args.topk, threshold=threshold):
+    for path, answer in predict_files(loaded, expand(args.images), opts):
         failed += "error" in answer
         if args.json:
             print(json.dumps({"file": str(path), **answer}))
         else:
-            print(format_answer(path, answer, threshold))
+            print(format_answer(path, answer, opts.threshold))
     if failed:
         log.error("%d file(s) could not be read as images", failed)
     return 1 if failed else 0
@@ -157,21 +106,21 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from dogbreed import config as cfgmod
-    from dogbreed.tune import TuneOptions, default_storage, results, show, tune
+    from dogbreed.tune.options import TuneOptions
+    from dogbreed.tune.results import format_trial, show
+    from dogbreed.tune.tuner import default_storage, tune
 
     if args.tune_command == "show":
         rows, best, objective = show(args.name, args.storage or default_storage(args.out, create=False))
         for row in rows:
-            print(results.format_trial(row, objective))
+            print(format_trial(row, objective))
         if best:
             params = " ".join(f"{k}={v}" for k, v in best["params"].items())
             print(f"best: trial {best['number']}  {objective} {best['value']:.4f}  {params}")
         return 0
-    opts = TuneOptions(trials=args.trials, parallel=args.parallel, study=args.study, storage=args.storage,
-                       space=args.space, objective=args.objective, sampler=args.sampler, pruner=args.pruner,
-                       heartbeat=args.heartbeat, final=args.final)
-    base = cfgmod.resolve(args.config, config_overrides(args))
-    opts.seed = base.seed  # --seed seeds the sampler as well as every trial's training
+    base = cfgmod.resolve(args.config, given(args, TrainConfig))
+    # --seed seeds the sampler as well as every trial's training
+    opts = TuneOptions(**given(args, TuneOptions), seed=base.seed)
     result = tune(base, opts, progress=_progress(args))
     if result.artifact:
         print(f"best run: {result.final_run}\nartifact: {result.artifact}")
@@ -179,9 +128,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dogbreed.serve.main import serve
+    from dogbreed.serve import ServeConfig, serve
 
-    return serve(args)
+    serve(ServeConfig.from_flags(given(args, ServeConfig)))
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -228,6 +178,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from dogbreed.data.fetch import DATASET_URL
+    from dogbreed.serve import ServeConfig
+    from dogbreed.tune.options import TuneOptions
 
     parser = argparse.ArgumentParser(
         prog="dogbreed", formatter_class=_Formatter,
@@ -278,29 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "SM_OUTPUT_DATA_DIR;\naccepts --learning_rate-style hyperparameters).")
     p.add_argument("--config", default=None, metavar="RECIPE.yaml", help="YAML recipe of training options (default: none)")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue the run folder RUN from its last finished epoch (default: none)")
-    add_config_flags(p)
+    add_flags(p.add_argument_group("training options (defaults -> --config recipe -> these flags)"), TrainConfig)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune", parents=[common], formatter_class=_Formatter, help="hyperparameter search (Optuna)",
                        description="Search hyperparameters with Optuna, then train the best trial's settings into a\n"
                                    "normal run and artifact. Workers on any machine join a study through --storage.\n"
                                    "Training options below set everything the search space does not.")
-    p.add_argument("--trials", type=int, default=8, help="trials in the study, over all workers (default: 8)")
-    p.add_argument("--parallel", type=int, default=2, help="local worker processes (default: 2)")
-    p.add_argument("--study", default="dogbreed", help="study name; rerunning the same command resumes it (default: dogbreed)")
-    p.add_argument("--storage", default=None, metavar="URL", help="SQLAlchemy URL shared by all workers, e.g. "
-                   "postgresql://user:pw@host/db (default: sqlite file OUT/tune.db)")
-    p.add_argument("--space", default=None, metavar="SPACE.yaml", help="search space file (default: lr 1e-4..1e-2 log, "
-                   "batch_size 8..32, epochs 3..10)")
-    p.add_argument("--objective", default="val_loss", help="val_loss (minimized) or val_accuracy (maximized) (default: val_loss)")
-    p.add_argument("--sampler", default="tpe", help="tpe, random or grid (default: tpe)")
-    p.add_argument("--pruner", default="median", help="median (SageMaker's Auto early stopping), hyperband or none (default: median)")
-    p.add_argument("--heartbeat", type=int, default=10, help="seconds between a trial's heartbeats; a trial silent for 3 "
-                   "heartbeats is failed and retried (default: 10)")
-    p.add_argument("--final", action=argparse.BooleanOptionalAction, default=True,
-                   help="train the best hyperparameters into a run and artifact at the end (default: on)")
+    add_flags(p.add_argument_group("search options"), TuneOptions, exclude=("seed",))
     p.add_argument("--config", default=None, metavar="RECIPE.yaml", help="YAML recipe of training options (default: none)")
-    add_config_flags(p)
+    add_flags(p.add_argument_group("training options (defaults -> --config recipe -> these flags)"), TrainConfig)
     tune_sub = p.add_subparsers(dest="tune_command", metavar="ACTION")
     show_p = tune_sub.add_parser("show", formatter_class=_Formatter, help="print the trials and best trial of a study",
                                  description="Print the trials table and the best trial of an existing study.")
@@ -323,18 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Predict the top-k breeds of images with a trained artifact.")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
     p.add_argument("--model", required=True, metavar="model.tar.gz", help="trained artifact (or its unpacked folder)")
-    p.add_argument("--topk", type=int, default=5, help="how many breeds to list (default: 5)")
+    p.add_argument("--topk", type=int, default=None, help="how many breeds to list (default: the artifact's, 5)")
     p.add_argument("--threshold", type=float, default=None, help="low-confidence note under this top-1 probability (default: the artifact's, 0.8)")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of a table (default: table)")
     p.set_defaults(func=cmd_predict)
-
-    from dogbreed.serve.main import add_serve_flags
 
     p = sub.add_parser("serve", parents=[common], formatter_class=_Formatter, help="serve a model over HTTP (SageMaker's contract)",
                        description="Serve an artifact with SageMaker's endpoint contract: GET /ping, POST /invocations,\n"
                                    "POST /endpoints/NAME/invocations (boto3 sagemaker-runtime), POST /predict (multipart),\n"
                                    "GET / (web page), GET /metrics (Prometheus), GET /docs (OpenAPI).")
-    add_serve_flags(p)
+    add_flags(p.add_argument_group("server options"), ServeConfig)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", parents=[common], formatter_class=_Formatter, help="write a TorchScript or ONNX variant of an artifact",

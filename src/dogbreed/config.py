@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +17,13 @@ import yaml
 
 from dogbreed.errors import DogbreedError
 from dogbreed.files import read_yaml
-from dogbreed.runtime.network import ARCHS
+from dogbreed.flags import option as _opt
+from dogbreed.runtime.network import BACKBONES
+from dogbreed.runtime.pipeline import DEFAULT_THRESHOLD, Options
 
 TRAIN_LAYERS = ("head", "layer4", "all")
 SCHEDULERS = ("cosine", "none")
 AMP_MODES = ("auto", "bf16", "off")
-
-
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass
@@ -33,7 +31,7 @@ class TrainConfig:
     data: str | None = _opt(None, "data set root holding train/ valid/ test/ class folders (SageMaker: $SM_CHANNEL_TRAINING)")
     out: str = _opt("runs", "folder that receives one run folder per training (SageMaker: $SM_OUTPUT_DATA_DIR)")
     name: str | None = _opt(None, "run folder name (default: the date, time and backbone)")
-    backbone: str = _opt("resnet50", "network: " + ", ".join(ARCHS), choices=tuple(ARCHS))
+    backbone: str = _opt("resnet50", "network: " + ", ".join(BACKBONES), choices=tuple(BACKBONES))
     pretrained: bool = _opt(True, "start from ImageNet weights (downloaded once, cached by torchvision); --no-pretrained for random init")
     weights: str | None = _opt(None, "local file with the backbone's ImageNet weights (a torchvision state dict), for offline use")
     train_layers: str = _opt("head", "what to train: head (backbone frozen, fast cached path), layer4 (last stage + head) or all", choices=TRAIN_LAYERS)
@@ -52,7 +50,7 @@ class TrainConfig:
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     amp: str = _opt("auto", "mixed precision: auto (bf16 where the device supports it), bf16 or off", choices=AMP_MODES)
     workers: int | None = _opt(None, "data-loader worker processes (default: the machine's cores)")
-    threshold: float = _opt(0.8, "top-1 probability under which a prediction is flagged low-confidence")
+    threshold: float = _opt(DEFAULT_THRESHOLD, "top-1 probability under which a prediction is flagged low-confidence")
     profile: bool = _opt(True, "record system and step metrics and debugger tensors, run the rules live and write profile/report.html; --no-profile to skip")
     profile_interval_ms: int = _opt(500, "milliseconds between system samples (CPU, memory, disk, GPU)")
     debug_interval: int = _opt(25, "train steps between debugger records (loss, gradient/weight norms, update ratios; 0 = only the first steps)")
@@ -72,8 +70,10 @@ class TrainConfig:
                 raise DogbreedError(f"{key} must be a positive number, got {value}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise DogbreedError(f"weight_decay must be a number at least 0, got {self.weight_decay}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise DogbreedError(f"threshold must be in [0, 1], got {self.threshold}")
+        try:
+            Options(threshold=self.threshold)
+        except ValueError as exc:
+            raise DogbreedError(str(exc)) from None
         if self.image_size < 32:
             raise DogbreedError(f"image_size must be at least 32, got {self.image_size}")
         if self.aug_views < 0 or self.patience < 0 or (self.workers is not None and self.workers < 0):

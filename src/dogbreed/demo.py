@@ -11,7 +11,9 @@ from dogbreed.artifact import extracted, load_artifact
 from dogbreed.data.synth import synth
 from dogbreed.predict import expand, format_answer, predict_files
 from dogbreed.run import train
-from dogbreed.tune import TuneOptions, tune
+from dogbreed.runtime.pipeline import Options
+from dogbreed.tune.options import TuneOptions
+from dogbreed.tune.tuner import tune
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,9 @@ def run_demo(out: str | Path = "demo", *, progress: bool = True, show: int = 3) 
     loaded = load_artifact(tuned.artifact)
     classes = sorted(p for p in (data / "test").iterdir() if p.is_dir())[:show]
     files = [expand([folder])[0] for folder in classes]
-    for path, answer in predict_files(loaded, files):
-        log.info(format_answer(path, answer, loaded.threshold))
+    opts = Options.of(loaded)
+    for path, answer in predict_files(loaded, files, opts):
+        log.info(format_answer(path, answer, opts.threshold))
     log.info(
         "\ndemo done on synthetic data: test accuracy %.1f%% (trained from scratch), %.1f%% (tuned head)\n"
         "  training run: %s\n  profile:      %s (rules, charts; `dogbreed report RUN` rebuilds it)\n"

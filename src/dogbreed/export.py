@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from dogbreed.archive import safe_extract_tar
-from dogbreed.artifact import load_model_dir, pack
+from dogbreed.artifact import load_artifact, pack
 from dogbreed.errors import DogbreedError
-from dogbreed.runtime.inference import MODEL_FILE, ONNX_FILE, TORCHSCRIPT_FILE
+from dogbreed.runtime.loading import MODEL_FILE, ONNX_FILE, TORCHSCRIPT_FILE
 
 FORMATS = ("torchscript", "onnx")
 
@@ -39,7 +39,7 @@ def export(artifact: str | os.PathLike, fmt: str = "torchscript", out: str | os.
             shutil.copytree(artifact, tmp, dirs_exist_ok=True)
         else:
             safe_extract_tar(artifact, tmp)
-        loaded = load_model_dir(tmp, artifact, "cpu")
+        loaded = load_artifact(tmp, "cpu", name=artifact)
         size = loaded.preset.crop_size
         model = loaded.model.eval().to(memory_format=torch.contiguous_format)
         example = torch.zeros(2, 3, size, size)

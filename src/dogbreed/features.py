@@ -25,7 +25,7 @@ from dogbreed.data.layout import Sample
 from dogbreed.data.loaders import ImageDataset, image_loader
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_torch_save, file_lock
-from dogbreed.monitor import NULL_MONITOR, NullMonitor
+from dogbreed.hooks import NO_HOOKS, StepHooks
 from dogbreed.runtime.network import set_head
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,12 @@ class Embeddings:
 class FeatureCache:
     def __init__(self, root: str | os.PathLike | None, extractor: nn.Module, *, device: torch.device,
                  amp_dtype: torch.dtype | None, batch_size: int, workers: int | None, progress: bool = True,
-                 monitor: NullMonitor = NULL_MONITOR):
+                 hooks: StepHooks = NO_HOOKS):
         self.root = Path(root) if root else default_cache_dir()
         self.extractor = extractor.to(device, memory_format=torch.channels_last)
         self.device, self.amp_dtype = device, amp_dtype
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
-        self.monitor = monitor  # times the extraction as the "embed" phase
+        self.hooks = hooks  # a profiler times the extraction as the "embed" phase
         self.weights_id = weights_digest(extractor)
         self.hits = self.misses = 0
         self.embedded = 0  # images run through the backbone by this cache (misses only)
@@ -119,12 +119,12 @@ class FeatureCache:
         dataset = ImageDataset(samples, transform, view=view, min_side=getattr(transform, "resize_size", None))
         loader = image_loader(dataset, self.batch_size, shuffle=False, workers=self.workers, device=self.device,
                               persistent=False)
-        self.monitor.describe_loader("embed", loader)
+        self.hooks.describe_loader("embed", loader)
         features: torch.Tensor | None = None
         ok = torch.zeros(len(samples), dtype=torch.bool)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         bar = tqdm(total=len(samples), desc=desc, unit="img", disable=not self.progress, leave=False)
-        for batch in self.monitor.steps(loader, "embed"):
+        for batch in self.hooks.steps(loader, "embed"):
             if batch is None:
                 continue
             images, _, index = batch

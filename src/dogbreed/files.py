@@ -8,7 +8,6 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 import yaml
 
 from dogbreed.errors import DogbreedError
@@ -43,6 +42,8 @@ def atomic_path(path: str | os.PathLike):
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    import torch  # here, not at the top: tuning's storage layer (which locks files) runs without torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 

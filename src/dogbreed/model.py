@@ -1,4 +1,8 @@
-"""Backbone registry, pretrained-weight resolution, the new head and the freeze policy."""
+"""Building a model to train: pretrained-weight resolution, the new head and the freeze policy.
+
+The backbones themselves are listed once, in ``dogbreed.runtime.network.BACKBONES`` (shipped in
+every artifact, so a model can be rebuilt from its artifact alone).
+"""
 
 from __future__ import annotations
 
@@ -12,31 +16,25 @@ from torch import nn
 from torchvision import models
 
 from dogbreed.errors import DogbreedError
-from dogbreed.runtime.inference import load_failure
-from dogbreed.runtime.network import ARCHS, replace_head
+from dogbreed.runtime import network
+from dogbreed.runtime.loading import load_failure
+from dogbreed.runtime.network import Backbone, replace_head
 from dogbreed.runtime.presets import EvalPreset
 
 log = logging.getLogger(__name__)
 
-# The weights each backbone starts from (the best ImageNet recipe torchvision ships for it).
-DEFAULT_WEIGHTS = {
-    "resnet18": "IMAGENET1K_V1",
-    "resnet34": "IMAGENET1K_V1",
-    "resnet50": "IMAGENET1K_V2",
-    "resnet101": "IMAGENET1K_V2",
-    "efficientnet_v2_s": "IMAGENET1K_V1",
-    "convnext_tiny": "IMAGENET1K_V1",
-}
 
-
-def check_backbone(name: str) -> None:
-    if name not in ARCHS:
-        raise DogbreedError(f"unknown backbone {name!r}; valid backbones: {', '.join(ARCHS)}")
+def registered(name: str) -> Backbone:
+    """The registry's entry for ``name``; an unknown name is one line listing the valid ones."""
+    try:
+        return network.backbone(name)
+    except ValueError as exc:
+        raise DogbreedError(str(exc)) from None
 
 
 def weights_enum(backbone: str) -> models.WeightsEnum:
-    check_backbone(backbone)
-    return models.get_model_weights(backbone)[DEFAULT_WEIGHTS[backbone]]
+    """torchvision's weights the backbone starts from (metadata only: nothing is downloaded)."""
+    return models.get_model_weights(backbone)[registered(backbone).weights]
 
 
 def eval_preset(backbone: str, image_size: int | None = None) -> EvalPreset:
@@ -80,7 +78,7 @@ def load_backbone_weights(model: nn.Module, backbone: str, path: str | os.PathLi
         raise DogbreedError(f"weights file {path} is not a readable state dict ({load_failure(exc)})") from None
     if not isinstance(state, dict):
         raise DogbreedError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
-    head = ARCHS[backbone].head
+    head = registered(backbone).head
     state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(head + ".")]
@@ -95,7 +93,7 @@ def build_model(
     backbone: str, num_classes: int, *, pretrained: bool = True, weights: str | None = None
 ) -> tuple[nn.Module, str]:
     """The backbone with a new ``num_classes``-way head; returns (model, where its weights came from)."""
-    check_backbone(backbone)
+    registered(backbone)
     model = models.get_model(backbone, weights=None)
     if weights:
         load_backbone_weights(model, backbone, weights)
@@ -111,8 +109,8 @@ def build_model(
 
 
 def trainable_paths(backbone: str, train_layers: str) -> tuple[str, ...]:
-    arch = ARCHS[backbone]
-    return {"head": (arch.head,), "layer4": (*arch.last_stage, arch.head), "all": ("",)}[train_layers]
+    entry = registered(backbone)
+    return {"head": (entry.head,), "layer4": (*entry.last_stage, entry.head), "all": ("",)}[train_layers]
 
 
 def _within(path: str, roots: tuple[str, ...]) -> bool:

@@ -1,4 +1,4 @@
-"""``dogbreed predict``: top-k breeds for image files, with the artifact's own inference code."""
+"""``dogbreed predict``: top-k breeds for image files, through the artifact's own inference path."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-
 from dogbreed.data.layout import IMAGE_EXTS
 from dogbreed.errors import DogbreedError
-from dogbreed.runtime.inference import InputError, LoadedModel, decode, topk_answer
-from dogbreed.runtime.network import predict_probs
+from dogbreed.runtime.loading import LoadedModel
+from dogbreed.runtime.pipeline import Options, RequestError, decode, predict
+
+BATCH_SIZE = 16
 
 
 def expand(paths: list[str | os.PathLike]) -> list[Path]:
@@ -30,40 +30,38 @@ def expand(paths: list[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def predict_files(loaded: LoadedModel, files: list[Path], *, topk: int = 5, threshold: float | None = None,
-                  batch_size: int = 16) -> Iterator[tuple[Path, dict]]:
+def check_flags(topk: int | None, threshold: float | None) -> None:
+    """``--topk`` and ``--threshold`` as typed (None: not given); a bad one is one line."""
+    try:
+        Options().override(topk, threshold)
+    except ValueError as exc:
+        raise DogbreedError(f"--{exc}") from None
+
+
+def predict_files(loaded: LoadedModel, files: list[Path], opts: Options | None = None) -> Iterator[tuple[Path, dict]]:
     """(file, answer) in order; an undecodable file gets ``{"error": ...}`` instead of an answer."""
-    if topk < 1:
-        raise DogbreedError(f"--topk must be at least 1, got {topk}")
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        decoded: list[torch.Tensor | str] = []  # per position: the image, or why it did not decode
+    opts = opts or Options.of(loaded)
+    for start in range(0, len(files), BATCH_SIZE):
+        chunk = files[start : start + BATCH_SIZE]
+        decoded = []  # per position: the pixels, or why the file did not decode
         for path in chunk:
             try:
                 decoded.append(decode(loaded, path.read_bytes()))
-            except InputError as exc:
+            except RequestError as exc:
                 decoded.append(str(exc).replace("image:", f"{path}:", 1))
-        images = [d for d in decoded if isinstance(d, torch.Tensor)]
-        probs = iter(())
-        if images:
-            batch = torch.stack(images).to(loaded.device, memory_format=torch.channels_last)
-            probs = iter(predict_probs(loaded.model, batch).cpu())
+        pixels = [d for d in decoded if not isinstance(d, str)]
+        answers = iter(predict(loaded, pixels, opts) if pixels else [])
         for path, d in zip(chunk, decoded):
-            if isinstance(d, str):
-                yield path, {"error": d}
-            else:
-                yield path, topk_answer(next(probs), loaded, topk, threshold)
+            yield path, ({"error": d} if isinstance(d, str) else next(answers))
 
 
 def format_answer(path: Path, answer: dict, threshold: float) -> str:
     if "error" in answer:
         return f"{path}\n   error: {answer['error']}"
     lines = [str(path)]
-    for rank, (breed, label, p) in enumerate(zip(answer["breeds"], answer["topk_labels"], answer["topk_probs"]), 1):
+    for rank, (breed, p) in enumerate(zip(answer["breeds"], answer["topk_probs"]), 1):
         bar = "█" * round(p * 20)
         lines.append(f"  {rank}. {breed:<32} {p:6.3f}  {bar}")
     if answer["low_confidence"]:
         lines.append(f"   low confidence: top-1 probability under {threshold:g}; the photo may show no known breed")
     return "\n".join(lines)
-
-

@@ -1,5 +1,7 @@
 """One training loop for both paths: ``fit`` calls ``train_one_epoch`` and ``evaluate`` on whatever
-model and batches it is given, a bare head on cached embeddings or the whole network on images."""
+model and batches it is given, a bare head on cached embeddings or the whole network on images
+(``dogbreed.batches`` builds either). Checkpoints go through ``dogbreed.checkpoints``; a profiler
+sees the loop through the small ``dogbreed.hooks.StepHooks`` protocol."""
 
 from __future__ import annotations
 
@@ -9,16 +11,16 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from dogbreed import machine
+from dogbreed.checkpoints import Checkpoints, FitState
 from dogbreed.errors import DogbreedError
-from dogbreed.files import atomic_torch_save
-from dogbreed.monitor.monitor import NULL_MONITOR, NullMonitor
+from dogbreed.hooks import NO_HOOKS, StepHooks
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +36,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def amp_dtype_for(device: torch.device, mode: str) -> torch.dtype | None:
     """bf16 autocast where the hardware runs it natively (Ampere+ GPUs, CPUs with AVX512-BF16/AMX)."""
     if mode == "off":
@@ -50,7 +44,7 @@ def amp_dtype_for(device: torch.device, mode: str) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
+    return torch.bfloat16 if device.type == "cpu" and machine.cpu_has_bf16() else None
 
 
 def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
@@ -84,7 +78,7 @@ def train_one_epoch(
     set_train: Callable[[], None] | None = None,
     progress: bool = False,
     desc: str = "train",
-    monitor: NullMonitor = NULL_MONITOR,
+    hooks: StepHooks = NO_HOOKS,
 ) -> dict[str, float]:
     (set_train or model.train)()
     # Running sums stay on the device: one host sync per epoch, not one per step.
@@ -92,7 +86,7 @@ def train_one_epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     bar = tqdm(total=len(batches), desc=desc, unit="batch", disable=not progress, leave=False)
-    for batch in monitor.steps(batches, "train"):
+    for batch in hooks.steps(batches, "train"):
         bar.update()
         if batch is None:  # every image of the batch failed to decode (each was warned about)
             continue
@@ -103,10 +97,10 @@ def train_one_epoch(
         loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        monitor.after_backward(loss)
+        hooks.after_backward(loss)
         optimizer.step()
         scheduler.step()
-        monitor.after_step()
+        hooks.after_step()
         loss_sum += loss.detach() * y.numel()
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.numel()
@@ -124,7 +118,7 @@ def evaluate(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     keep_predictions: bool = False,
-    monitor: NullMonitor = NULL_MONITOR,
+    hooks: StepHooks = NO_HOOKS,
     phase: str = "eval",
 ) -> EvalResult:
     model.eval()
@@ -132,7 +126,7 @@ def evaluate(
     top1 = torch.zeros((), device=device, dtype=torch.long)
     top5 = torch.zeros((), device=device, dtype=torch.long)
     preds, targets, seen = [], [], 0
-    for batch in monitor.steps(batches, phase):
+    for batch in hooks.steps(batches, phase):
         if batch is None:
             continue
         x, y, _ = batch
@@ -177,20 +171,6 @@ def sagemaker_line(row: dict) -> str:
     return " ".join(f"{k}={row[k]:.6g};" if k != "epoch" else f"epoch={row[k]};" for k in keys)
 
 
-@dataclass
-class FitState:
-    """Everything needed to continue a run after a kill; saved atomically every epoch."""
-
-    epoch: int = 0  # last finished epoch
-    history: list[dict] | None = None
-    best_epoch: int = 0
-    best_val_loss: float = math.inf
-
-    def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "history": self.history or [], "best_epoch": self.best_epoch,
-                "best_val_loss": self.best_val_loss}
-
-
 def fit(
     model: nn.Module,
     train_batches: Iterable,
@@ -204,38 +184,35 @@ def fit(
     label_smoothing: float = 0.0,
     set_train: Callable[[], None] | None = None,
     patience: int = 0,
-    checkpoint_dir: Path | None = None,
-    checkpoint_extra: dict | None = None,
+    checkpoints: Checkpoints | None = None,
     state: FitState | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = False,
-    monitor: NullMonitor = NULL_MONITOR,
+    hooks: StepHooks = NO_HOOKS,
 ) -> FitState:
     """Train for ``epochs`` (from ``state.epoch`` on); keep the best epoch by val_loss.
 
-    ``checkpoint_dir`` receives ``last.pt`` (model, optimizer, schedule, shuffle state, fit state)
-    every epoch and ``best.pt`` (model) whenever val_loss improves, each written atomically with
-    ``checkpoint_extra`` (the run's config). ``on_epoch`` gets each epoch's metrics row (for
-    printing, tuning reports and pruning). ``monitor`` times the steps and reads debugger tensors;
-    a rule with the stop action ends the epoch after the current step, and no epoch starts after it.
+    ``checkpoints`` saves every epoch (and the best one) so that a killed run can resume.
+    ``on_epoch`` gets each epoch's metrics row (for printing, tuning reports and pruning). ``hooks``
+    time the steps and read debugger tensors; a rule with the stop action ends the epoch after the
+    current step, and no epoch starts after it.
     """
-    extra = checkpoint_extra or {}
-    shuffle = getattr(train_batches, "generator", None)  # restored on resume: the same batch order
+    shuffle = getattr(train_batches, "generator", None)  # saved with the checkpoint: the same batch order on resume
     state = state or FitState()
     state.history = state.history or []
     for epoch in range(state.epoch + 1, epochs + 1):
-        if monitor.stop_requested:
-            log.info("training stopped after epoch %d by rule %s (its action is stop)", epoch - 1, monitor.stopped_by)
+        if hooks.stop_requested:
+            log.info("training stopped after epoch %d by rule %s (its action is stop)", epoch - 1, hooks.stopped_by)
             break
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        monitor.epoch_begin(epoch)
+        hooks.epoch_begin(epoch)
         train = train_one_epoch(
             model, train_batches, optimizer, scheduler, device=device, amp_dtype=amp_dtype,
             label_smoothing=label_smoothing, set_train=set_train, progress=progress, desc=f"epoch {epoch}/{epochs}",
-            monitor=monitor,
+            hooks=hooks,
         )
-        val = evaluate(model, val_batches, device=device, amp_dtype=amp_dtype, monitor=monitor)
+        val = evaluate(model, val_batches, device=device, amp_dtype=amp_dtype, hooks=hooks)
         row = {
             "epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
             "val_loss": val.loss, "val_accuracy": val.accuracy, "val_top5": val.top5,
@@ -249,16 +226,9 @@ def fit(
         improved = val.loss < state.best_val_loss
         if improved:
             state.best_epoch, state.best_val_loss = epoch, val.loss
-        if checkpoint_dir is not None:
-            if improved:
-                atomic_torch_save({**extra, "epoch": epoch, "model": model.state_dict()}, checkpoint_dir / "best.pt")
-            atomic_torch_save(
-                {**extra, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "state": state.to_dict(),
-                 "shuffle": shuffle.get_state() if shuffle is not None else None},
-                checkpoint_dir / "last.pt",
-            )
-        monitor.epoch_end(row)
+        if checkpoints is not None:
+            checkpoints.save(model, optimizer, scheduler, state, shuffle, improved=improved)
+        hooks.epoch_end(row)
         if on_epoch:
             on_epoch(row)
         if patience and epoch - state.best_epoch >= patience:

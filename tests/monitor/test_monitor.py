@@ -110,7 +110,7 @@ def test_a_live_rule_with_the_stop_action_ends_training(synth_data, tmp_path, ca
 
 
 def test_resume_appends_to_the_profile(synth_data, tmp_path):
-    from dogbreed.run import resume_config
+    from dogbreed.checkpoints import resume_config
 
     cfg = config.resolve(overrides={**PROFILED, "data": str(synth_data), "out": str(tmp_path / "runs"),
                                     "train_layers": "all", "epochs": 1, "name": "resumed"})

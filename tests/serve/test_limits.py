@@ -65,11 +65,12 @@ def test_export_matches_eager_and_serves(trained_run, samples, tmp_path, fmt):
     from dogbreed.artifact import load_artifact
     from dogbreed.export import export
     from dogbreed.predict import predict_files
+    from dogbreed.runtime.pipeline import Options
 
     variant = export(trained_run.artifact, fmt, tmp_path / f"model-{fmt}.tar.gz")
     photos = sorted(samples.glob("*.jpg"))
-    eager = dict(predict_files(load_artifact(trained_run.artifact), photos, topk=4))
-    exported = dict(predict_files(load_artifact(variant, backend=fmt), photos, topk=4))
+    eager = dict(predict_files(load_artifact(trained_run.artifact), photos, Options(topk=4)))
+    exported = dict(predict_files(load_artifact(variant, backend=fmt), photos, Options(topk=4)))
     for photo in photos:  # fp32 on real photos: the same answer within 1e-4
         assert exported[photo]["topk_labels"] == eager[photo]["topk_labels"]
         assert exported[photo]["topk_probs"] == pytest.approx(eager[photo]["topk_probs"], abs=1e-4)

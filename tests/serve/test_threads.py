@@ -14,7 +14,9 @@ import textwrap
 SCRIPT = textwrap.dedent('''
     import asyncio, os, sys
     import torch
-    from dogbreed.serve.app import Server, ServeConfig
+    from dogbreed.runtime.pipeline import Options
+    from dogbreed.serve import ServeConfig
+    from dogbreed.serve.server import Server
 
     def threads():
         return len(os.listdir("/proc/self/task"))
@@ -26,8 +28,9 @@ SCRIPT = textwrap.dedent('''
     async def serve_some():
         await server.start()
         photos = [open(p, "rb").read() for p in sys.argv[2:]]
-        await asyncio.gather(*(server.answer([b], 3, 0.5) for b in photos))  # decoded concurrently, batched
-        await server.answer(photos[:2], 3, 0.5)
+        options = Options(topk=3, threshold=0.5)
+        await asyncio.gather(*(server.answer([b], False, options) for b in photos))  # decoded concurrently, batched
+        await server.answer(photos[:2], True, options)
         started = 1 + (torch.get_num_threads() - 1) + len(server.decode_pool._threads)
         after = threads()
         await server.stop()

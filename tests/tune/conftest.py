@@ -34,7 +34,8 @@ def postgres_url():
         subprocess.run([*as_postgres, *cmd], check=True, capture_output=True, timeout=120)
 
     run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "dogbreed", "--no-sync")
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
+    # PostgreSQL's default max_connections (100), which the tuning fleet must fit in.
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
     run(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "start")
     try:
         run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "dogbreed", "tuning")

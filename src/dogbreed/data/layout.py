@@ -14,6 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dogbreed.errors import DogbreedError
+from dogbreed.machine import available_cpus
 from dogbreed.runtime.presets import ImageDecodeError, load_image
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,10 @@ def _class_dirs(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def scan(root: str | os.PathLike) -> Layout:
+def scan(root: str | os.PathLike | None) -> Layout:
     """Read the layout; raise DogbreedError (one line) for anything training cannot start with."""
+    if not root:
+        raise DogbreedError("no data set given; pass --data DIR (expected DIR/{train,valid,test}/<class>/*.jpg)")
     root = Path(root)
     if not root.is_dir():
         raise DogbreedError(f"data dir {root} does not exist; {HINT}")
@@ -145,7 +148,7 @@ def probe_images(layout: Layout, full: bool = True, workers: int | None = None,
     """(path, reason) for every image that does not decode, and (full only) every decodable
     image's content digest by path; decoding runs on a thread pool."""
     paths = [p for samples in layout.splits.values() for p, _ in samples]
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=workers or available_cpus()) as pool:
         results = pool.map(lambda p: _probe(p, full), paths)
         bar = tqdm(results, total=len(paths), desc="checking images", unit="img", disable=not progress, leave=False)
         probed = list(zip(paths, bar))
@@ -164,7 +167,7 @@ def find_leaks(layout: Layout, digests: dict[str, str]) -> list[list[str]]:
     return [[path for path, _ in g] for g in groups.values() if len({split for _, split in g}) > 1]
 
 
-def check(root: str | os.PathLike, full: bool = True, progress: bool = True) -> Report:
+def check(root: str | os.PathLike | None, full: bool = True, progress: bool = True) -> Report:
     """Everything ``dogbreed data check`` reports. Unreadable images are errors here; training
     (which calls this with ``full=False``) skips them with a warning instead."""
     try:
@@ -196,3 +199,16 @@ def drop_bad(layout: Layout, bad: list[tuple[str, str]]) -> Layout:
     bad_paths = {path for path, _ in bad}
     splits = {s: [(p, i) for p, i in samples if p not in bad_paths] for s, samples in layout.splits.items()}
     return Layout(layout.root, layout.labels, splits, layout.ignored)
+
+
+def load_for_training(root: str | os.PathLike | None) -> Layout:
+    """The data set after the same checks as ``dogbreed data check`` (headers only, for speed).
+    Unreadable images are skipped with a warning naming each file; layout errors stop the run."""
+    report = check(root, full=False, progress=False)
+    if report.layout is None:
+        raise DogbreedError(report.errors[0])
+    for warning in report.warnings:
+        log.warning(warning)
+    for _, reason in report.bad_images:
+        log.warning("skipping unreadable image %s", reason)
+    return drop_bad(report.layout, report.bad_images)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from dogbreed.data.layout import Sample
+from dogbreed.machine import available_cpus
 from dogbreed.runtime.presets import ImageDecodeError, load_image
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,6 @@ def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch
     return default_collate(batch) if batch else None
 
 
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def image_loader(
     dataset: ImageDataset,
     batch_size: int,
@@ -66,7 +62,7 @@ def image_loader(
 ) -> DataLoader:
     """``persistent``: keep the worker processes between passes (loaders read every epoch); a loader
     read once lets its workers end with the pass."""
-    workers = default_workers() if workers is None else workers
+    workers = available_cpus() if workers is None else workers
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dogbreed.hooks import NoHooks
 from dogbreed.monitor.probes import FLUSH_EVERY, TensorProbe, TraceWindow
 from dogbreed.monitor.rules import RuleSet, load_rules_file
 from dogbreed.monitor.sampler import SystemSampler
@@ -33,30 +34,9 @@ log = logging.getLogger(__name__)
 EARLY_STEPS = 10  # train steps recorded in full at the start (ReLU inputs, gradient spreads)
 
 
-class NullMonitor:
-    """What training sees when profiling is off: every hook does nothing."""
+class Monitor(NoHooks):
+    """The profiler: implements every hook of ``dogbreed.hooks.NoHooks``."""
 
-    stop_requested = False
-    stopped_by: str | None = None
-
-    def steps(self, batches: Iterable, phase: str) -> Iterable:
-        return batches
-
-    def describe_data(self, classes: list[str], train_counts: list[int]) -> None: ...
-    def watch(self, module: nn.Module, prefix: str = "", start_step: int = 0) -> None: ...
-    def describe_loader(self, phase: str, loader) -> None: ...
-    def after_backward(self, loss: torch.Tensor) -> None: ...
-    def after_step(self) -> None: ...
-    def epoch_begin(self, epoch: int) -> None: ...
-    def epoch_end(self, row: dict) -> None: ...
-    def note(self, event: dict) -> None: ...
-    def close(self, status: str = "completed") -> None: ...
-
-
-NULL_MONITOR = NullMonitor()
-
-
-class Monitor(NullMonitor):
     def __init__(self, run_dir: Path, *, device: torch.device, meta: dict, interval_ms: int = 500,
                  debug_interval: int = 25, trace_start: int = 5, trace_steps: int = 5, rules: str | None = None,
                  resume: bool = False) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import time
 
 import psutil
+
+from dogbreed import machine
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +28,6 @@ def _nvml_handles() -> list:
     except Exception as exc:  # ImportError, NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
         log.debug("no NVIDIA GPU metrics: %s", exc)
         return []
-
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class SystemSampler:
@@ -60,8 +51,9 @@ class SystemSampler:
                 name = pynvml.nvmlDeviceGetName(h)
                 gpus.append({"name": name.decode() if isinstance(name, bytes) else name,
                              "memory_total": pynvml.nvmlDeviceGetMemoryInfo(h).total})
-        return {"cpu_cores": psutil.cpu_count(), "cpu_model": _cpu_model(),
-                "memory_total": psutil.virtual_memory().total, "gpus": gpus, "disk_io": self._io is not None}
+        # The cores this process may use: what the Dataloader rule compares worker counts with.
+        return {"cpu_cores": machine.available_cpus(), "cpu_model": machine.cpu_model(),
+                "cpu_flags": machine.notable_flags(), "memory_total": psutil.virtual_memory().total, "gpus": gpus, "disk_io": self._io is not None}
 
     def _process_tree(self) -> tuple[int, float]:
         """RSS (bytes) and CPU (% of one core) of this process and its children (data-loader workers)."""

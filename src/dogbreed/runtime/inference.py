@@ -1,218 +1,116 @@
 """SageMaker's inference handlers (model_fn, input_fn, predict_fn, output_fn) for a dogbreed model.
 
-This file is ``code/inference.py`` in every artifact, next to ``presets.py`` and ``network.py``.
-SageMaker's PyTorch container imports it on its own; ``dogbreed predict`` and ``dogbreed serve``
-import it from the package. Both run the same code, so they give the same answers.
+This file is ``code/inference.py`` in every artifact, beside the modules it calls. SageMaker's
+PyTorch container imports it on its own; each handler is a step of the one inference path
+(``pipeline.py``) that ``dogbreed serve`` and ``dogbreed predict`` run too, so all three give the
+same answers and the same errors. A refused request raises ``RequestError``, which SageMaker's
+inference toolkit answers with its status (400, 406, 415) instead of 500.
+
+Settings come from the container's environment (``PyTorchModel(env={...})``), over model.json's:
+``DOGBREED_TOPK``, ``DOGBREED_THRESHOLD``, ``DOGBREED_MAX_INSTANCES``, ``DOGBREED_MAX_PIXELS``.
+A request may change top-k and the threshold with SageMaker's custom attributes
+(``CustomAttributes="topk=3,threshold=0.5"``), as it may on ``dogbreed serve``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import os
-import warnings
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 try:
-    from .network import OnnxModel, build_network, predict_probs
-    from .presets import DEFAULT_MAX_PIXELS, EvalPreset, ImageDecodeError
+    from . import pipeline
+    from .loading import LoadedModel, load_model_dir
+    from .pipeline import DEFAULT_MAX_INSTANCES, Options
+    from .presets import DEFAULT_MAX_PIXELS
 except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
-    from network import OnnxModel, build_network, predict_probs  # type: ignore[no-redef]
-    from presets import DEFAULT_MAX_PIXELS, EvalPreset, ImageDecodeError  # type: ignore[no-redef]
+    import pipeline  # type: ignore[no-redef]
+    from loading import LoadedModel, load_model_dir  # type: ignore[no-redef]
+    from pipeline import DEFAULT_MAX_INSTANCES, Options  # type: ignore[no-redef]
+    from presets import DEFAULT_MAX_PIXELS  # type: ignore[no-redef]
 
-WEIGHTS_FILE = "model.pth"
-LABELS_FILE = "labels.json"
-MODEL_FILE = "model.json"
-TORCHSCRIPT_FILE = "model.pt"  # the name SageMaker's default TorchScript model_fn loads
-ONNX_FILE = "model.onnx"
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/x-image", "application/octet-stream")
-JSON_TYPE = "application/json"
-FORMAT_VERSION = 1  # of model.json; raised when a change would mislead older code
-MAX_INSTANCES = int(os.environ.get("DOGBREED_MAX_INSTANCES", "64"))
-
-
-class InputError(ValueError):
-    """A request the model rejects (bad image, unsupported type); the message says why."""
+ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
 
 
 @dataclass
-class LoadedModel:
-    model: nn.Module
-    labels: list[str]  # class index -> folder name, e.g. "001.Affenpinscher"
-    display: list[str]  # class index -> display name, e.g. "Affenpinscher"
-    preset: EvalPreset
-    meta: dict
-    device: torch.device
+class Handlers:
+    """What model_fn loaded and the settings the other handlers apply (SageMaker passes input_fn
+    no model, so it lives here)."""
 
-    @property
-    def topk(self) -> int:
-        return int(os.environ.get("DOGBREED_TOPK", self.meta.get("topk", 5)))
-
-    @property
-    def threshold(self) -> float:
-        return float(os.environ.get("DOGBREED_THRESHOLD", self.meta.get("threshold", 0.8)))
+    model: LoadedModel
+    defaults: Options
+    max_instances: int = DEFAULT_MAX_INSTANCES
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass
-class Batch:
-    images: torch.Tensor  # (N, 3, H, W), preset-transformed
-    many: bool  # the request listed instances, so the answer is a list
+class Request:
+    pixels: list[torch.Tensor]  # uint8, one per image
+    many: bool  # the client sent a list, so the answer is a list
+    options: Options
 
 
-def read_labels(path: str) -> tuple[list[str], list[str]]:
-    """labels.json: ``{"classes": [{"index", "name", "display"}...]}`` -> (names, display names)."""
-    with open(path, encoding="utf-8") as f:
-        doc = json.load(f)
-    classes = sorted(doc["classes"], key=lambda c: c["index"])
-    if [c["index"] for c in classes] != list(range(len(classes))):
-        raise ValueError(f"{path}: class indices are not 0..{len(classes) - 1}")
-    return [c["name"] for c in classes], [c["display"] for c in classes]
+@dataclass
+class Prediction:
+    answers: list[dict]
+    many: bool
 
 
-def load_failure(exc: Exception) -> str:
-    """Why a weights file did not load, in a line: never torch's advice to retry without
-    ``weights_only`` (that would run whatever code the file holds)."""
-    text = str(exc)
-    if "Weights only load failed" in text:
-        return "it holds pickled objects, not just tensors, and those are never loaded"
-    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(exc).__name__]
-    reason = " ".join(lines[:2])  # a state-dict mismatch names the keys on its second line
-    return reason if len(reason) <= 300 else reason[:297] + "..."
+_HANDLERS: Handlers | None = None
 
 
-def load_model_dir(model_dir: str, device: str | torch.device | None = None, backend: str = "eager") -> LoadedModel:
-    """Rebuild the network from model.json and load model.pth (tensors only, never pickled code).
-    ``backend="torchscript"`` or ``"onnx"`` loads the exported ``model.pt`` or ``model.onnx``
-    instead (``dogbreed export``)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def _env(name: str, cast: type):
+    raw = os.environ.get(name)
     try:
-        with open(os.path.join(model_dir, MODEL_FILE), encoding="utf-8") as f:
-            meta = json.load(f)
-        if meta.get("format_version", 1) > FORMAT_VERSION:
-            raise ValueError(f"the artifact has format {meta['format_version']}, newer than this code reads "
-                             f"({FORMAT_VERSION}); upgrade dogbreed")
-        labels, display = read_labels(os.path.join(model_dir, LABELS_FILE))
-        if len(labels) != meta["num_classes"]:
-            raise ValueError(f"labels.json has {len(labels)} classes, model.json says {meta['num_classes']}")
-        preset = EvalPreset.from_dict(meta["preset"])
-        model = build_network(meta["backbone"], meta["num_classes"])
-    except FileNotFoundError as exc:
-        raise ValueError(f"{model_dir}: not a dogbreed model ({os.path.basename(exc.filename)} is missing)") from None
-    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{model_dir}: model.json or labels.json is malformed ({type(exc).__name__}: {exc})") from None
-    if backend in ("torchscript", "onnx"):
-        name = TORCHSCRIPT_FILE if backend == "torchscript" else ONNX_FILE
-        path = os.path.join(model_dir, name)
-        if not os.path.exists(path):
-            raise ValueError(f"{model_dir}: no {name}; make one with `dogbreed export MODEL --format {backend}`")
-        try:
-            if backend == "torchscript":
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
-                    model = torch.jit.load(path, map_location="cpu").to(device).eval()
-            else:
-                model, device = OnnxModel(path), torch.device("cpu")
-        except ImportError:
-            raise
-        except Exception as exc:  # each runtime raises its own types for a damaged file
-            raise ValueError(f"{model_dir}: {name} is corrupt ({load_failure(exc)})") from None
-        return LoadedModel(model, labels, display, preset, meta, device)
-    weights = os.path.join(model_dir, WEIGHTS_FILE)
-    try:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except FileNotFoundError:
-        raise ValueError(f"{model_dir}: not a dogbreed model (model.pth is missing)") from None
-    except Exception as exc:  # torch.load raises many types for damaged or hostile files
-        raise ValueError(f"{model_dir}: model.pth is corrupt or does not match model.json ({load_failure(exc)})") from None
-    model = model.to(device, memory_format=torch.channels_last).eval()
-    return LoadedModel(model, labels, display, preset, meta, device)
-
-
-def decode(loaded: LoadedModel, data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """Image bytes to the network's input, (3, crop, crop) float."""
-    return loaded.preset.normalize(decode_pixels(loaded, data, max_pixels))
-
-
-def decode_pixels(loaded: LoadedModel, data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """Image bytes to resized, cropped uint8 pixels; ``loaded.preset.normalize`` finishes the job."""
-    try:
-        return loaded.preset.load_pixels(data, max_pixels=max_pixels)
-    except ImageDecodeError as exc:
-        raise InputError(str(exc)) from None
-
-
-def decode_instances(body: bytes | str, limit: int = MAX_INSTANCES) -> list[bytes]:
-    """``{"instances": [{"b64": "..."}, ...]}`` -> the images' bytes, in order (at most ``limit``)."""
-    try:
-        doc = json.loads(body)
-        instances = doc["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise InputError('"instances" must be a non-empty list of {"b64": "..."} objects')
-        if len(instances) > limit:
-            raise InputError(f"{len(instances)} instances is over the limit of {limit}")
-        return [base64.b64decode(item["b64"], validate=True) for item in instances]
-    except InputError:
-        raise
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InputError("malformed JSON body") from None
-    except (KeyError, TypeError):
-        raise InputError('expected {"instances": [{"b64": "..."}, ...]}') from None
-    except (binascii.Error, ValueError):
-        raise InputError("malformed base64 in instances") from None
-
-
-def topk_answer(probs: torch.Tensor, loaded: LoadedModel, k: int | None = None, threshold: float | None = None) -> dict:
-    """One image's answer, with the field names SageMaker users already parse."""
-    k = min(k or loaded.topk, probs.numel())
-    threshold = loaded.threshold if threshold is None else threshold
-    values, indices = probs.topk(k)
-    idx = indices.tolist()
-    return {
-        "topk_labels": [loaded.labels[i] for i in idx],
-        "topk_indices": idx,
-        "topk_probs": [round(v, 6) for v in values.tolist()],
-        "breeds": [loaded.display[i] for i in idx],
-        "low_confidence": bool(values[0].item() < threshold),
-    }
-
-
-# --- SageMaker's four handlers -------------------------------------------------------------------
-
-_CURRENT_MODEL: LoadedModel | None = None  # input_fn needs the model's preset; SageMaker passes none
+        return None if raw is None else cast(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a valid {cast.__name__}") from None
 
 
 def model_fn(model_dir: str) -> LoadedModel:
-    global _CURRENT_MODEL
-    _CURRENT_MODEL = load_model_dir(model_dir)
-    return _CURRENT_MODEL
+    global _HANDLERS
+    model = load_model_dir(model_dir)
+    topk, threshold = _env("DOGBREED_TOPK", int), _env("DOGBREED_THRESHOLD", float)
+    try:
+        defaults = Options.of(model).override(topk, threshold)
+    except ValueError as exc:  # "topk must be 1..1000, got 0"
+        raise ValueError(f"DOGBREED_TOPK or DOGBREED_THRESHOLD: {exc}") from None
+    instances, pixels = _env("DOGBREED_MAX_INSTANCES", int), _env("DOGBREED_MAX_PIXELS", int)
+    _HANDLERS = Handlers(model, defaults, DEFAULT_MAX_INSTANCES if instances is None else instances,
+                         DEFAULT_MAX_PIXELS if pixels is None else pixels)
+    return model
 
 
-def input_fn(request_body: bytes, content_type: str = "image/jpeg", model: LoadedModel | None = None) -> Batch:
-    model = model or _CURRENT_MODEL  # SageMaker calls input_fn(body, content_type), without the model
-    content_type = (content_type or "application/octet-stream").split(";")[0].strip().lower()
-    if content_type == JSON_TYPE:
-        images = [decode(model, data) for data in decode_instances(request_body)]
-        return Batch(torch.stack(images), many=True)
-    if content_type in IMAGE_TYPES:
-        return Batch(decode(model, bytes(request_body)).unsqueeze(0), many=False)
-    raise InputError(f"unsupported content type {content_type!r}; use one of {', '.join(IMAGE_TYPES + (JSON_TYPE,))}")
+def input_fn(request_body: bytes | str, request_content_type: str | None, context=None) -> Request:
+    """SageMaker's toolkit passes ``context`` (its request context) where the function takes it."""
+    handlers = _HANDLERS
+    if handlers is None:
+        raise RuntimeError("model_fn has not run")
+    images, many = pipeline.payloads(request_body, pipeline.content_type(request_content_type), handlers.max_instances)
+    pixels = [pipeline.decode(handlers.model, data, max_pixels=handlers.max_pixels, index=i if many else None)
+              for i, data in enumerate(images)]
+    options = pipeline.custom_attributes(_header(context, ATTRIBUTES_HEADER), handlers.defaults)
+    return Request(pixels, many, options)
 
 
-def predict_fn(input_data: Batch, model: LoadedModel) -> dict:
-    images = input_data.images.to(model.device, memory_format=torch.channels_last)
-    probs = predict_probs(model.model, images).cpu()
-    answers = [topk_answer(row, model) for row in probs]
-    return {"answers": answers, "many": input_data.many}
+def predict_fn(input_data: Request, model: LoadedModel) -> Prediction:
+    return Prediction(pipeline.predict(model, input_data.pixels, input_data.options), input_data.many)
 
 
-def output_fn(prediction: dict, accept: str = JSON_TYPE) -> str:
-    accept = (accept or JSON_TYPE).split(";")[0].strip().lower()
-    if accept not in (JSON_TYPE, "*/*"):
-        raise InputError(f"unsupported Accept {accept!r}; only application/json")
-    answers = prediction["answers"]
-    return json.dumps(answers if prediction["many"] else answers[0])
+def output_fn(prediction: Prediction, accept: str | None) -> tuple[str, str]:
+    """(body, content type): SageMaker's toolkit sends the content type we return."""
+    media_type = pipeline.negotiate(accept)
+    return pipeline.render(prediction.answers, prediction.many), media_type
 
+
+def _header(context, name: str) -> str | None:
+    """A request header from SageMaker's request context (None without one)."""
+    try:
+        headers = context.request_processor[0].get_request_properties()
+    except (AttributeError, IndexError, TypeError):
+        return None
+    for key, value in (headers or {}).items():
+        if str(key).lower() == name:
+            return value.decode() if isinstance(value, bytes) else value
+    return None

@@ -1,4 +1,4 @@
-"""Network architectures: a torchvision classifier whose last layer is a new head.
+"""The backbone registry and the network: a torchvision classifier whose last layer is a new head.
 
 The state dict keeps torchvision's own key names, so ``model.pth`` also loads into
 ``torchvision.models.get_model(backbone, num_classes=C)`` with no dogbreed code at all.
@@ -15,49 +15,51 @@ from torchvision import models
 
 
 @dataclass(frozen=True)
-class Arch:
-    """Where a torchvision classifier keeps its head and its last feature stage."""
+class Backbone:
+    """Everything dogbreed needs to know about one torchvision classifier."""
 
-    head: str  # dotted path of the final nn.Linear
-    last_stage: tuple[str, ...]  # modules unfrozen by ``--train-layers layer4``
+    head: str  # dotted path of the final nn.Linear, replaced by the new head
+    last_stage: tuple[str, ...]  # modules unfrozen by ``--train-layers layer4`` (with the head)
+    weights: str  # torchvision weights the backbone starts from: its best ImageNet recipe
 
 
-ARCHS: dict[str, Arch] = {
-    "resnet18": Arch("fc", ("layer4",)),
-    "resnet34": Arch("fc", ("layer4",)),
-    "resnet50": Arch("fc", ("layer4",)),
-    "resnet101": Arch("fc", ("layer4",)),
-    "efficientnet_v2_s": Arch("classifier.1", ("features.6", "features.7")),
-    "convnext_tiny": Arch("classifier.2", ("features.7", "classifier.0")),
+# To add a backbone: one entry here (torchvision's model name), nothing else.
+BACKBONES: dict[str, Backbone] = {
+    "resnet18": Backbone("fc", ("layer4",), "IMAGENET1K_V1"),
+    "resnet34": Backbone("fc", ("layer4",), "IMAGENET1K_V1"),
+    "resnet50": Backbone("fc", ("layer4",), "IMAGENET1K_V2"),
+    "resnet101": Backbone("fc", ("layer4",), "IMAGENET1K_V2"),
+    "efficientnet_v2_s": Backbone("classifier.1", ("features.6", "features.7"), "IMAGENET1K_V1"),
+    "convnext_tiny": Backbone("classifier.2", ("features.7", "classifier.0"), "IMAGENET1K_V1"),
 }
 
 
-def get_submodule_parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
-    parent_path, _, attr = path.rpartition(".")
-    return (model.get_submodule(parent_path) if parent_path else model), attr
+def backbone(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; valid backbones: {', '.join(BACKBONES)}") from None
 
 
-def get_head(model: nn.Module, backbone: str) -> nn.Linear:
-    return model.get_submodule(ARCHS[backbone].head)
+def get_head(model: nn.Module, name: str) -> nn.Linear:
+    return model.get_submodule(backbone(name).head)
 
 
-def set_head(model: nn.Module, backbone: str, module: nn.Module) -> None:
-    parent, attr = get_submodule_parent(model, ARCHS[backbone].head)
-    setattr(parent, attr, module)
+def set_head(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_path, _, attr = backbone(name).head.rpartition(".")
+    setattr(model.get_submodule(parent_path) if parent_path else model, attr, module)
 
 
-def build_network(backbone: str, num_classes: int) -> nn.Module:
+def build_network(name: str, num_classes: int) -> nn.Module:
     """The architecture with a ``num_classes``-way head and random weights."""
-    if backbone not in ARCHS:
-        raise ValueError(f"unknown backbone {backbone!r}; valid: {', '.join(ARCHS)}")
-    return models.get_model(backbone, weights=None, num_classes=num_classes)
+    backbone(name)
+    return models.get_model(name, weights=None, num_classes=num_classes)
 
 
-def replace_head(model: nn.Module, backbone: str, num_classes: int) -> nn.Linear:
+def replace_head(model: nn.Module, name: str, num_classes: int) -> nn.Linear:
     """Swap the pretrained 1000-way head for a new ``num_classes``-way one; returns the new head."""
-    old = get_head(model, backbone)
-    head = nn.Linear(old.in_features, num_classes)
-    set_head(model, backbone, head)
+    head = nn.Linear(get_head(model, name).in_features, num_classes)
+    set_head(model, name, head)
     return head
 
 
@@ -76,9 +78,3 @@ class OnnxModel:
 
     def eval(self) -> "OnnxModel":
         return self
-
-
-@torch.no_grad()
-def predict_probs(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Softmax probabilities in fp32 for a batch of preset-transformed images."""
-    return torch.softmax(model(batch).float(), dim=1)

@@ -11,8 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-
-import torch
+from typing import Any
 
 
 class Overloaded(Exception):
@@ -20,15 +19,15 @@ class Overloaded(Exception):
 
 
 class Batcher:
-    """``predict`` takes a list of images and returns one row of probabilities per image; it runs on
-    ``executor``, one batch at a time."""
+    """``predict`` takes a list of items (an image and how to answer it) and returns one result per
+    item; it runs on ``executor``, one batch at a time."""
 
-    def __init__(self, predict: Callable[[list[torch.Tensor]], torch.Tensor], executor: Executor, *,
+    def __init__(self, predict: Callable[[list[Any]], list[Any]], executor: Executor, *,
                  max_batch_size: int = 16, max_delay_ms: float = 5.0, queue_size: int = 256,
                  on_batch: Callable[[int], None] | None = None):
         self.predict, self.executor = predict, executor
         self.max_batch_size, self.max_delay = max_batch_size, max_delay_ms / 1000.0
-        self.queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] = asyncio.Queue(maxsize=queue_size)
+        self.queue: asyncio.Queue[tuple[Any, asyncio.Future]] = asyncio.Queue(maxsize=queue_size)
         self.on_batch = on_batch
         self.task: asyncio.Task | None = None
         self.incoming = 0  # requests still decoding: images that may join the next batch
@@ -45,17 +44,17 @@ class Batcher:
     def depth(self) -> int:
         return self.queue.qsize()
 
-    async def submit(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Probabilities for each image, in order; raises Overloaded if the queue cannot take them."""
-        if self.queue.maxsize - self.queue.qsize() < len(images):
+    async def submit(self, items: list[Any]) -> list[Any]:
+        """The result for each item, in order; raises Overloaded if the queue cannot take them."""
+        if self.queue.maxsize - self.queue.qsize() < len(items):
             raise Overloaded(f"{self.queue.qsize()} images are waiting (limit {self.queue.maxsize})")
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in images]
-        for image, future in zip(images, futures):
-            self.queue.put_nowait((image, future))
+        futures = [loop.create_future() for _ in items]
+        for item, future in zip(items, futures):
+            self.queue.put_nowait((item, future))
         try:
             return list(await asyncio.gather(*futures))
-        except asyncio.CancelledError:  # the request timed out or its client left: drop its images
+        except asyncio.CancelledError:  # the request timed out or its client left: drop its items
             for future in futures:
                 future.cancel()
             raise
@@ -74,18 +73,18 @@ class Batcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), min(remaining, 0.001)))
                 except asyncio.TimeoutError:
                     continue
-            batch = [(image, future) for image, future in batch if not future.done()]
+            batch = [(item, future) for item, future in batch if not future.done()]
             if not batch:
                 continue
             if self.on_batch:
                 self.on_batch(len(batch))
             try:
-                probs = await loop.run_in_executor(self.executor, self.predict, [image for image, _ in batch])
+                results = await loop.run_in_executor(self.executor, self.predict, [item for item, _ in batch])
             except Exception as exc:  # a model failure fails this batch's requests, not the server
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for row, (_, future) in zip(probs, batch):
+            for result, (_, future) in zip(results, batch):
                 if not future.done():
-                    future.set_result(row)
+                    future.set_result(result)

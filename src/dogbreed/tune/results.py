@@ -11,7 +11,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_path, atomic_write_text
+from dogbreed.tune.study import SETUP_ATTR, masked, open_storage, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +114,17 @@ def write_plots(study: optuna.Study, folder: Path) -> list[str]:
 
 def write_best(path: Path, doc: dict) -> None:
     atomic_write_text(path, json.dumps(doc, indent=1, default=str))
+
+
+def show(study_name: str, storage_url: str) -> tuple[list[dict], dict | None, str]:
+    """(trials table, best trial, objective name) of an existing study."""
+    if (db := sqlite_file(storage_url)) and not db.is_file():
+        raise DogbreedError(f"no study database at {db}; pass --out or --storage of a tuning run")
+    storage = open_storage(storage_url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise DogbreedError(f"no study {study_name!r} in {masked(storage_url)}; studies there: {', '.join(names) or 'none'}") from None
+    objective = (study.user_attrs.get(SETUP_ATTR) or {}).get("objective", "value")
+    return table(study), best_summary(study), objective

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -14,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from dogbreed.config import FIELD_TYPES, PROFILE_KEYS, coerce
+from dogbreed.config import FIELD_TYPES, PROFILE_KEYS, TrainConfig, coerce
 from dogbreed.errors import DogbreedError
 from dogbreed.files import read_yaml
 
@@ -131,3 +132,15 @@ def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
         else:
             values[name] = trial.suggest_categorical(name, list(p.choices))
     return values
+
+
+def check_space(space: dict[str, Param], base: TrainConfig, where: str | None) -> None:
+    """Every choice and both ends of every range make a valid training configuration (else every
+    trial would fail, one by one, after the study was made)."""
+    for name, p in space.items():
+        for value in p.choices if p.type == "categorical" else (p.low, p.high):
+            value = int(value) if p.type == "int" else value
+            try:
+                dataclasses.replace(base, **{name: value}).validate()
+            except DogbreedError as exc:
+                raise DogbreedError(f"{where or 'search space'}: {name} = {value!r} is not usable ({exc})") from None

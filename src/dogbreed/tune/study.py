@@ -33,13 +33,16 @@ except ImportError:  # pragma: no cover - older optuna
 
 from dogbreed.errors import DogbreedError
 from dogbreed.files import file_lock
+from dogbreed.tune.options import OBJECTIVES
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "hyperband", "none")
-OBJECTIVES = {"val_loss": "minimize", "val_accuracy": "maximize"}
 SETUP_ATTR = "dogbreed_setup"  # written last by the creator: the study is ready to join
+# Database connections one process holds at most: its trial loop and its heartbeat (or the progress
+# bar) each need one now and then, and each use is short. SQLAlchemy's default pool would let one
+# process open up to 15, so 32 workers could exhaust a default PostgreSQL's 100.
+CONNECTIONS_PER_PROCESS = 2
+APPLICATION_NAME = "dogbreed tune"  # with the pid: which process holds a connection, in pg_stat_activity
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Heartbeats, retries and ask-style trials are stable in practice but flagged experimental.
@@ -58,7 +61,13 @@ def open_storage(url: str, heartbeat: int = 10) -> RDBStorage:
     shown = masked(url)
     if url.startswith(("postgresql://", "postgres://")):  # the driver dogbreed installs: psycopg 3
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    else:  # a database server: a bounded pool (a thread waits up to 60 s for a connection, never opens more)
+        engine_kwargs = {"pool_pre_ping": True, "pool_size": CONNECTIONS_PER_PROCESS, "max_overflow": 0,
+                         "pool_timeout": 60}
+        if url.startswith("postgresql+psycopg://"):
+            engine_kwargs["connect_args"] = {"application_name": f"{APPLICATION_NAME} {os.getpid()}"}
     for attempt in range(5):
         try:
             return RDBStorage(
@@ -162,7 +171,10 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while not self.stop.wait(self.interval):
-            self.storage.record_heartbeat(self.trial_id)
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; a dead thread would fail the trial
+                log.warning("could not record trial %d's heartbeat (%s); retrying", self.trial_id, exc)
 
     def __enter__(self) -> "Heartbeat":
         self.storage.record_heartbeat(self.trial_id)
@@ -220,15 +232,24 @@ def work(study: optuna.Study, storage: RDBStorage, objective: Callable[[optuna.T
         trial = optuna.Trial(study, trial_id)
         trial.set_user_attr("worker", worker)
         ran += 1
-        with Heartbeat(storage, trial_id, storage.get_heartbeat_interval() or 10):
+        interval = storage.get_heartbeat_interval() or 10
+        with Heartbeat(storage, trial_id, interval):
             try:
-                value = objective(trial)
-            except optuna.TrialPruned:
-                study.tell(trial, state=TrialState.PRUNED)
-            except Exception as exc:
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                trial.set_user_attr("error", reason)
-                study.tell(trial, state=TrialState.FAIL)
-                log.warning("trial %d failed: %s", trial.number, reason, exc_info=log.isEnabledFor(logging.DEBUG))
-            else:
-                study.tell(trial, value)
+                try:
+                    value = objective(trial)
+                except optuna.TrialPruned:
+                    study.tell(trial, state=TrialState.PRUNED)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    raise
+                except Exception as exc:
+                    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    trial.set_user_attr("error", reason)
+                    study.tell(trial, state=TrialState.FAIL)
+                    log.warning("trial %d failed: %s", trial.number, reason, exc_info=log.isEnabledFor(logging.DEBUG))
+                else:
+                    study.tell(trial, value)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Another worker saw no heartbeat from this one for 3 intervals (a stalled or
+                # overloaded machine) and failed the trial; its retry runs as a new trial.
+                log.warning("trial %d was failed by another worker while it ran (no heartbeat for %d s); "
+                            "a retry of it runs instead", trial.number, 3 * interval)

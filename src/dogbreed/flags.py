@@ -1,0 +1,48 @@
+"""Command-line flags generated from a settings dataclass (``TrainConfig``, ``ServeConfig``), so a
+setting is declared once: its type, default, help and choices live on the field."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, field, fields
+from typing import Any
+
+
+def option(default: Any = MISSING, help: str = "", **extra: Any) -> Any:
+    """A dataclass field with its flag's help (and ``choices``, shown in the help)."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def add_flags(group: argparse._ActionsContainer, cls: type, exclude: tuple[str, ...] = ()) -> None:
+    """One ``--field-name`` flag per field of ``cls``, its help ending with the default. A field
+    without a default is a required flag. Flags not given stay absent from the namespace (see
+    :func:`given`), so only what was typed overrides a recipe file or the dataclass defaults."""
+    for f in fields(cls):
+        if f.name in exclude:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is MISSING
+        default = None if required else f.default
+        help_text, notes = f.metadata["help"], []
+        choices = f.metadata.get("choices")
+        if choices and not all(str(c) in help_text for c in choices):
+            notes.append(f"one of: {', '.join(map(str, choices))}")
+        if default is not None:
+            notes.append(f"default: {default}")
+        elif not required and "default" not in help_text:  # a help that explains its own default says it better
+            notes.append("default: none")
+        help_text += f" ({'; '.join(notes)})" if notes else ""
+        kind = f.type
+        if kind.startswith("bool"):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            continue
+        caster = int if kind.startswith("int") else float if kind.startswith("float") else str
+        # Choices are checked by the dataclass's own validation, which names the bad value in one line.
+        group.add_argument(flag, type=caster, default=argparse.SUPPRESS, required=required,
+                           metavar=f.metadata.get("metavar", f.name.upper()), help=help_text)
+
+
+def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` that were given as flags."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}

@@ -1,0 +1,46 @@
+"""How dogbreed talks on a terminal: INFO lines to stdout as they are, warnings and errors to
+stderr prefixed (``warning: ...``). Library modules only call ``logging.getLogger(__name__)``; the
+entry points (the CLI, tuning's worker processes) set this up."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+
+class _StdoutInfo(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if record.exc_info:  # only with --verbose: tracebacks are for debugging, not for users
+            msg += "\n" + logging.Formatter().formatException(record.exc_info)
+        if record.levelno >= logging.WARNING:
+            sys.stderr.write(f"{record.levelname.lower()}: {msg}\n")
+        else:
+            sys.stdout.write(msg + "\n")
+            sys.stdout.flush()
+
+
+def setup_logging(verbose: bool = False) -> None:
+    root = logging.getLogger()
+    root.handlers[:] = [_StdoutInfo()]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def quiet(names: Iterable[str]) -> None:
+    """Warnings and errors only from these loggers (a tuning trial's epochs are not news)."""
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextmanager
+def quieted(names: Iterable[str]) -> Iterator[None]:
+    """:func:`quiet` for the block, then each logger's level as it was."""
+    levels = {name: logging.getLogger(name).level for name in names}
+    quiet(levels)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)

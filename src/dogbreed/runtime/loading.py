@@ -1,0 +1,108 @@
+"""An unpacked artifact loaded for prediction: model.json, labels.json and the weights.
+
+Shipped verbatim inside every artifact (``code/loading.py``): keep it free of dogbreed imports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+try:
+    from .network import OnnxModel, build_network
+    from .presets import EvalPreset
+except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
+    from network import OnnxModel, build_network  # type: ignore[no-redef]
+    from presets import EvalPreset  # type: ignore[no-redef]
+
+WEIGHTS_FILE = "model.pth"
+LABELS_FILE = "labels.json"
+MODEL_FILE = "model.json"
+TORCHSCRIPT_FILE = "model.pt"  # the name SageMaker's default TorchScript model_fn loads
+ONNX_FILE = "model.onnx"
+FORMAT_VERSION = 1  # of model.json; raised when a change would mislead older code
+BACKENDS = {"eager": WEIGHTS_FILE, "torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE}  # backend -> the file it runs
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # or a TorchScript module, or an OnnxModel: anything that maps images to logits
+    labels: list[str]  # class index -> folder name, e.g. "001.Affenpinscher"
+    display: list[str]  # class index -> display name, e.g. "Affenpinscher"
+    preset: EvalPreset
+    meta: dict  # model.json
+    device: torch.device
+    backend: str = "eager"
+
+
+def read_labels(path: str) -> tuple[list[str], list[str]]:
+    """labels.json: ``{"classes": [{"index", "name", "display"}...]}`` -> (names, display names)."""
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    classes = sorted(doc["classes"], key=lambda c: c["index"])
+    if [c["index"] for c in classes] != list(range(len(classes))):
+        raise ValueError(f"{path}: class indices are not 0..{len(classes) - 1}")
+    return [c["name"] for c in classes], [c["display"] for c in classes]
+
+
+def load_failure(exc: Exception) -> str:
+    """Why a weights file did not load, in a line: never torch's advice to retry without
+    ``weights_only`` (that would run whatever code the file holds)."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        return "it holds pickled objects, not just tensors, and those are never loaded"
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(exc).__name__]
+    reason = " ".join(lines[:2])  # a state-dict mismatch names the keys on its second line
+    return reason if len(reason) <= 300 else reason[:297] + "..."
+
+
+def load_model_dir(model_dir: str, device: str | torch.device | None = None, backend: str = "eager") -> LoadedModel:
+    """Rebuild the network from model.json and load model.pth (tensors only, never pickled code).
+    ``backend="torchscript"`` or ``"onnx"`` loads the exported ``model.pt`` or ``model.onnx``
+    instead (``dogbreed export``). Every failure is a ValueError whose message starts with
+    ``model_dir``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{model_dir}: backend {backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        with open(os.path.join(model_dir, MODEL_FILE), encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("format_version", 1) > FORMAT_VERSION:
+            raise ValueError(f"{model_dir}: the artifact has format {meta['format_version']}, newer than this code "
+                             f"reads ({FORMAT_VERSION}); upgrade dogbreed")
+        labels, display = read_labels(os.path.join(model_dir, LABELS_FILE))
+        if len(labels) != meta["num_classes"]:
+            raise ValueError(f"{model_dir}: labels.json has {len(labels)} classes, model.json says {meta['num_classes']}")
+        preset = EvalPreset.from_dict(meta["preset"])
+        network = build_network(meta["backbone"], meta["num_classes"])
+    except FileNotFoundError as exc:
+        raise ValueError(f"{model_dir}: not a dogbreed model ({os.path.basename(exc.filename)} is missing)") from None
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{model_dir}: model.json or labels.json is malformed ({type(exc).__name__}: {exc})") from None
+    name = BACKENDS[backend]
+    path = os.path.join(model_dir, name)
+    if not os.path.exists(path):
+        if backend == "eager":
+            raise ValueError(f"{model_dir}: not a dogbreed model ({name} is missing)")
+        raise ValueError(f"{model_dir}: no {name}; make one with `dogbreed export MODEL --format {backend}`")
+    try:
+        if backend == "eager":
+            network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            network = network.to(device, memory_format=torch.channels_last).eval()
+        elif backend == "torchscript":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+                network = torch.jit.load(path, map_location="cpu").to(device).eval()
+        else:
+            network, device = OnnxModel(path), torch.device("cpu")
+    except ImportError:
+        raise
+    except Exception as exc:  # torch.load and each runtime raise many types for damaged or hostile files
+        what = "is corrupt or does not match model.json" if backend == "eager" else "is corrupt"
+        raise ValueError(f"{model_dir}: {name} {what} ({load_failure(exc)})") from None
+    return LoadedModel(network, labels, display, preset, meta, device, backend)

@@ -1,0 +1,211 @@
+"""The one inference path, from request bytes to answers:
+
+    content type -> payloads -> decoded pixels -> probabilities -> answers -> Accept -> JSON
+
+SageMaker's handlers (``inference.py``), ``dogbreed serve`` and ``dogbreed predict`` all call these
+functions, so the same request gets the same answer, or the same error, from each. The server adds
+batching and threads around them; nothing here knows about HTTP beyond a status code per error.
+
+Shipped verbatim inside every artifact (``code/pipeline.py``): keep it free of dogbreed imports.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import http
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+try:
+    from .loading import LoadedModel
+    from .presets import DEFAULT_MAX_PIXELS, ImageDecodeError
+except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
+    from loading import LoadedModel  # type: ignore[no-redef]
+    from presets import DEFAULT_MAX_PIXELS, ImageDecodeError  # type: ignore[no-redef]
+
+try:  # in SageMaker's containers: errors of this type answer with their own status, not 500
+    from sagemaker_inference.errors import BaseInferenceToolkitError as _StatusError
+except ImportError:
+    class _StatusError(Exception):  # the same shape, where the toolkit is not installed
+        def __init__(self, status_code: int, message: str, phrase: str):
+            self.status_code, self.message, self.phrase = status_code, message, phrase
+            super().__init__(message)
+
+JSON_TYPE = "application/json"
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/x-image", "application/octet-stream")
+CONTENT_TYPES = (*IMAGE_TYPES, JSON_TYPE)
+DEFAULT_TOPK = 5
+DEFAULT_THRESHOLD = 0.8  # top-1 probability under which an answer is flagged low_confidence
+MAX_TOPK = 1000
+DEFAULT_MAX_INSTANCES = 16  # images in one JSON request
+
+
+class RequestError(_StatusError):
+    """A request the model refuses. ``status_code`` is the HTTP status it earns (400 bad input,
+    406 Accept, 415 Content-Type); the message says why, in one line."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(status, message, http.HTTPStatus(status).phrase)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class Options:
+    """How an answer is shaped: how many breeds, and the low-confidence threshold."""
+
+    topk: int = DEFAULT_TOPK
+    threshold: float = DEFAULT_THRESHOLD
+
+    def __post_init__(self) -> None:
+        """The one check of both values; callers name the flag or field (``--threshold ...``)."""
+        if not 1 <= self.topk <= MAX_TOPK:
+            raise ValueError(f"topk must be 1..{MAX_TOPK}, got {self.topk}")
+        if not 0.0 <= self.threshold <= 1.0:  # NaN fails too
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold:g}")
+
+    @classmethod
+    def of(cls, model: LoadedModel) -> "Options":
+        """The artifact's own (model.json), or the defaults."""
+        try:
+            return cls(int(model.meta.get("topk", DEFAULT_TOPK)), float(model.meta.get("threshold", DEFAULT_THRESHOLD)))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model.json: {exc}") from None
+
+    def override(self, topk: int | None = None, threshold: float | None = None) -> "Options":
+        """These options with the values that were given (None keeps the current one)."""
+        given = {k: v for k, v in (("topk", topk), ("threshold", threshold)) if v is not None}
+        return replace(self, **given) if given else self
+
+
+# --- what the client sent -------------------------------------------------------------------------
+
+
+def content_type(header: str | None) -> str:
+    """The request's media type; 415 for one there is no decoder for."""
+    ctype = (header or "application/octet-stream").split(";")[0].strip().lower()
+    if ctype not in DECODERS:
+        raise RequestError(f"unsupported Content-Type {ctype!r}; use one of {', '.join(CONTENT_TYPES)}", 415)
+    return ctype
+
+
+def negotiate(accept: str | None) -> str:
+    """The answer's media type for an Accept header (RFC 9110: ranges, parameters, q=0 refuses)."""
+    if not accept or not accept.strip():
+        return JSON_TYPE
+    for part in accept.split(","):
+        kind, *params = (p.strip().lower() for p in part.split(";"))
+        q = next((p.split("=", 1)[1] for p in params if p.startswith("q=")), "1")
+        try:
+            acceptable = float(q) > 0
+        except ValueError:
+            acceptable = False
+        if acceptable and kind in (JSON_TYPE, "application/*", "*/*"):
+            return JSON_TYPE
+    raise RequestError(f"cannot answer Accept {accept!r}; answers are application/json", 406)
+
+
+def custom_attributes(header: str | None, defaults: Options) -> Options:
+    """SageMaker's ``X-Amzn-SageMaker-Custom-Attributes: topk=3,threshold=0.5`` (either may be
+    absent, other keys are ignored) over ``defaults``."""
+    pairs = dict(re.findall(r"(\w+)\s*=\s*([^,;\s]+)", header or ""))
+    try:
+        topk = int(pairs["topk"]) if "topk" in pairs else None
+        threshold = float(pairs["threshold"]) if "threshold" in pairs else None
+    except ValueError:
+        raise RequestError(f"bad X-Amzn-SageMaker-Custom-Attributes {header!r}; expected topk=N,threshold=X") from None
+    try:
+        return defaults.override(topk, threshold)
+    except ValueError as exc:
+        raise RequestError(f"custom attribute {exc}") from None
+
+
+def _one_image(body: bytes | str, max_instances: int) -> tuple[list[bytes], bool]:
+    return [bytes(body)], False
+
+
+def _instances(body: bytes | str, max_instances: int) -> tuple[list[bytes], bool]:
+    """``{"instances": [{"b64": "..."}, ...]}`` -> the images' bytes, in order."""
+    try:
+        instances = json.loads(body)["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise RequestError('"instances" must be a non-empty list of {"b64": "..."} objects')
+        if len(instances) > max_instances:
+            raise RequestError(f"{len(instances)} instances is over the limit of {max_instances}")
+        return [base64.b64decode(item["b64"], validate=True) for item in instances], True
+    except RequestError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RequestError("malformed JSON body") from None
+    except (KeyError, TypeError):
+        raise RequestError('expected {"instances": [{"b64": "..."}, ...]}') from None
+    except (binascii.Error, ValueError):
+        raise RequestError("malformed base64 in instances") from None
+
+
+# Content type -> how its body becomes a list of encoded images (and whether the answer is a list).
+# To accept another content type: one entry here.
+DECODERS: dict[str, Callable[[bytes | str, int], tuple[list[bytes], bool]]] = {
+    **dict.fromkeys(IMAGE_TYPES, _one_image),
+    JSON_TYPE: _instances,
+}
+
+
+def payloads(body: bytes | str, ctype: str, max_instances: int = DEFAULT_MAX_INSTANCES) -> tuple[list[bytes], bool]:
+    """The encoded images in a request body of media type ``ctype`` (from :func:`content_type`),
+    and whether the client sent a list (then the answer is a list, in order)."""
+    if not body:
+        raise RequestError("empty body; send the image bytes, or JSON instances")
+    return DECODERS[ctype](body, max_instances)
+
+
+def decode(model: LoadedModel, data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+           index: int | None = None) -> torch.Tensor:
+    """Encoded image to the resized, cropped uint8 pixels :func:`predict` takes (PIL work only:
+    it runs on any thread). ``index`` names the image in a list when it fails."""
+    try:
+        return model.preset.load_pixels(data, max_pixels=max_pixels)
+    except ImageDecodeError as exc:
+        raise RequestError(f"instance {index}: {exc}" if index is not None else str(exc)) from None
+
+
+# --- the model --------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def probabilities(model: LoadedModel, pixels: Sequence[torch.Tensor]) -> torch.Tensor:
+    """uint8 pixels, one tensor per image, to softmax probabilities in fp32, (N, classes) on the CPU."""
+    batch = torch.stack(list(pixels)).to(model.device)
+    images = model.preset.normalize(batch).contiguous(memory_format=torch.channels_last)
+    return torch.softmax(model.model(images).float(), dim=1).cpu()
+
+
+def answer(model: LoadedModel, probs: torch.Tensor, options: Options) -> dict:
+    """One image's answer, with the field names the original project's clients parse."""
+    values, indices = probs.topk(min(options.topk, probs.numel()))
+    idx = indices.tolist()
+    return {
+        "topk_labels": [model.labels[i] for i in idx],
+        "topk_indices": idx,
+        "topk_probs": [round(v, 6) for v in values.tolist()],
+        "breeds": [model.display[i] for i in idx],
+        "low_confidence": bool(values[0].item() < options.threshold),
+    }
+
+
+def predict(model: LoadedModel, pixels: Sequence[torch.Tensor], options: Options | Sequence[Options]) -> list[dict]:
+    """One answer per image: normalise, forward, softmax, top-k, threshold. ``options`` is one for
+    every image, or one per image (a server batch mixes requests)."""
+    each = [options] * len(pixels) if isinstance(options, Options) else list(options)
+    return [answer(model, row, opts) for row, opts in zip(probabilities(model, pixels), each, strict=True)]
+
+
+def render(answers: list[dict], many: bool) -> str:
+    """The answers as JSON (the media type :func:`negotiate` chose): a list if the client sent one."""
+    return json.dumps(answers if many else answers[0])

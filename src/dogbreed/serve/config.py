@@ -1,0 +1,77 @@
+"""Every setting of ``dogbreed serve`` in one dataclass: its type, default and help (the flags are
+generated from these fields, as ``dogbreed train``'s are from TrainConfig) and its validation."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+from dogbreed.errors import DogbreedError
+from dogbreed.flags import option
+from dogbreed.runtime.loading import BACKENDS
+from dogbreed.runtime.pipeline import DEFAULT_MAX_INSTANCES, Options
+from dogbreed.runtime.presets import DEFAULT_MAX_PIXELS
+
+API_KEY_ENV = "DOGBREED_API_KEY"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class ServeConfig:
+    model: str = option(help="trained artifact (or its unpacked folder)", metavar="model.tar.gz")
+    name: str = option("dogbreed", "endpoint name /endpoints/NAME/invocations answers to")
+    host: str = option("127.0.0.1", "address to bind; 0.0.0.0 exposes the server to the network")
+    port: int = option(8080, "port; SageMaker's containers use 8080")
+    workers: int = option(1, "server processes, each with its own model copy")
+    max_batch_size: int = option(8, "most images run through the model at once; 8 is fastest on CPU, try more on GPU")
+    max_delay_ms: float = option(5.0, "how long the first image of a batch waits for others")
+    queue_size: int = option(256, "images that may wait; past it requests get 503 + Retry-After")
+    timeout_s: float = option(30.0, "a request waiting longer gets 504")
+    max_body_mb: float = option(6.0, "largest request body, in MB; larger gets 413 (6 is SageMaker's limit)")
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "largest image in pixels, checked before decoding; predict and training use the same")
+    max_instances: int = option(DEFAULT_MAX_INSTANCES, "most images in one request (JSON instances or form files)")
+    topk: int | None = option(None, "breeds per answer; a request may ask otherwise with the topk= custom attribute "
+                                    "(default: the artifact's, 5)")
+    threshold: float | None = option(None, "low_confidence below this top-1 probability; a request may ask otherwise "
+                                           "with threshold= (default: the artifact's, 0.8)")
+    backend: str = option("eager", "model runtime (torchscript and onnx need `dogbreed export` first)", choices=tuple(BACKENDS))
+    api_key: str | None = option(None, "require Authorization: Bearer KEY on everything but /ping and the page "
+                                       f"(default: ${API_KEY_ENV}, else none)")
+
+    @classmethod
+    def from_flags(cls, given: dict) -> "ServeConfig":
+        """The settings typed (``flags.given``) over the defaults; the API key may come from the
+        environment, so that it stays out of the process list."""
+        values = dict(given)
+        if values.get("api_key") is None:
+            values["api_key"] = os.environ.get(API_KEY_ENV) or None
+        return cls(**values).validate()
+
+    def validate(self) -> "ServeConfig":
+        """Each bad setting is one line naming its flag, before anything loads."""
+        if self.backend not in BACKENDS:
+            raise DogbreedError(f"--backend {self.backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
+        for key in ("max_batch_size", "queue_size", "workers", "max_instances"):
+            if getattr(self, key) < 1:
+                raise DogbreedError(f"--{key.replace('_', '-')} must be at least 1")
+        if not 1 <= self.port <= 65535:
+            raise DogbreedError(f"--port must be 1..65535, got {self.port}")
+        if not self.max_body_mb > 0 or not self.timeout_s > 0 or self.max_pixels < 1 or not self.max_delay_ms >= 0:
+            raise DogbreedError("--max-body-mb, --timeout-s and --max-pixels must be positive, --max-delay-ms at least 0")
+        try:
+            Options().override(self.topk, self.threshold)
+        except ValueError as exc:
+            raise DogbreedError(f"--{exc}") from None
+        return self
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def exposed(self) -> bool:
+        """Reachable from other machines."""
+        return self.host not in LOOPBACK
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

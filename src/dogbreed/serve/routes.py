@@ -1,0 +1,118 @@
+"""The app: SageMaker's container routes (/ping, /invocations), the SageMaker Runtime API
+(/endpoints/{name}/invocations, for boto3), /predict for people, a web page, /docs and /metrics."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from dogbreed.runtime import pipeline
+from dogbreed.serve.config import ServeConfig
+from dogbreed.serve.errors import ClientError, add_error_handlers, error_response
+from dogbreed.serve.requests import authorized, read_body
+from dogbreed.serve.server import Server
+
+PAGE = Path(__file__).with_name("page.html")
+DOCS_PAGE = Path(__file__).with_name("docs.html")
+OPEN_PATHS = ("/ping", "/", "/docs", "/openapi.json")  # health, static pages and the spec; the page's calls carry the key
+ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
+
+
+def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
+    """The app; ``server`` may come with its model already loaded (see :meth:`Server.load`)."""
+    server = server or Server(cfg)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await server.start()
+        yield
+        await server.stop()
+
+    # /docs is our own page (FastAPI's loads Swagger UI from a CDN, which fails offline).
+    app = FastAPI(title="dogbreed", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Dog-breed classification with SageMaker's endpoint contract.")
+    app.state.server = server
+    add_error_handlers(app)
+
+    @app.middleware("http")
+    async def guard_and_observe(request: Request, call_next):
+        started = time.perf_counter()
+        if request.url.path not in OPEN_PATHS and not authorized(request, cfg.api_key):
+            response = error_response(request, ClientError(401, "missing or wrong API key; send Authorization: Bearer KEY",
+                                                           {"WWW-Authenticate": "Bearer"}, kind="access"))
+        else:
+            response = await call_next(request)
+        path = getattr(request.scope.get("route"), "path", "other")
+        server.metrics.requests.labels(path, str(response.status_code)).inc()
+        server.metrics.latency.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/ping", summary="Health: 200 once the model is loaded and warmed, 503 before")
+    async def ping():
+        if not server.ready:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return {"status": "ok"}
+
+    async def invoke(request: Request) -> Response:
+        """The pipeline's steps in the order that refuses a bad request before reading its body."""
+        server.check_ready()
+        media_type = pipeline.negotiate(request.headers.get("accept"))
+        ctype = pipeline.content_type(request.headers.get("content-type"))
+        options = pipeline.custom_attributes(request.headers.get(ATTRIBUTES_HEADER), server.defaults)
+        body = await read_body(request, cfg.max_body_bytes)
+        images, many = pipeline.payloads(body, ctype, cfg.max_instances)
+        answers = await server.answer(images, many, options)
+        return Response(pipeline.render(answers, many), media_type=media_type)
+
+    @app.post("/invocations", summary="SageMaker container contract: raw image bytes (or JSON instances) in, top-k out")
+    async def invocations(request: Request):
+        return await invoke(request)
+
+    @app.post("/endpoints/{name}/invocations", summary="SageMaker Runtime InvokeEndpoint (boto3's sagemaker-runtime)")
+    async def runtime_invoke(name: str, request: Request):
+        if name != cfg.name:
+            raise ClientError(400, f"Endpoint {name} not found; this server answers to {cfg.name!r}", kind="validation")
+        response = await invoke(request)
+        response.headers["x-Amzn-Invoked-Production-Variant"] = "AllTraffic"
+        response.headers["x-amzn-RequestId"] = str(uuid.uuid4())
+        return response
+
+    @app.post("/predict", summary="Multipart upload for people and the web page: curl -F image=@dog.jpg")
+    async def predict(request: Request):
+        server.check_ready()
+        body = await read_body(request, cfg.max_body_bytes)
+        if not body:
+            raise ClientError(400, "empty body; send a multipart form with the photo in the field 'image' "
+                                   "(curl -F image=@photo.jpg)")
+
+        async def replay():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        form = await Request(request.scope, replay).form(max_files=cfg.max_instances, max_part_size=cfg.max_body_bytes)
+        uploads = [v for k, v in form.multi_items() if k == "image" and hasattr(v, "read")]
+        if not uploads:
+            raise ClientError(400, "no file in the form field 'image'; send -F image=@photo.jpg")
+        images = [await u.read() for u in uploads]
+        options = pipeline.custom_attributes(request.headers.get(ATTRIBUTES_HEADER), server.defaults)
+        answers = await server.answer(images, len(images) > 1, options)
+        return answers if len(answers) > 1 else answers[0]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs():
+        return HTMLResponse(DOCS_PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics():
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

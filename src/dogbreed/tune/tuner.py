@@ -1,0 +1,260 @@
+"""``tune()``: an Optuna study over ``dogbreed.run.train``, its workers, and the final training.
+
+Every trial is an ordinary training run stopped before its outputs; with a frozen backbone all
+trials share the embedding cache, so after the first extraction a trial costs seconds. The best
+trial's hyperparameters then get one full training that writes a normal run and artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from dogbreed import machine
+from dogbreed.batches import EMBEDDING_KEYS, warm_cache
+from dogbreed.config import TrainConfig
+from dogbreed.data.layout import scan
+from dogbreed.errors import DogbreedError
+from dogbreed.logs import quiet, quieted, setup_logging
+from dogbreed.run import train
+from dogbreed.tune import results
+from dogbreed.tune.options import OBJECTIVES, TuneOptions
+from dogbreed.tune.space import NOT_TUNABLE, Param, check_space, load_space, space_to_dict, suggest
+from dogbreed.tune.study import (
+    claim_lock,
+    create_or_load,
+    grid_points,
+    make_pruner,
+    make_sampler,
+    masked,
+    open_storage,
+    work,
+)
+
+log = logging.getLogger(__name__)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+QUIET_DURING_TRIALS = ("dogbreed.run", "dogbreed.train", "dogbreed.features")
+
+
+@dataclass
+class TuneResult:
+    study_dir: Path
+    best: dict | None
+    rows: list[dict]
+    final_run: Path | None
+    artifact: Path | None
+
+
+def default_storage(out: str, create: bool = True) -> str:
+    if create:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(out).resolve() / 'tune.db'}"
+
+
+def study_setup(base: TrainConfig, space: dict[str, Param], objective: str) -> dict:
+    """What must match for two processes to share a study (paths and devices may differ)."""
+    fixed = {k: v for k, v in base.to_dict().items() if k not in NOT_TUNABLE and k not in space}
+    return {"objective": objective, "space": space_to_dict(space), "base": fixed}
+
+
+def _components(opts: TuneOptions, space: dict[str, Param], base: TrainConfig, worker: int = 0):
+    sampler = make_sampler(opts.sampler, opts.seed + worker, opts.trials)
+    max_epochs = int(space["epochs"].high) if "epochs" in space and space["epochs"].high else base.epochs
+    return sampler, make_pruner(opts.pruner, max_epochs)
+
+
+def _objective(base: TrainConfig, space: dict[str, Param], objective: str, study_dir: Path):
+    def run_trial(trial: optuna.Trial) -> float:
+        params = suggest(trial, space)
+        name = f"trial-{trial.number:03d}"
+        cfg = dataclasses.replace(base, **params, out=str(study_dir / "trials"), name=name).validate()
+        trial.set_user_attr("epochs_planned", cfg.epochs)
+
+        def report(row: dict) -> None:
+            trial.report(row[objective], row["epoch"])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {row['epoch']}")
+
+        # A trial's checkpoints are only needed while it runs.
+        history = train(cfg, progress=False, on_epoch=report, finish=False, keep_checkpoints=False).history
+        pick = min if OBJECTIVES[objective] == "minimize" else max
+        best = pick(history, key=lambda r: r[objective])
+        trial.set_user_attr("epochs_run", len(history))
+        trial.set_user_attr("best_epoch", best["epoch"])
+        trial.set_user_attr("val_loss", best["val_loss"])
+        trial.set_user_attr("val_accuracy", best["val_accuracy"])
+        return best[objective]
+
+    return run_trial
+
+
+def _run_worker(storage: RDBStorage, url: str, opts: TuneOptions, base: TrainConfig, space: dict[str, Param],
+                study_dir: Path, worker: int) -> int:
+    sampler, pruner = _components(opts, space, base, worker)
+    study = optuna.load_study(study_name=opts.study, storage=storage, sampler=sampler, pruner=pruner)
+    return work(study, storage, _objective(base, space, opts.objective, study_dir), poll_s=min(1.0, opts.heartbeat),
+                lock=claim_lock(url))
+
+
+def _worker_process(url, opts, base, space, study_dir, worker, threads) -> None:
+    """Entry of a ``--parallel`` worker process (spawned: a fresh interpreter, no inherited threads)."""
+    import torch
+
+    os.environ["TQDM_DISABLE"] = "1"
+    setup_logging()
+    quiet(QUIET_DURING_TRIALS)
+    torch.set_num_threads(threads)
+    _run_worker(open_storage(url, opts.heartbeat), url, opts, base, space, study_dir, worker)
+
+
+class _Progress(threading.Thread):
+    """Prints one line per finished trial and a bar over trials, by polling the shared storage."""
+
+    def __init__(self, study: optuna.Study, objective: str, enabled: bool):
+        super().__init__(daemon=True)
+        self.study, self.objective = study, objective
+        self.seen: set[int] = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
+        self.stop = threading.Event()
+        total = len(study.get_trials(deepcopy=False))
+        self.bar = tqdm(total=total, initial=len(self.seen), desc="trials", unit="trial", disable=not enabled)
+
+    def poll(self) -> None:
+        trials = self.study.get_trials(deepcopy=False)
+        self.bar.total = len(trials)
+        params = sorted({p for t in trials for p in t.params})
+        for t in trials:
+            if t.state in FINISHED and t.number not in self.seen:
+                self.seen.add(t.number)
+                self.bar.update(1)
+                tqdm.write(results.format_trial(results.trial_row(t, params), self.objective))
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            self.poll()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join()
+        self.poll()
+        self.bar.close()
+
+
+def tune(base: TrainConfig, opts: TuneOptions, *, progress: bool = True) -> TuneResult:
+    opts.validate()
+    space = load_space(opts.space)
+    points = None
+    if opts.sampler == "grid":
+        if any(p.type == "float" and p.step is None for p in space.values()):
+            log.info("grid sampler: float ranges are sampled at 3 points each (give a step for another grid)")
+        points = grid_points({name: p.grid() for name, p in space.items()}, opts.seed)
+        if opts.trials > len(points):
+            log.info("grid sampler: the grid has %d points, so %d trials instead of %d", len(points), len(points), opts.trials)
+            opts = dataclasses.replace(opts, trials=len(points))
+    scan(base.data)  # a missing or misshapen data set is said before any study is made
+    check_space(space, base, opts.space)
+    study_dir = Path(base.out) / f"tune-{opts.study}"
+    url = opts.storage or default_storage(base.out)
+    storage = open_storage(url, opts.heartbeat)
+    sampler, pruner = _components(opts, space, base)
+    study, created = create_or_load(storage, opts.study, setup=study_setup(base, space, opts.objective),
+                                    trials=opts.trials, sampler=sampler, pruner=pruner, points=points)
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    log.info("study %s %s in %s: %d trial(s) planned, %d finished; %d local worker(s); objective %s (%s)",
+             opts.study, "created" if created else "joined", masked(url), study.user_attrs["planned_trials"], done,
+             opts.parallel, opts.objective, OBJECTIVES[opts.objective])
+
+    if base.uses_feature_cache and not EMBEDDING_KEYS & set(space) and study.get_trials(
+            deepcopy=False, states=(TrialState.WAITING,)):
+        # Every trial shares these embeddings: compute them once here, with all cores, not in a worker.
+        stats = warm_cache(base, progress=progress)
+        log.info("embeddings ready: %d cached, %d computed", stats["hits"], stats["computed"])
+    bar = _Progress(study, opts.objective, progress)
+    bar.start()
+    try:
+        if opts.parallel == 1:
+            with quieted(QUIET_DURING_TRIALS):
+                _run_worker(storage, url, opts, base, space, study_dir, 0)  # in this process: its one storage
+        else:
+            _run_processes(url, opts, base, space, study_dir)
+    finally:
+        bar.close()
+    return finish(study, opts, base, url, study_dir, progress=progress)
+
+
+def _run_processes(url, opts, base, space, study_dir) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, machine.available_cpus() // opts.parallel)
+    # Not daemonic: a trial on images starts DataLoader worker processes of its own.
+    procs = [ctx.Process(target=_worker_process, args=(url, opts, base, space, study_dir, i, threads))
+             for i in range(opts.parallel)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        log.warning("%d worker process(es) exited with an error (codes %s)", len(failed), failed)
+
+
+def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, study_dir: Path, *,
+           progress: bool = True) -> TuneResult:
+    """Table, plots, the final training with the best hyperparameters, and best.json."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    rows = results.table(study)
+    results.write_table(rows, study_dir / "trials.csv")
+    plots = results.write_plots(study, study_dir / "plots")
+    best = results.best_summary(study)
+    counts = {s.name: sum(r["state"] == s.name for r in rows) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    doc = {"study": opts.study, "storage": masked(url), "objective": opts.objective,
+           "direction": OBJECTIVES[opts.objective], "trials": counts, "pruning": results.pruning_savings(study),
+           "best_trial": best, "plots": plots}
+    final_run = artifact = None
+    if best is not None:
+        log.info("best trial %d: %s %.4f with %s", best["number"], opts.objective, best["value"],
+                 " ".join(f"{k}={results._fmt(v)}" for k, v in best["params"].items()))
+        earlier = _earlier_final(study_dir / "best.json", best)
+        if opts.final and earlier:
+            log.info("final training already done for trial %d: %s", best["number"], earlier["artifact"])
+            final_run, artifact = Path(earlier["run_dir"]), Path(earlier["artifact"])
+            doc["final_run"] = earlier
+        elif opts.final:
+            log.info("final training with the best hyperparameters")
+            cfg = dataclasses.replace(base, **best["params"], out=str(study_dir), name="best").validate()
+            run = train(cfg, progress=progress)
+            final_run, artifact = run.run_dir, run.artifact
+            doc["final_run"] = {"run_dir": str(run.run_dir), "artifact": str(run.artifact), "trial": best["number"], **run.test}
+    results.write_best(study_dir / "best.json", doc)
+    log.info("results: %s (best.json, trials.csv, plots/)", study_dir)
+    if best is None:
+        errors = [t.user_attrs["error"] for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                  if "error" in t.user_attrs]
+        why = f"; the first error: {errors[0]}" if errors else ""
+        raise DogbreedError(f"no trial completed ({counts['FAIL']} failed, {counts['PRUNED']} pruned){why}; "
+                            f"see {study_dir / 'trials.csv'}")
+    return TuneResult(study_dir, best, rows, final_run, artifact)
+
+
+def _earlier_final(best_json: Path, best: dict) -> dict | None:
+    """The final run an earlier ``tune`` of this study made, if it trained this same best trial and
+    its artifact is still there: rerunning a finished study does not train it again."""
+    try:
+        final = json.loads(best_json.read_text(encoding="utf-8")).get("final_run") or {}
+    except (OSError, ValueError):
+        return None
+    return final if final.get("trial") == best["number"] and Path(final.get("artifact", "")).is_file() else None

@@ -1,0 +1,83 @@
+"""A run from config to artifact: the files it writes, and how it fails."""
+
+import csv
+import json
+
+import torch
+import yaml
+
+from dogbreed import config
+from dogbreed.run import train
+
+from .conftest import TINY, run_cli
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+def test_a_run_writes_every_file_and_metrics_that_mean_what_they_say(trained_run, synth_data):
+    run = trained_run.run_dir
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["checkpoints", "config.yaml", "confusion.png", "curves.png", "labels.json", "metrics.csv",
+                     "model.tar.gz", "per_class.csv", "profile", "results.json"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    rows = _rows(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+    assert list(rows[0]) == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5", "lr", "seconds"]
+    for r in rows:
+        assert 0 <= float(r["val_accuracy"]) <= float(r["val_top5"]) <= 1
+    results = json.loads((run / "results.json").read_text())
+    assert results["test_n"] == 8  # the real test split, not the valid split again
+    assert set(results["per_class_accuracy"]) == {"001.Affenpinscher", "002.Afghan_hound", "003.Airedale_terrier", "004.Akita"}
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    assert results["best_epoch"] == int(best["epoch"])
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["backbone"] == "resnet18" and saved["epochs"] == 4
+    for png in ("curves.png", "confusion.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+def test_unfrozen_layer4_trains_on_images(synth_data, tmp_path):
+    result = train(config.resolve(overrides={**TINY, "data": str(synth_data), "out": str(tmp_path), "epochs": 2,
+                                             "train_layers": "layer4"}), progress=False)
+    assert len(result.history) == 2 and result.artifact.is_file()
+
+def test_frozen_layers_keep_their_weights_and_batchnorm_statistics_in_a_real_run(synth_data, tiny_weights, tmp_path):
+    from dogbreed.archive import safe_extract_tar
+
+    result = train(config.resolve(overrides={**TINY, "data": str(synth_data), "weights": str(tiny_weights),
+                                             "out": str(tmp_path), "epochs": 2, "train_layers": "layer4"}), progress=False)
+    safe_extract_tar(result.artifact, tmp_path / "model")
+    trained = torch.load(tmp_path / "model" / "model.pth", weights_only=True)
+    start = torch.load(tiny_weights, weights_only=True)
+    for key in ("bn1.running_mean", "bn1.running_var", "layer1.0.conv1.weight", "layer3.1.bn2.running_mean"):
+        assert torch.equal(trained[key], start[key]), key  # frozen: untouched, statistics included
+    assert not torch.equal(trained["layer4.0.conv1.weight"], start["layer4.0.conv1.weight"])  # trained
+
+def test_a_split_with_no_readable_image_is_one_line_and_leaves_nothing(data_copy, tmp_path):
+    for f in (data_copy / "valid").rglob("*.jpg"):
+        f.write_bytes(f.read_bytes()[:200])  # valid headers, truncated pixels
+    proc = run_cli("train", "--data", str(data_copy), "--out", str(tmp_path / "runs"), "--backbone", "resnet18",
+                   "--no-pretrained", "--image-size", "64", "--workers", "0", "--epochs", "1", "--no-progress")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no image could be decoded while embedding valid")
+    assert "Traceback" not in proc.stderr
+    assert list((tmp_path / "runs").iterdir()) == []  # the run folder was removed
+
+def test_a_diverging_run_stops_with_one_line_and_leaves_nothing(synth_data, tiny_weights, tmp_path):
+    proc = run_cli("train", "--data", str(synth_data), "--out", str(tmp_path / "runs"), "--weights", str(tiny_weights),
+                   *(f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "pretrained"), "--no-pretrained",
+                   "--lr", "1e20", "--epochs", "2", "--no-progress")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: training diverged in epoch 1")
+    assert list((tmp_path / "runs").iterdir()) == []  # diverged before its first checkpoint: nothing kept
+
+def test_runs_started_together_with_one_name_get_distinct_folders(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dogbreed.run import new_run_dir
+
+    cfg = config.resolve(overrides={"out": str(tmp_path), "name": "same"})
+    with ThreadPoolExecutor(8) as pool:
+        dirs = list(pool.map(lambda _: new_run_dir(cfg), range(16)))
+    assert len(set(dirs)) == 16 and all((d / "checkpoints").is_dir() for d in dirs)
