@@ -48,10 +48,20 @@ def test_corrupt_artifact_is_one_clear_error(tmp_path):
         load_artifact(bad)
 
 
-def test_artifact_with_corrupt_weights(trained_run, tmp_path):
+@pytest.mark.parametrize("content", [b"broken", b"some notes\nline two\n", bytes(range(256)) * 8],
+                         ids=["short", "text", "random"])
+def test_artifact_with_garbage_weights_says_so(trained_run, tmp_path, content):
     safe_extract_tar(trained_run.artifact, tmp_path / "x")
-    (tmp_path / "x" / "model.pth").write_bytes(b"broken")
-    with pytest.raises(DogbreedError, match="model.pth is corrupt"):
+    (tmp_path / "x" / "model.pth").write_bytes(content)
+    with pytest.raises(DogbreedError) as caught:
+        load_artifact(tmp_path / "x")
+    assert str(caught.value).endswith("model.pth is unreadable (it is not a PyTorch weights file, or a damaged one)")
+
+
+def test_weights_of_another_network_do_not_match(trained_run, tmp_path):
+    safe_extract_tar(trained_run.artifact, tmp_path / "x")
+    torch.save(models.get_model("resnet18", num_classes=7).state_dict(), tmp_path / "x" / "model.pth")
+    with pytest.raises(DogbreedError, match="model.pth does not match model.json .*size mismatch for fc.weight"):
         load_artifact(tmp_path / "x")
 
 
@@ -94,7 +104,7 @@ def test_artifact_with_a_corrupt_torchscript_export(trained_run, tmp_path):
 def test_pickled_code_in_model_pth_is_never_run(trained_run, tmp_path):
     safe_extract_tar(trained_run.artifact, tmp_path / "x")
     torch.save({"evil": print}, tmp_path / "x" / "model.pth")
-    with pytest.raises(DogbreedError, match="model.pth is corrupt") as caught:
+    with pytest.raises(DogbreedError, match="model.pth is unreadable") as caught:
         load_artifact(tmp_path / "x")
     message = str(caught.value)  # no advice to load it unsafely, and the folder named once
     assert "pickled objects, not just tensors" in message and "weights_only" not in message

@@ -1,6 +1,7 @@
 """Checkpoints and resume: a killed run continues where it stopped."""
 
 import csv
+import os
 import signal
 import subprocess
 import sys
@@ -99,12 +100,41 @@ def test_resuming_a_finished_run_says_so_and_a_failed_resume_changes_nothing(tra
     assert "does not exist" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before  # status, profile, checkpoints untouched
 
+
 def test_a_run_started_with_relative_paths_resumes_from_anywhere(synth_data, tmp_path):
     tiny = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "pretrained"]
-    first = run_cli("train", "--data", synth_data.name, "--out", str(tmp_path / "runs"), "--name", "rel", "--epochs", "1",
+    out = tmp_path / "runs"
+    first = run_cli("train", "--data", synth_data.name, "--out", os.path.relpath(out, synth_data.parent), "--name", "rel",
+                    "--epochs", "1",
                     "--no-pretrained", "--no-profile", "--no-progress", *tiny, cwd=synth_data.parent)
     assert first.returncode == 0, first.stderr
-    saved = yaml.safe_load((tmp_path / "runs" / "rel" / "config.yaml").read_text())
-    assert saved["data"] == str(synth_data.resolve())
+    saved = yaml.safe_load((out / "rel" / "config.yaml").read_text())
+    assert saved["data"] == str(synth_data.resolve()) and saved["out"] == str(out.resolve())
     resumed = run_cli("train", "--resume", str(tmp_path / "runs" / "rel"), "--epochs", "2", "--no-progress", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_a_run_killed_before_its_first_epoch_resumes_from_epoch_1(synth_data, tiny_weights, tmp_path):
+    """Killed while embedding (the long part of a cached run's start): its config is saved, no epoch
+    is. The resume trains it from epoch 1 with that config, without being told anything again."""
+    run = tmp_path / "runs" / "early"
+    args = ["train", "--data", str(synth_data), "--out", str(tmp_path / "runs"), "--name", "early", "--weights",
+            str(tiny_weights), "--cache-dir", str(tmp_path / "cache"), "--aug-views", "8", "--epochs", "3",
+            *(f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "pretrained"), "--no-pretrained",
+            "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "dogbreed", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and not (run / "config.yaml").exists():
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (run / "config.yaml").is_file()
+    for ckpt in (run / "checkpoints").glob("*.pt"):  # a machine fast enough to finish an epoch first: as if it had not
+        ckpt.unlink()
+    resumed = run_cli("train", "--resume", str(run), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "it has no finished epoch, so it trains from epoch 1 with its saved config" in resumed.stdout
+    assert [r["epoch"] for r in _rows(run / "metrics.csv")] == ["1", "2", "3"]
+    assert (run / "model.tar.gz").is_file()

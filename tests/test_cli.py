@@ -2,6 +2,7 @@
 
 import shutil
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,13 +122,31 @@ def test_corrupt_artifact_in_predict(samples, tmp_path):
     (["--threshold", "80"], "--threshold must be in [0, 1], got 80"),
     (["--topk", "1001"], "--topk must be 1..1000, got 1001"),
     (["--backend", "tensorrt"], "--backend 'tensorrt' is not available; choose one of: eager, torchscript, onnx"),
+    (["--max-instances", "300"], "--max-instances 300 is over --queue-size 256: a request of that many images could "
+                                 "never be queued; raise --queue-size or lower --max-instances"),
     (["--max-batch-size", "0"], "--max-batch-size must be at least 1"),
-    (["--port", "99999"], "--port must be 1..65535, got 99999"),
+    (["--port", "99999"], "--port must be 0..65535 (0: any free port), got 99999"),
+    (["--name", ""], "--name '' is not an endpoint name: 1 to 63 letters, digits and hyphens"),
+    (["--name", "a/b"], "--name 'a/b' is not an endpoint name"),
+    (["--host", "no.such.host.invalid"], "--host 'no.such.host.invalid' is not an address of this machine"),
     (["--max-body-mb", "0"], "--max-body-mb, --timeout-s and --max-pixels must be positive, --max-delay-ms at least 0"),
 ])
 def test_serve_refuses_bad_settings_before_loading(tmp_path, capsys, flags, message):
     assert main(["serve", "--model", str(tmp_path / "model.tar.gz"), *flags]) == 1
-    assert capsys.readouterr().err.strip().endswith(message)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(tmp_path / "missing.tar.gz"), "--port", str(port)]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: port {port} on 127.0.0.1 is in use (another server?); pick another "
+                                               f"--port, or --port 0 for any free one")
 
 
 def test_export_takes_an_unpacked_artifact_quietly(trained_run, samples, tmp_path, capsys):
@@ -151,3 +170,41 @@ def test_a_path_that_is_a_file_is_one_line(tmp_path, capsys):
     assert main(["data", "synth", str(tmp_path / "notes.txt" / "sub"), "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "Not a directory" in err and err.count("\n") == 0
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda:x", "meta"])
+def test_a_bad_device_is_one_line_before_anything_starts(synth_data, tmp_path, device):
+    _one_line_error(run_cli(*TRAIN, "--data", str(synth_data), "--out", str(tmp_path / "runs"), "--device", device),
+                    f"device {device!r}")
+    assert not (tmp_path / "runs").exists()
+    proc = run_cli("tune", "--data", str(synth_data), "--out", str(tmp_path / "tuning"), "--device", device,
+                   "--backbone", "resnet18", "--no-pretrained", "--no-progress")
+    _one_line_error(proc, f"device {device!r}")
+    assert not (tmp_path / "tuning").exists()  # no study database, no waiting trials
+
+
+def test_paths_that_are_files_and_names_that_escape_are_one_line(synth_data, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a file")
+    _one_line_error(run_cli(*TRAIN, "--data", str(notes), "--out", str(tmp_path / "runs")),
+                    f"data dir {notes} is a file, not a folder")
+    check = run_cli("data", "check", str(notes))  # data check ends its list of errors with their count
+    assert check.returncode == 1 and f"error: data dir {notes} is a file, not a folder" in check.stderr
+    _one_line_error(run_cli("report", str(notes)), f"run folder {notes} is a file, not a folder")
+    _one_line_error(run_cli(*TRAIN, "--data", str(synth_data), "--out", str(notes / "runs")),
+                    f"--out {notes / 'runs'}: {notes} is a file, not a folder; pass a folder")
+    _one_line_error(run_cli(*TRAIN, "--data", str(synth_data), "--out", str(tmp_path / "runs"), "--name", "../escape"),
+                    "name '../escape' must be a plain folder name")
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "runs").exists()
+
+
+def test_export_never_overwrites_its_input_nor_stacks_suffixes(trained_run, tmp_path):
+    artifact = Path(shutil.copy(trained_run.artifact, tmp_path / "model.tar.gz"))
+    before = artifact.read_bytes()
+    _one_line_error(run_cli("export", str(artifact), "--out", str(artifact)), "is the artifact being exported")
+    assert artifact.read_bytes() == before
+    first = run_cli("export", str(artifact))
+    assert first.returncode == 0 and (tmp_path / "model-torchscript.tar.gz").is_file(), first.stderr
+    again = run_cli("export", str(tmp_path / "model-torchscript.tar.gz"), "--format", "onnx")
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "model-onnx.tar.gz").is_file() and not list(tmp_path.glob("*-torchscript-*"))

@@ -50,8 +50,14 @@ def test_weights_file_for_another_backbone_is_refused(tmp_path):
 
 def test_weights_file_that_pickles_code_is_refused(tmp_path):
     torch.save({"fc.weight": torch.zeros(1), "hook": print}, tmp_path / "evil.pth")
-    with pytest.raises(DogbreedError, match="not a readable state dict"):
+    with pytest.raises(DogbreedError, match="is unreadable .it holds pickled objects, not just tensors"):
         build_model("resnet18", 5, weights=str(tmp_path / "evil.pth"))
+
+
+def test_a_weights_file_that_is_text_says_so(tmp_path):
+    (tmp_path / "notes.txt").write_text("these are my notes\n")
+    with pytest.raises(DogbreedError, match="is unreadable .it is not a PyTorch weights file, or a damaged one.$"):
+        build_model("resnet18", 5, weights=str(tmp_path / "notes.txt"))
 
 
 def test_offline_pretrained_weights_is_one_clear_line(monkeypatch):

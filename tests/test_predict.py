@@ -79,3 +79,13 @@ def test_bad_flags_are_refused_before_the_model_loads(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: --topk must be 1..1000, got 0"
     assert main(["predict", "x.jpg", "--model", missing, "--threshold", "nan"]) == 1
     assert capsys.readouterr().err.strip() == "error: --threshold must be in [0, 1], got nan"
+
+
+def test_an_empty_file_and_a_run_folder_are_named_for_what_they_are(trained_run, samples, tmp_path, capsys):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    assert main(["predict", str(empty), "--model", str(trained_run.artifact), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"] == f"{empty}: empty (0 bytes)"
+    assert main(["predict", str(samples / "Boxer_02426.jpg"), "--model", str(trained_run.run_dir)]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: {trained_run.run_dir} is a run folder, not a model; pass its "
+                                               f"artifact, {trained_run.run_dir / 'model.tar.gz'}")

@@ -81,3 +81,15 @@ def test_runs_started_together_with_one_name_get_distinct_folders(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         dirs = list(pool.map(lambda _: new_run_dir(cfg), range(16)))
     assert len(set(dirs)) == 16 and all((d / "checkpoints").is_dir() for d in dirs)
+
+
+def test_a_data_set_where_no_image_reads_fails_before_the_run_starts(data_copy, tmp_path):
+    for f in data_copy.rglob("*.jpg"):
+        f.write_bytes(b"not a jpeg at all")
+    proc = run_cli("train", "--data", str(data_copy), "--out", str(tmp_path / "runs"), "--backbone", "resnet18",
+                   "--no-pretrained", "--image-size", "64", "--workers", "0", "--epochs", "1", "--no-progress")
+    assert proc.returncode == 1 and "0/0/0 images" not in proc.stdout
+    assert proc.stderr.count("warning: skipping unreadable image") == 10 and "skipping 54 more unreadable images" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: no readable image in train/, valid/, test/ of {data_copy}; "
+                                                    f"`dogbreed data check {data_copy}` lists each file and why")
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())

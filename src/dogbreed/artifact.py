@@ -98,6 +98,8 @@ def load_artifact(path: str | os.PathLike, device: str | None = None, backend: s
     path = Path(path)
     name = name or path
     if path.is_dir():
+        if not (path / MODEL_FILE).exists() and (path / "model.tar.gz").is_file():
+            raise DogbreedError(f"{path} is a run folder, not a model; pass its artifact, {path / 'model.tar.gz'}")
         return _load(path, name, device, backend)
     with extracted(path) as model_dir:
         return _load(model_dir, name, device, backend)

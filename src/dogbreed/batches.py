@@ -23,10 +23,11 @@ from dogbreed.data.layout import Layout, load_for_training
 from dogbreed.data.loaders import ImageDataset, TensorBatches, image_loader, shutdown_workers
 from dogbreed.features import FeatureCache, feature_extractor
 from dogbreed.hooks import NO_HOOKS, StepHooks
+from dogbreed.machine import resolve_device
 from dogbreed.model import build_model, eval_preset, registered, train_mode
 from dogbreed.runtime.network import get_head
 from dogbreed.runtime.presets import EvalPreset, TrainPreset
-from dogbreed.train import amp_dtype_for, resolve_device
+from dogbreed.train import amp_dtype_for
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from dogbreed.config import PROFILE_KEYS, TrainConfig
 from dogbreed.data.layout import scan
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_torch_save
-from dogbreed.runtime.loading import load_failure
+from dogbreed.runtime.loading import load_failure, read_tensors
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Checkpoints:
                 shuffle: torch.Generator | None) -> FitState:
         """Load last.pt into the run's freshly built objects; returns where the loop stood."""
         try:
-            ckpt = torch.load(self.last, map_location="cpu", weights_only=True)
+            ckpt = read_tensors(self.last)
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
@@ -86,7 +86,7 @@ class Checkpoints:
 
     def load_best(self, model: nn.Module) -> int:
         """The best epoch's weights into ``model``; returns that epoch."""
-        best = torch.load(self.best, map_location="cpu", weights_only=True)
+        best = read_tensors(self.best)
         model.load_state_dict(best["model"])
         return best["epoch"]
 

@@ -18,6 +18,7 @@ import yaml
 from dogbreed.errors import DogbreedError
 from dogbreed.files import read_yaml
 from dogbreed.flags import option as _opt
+from dogbreed.machine import DEVICES, resolve_device
 from dogbreed.runtime.network import BACKBONES
 from dogbreed.runtime.pipeline import DEFAULT_THRESHOLD, Options
 
@@ -47,7 +48,7 @@ class TrainConfig:
     cache_dir: str | None = _opt(None, "embedding cache folder (default: $DOGBREED_CACHE or ~/.cache/dogbreed)")
     patience: int = _opt(0, "stop after this many epochs without a better val_loss (0 = never stop early)")
     seed: int = _opt(0, "random seed (data order, augmentation, head init)")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    device: str = _opt("auto", DEVICES)
     amp: str = _opt("auto", "mixed precision: auto (bf16 where the device supports it), bf16 or off", choices=AMP_MODES)
     workers: int | None = _opt(None, "data-loader worker processes (default: the machine's cores)")
     threshold: float = _opt(DEFAULT_THRESHOLD, "top-1 probability under which a prediction is flagged low-confidence")
@@ -80,6 +81,10 @@ class TrainConfig:
             raise DogbreedError("aug_views, patience and workers cannot be negative")
         if min(self.debug_interval, self.trace_start, self.trace_steps) < 0 or self.profile_interval_ms < 50:
             raise DogbreedError("debug_interval, trace_start and trace_steps cannot be negative; profile_interval_ms is at least 50")
+        resolve_device(self.device)  # a device this machine has, or one line saying which it has
+        if self.name is not None and (self.name in ("", ".", "..") or "/" in self.name or os.sep in self.name):
+            raise DogbreedError(f"name {self.name!r} must be a plain folder name (no '/', not '.' or '..'): "
+                                f"the run's folder is made inside --out")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise DogbreedError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         return self

@@ -32,8 +32,13 @@ def export(artifact: str | os.PathLike, fmt: str = "torchscript", out: str | os.
     artifact = Path(artifact)
     if not artifact.exists():
         raise DogbreedError(f"model artifact {artifact} does not exist")
-    name = artifact.name.replace(".tar.gz", "") if artifact.is_file() else artifact.name
+    name = artifact.name.removesuffix(".tar.gz")
+    for suffix in FORMATS:  # an export of an export: model-onnx, not model-torchscript-onnx
+        name = name.removesuffix(f"-{suffix}")
     out = Path(out) if out else artifact.with_name(f"{name}-{fmt}.tar.gz")
+    if out.resolve() == artifact.resolve():
+        raise DogbreedError(f"{out} is the artifact being exported, which the export would overwrite; "
+                            f"pass --out with another path")
     with tempfile.TemporaryDirectory(prefix="dogbreed-export-") as tmp:
         if artifact.is_dir():  # an unpacked artifact, as predict and serve take
             shutil.copytree(artifact, tmp, dirs_exist_ok=True)

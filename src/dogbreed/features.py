@@ -26,6 +26,7 @@ from dogbreed.data.loaders import ImageDataset, image_loader
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_torch_save, file_lock
 from dogbreed.hooks import NO_HOOKS, StepHooks
+from dogbreed.runtime.loading import read_tensors
 from dogbreed.runtime.network import set_head
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class FeatureCache:
         if not path.exists():
             return None
         try:
-            doc = torch.load(path, map_location="cpu", weights_only=True)
+            doc = read_tensors(path)
         except Exception as exc:  # a damaged entry is recomputed, never trusted
             log.warning("embedding cache entry %s is unreadable (%s); recomputing", path, exc)
             return None

@@ -13,6 +13,19 @@ import yaml
 from dogbreed.errors import DogbreedError
 
 
+def make_folder(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a folder, made with its parents if missing; a file in the way is one line naming
+    ``what`` ("--out", say) instead of ``File exists``."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise DogbreedError(f"{what} {path}: {part} is a file, not a folder; pass a folder")
+            break
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextmanager
 def file_lock(path: str | os.PathLike):
     """An exclusive advisory lock on ``path`` held for the block (released if the process dies)."""

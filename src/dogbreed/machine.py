@@ -1,4 +1,5 @@
-"""What the machine this process runs on offers: usable CPUs, the CPU's instruction sets, bf16.
+"""What the machine this process runs on offers: usable CPUs, the CPU's instruction sets, bf16,
+the devices a run may ask for.
 
 Asked here, and only here, so that data loaders, the server's decode pool, tuning workers, the
 profiler and the benchmarks agree on one answer.
@@ -11,6 +12,8 @@ import math
 import os
 import platform
 from pathlib import Path
+
+from dogbreed.errors import DogbreedError
 
 # The instruction sets that decide how fast a network runs on a CPU.
 NOTABLE_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
@@ -68,3 +71,29 @@ def describe() -> str:
     """One line for a benchmark's header: model, usable CPUs and the flags that matter."""
     flags = notable_flags()
     return f"{cpu_model()}, {available_cpus()} CPUs, flags: {' '.join(flags) or 'none of ' + ' '.join(NOTABLE_FLAGS)}"
+
+
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(name: str = "auto"):
+    """The torch device ``--device NAME`` means here; a name that is not a device this machine can
+    train on is one line saying which are."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise DogbreedError(f"device {name!r} is not valid; use {DEVICES}") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise DogbreedError(f"device {name!r} cannot train dogbreed models; use {DEVICES}")
+    if not torch.cuda.is_available():
+        raise DogbreedError(f"device {name} was asked for but no CUDA GPU is visible; use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise DogbreedError(f"device {name} was asked for but only {torch.cuda.device_count()} GPU(s) are visible "
+                            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return device

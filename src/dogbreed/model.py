@@ -17,7 +17,7 @@ from torchvision import models
 
 from dogbreed.errors import DogbreedError
 from dogbreed.runtime import network
-from dogbreed.runtime.loading import load_failure
+from dogbreed.runtime.loading import read_tensors
 from dogbreed.runtime.network import Backbone, replace_head
 from dogbreed.runtime.presets import EvalPreset
 
@@ -71,11 +71,11 @@ def download_weights(weights: models.WeightsEnum) -> Path:
 def load_backbone_weights(model: nn.Module, backbone: str, path: str | os.PathLike) -> None:
     """Load a torchvision state dict into the 1000-way model; the head is replaced afterwards."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_tensors(path)
     except FileNotFoundError:
         raise DogbreedError(f"weights file {path} does not exist") from None
-    except Exception as exc:
-        raise DogbreedError(f"weights file {path} is not a readable state dict ({load_failure(exc)})") from None
+    except (OSError, ValueError) as exc:
+        raise DogbreedError(f"weights file {path} is unreadable ({exc})") from None
     if not isinstance(state, dict):
         raise DogbreedError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
     head = registered(backbone).head

@@ -25,9 +25,10 @@ from dogbreed.artifact import model_meta, write_artifact, write_model_dir
 from dogbreed.batches import Batches, build_batches
 from dogbreed.checkpoints import Checkpoints, FitState, check_resumable
 from dogbreed.config import TrainConfig
-from dogbreed.data.layout import SPLITS, Labels, load_for_training
-from dogbreed.files import atomic_write_text
+from dogbreed.data.layout import SPLITS, Labels, load_for_training, scan
+from dogbreed.files import atomic_write_text, make_folder
 from dogbreed.hooks import NO_HOOKS, NoHooks
+from dogbreed.machine import resolve_device
 from dogbreed.model import build_model, eval_preset, freeze
 from dogbreed.plots import confusion_matrix, plot_confusion, plot_curves
 from dogbreed.runtime.presets import EvalPreset
@@ -38,7 +39,6 @@ from dogbreed.train import (
     evaluate,
     fit,
     format_epoch,
-    resolve_device,
     sagemaker_line,
 )
 
@@ -62,6 +62,8 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
     the run ends, however it ends."""
     if resume:
         check_resumable(Path(resume), cfg)
+    else:
+        scan(cfg.data)  # a missing or misshapen data set fails before any folder is made
     run_dir = Path(resume) if resume else new_run_dir(cfg)
     try:
         return _observed(run_dir, cfg, resume=bool(resume), progress=progress, on_epoch=on_epoch, finish=finish)
@@ -78,9 +80,8 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
-    base = Path(cfg.out)
+    base = make_folder(cfg.out, "--out")
     name = cfg.name or f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.backbone}"
-    base.mkdir(parents=True, exist_ok=True)
     run_dir, n = base / name, 1
     while True:
         try:
@@ -151,7 +152,7 @@ def _run(run_dir: Path, cfg: TrainConfig, device: torch.device, hooks: NoHooks, 
     frozen = freeze(model, cfg.backbone, cfg.train_layers)
 
     # Paths saved absolute: `--resume` works from any folder.
-    paths = {k: str(Path(v).resolve()) for k in ("data", "weights", "cache_dir", "rules") if (v := getattr(cfg, k))}
+    paths = {k: str(Path(v).resolve()) for k in ("data", "out", "weights", "cache_dir", "rules") if (v := getattr(cfg, k))}
     cfgmod.save_yaml(dataclasses.replace(cfg, **paths), run_dir / "config.yaml")
     labels.write(run_dir / "labels.json")
     hooks.describe_data(labels.names, data.counts()["train"])
@@ -167,7 +168,12 @@ def _run(run_dir: Path, cfg: TrainConfig, device: torch.device, hooks: NoHooks, 
     scheduler = cosine_schedule(optimizer, cfg.epochs * len(batches.train), cfg.scheduler)
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.to_dict())
     shuffle = getattr(batches.train, "generator", None)
-    state = checkpoints.restore(batches.trainable, optimizer, scheduler, shuffle) if resume else FitState()
+    if resume and checkpoints.last.exists():
+        state = checkpoints.restore(batches.trainable, optimizer, scheduler, shuffle)
+    else:
+        if resume:  # killed before its first epoch ended (while embedding, say): start over, same config
+            log.info("resuming %s: it has no finished epoch, so it trains from epoch 1 with its saved config", run_dir)
+        state = FitState()
     hooks.watch(batches.trainable, prefix=batches.watched, start_step=state.epoch * len(batches.train))
 
     def report(row: dict) -> None:

@@ -27,15 +27,6 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5", "lr", "seconds")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DogbreedError(f"device {name} was asked for but no CUDA GPU is visible; use --device cpu")
-    return device
-
-
 def amp_dtype_for(device: torch.device, mode: str) -> torch.dtype | None:
     """bf16 autocast where the hardware runs it natively (Ampere+ GPUs, CPUs with AVX512-BF16/AMX)."""
     if mode == "off":

@@ -145,13 +145,14 @@ def test_malicious_archive_is_refused_and_nothing_is_written(origin_factory, tmp
     assert not (tmp_path / "evil.txt").exists()
 
 
-def test_offline_is_one_clear_line(tmp_path, capsys):
+def test_offline_is_one_clear_line_and_leaves_no_folder(tmp_path, capsys):
     port = free_port()
     url = f"http://127.0.0.1:{port}/dogImages.zip"
-    assert main(["data", "fetch", "--dest", str(tmp_path), "--url", url, "--no-progress"]) == 1
+    assert main(["data", "fetch", "--dest", str(tmp_path / "new"), "--url", url, "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert err.startswith(f"error: cannot reach {url}") and "dogbreed data fetch --zip PATH" in err
+    assert not (tmp_path / "new").exists()  # made for a download that never began
 
 
 def test_zip_flag_extracts_a_local_copy(synth_data, tmp_path):

@@ -101,3 +101,23 @@ def test_check_warns_of_a_test_photo_that_is_also_in_train(data_copy):
     leak = [w for w in report.warnings if "more than one split" in w]
     assert leak and leak[0].startswith("1 image(s) appear") and str(copy) in leak[0] and str(test_photo) in leak[0]
     assert not any("more than one split" in w for w in check(data_copy, full=False, progress=False).warnings)
+
+
+def test_images_outside_class_folders_are_named_not_silently_dropped(data_copy):
+    photo = next((data_copy / "train" / "004.Akita").glob("*.jpg"))
+    shutil.copy(photo, data_copy / "train" / "loose.jpg")  # directly in a split
+    (data_copy / "valid" / "004.Akita" / "more").mkdir()
+    shutil.copy(photo, data_copy / "valid" / "004.Akita" / "more" / "nested.jpg")  # a subfolder of a class
+    (data_copy / "test" / "004.Akita" / ".ipynb_checkpoints").mkdir()  # hidden: not the user's data
+    shutil.copy(photo, data_copy / "test" / "004.Akita" / ".ipynb_checkpoints" / "x.jpg")
+    report = check(data_copy, full=False, progress=False)
+    assert report.ok and {k: sum(v) for k, v in report.layout.counts().items()} == {"train": 48, "valid": 8, "test": 8}
+    assert sorted(report.layout.misplaced) == sorted([str(data_copy / "train" / "loose.jpg"),
+                                                       str(data_copy / "valid" / "004.Akita" / "more" / "nested.jpg")])
+    assert any(w.startswith("2 image(s) outside a class folder ignored") for w in report.warnings)
+
+
+def test_a_data_dir_that_is_a_file_says_so(tmp_path):
+    (tmp_path / "data.zip").write_bytes(b"PK")
+    with pytest.raises(DogbreedError, match=r"data dir .*data.zip is a file, not a folder; expected"):
+        scan(tmp_path / "data.zip")

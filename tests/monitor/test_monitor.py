@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -109,6 +110,24 @@ def test_a_live_rule_with_the_stop_action_ends_training(synth_data, tmp_path, ca
     assert result.artifact.exists()  # a stopped run still ends with its best epoch packaged
 
 
+def test_a_stop_rule_ends_a_cached_run_after_the_epoch_that_triggered_it(synth_data, tiny_weights, tmp_path, caplog):
+    """On cached embeddings a run's epochs take milliseconds, less than one monitor interval: the
+    rules still see each epoch before the next one starts."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("Overfit: {ratio_threshold: -1, action: stop}\n")  # fires on the first epoch
+    cfg = config.resolve(overrides={**PROFILED, "data": str(synth_data), "weights": str(tiny_weights), "epochs": 9,
+                                    "out": str(tmp_path / "runs"), "rules": str(rules), "profile_interval_ms": 5000})
+    with caplog.at_level("WARNING"):
+        result = train(cfg, progress=False)
+    assert len(result.history) == 1  # stopped after epoch 1, where Overfit triggered
+    profile = load_profile(result.run_dir)
+    assert profile.meta["status"] == "stopped" and profile.meta["stopped_by"] == "Overfit"
+    assert json.loads((result.run_dir / "results.json").read_text())["epochs_run"] == 1
+    warnings = caplog.text.splitlines()
+    triggered = next(i for i, line in enumerate(warnings) if "rule Overfit triggered" in line)
+    assert "stopping training: rule Overfit has action stop" in warnings[triggered + 1]
+
+
 def test_resume_appends_to_the_profile(synth_data, tmp_path):
     from dogbreed.checkpoints import resume_config
 
@@ -156,8 +175,22 @@ def test_a_killed_run_is_reported_from_what_was_collected(synth_data, tmp_path):
     assert report.returncode == 0, report.stderr
     assert "did not finish (status: running)" in report.stdout
     page = (run_dir / "profile" / "report.html").read_text()
-    assert "This run did not finish" in page and "1 partial line(s)" in page
-    assert "partial line" in report.stderr
+    assert "This run did not finish" in page and "1 partial or damaged line(s)" in page
+    assert "partial or damaged line" in report.stderr
+
+
+def test_records_without_their_fields_are_skipped_not_a_traceback(profiled_run, tmp_path):
+    import shutil
+
+    run_dir = Path(shutil.copytree(profiled_run.run_dir, tmp_path / "copy"))
+    for stream, line in (("steps", '{"t": 1.0}'), ("events", '{"event": "epoch"}'), ("system", "[1, 2]"),
+                         ("tensors", '{"t": "soon", "step": 1, "epoch": 1, "loss": 1}')):
+        with open(run_dir / "profile" / f"{stream}.jsonl", "a") as f:  # valid JSON, not a record
+            f.write(line + "\n")
+    report = run_cli("report", str(run_dir))
+    assert report.returncode == 0 and "Traceback" not in report.stderr, report.stderr
+    assert "skipped 4 partial or damaged line(s)" in report.stderr
+    assert "4 partial or damaged line(s)" in (run_dir / "profile" / "report.html").read_text()
 
 
 def test_a_bad_rules_file_stops_training_before_it_starts(synth_data, tmp_path):

@@ -130,6 +130,23 @@ def test_max_initialization_time():
     assert r.triggers == 0 and r.details["initialization_s"] == pytest.approx(0.1)
 
 
+def test_max_initialization_time_counts_from_a_resume():
+    """A run resumed 50 minutes after it started: its new start is quick, live (only the records
+    after the resume) and over the whole profile (the report) alike."""
+    meta = {**CPU_ONLY, "started": 0.0, "resumed": [3000.0]}
+    step = {"phase": "train", "epoch": 2, "step": 6, "data": 0.05, "compute": 0.05}
+    live = run("MaxInitializationTime", "system", [sample(3000.5), sample(3001.0)], meta)
+    live.observe("steps", {"t": 3001.2, **step})
+    assert live.triggers == 0 and live.details["initialization_s"] == pytest.approx(1.1)
+    whole = RULES["MaxInitializationTime"](dict(meta), {})
+    for stream, record in (("system", sample(1.0)), ("steps", {"t": 2.0, **step}), ("system", sample(3000.5)),
+                           ("steps", {"t": 3001.2, **step})):
+        whole.observe(stream, record)
+    assert whole.triggers == 0
+    slow = run("MaxInitializationTime", "system", [sample(3000.5), sample(3000.0 + 21 * 60)], meta)
+    assert slow.triggers == 1 and "no step after 21.0 min" in slow.first["message"]
+
+
 def test_overall_summaries():
     usage = run("OverallSystemUsage", "system", [sample(i, cores=(float(i), 0.0)) for i in range(101)])
     assert usage.details["metrics"]["core0"]["p95"] == pytest.approx(95.0) and usage.triggers == 0

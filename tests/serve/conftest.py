@@ -15,9 +15,9 @@ from ..conftest import free_port
 
 
 @contextlib.contextmanager
-def running_server(model, *flags: str, ready_s: float = 120):
+def running_server(model, *flags: str, ready_s: float = 120, port: int | None = None):
     """``dogbreed serve`` as its own process; yields its base URL once /ping answers 200."""
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dogbreed", "serve", "--model", str(model), "--port", str(port), *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ})
     url = f"http://127.0.0.1:{port}"

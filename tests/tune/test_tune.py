@@ -1,8 +1,14 @@
 """``dogbreed tune`` end to end on its default embedded storage (SQLite) with worker processes."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
+import psutil
 import pytest
+import yaml
 
 from dogbreed.cli import main
 
@@ -190,3 +196,54 @@ def test_missing_data_is_said_before_a_study_is_made(tmp_path, capsys):
 def test_show_does_not_create_a_database(tmp_path, capsys):
     assert main(["tune", "show", "dogbreed", "--out", str(tmp_path)]) == 1
     assert "no study database at" in capsys.readouterr().err and not (tmp_path / "tune.db").exists()
+
+
+def test_workers_end_when_the_command_is_killed_outright(synth_data, tmp_path):
+    # Trials on images (no embedding cache) are long enough to kill in the middle of.
+    args = tune_args(synth_data, tmp_path, "--trials", "4", "--parallel", "2", "--no-feature-cache", "--epochs", "30",
+                     "--pruner", "none", "--no-final")
+    parent = subprocess.Popen([sys.executable, "-m", "dogbreed", *args], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        workers = []
+        while time.monotonic() < deadline and len(workers) < 2:
+            workers = [p for p in psutil.Process(parent.pid).children() if "multiprocessing" in " ".join(p.cmdline())
+                       and "resource_tracker" not in " ".join(p.cmdline())]
+            time.sleep(0.2)
+        assert len(workers) == 2, "the two worker processes did not start"
+        time.sleep(3)  # into their first trials
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"workers outlived the killed `dogbreed tune`: {[p.pid for p in alive]}"
+    finally:
+        for p in psutil.Process().children(recursive=True):
+            if p.pid != parent.pid:
+                p.kill()
+
+
+def test_a_final_run_killed_before_its_artifact_is_resumed_in_place(synth_data, tiny_weights, tmp_path, capsys):
+    """`kill -9` during the final training leaves best/ with checkpoints and no artifact: the rerun
+    finishes that run in best/ (never best-2), and a best/ of other hyperparameters is replaced."""
+    args = tune_args(synth_data, tmp_path, "--weights", str(tiny_weights), "--cache-dir", str(tmp_path / "cache"),
+                     "--trials", "2", "--parallel", "1")
+    assert main(args) == 0
+    best_dir = tmp_path / "tune-dogbreed" / "best"
+    best_json = tmp_path / "tune-dogbreed" / "best.json"
+    for name in ("model.tar.gz", "results.json"):  # what a kill in the final run's last epochs leaves
+        (best_dir / name).unlink()
+    doc = json.loads(best_json.read_text())
+    best_json.write_text(json.dumps({k: v for k, v in doc.items() if k != "final_run"}))
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "resuming the final training in" in capsys.readouterr().out
+    assert (best_dir / "model.tar.gz").is_file() and not (best_dir.parent / "best-2").exists()
+
+    saved = yaml.safe_load((best_dir / "config.yaml").read_text())  # now as if best/ held an earlier best trial's run
+    (best_dir / "config.yaml").write_text(yaml.safe_dump({**saved, "lr": 0.5}))
+    best_json.write_text(json.dumps({k: v for k, v in doc.items() if k != "final_run"}))
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "replacing" in out and "final training with the best hyperparameters" in out
+    assert (best_dir / "model.tar.gz").is_file() and not (best_dir.parent / "best-2").exists()

@@ -165,5 +165,13 @@ def fetch(dest: str | os.PathLike = "data", *, url: str = DATASET_URL, zip_path:
     if zip_path is None:
         zip_path = dest / Path(url).name
         if not zip_path.exists():
-            download(url, zip_path, sha256=sha256, progress=progress)
+            made_dest = not dest.exists()
+            try:
+                download(url, zip_path, sha256=sha256, progress=progress)
+            except BaseException:
+                # A folder made for a download that never began goes; one holding a partial
+                # download stays, so that the same command resumes it.
+                if made_dest and dest.is_dir() and not any(dest.iterdir()):
+                    dest.rmdir()
+                raise
     return extract_dataset(zip_path, dest, Path(zip_path).stem if Path(zip_path).stem else "dogImages")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+SHOWN_BAD = 10  # unreadable images named one by one when training starts; the rest are counted
 IMBALANCE_RATIO = 4.0  # largest/smallest training class above this earns a warning
 HINT = "expected DIR/{train,valid,test}/<class>/*.jpg; try `dogbreed data synth DIR` or `dogbreed data fetch`"
 
@@ -55,6 +57,7 @@ class Layout:
     labels: Labels
     splits: dict[str, list[Sample]]
     ignored: list[str] = field(default_factory=list)  # files that are not images by name
+    misplaced: list[str] = field(default_factory=list)  # images outside a class folder, or in a subfolder of one
 
     def counts(self) -> dict[str, list[int]]:
         out = {}
@@ -82,13 +85,18 @@ def _class_dirs(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _images(paths) -> list[str]:
+    return [str(p) for p in paths if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
+
+
 def scan(root: str | os.PathLike | None) -> Layout:
     """Read the layout; raise DogbreedError (one line) for anything training cannot start with."""
     if not root:
         raise DogbreedError("no data set given; pass --data DIR (expected DIR/{train,valid,test}/<class>/*.jpg)")
     root = Path(root)
     if not root.is_dir():
-        raise DogbreedError(f"data dir {root} does not exist; {HINT}")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DogbreedError(f"data dir {root} {what}; {HINT}")
     missing = [s for s in SPLITS if not (root / s).is_dir()]
     if missing:
         raise DogbreedError(f"{root} has no {', '.join(missing)} folder(s); {HINT}")
@@ -112,10 +120,14 @@ def scan(root: str | os.PathLike | None) -> Layout:
     index = {n: i for i, n in enumerate(names)}
     splits: dict[str, list[Sample]] = {}
     ignored: list[str] = []
+    misplaced: list[str] = []  # images a class folder does not hold directly: never silently dropped
     for split in SPLITS:
+        misplaced += _images(sorted((root / split).iterdir()))
         samples: list[Sample] = []
         for name in names:
             folder = root / split / name
+            for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                misplaced += _images(sorted(sub.rglob("*")))
             files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
             images = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
             ignored += [str(p) for p in files if p.suffix.lower() not in IMAGE_EXTS]
@@ -123,7 +135,7 @@ def scan(root: str | os.PathLike | None) -> Layout:
                 raise DogbreedError(f"class folder {folder} holds no images; add images or remove the class from every split")
             samples += [(str(p), index[name]) for p in images]
         splits[split] = samples
-    return Layout(root, Labels(names), splits, ignored)
+    return Layout(root, Labels(names), splits, ignored, misplaced)
 
 
 def _probe(path: str, full: bool) -> tuple[str | None, str | None]:
@@ -182,6 +194,9 @@ def check(root: str | os.PathLike | None, full: bool = True, progress: bool = Tr
                                f"{' = '.join(leaks[0])}; test and validation scores count them as unseen")
     if layout.ignored:
         report.warnings.append(f"{len(layout.ignored)} non-image file(s) ignored, e.g. {layout.ignored[0]}")
+    if layout.misplaced:
+        report.warnings.append(f"{len(layout.misplaced)} image(s) outside a class folder ignored (directly in a split, or "
+                               f"in a subfolder of a class), e.g. {layout.misplaced[0]}; put each in DIR/<split>/<class>/")
     train_counts = layout.counts()["train"]
     low, high = min(train_counts), max(train_counts)
     if high > IMBALANCE_RATIO * low:
@@ -198,7 +213,7 @@ def drop_bad(layout: Layout, bad: list[tuple[str, str]]) -> Layout:
     """The layout without the images in ``bad``."""
     bad_paths = {path for path, _ in bad}
     splits = {s: [(p, i) for p, i in samples if p not in bad_paths] for s, samples in layout.splits.items()}
-    return Layout(layout.root, layout.labels, splits, layout.ignored)
+    return dataclasses.replace(layout, splits=splits)
 
 
 def load_for_training(root: str | os.PathLike | None) -> Layout:
@@ -209,6 +224,13 @@ def load_for_training(root: str | os.PathLike | None) -> Layout:
         raise DogbreedError(report.errors[0])
     for warning in report.warnings:
         log.warning(warning)
-    for _, reason in report.bad_images:
+    for _, reason in report.bad_images[:SHOWN_BAD]:
         log.warning("skipping unreadable image %s", reason)
-    return drop_bad(report.layout, report.bad_images)
+    if len(report.bad_images) > SHOWN_BAD:
+        log.warning("skipping %d more unreadable images; `dogbreed data check %s` lists them all",
+                    len(report.bad_images) - SHOWN_BAD, report.layout.root)
+    layout = drop_bad(report.layout, report.bad_images)
+    if empty := [s for s in SPLITS if not layout.splits[s]]:
+        raise DogbreedError(f"no readable image in {', '.join(f'{s}/' for s in empty)} of {layout.root}; "
+                            f"`dogbreed data check {layout.root}` lists each file and why")
+    return layout

@@ -79,6 +79,7 @@ class Monitor(NoHooks):
         write_meta(self.folder, self.meta)
         self.note({"event": "resume" if resume and previous else "start"})
         self._halt = threading.Event()
+        self._ticking = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="dogbreed-monitor", daemon=True)
         self._thread.start()
 
@@ -160,6 +161,9 @@ class Monitor(NoHooks):
         self._flush_tensors()
         self.note({"event": "epoch", **row, "step": self.counts["train"]})
         self._histograms(row["epoch"])
+        # The rules see the epoch now, not at the thread's next tick: on cached embeddings a whole
+        # run's epochs take less than one interval, and a stop must end training after this epoch.
+        self._tick(sample=False)
 
     def note(self, event: dict) -> None:
         self._queues["events"].append({"t": round(time.time(), 3), **event})
@@ -222,9 +226,15 @@ class Monitor(NoHooks):
         while not self._halt.wait(self.interval):
             self._tick()
 
-    def _tick(self) -> None:
+    def _tick(self, sample: bool = True) -> None:
+        """Write what was queued and feed it to the rules (the monitor thread's tick, and the
+        training thread's at each epoch's end: one at a time)."""
+        with self._ticking:
+            self._tick_locked(sample)
+
+    def _tick_locked(self, sample: bool) -> None:
         try:
-            batches = {"system": [self.sampler.sample()]}
+            batches = {"system": [self.sampler.sample()] if sample else []}
             batches["steps"] = [{"t": t, "phase": p, "epoch": e, "step": s, "data": round(d, 6), "compute": round(c, 6)}
                                 for t, p, e, s, d, c in _drain(self._queues["steps"])]
             batches["tensors"] = _drain(self._queues["tensors"])

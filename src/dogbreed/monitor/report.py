@@ -175,7 +175,7 @@ def render(profile: Profile, results: list[dict]) -> str:
         warnings.append(f"This run did not finish (status: {_e(status)}). The report covers what was collected until "
                         f"{_e(_when(profile.last_time))}.")
     if profile.damaged_lines:
-        warnings.append(f"{profile.damaged_lines} partial line(s) at the end of the recorded files were skipped.")
+        warnings.append(f"{profile.damaged_lines} partial or damaged line(s) in the recorded files were skipped.")
     duration = (meta.get("ended") or profile.last_time or 0) - meta.get("started", 0)
     kpis = [("duration", _secs(duration)), ("initialisation", _secs(framework.get("initialization_s"))),
             ("rules triggered", f"{len(triggered(results))} of {len(evaluated(results))}"),

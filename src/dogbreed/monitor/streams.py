@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 
 PROFILE_DIR = "profile"
 STREAMS = ("system", "steps", "tensors", "events")
+# The fields every record of a stream is written with; the rules and the report rely on them.
+REQUIRED = {
+    "system": ("t", "cpu", "cores", "iowait", "mem_used", "mem_percent", "rss", "proc_cpu"),
+    "steps": ("t", "phase", "epoch", "step", "data", "compute"),
+    "tensors": ("t", "step", "epoch", "loss"),
+    "events": ("t", "event"),
+}
 
 
 def _finite(value):
@@ -58,8 +65,9 @@ class JsonlWriter:
         self._file.close()
 
 
-def read_jsonl(path: Path) -> tuple[list[dict], int]:
-    """The records of ``path`` and how many lines could not be parsed (a partial last line)."""
+def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> tuple[list[dict], int]:
+    """The records of ``path`` and how many lines were skipped: a partial last line, or a record
+    that is not an object with the ``required`` fields and a numeric time."""
     records, bad = [], 0
     if not path.exists():
         return records, bad
@@ -69,8 +77,14 @@ def read_jsonl(path: Path) -> tuple[list[dict], int]:
             if not line:
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(record, dict) and all(k in record for k in required) and (
+                    "t" not in required or isinstance(record["t"], (int, float))):
+                records.append(record)
+            else:
                 bad += 1
     return records, bad
 
@@ -116,7 +130,8 @@ def load_profile(run_dir: str | os.PathLike) -> Profile:
     run_dir = Path(run_dir)
     folder = run_dir if run_dir.name == PROFILE_DIR else run_dir / PROFILE_DIR
     if not run_dir.is_dir():
-        raise DogbreedError(f"run folder {run_dir} does not exist; pass a folder that `dogbreed train` created under runs/")
+        what = "is a file, not a folder" if run_dir.exists() else "does not exist"
+        raise DogbreedError(f"run folder {run_dir} {what}; pass a folder that `dogbreed train` created under runs/")
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         raise DogbreedError(
@@ -128,10 +143,11 @@ def load_profile(run_dir: str | os.PathLike) -> Profile:
         raise DogbreedError(f"{meta_path} is unreadable; the profile cannot be reported")
     profile = Profile(folder, meta)
     for name in STREAMS:
-        records, bad = read_jsonl(folder / f"{name}.jsonl")
-        records.sort(key=lambda r: r.get("t", 0.0))
+        records, bad = read_jsonl(folder / f"{name}.jsonl", REQUIRED[name])
+        records.sort(key=lambda r: r["t"])
         setattr(profile, name, records)
         profile.damaged_lines += bad
     if profile.damaged_lines:
-        log.warning("%s: skipped %d partial line(s), as a run killed mid-write leaves", folder, profile.damaged_lines)
+        log.warning("%s: skipped %d partial or damaged line(s) (a run killed mid-write leaves a partial last one)",
+                    folder, profile.damaged_lines)
     return profile

@@ -50,14 +50,24 @@ def read_labels(path: str) -> tuple[list[str], list[str]]:
     return [c["name"] for c in classes], [c["display"] for c in classes]
 
 
+def read_tensors(path: str | os.PathLike):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers, never pickled code.
+    A file that is not one is a ValueError saying why in a few words (never torch's advice to
+    retry without ``weights_only``, which would run whatever code the file holds)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:  # missing, a folder, unreadable: the caller names the file
+        raise
+    except Exception as exc:  # torch raises many types for files that are not its own
+        if "Unsupported global" in str(exc):
+            raise ValueError("it holds pickled objects, not just tensors, and those are never loaded") from None
+        raise ValueError("it is not a PyTorch weights file, or a damaged one") from None
+
+
 def load_failure(exc: Exception) -> str:
-    """Why a weights file did not load, in a line: never torch's advice to retry without
-    ``weights_only`` (that would run whatever code the file holds)."""
-    text = str(exc)
-    if "Weights only load failed" in text:
-        return "it holds pickled objects, not just tensors, and those are never loaded"
-    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(exc).__name__]
-    reason = " ".join(lines[:2])  # a state-dict mismatch names the keys on its second line
+    """Why loading failed, in a line (a state-dict mismatch names the keys on its second line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    reason = " ".join(lines[:2])
     return reason if len(reason) <= 300 else reason[:297] + "..."
 
 
@@ -90,11 +100,19 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
         if backend == "eager":
             raise ValueError(f"{model_dir}: not a dogbreed model ({name} is missing)")
         raise ValueError(f"{model_dir}: no {name}; make one with `dogbreed export MODEL --format {backend}`")
+    if backend == "eager":
+        try:
+            state = read_tensors(path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{model_dir}: {name} is unreadable ({exc})") from None
+        try:
+            network.load_state_dict(state)
+        except Exception as exc:  # not a state dict, or another network's
+            raise ValueError(f"{model_dir}: {name} does not match model.json ({load_failure(exc)})") from None
+        return LoadedModel(network.to(device, memory_format=torch.channels_last).eval(), labels, display, preset, meta,
+                           device, backend)
     try:
-        if backend == "eager":
-            network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            network = network.to(device, memory_format=torch.channels_last).eval()
-        elif backend == "torchscript":
+        if backend == "torchscript":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
                 network = torch.jit.load(path, map_location="cpu").to(device).eval()
@@ -102,7 +120,6 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
             network, device = OnnxModel(path), torch.device("cpu")
     except ImportError:
         raise
-    except Exception as exc:  # torch.load and each runtime raise many types for damaged or hostile files
-        what = "is corrupt or does not match model.json" if backend == "eager" else "is corrupt"
-        raise ValueError(f"{model_dir}: {name} {what} ({load_failure(exc)})") from None
+    except Exception as exc:  # each runtime raises its own types for a damaged file
+        raise ValueError(f"{model_dir}: {name} is corrupt ({load_failure(exc)})") from None
     return LoadedModel(network, labels, display, preset, meta, device, backend)

@@ -60,7 +60,7 @@ def load_image(
     name = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
-            raise ImageDecodeError("empty image body")
+            raise ImageDecodeError(f"{name}: empty (0 bytes)")
         source = io.BytesIO(source)
     try:
         img = Image.open(source)

@@ -18,6 +18,10 @@ class Overloaded(Exception):
     """The queue is full; the client should retry later."""
 
 
+class TooLarge(Exception):
+    """More items than the queue can ever hold: retrying cannot help."""
+
+
 class Batcher:
     """``predict`` takes a list of items (an image and how to answer it) and returns one result per
     item; it runs on ``executor``, one batch at a time."""
@@ -45,7 +49,10 @@ class Batcher:
         return self.queue.qsize()
 
     async def submit(self, items: list[Any]) -> list[Any]:
-        """The result for each item, in order; raises Overloaded if the queue cannot take them."""
+        """The result for each item, in order; raises Overloaded if the queue cannot take them now,
+        TooLarge if it never could."""
+        if len(items) > self.queue.maxsize:
+            raise TooLarge(f"{len(items)} images is over the queue's size of {self.queue.maxsize}")
         if self.queue.maxsize - self.queue.qsize() < len(items):
             raise Overloaded(f"{self.queue.qsize()} images are waiting (limit {self.queue.maxsize})")
         loop = asyncio.get_running_loop()

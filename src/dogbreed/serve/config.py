@@ -4,6 +4,7 @@ generated from these fields, as ``dogbreed train``'s are from TrainConfig) and i
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 
 from dogbreed.errors import DogbreedError
@@ -13,6 +14,7 @@ from dogbreed.runtime.pipeline import DEFAULT_MAX_INSTANCES, Options
 from dogbreed.runtime.presets import DEFAULT_MAX_PIXELS
 
 API_KEY_ENV = "DOGBREED_API_KEY"
+ENDPOINT_NAME = re.compile(r"[A-Za-z0-9](-*[A-Za-z0-9]){0,62}")  # SageMaker's EndpointName pattern
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -21,7 +23,7 @@ class ServeConfig:
     model: str = option(help="trained artifact (or its unpacked folder)", metavar="model.tar.gz")
     name: str = option("dogbreed", "endpoint name /endpoints/NAME/invocations answers to")
     host: str = option("127.0.0.1", "address to bind; 0.0.0.0 exposes the server to the network")
-    port: int = option(8080, "port; SageMaker's containers use 8080")
+    port: int = option(8080, "port; SageMaker's containers use 8080; 0 picks any free port and says which")
     workers: int = option(1, "server processes, each with its own model copy")
     max_batch_size: int = option(8, "most images run through the model at once; 8 is fastest on CPU, try more on GPU")
     max_delay_ms: float = option(5.0, "how long the first image of a batch waits for others")
@@ -54,8 +56,14 @@ class ServeConfig:
         for key in ("max_batch_size", "queue_size", "workers", "max_instances"):
             if getattr(self, key) < 1:
                 raise DogbreedError(f"--{key.replace('_', '-')} must be at least 1")
-        if not 1 <= self.port <= 65535:
-            raise DogbreedError(f"--port must be 1..65535, got {self.port}")
+        if self.max_instances > self.queue_size:
+            raise DogbreedError(f"--max-instances {self.max_instances} is over --queue-size {self.queue_size}: a request of "
+                                f"that many images could never be queued; raise --queue-size or lower --max-instances")
+        if not 0 <= self.port <= 65535:
+            raise DogbreedError(f"--port must be 0..65535 (0: any free port), got {self.port}")
+        if len(self.name) > 63 or not ENDPOINT_NAME.fullmatch(self.name):
+            raise DogbreedError(f"--name {self.name!r} is not an endpoint name: 1 to 63 letters, digits and hyphens, "
+                                f"starting and ending with a letter or digit (SageMaker's rule)")
         if not self.max_body_mb > 0 or not self.timeout_s > 0 or self.max_pixels < 1 or not self.max_delay_ms >= 0:
             raise DogbreedError("--max-body-mb, --timeout-s and --max-pixels must be positive, --max-delay-ms at least 0")
         try:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import inspect
 import json
 import logging
 import os
+import socket
 
+from dogbreed.errors import DogbreedError
+from dogbreed.lifetime import PARENT_ENV, end_with_parent
 from dogbreed.serve.config import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -14,35 +19,70 @@ CONFIG_ENV = "DOGBREED_SERVE_CONFIG"  # how ``--workers N`` hands the settings t
 
 
 def serve(cfg: ServeConfig) -> None:
-    """Serve until interrupted. The artifact loads before the socket opens, so a bad one is a
-    one-line error and /ping never answers for a model that cannot run."""
+    """Serve until interrupted. The port is taken first and the artifact loads before the server
+    listens, so a busy port or a bad artifact is a one-line error, and /ping never answers for a
+    model that cannot run."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from dogbreed.artifact import load_artifact
     from dogbreed.serve.routes import create_app
     from dogbreed.serve.server import Server
 
     cfg.validate()
+    sock = listen_socket(cfg.host, cfg.port)
     if cfg.exposed and not cfg.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this address can use the model", cfg.host)
+    port = sock.getsockname()[1]  # --port 0: the one the system chose
     # h11 bounds a request's headers (httptools reads any amount); the body has its own limit.
-    http = {"host": cfg.host, "port": cfg.port, "log_level": "warning", "http": "h11",
+    http = {"host": cfg.host, "port": port, "log_level": "warning", "http": "h11",
             "h11_max_incomplete_event_size": MAX_HEADER_BYTES}
-    where = f"http://{cfg.host}:{cfg.port} (endpoint name {cfg.name!r}"
+    where = f"http://{cfg.host}:{port} (endpoint name {cfg.name!r}"
     if cfg.workers > 1:
         load_artifact(cfg.model, device="cpu", backend=cfg.backend)  # fail here, in one line, not in each worker
-        log.info("serving %s on %s, %d workers)", cfg.model, where, cfg.workers)
+        log.info("serving %s on %s, %d workers; each says when it is ready)", cfg.model, where, cfg.workers)
         os.environ[CONFIG_ENV] = json.dumps(cfg.to_dict())
-        uvicorn.run("dogbreed.serve.main:worker_app", factory=True, workers=cfg.workers, **http)
-    else:
-        server = Server(cfg)
-        server.load()  # the model is loaded once, on the thread that will run it
-        log.info("serving %s on %s)", cfg.model, where)
-        uvicorn.run(create_app(cfg, server), **http)
+        os.environ[PARENT_ENV] = str(os.getpid())
+        config = uvicorn.Config("dogbreed.serve.main:worker_app", factory=True, workers=cfg.workers, **http)
+        # uvicorn's own multi-process supervisor (its `target` argument went away in newer releases)
+        extra = {"target": uvicorn.Server(config).run} if "target" in inspect.signature(Multiprocess).parameters else {}
+        Multiprocess(config, sockets=[sock], **extra).run()
+        return
+    server = Server(cfg)
+    server.load()  # the model is loaded once, on the thread that will run it
+    log.info("serving %s on %s)", cfg.model, where)
+    runner = uvicorn.Server(uvicorn.Config(create_app(cfg, server), **http))
+    runner.run(sockets=[sock])
+    if not runner.started:
+        raise DogbreedError("the server did not start; the lines above say why")
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (0: any free port); what stands in the way is one line."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror:
+        raise DogbreedError(f"--host {host!r} is not an address of this machine; use 127.0.0.1, or 0.0.0.0 for "
+                            f"every interface") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise DogbreedError(f"port {port} on {host} is in use (another server?); pick another --port, or "
+                                f"--port 0 for any free one") from None
+        raise DogbreedError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); check --host and --port") from None
+    return sock
 
 
 def worker_app():
     """The app of one ``--workers N`` process (uvicorn's factory), configured by the parent."""
+    from dogbreed.logs import setup_logging
     from dogbreed.serve.routes import create_app
 
+    end_with_parent(int(os.environ[PARENT_ENV]))  # a `dogbreed serve` killed outright takes its workers along
+    setup_logging()  # each worker says when its model is loaded and warmed
     return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+
 from starlette.requests import Request
 
 from dogbreed.serve.errors import ClientError
@@ -23,10 +25,14 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def authorized(request: Request, key: str | None) -> bool:
-    """Bearer token, or (for boto3, which signs with AWS credentials) the key as the access key id."""
+    """A bearer token (the scheme in any case, RFC 7235), or, for boto3, which signs with AWS
+    credentials, the key as the access key id. Compared in constant time."""
     if not key:
         return True
-    auth = request.headers.get("authorization", "")
-    if auth == f"Bearer {key}":
-        return True
-    return auth.startswith("AWS4-HMAC-SHA256") and f"Credential={key}/" in auth
+    scheme, _, value = request.headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return hmac.compare_digest(value.strip().encode(), key.encode())
+    if scheme == "AWS4-HMAC-SHA256":
+        credential = value.partition("Credential=")[2].partition("/")[0]
+        return hmac.compare_digest(credential.encode(), key.encode())
+    return False

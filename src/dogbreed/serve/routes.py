@@ -53,7 +53,7 @@ def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
         server.metrics.latency.labels(path).observe(time.perf_counter() - started)
         return response
 
-    @app.get("/ping", summary="Health: 200 once the model is loaded and warmed, 503 before")
+    @app.api_route("/ping", methods=["GET", "HEAD"], summary="Health: 200 once the model is loaded and warmed, 503 before")
     async def ping():
         if not server.ready:
             return JSONResponse({"status": "loading"}, status_code=503)

@@ -24,7 +24,7 @@ from dogbreed.artifact import load_artifact
 from dogbreed.runtime import pipeline
 from dogbreed.runtime.loading import LoadedModel
 from dogbreed.runtime.pipeline import Options
-from dogbreed.serve.batcher import Batcher, Overloaded
+from dogbreed.serve.batcher import Batcher, Overloaded, TooLarge
 from dogbreed.serve.config import ServeConfig
 from dogbreed.serve.errors import ClientError
 
@@ -119,6 +119,8 @@ class Server:
             self.batcher.incoming -= 1
         try:
             return await asyncio.wait_for(self.batcher.submit([(p, options) for p in pixels]), self.cfg.timeout_s)
+        except TooLarge as exc:
+            raise ClientError(413, f"{exc}; send fewer images per request") from None
         except Overloaded as exc:
             raise ClientError(503, f"server busy: {exc}; retry shortly", {"Retry-After": "1"}, kind="service") from None
         except asyncio.TimeoutError:

@@ -12,6 +12,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,14 @@ from tqdm import tqdm
 
 from dogbreed import machine
 from dogbreed.batches import EMBEDDING_KEYS, warm_cache
-from dogbreed.config import TrainConfig
+from dogbreed.checkpoints import RESUME_OVERRIDABLE, resume_config
+from dogbreed.config import TrainConfig, coerce
 from dogbreed.data.layout import scan
 from dogbreed.errors import DogbreedError
+from dogbreed.files import make_folder, read_yaml
+from dogbreed.lifetime import end_with_parent
 from dogbreed.logs import quiet, quieted, setup_logging
-from dogbreed.run import train
+from dogbreed.run import RunResult, train
 from dogbreed.tune import results
 from dogbreed.tune.options import OBJECTIVES, TuneOptions
 from dogbreed.tune.space import NOT_TUNABLE, Param, check_space, load_space, space_to_dict, suggest
@@ -58,7 +62,7 @@ class TuneResult:
 
 def default_storage(out: str, create: bool = True) -> str:
     if create:
-        Path(out).mkdir(parents=True, exist_ok=True)
+        make_folder(out, "--out")
     return f"sqlite:///{Path(out).resolve() / 'tune.db'}"
 
 
@@ -107,10 +111,11 @@ def _run_worker(storage: RDBStorage, url: str, opts: TuneOptions, base: TrainCon
                 lock=claim_lock(url))
 
 
-def _worker_process(url, opts, base, space, study_dir, worker, threads) -> None:
+def _worker_process(parent, url, opts, base, space, study_dir, worker, threads) -> None:
     """Entry of a ``--parallel`` worker process (spawned: a fresh interpreter, no inherited threads)."""
     import torch
 
+    end_with_parent(parent)  # a `dogbreed tune` killed outright takes its workers with it
     os.environ["TQDM_DISABLE"] = "1"
     setup_logging()
     quiet(QUIET_DURING_TRIALS)
@@ -196,7 +201,7 @@ def _run_processes(url, opts, base, space, study_dir) -> None:
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, machine.available_cpus() // opts.parallel)
     # Not daemonic: a trial on images starts DataLoader worker processes of its own.
-    procs = [ctx.Process(target=_worker_process, args=(url, opts, base, space, study_dir, i, threads))
+    procs = [ctx.Process(target=_worker_process, args=(os.getpid(), url, opts, base, space, study_dir, i, threads))
              for i in range(opts.parallel)]
     for p in procs:
         p.start()
@@ -234,9 +239,8 @@ def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, 
             final_run, artifact = Path(earlier["run_dir"]), Path(earlier["artifact"])
             doc["final_run"] = earlier
         elif opts.final:
-            log.info("final training with the best hyperparameters")
             cfg = dataclasses.replace(base, **best["params"], out=str(study_dir), name="best").validate()
-            run = train(cfg, progress=progress)
+            run = _final_run(cfg, best["params"], study_dir / "best", progress=progress)
             final_run, artifact = run.run_dir, run.artifact
             doc["final_run"] = {"run_dir": str(run.run_dir), "artifact": str(run.artifact), "trial": best["number"], **run.test}
     results.write_best(study_dir / "best.json", doc)
@@ -248,6 +252,35 @@ def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, 
         raise DogbreedError(f"no trial completed ({counts['FAIL']} failed, {counts['PRUNED']} pruned){why}; "
                             f"see {study_dir / 'trials.csv'}")
     return TuneResult(study_dir, best, rows, final_run, artifact)
+
+
+def _final_run(cfg: TrainConfig, params: dict, folder: Path, *, progress: bool) -> RunResult:
+    """The best hyperparameters trained into ``tune-<study>/best``: a final run of these same
+    parameters that was killed (a checkpoint and no artifact) resumes; one that finished is kept;
+    one of an earlier best trial is replaced. The artifact stays at the documented path."""
+    if folder.is_dir() and _trained_with(folder, params):
+        if (folder / "model.tar.gz").is_file() and (folder / "results.json").is_file():
+            log.info("final training already done in %s", folder)
+            done = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+            return RunResult(folder, folder / "model.tar.gz", {k: v for k, v in done.items() if k.startswith("test_")},
+                             done.get("best_epoch", 0), [])
+        log.info("resuming the final training in %s (it was interrupted)", folder)
+        overrides = {k: v for k, v in cfg.to_dict().items() if k in RESUME_OVERRIDABLE and k != "epochs"}
+        return train(resume_config(folder, overrides), resume=folder, progress=progress)
+    if folder.exists():
+        log.info("replacing %s: it holds the final run of other hyperparameters", folder)
+        shutil.rmtree(folder)
+    log.info("final training with the best hyperparameters")
+    return train(cfg, progress=progress)
+
+
+def _trained_with(folder: Path, params: dict) -> bool:
+    """The run in ``folder`` was configured with these values of the searched parameters."""
+    try:
+        saved = read_yaml(folder / "config.yaml", "config file") or {}
+    except DogbreedError:
+        return False
+    return all(k in saved and coerce(k, saved[k]) == v for k, v in params.items())
 
 
 def _earlier_final(best_json: Path, best: dict) -> dict | None:

@@ -288,18 +288,25 @@ class LoadBalancing(Rule):
 
 class MaxInitializationTime(Rule):
     name, kind = "MaxInitializationTime", "profiler"
-    description = "Detects a long start: no step has begun `threshold` minutes after the run started."
+    description = "Detects a long start: no step has begun `threshold` minutes after the run started (or resumed)."
     recommendation = "Look at what runs before the first step: data checks over a slow disk, weight downloads, model build."
     defaults = {"threshold": 20}
     streams = ("system", "steps")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # A resumed run starts again: each start has its own initialisation, measured from it.
+        self.starts = sorted(t for t in (self.meta.get("started"), *self.meta.get("resumed", [])) if t is not None)
+        self.start: float | None = None
         self.first_step: float | None = None
 
     def observe(self, stream: str, record: dict) -> None:
-        start = self.meta.get("started")
-        if start is None or self.first_step is not None:
+        start = max((s for s in self.starts if s <= record["t"]), default=None)
+        if start is None:
+            return
+        if start != self.start:  # the first record of this (re)start
+            self.start, self.first_step = start, None
+        if self.first_step is not None:
             return
         self.datapoints += 1
         if stream == "steps":

@@ -1,0 +1,41 @@
+"""What the machine offers: usable CPUs, CPU flags, and the devices a run may ask for."""
+
+import os
+
+import pytest
+import torch
+
+from dogbreed import machine
+from dogbreed.errors import DogbreedError
+
+
+def test_available_cpus_is_the_affinity_mask_at_most():
+    cpus = machine.available_cpus()
+    assert 1 <= cpus <= len(os.sched_getaffinity(0))
+
+
+def test_flags_are_the_cpus_own():
+    flags = machine.cpu_flags()
+    assert set(machine.notable_flags()) <= flags
+    assert machine.cpu_has_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
+    assert machine.cpu_model() in machine.describe() and "CPUs" in machine.describe()
+
+
+@pytest.mark.parametrize("name, message", [
+    ("banana", "device 'banana' is not valid; use auto, cpu, cuda or cuda:N"),
+    ("cuda:x", "device 'cuda:x' is not valid; use auto, cpu, cuda or cuda:N"),
+    ("CPU", "device 'CPU' is not valid; use auto, cpu, cuda or cuda:N"),
+    ("meta", "device 'meta' cannot train dogbreed models; use auto, cpu, cuda or cuda:N"),
+])
+def test_a_device_that_is_not_one_is_one_line(name, message):
+    with pytest.raises(DogbreedError) as err:
+        machine.resolve_device(name)
+    assert str(err.value) == message
+
+
+def test_the_devices_this_machine_has():
+    assert machine.resolve_device("cpu") == torch.device("cpu")
+    assert machine.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DogbreedError, match="no CUDA GPU is visible; use --device cpu"):
+            machine.resolve_device("cuda:0")
