@@ -93,6 +93,16 @@ def run_cli(*args: str, env: dict | None = None, cwd: str | Path | None = None, 
                           env=full_env, cwd=cwd, timeout=timeout)
 
 
+def one_line_error(proc, *fragments):
+    """A CLI process that exited 1 with exactly one line on stderr, an error holding each fragment."""
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 

@@ -56,13 +56,15 @@ def test_frozen_layers_keep_their_weights_and_batchnorm_statistics_in_a_real_run
 
 def test_a_split_with_no_readable_image_is_one_line_and_leaves_nothing(data_copy, tmp_path):
     for f in (data_copy / "valid").rglob("*.jpg"):
-        f.write_bytes(f.read_bytes()[:200])  # valid headers, truncated pixels
+        data = f.read_bytes()
+        f.write_bytes(data[: len(data) // 2])  # valid headers, truncated pixels: found only when decoded
     proc = run_cli("train", "--data", str(data_copy), "--out", str(tmp_path / "runs"), "--backbone", "resnet18",
                    "--no-pretrained", "--image-size", "64", "--workers", "0", "--epochs", "1", "--no-progress")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no image could be decoded while embedding valid")
     assert "Traceback" not in proc.stderr
     assert list((tmp_path / "runs").iterdir()) == []  # the run folder was removed
+
 
 def test_a_diverging_run_stops_with_one_line_and_leaves_nothing(synth_data, tiny_weights, tmp_path):
     proc = run_cli("train", "--data", str(synth_data), "--out", str(tmp_path / "runs"), "--weights", str(tiny_weights),

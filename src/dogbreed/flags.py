@@ -32,7 +32,7 @@ def add_flags(group: argparse._ActionsContainer, cls: type, exclude: tuple[str, 
         elif not required and "default" not in help_text:  # a help that explains its own default says it better
             notes.append("default: none")
         help_text += f" ({'; '.join(notes)})" if notes else ""
-        kind = f.type
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))  # "int", "float | None"
         if kind.startswith("bool"):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
             continue

@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from .test_app import invoke
+from .test_routes import invoke
 
 
 def test_upload_a_photo_and_read_the_breeds(server, samples, browser, tmp_path):

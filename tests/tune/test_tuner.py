@@ -217,9 +217,11 @@ def test_workers_end_when_the_command_is_killed_outright(synth_data, tmp_path):
         parent.wait()
         gone, alive = psutil.wait_procs(workers, timeout=30)
         assert not alive, f"workers outlived the killed `dogbreed tune`: {[p.pid for p in alive]}"
-    finally:
-        for p in psutil.Process().children(recursive=True):
-            if p.pid != parent.pid:
+    finally:  # only what this test started: a session's server may be a child of this process too
+        if parent.poll() is None:
+            parent.kill()
+        for p in workers:
+            if p.is_running():
                 p.kill()
 
 

@@ -1,0 +1,49 @@
+"""ServeConfig: every setting's flag comes from its field, and each bad one is refused in one line."""
+
+from dataclasses import MISSING, fields
+
+import pytest
+
+from dogbreed.cli import build_parser, main
+from dogbreed.errors import DogbreedError
+from dogbreed.serve import ServeConfig
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--threshold", "80"], "--threshold must be in [0, 1], got 80"),
+    (["--topk", "1001"], "--topk must be 1..1000, got 1001"),
+    (["--backend", "tensorrt"], "--backend 'tensorrt' is not available; choose one of: eager, torchscript, onnx"),
+    (["--max-instances", "300"], "--max-instances 300 is over --queue-size 256: a request of that many images could "
+                                 "never be queued; raise --queue-size or lower --max-instances"),
+    (["--max-batch-size", "0"], "--max-batch-size must be at least 1"),
+    (["--port", "99999"], "--port must be 0..65535 (0: any free port), got 99999"),
+    (["--name", ""], "--name '' is not an endpoint name: 1 to 63 letters, digits and hyphens"),
+    (["--name", "a/b"], "--name 'a/b' is not an endpoint name"),
+    (["--host", "no.such.host.invalid"], "--host 'no.such.host.invalid' is not an address of this machine"),
+    (["--max-body-mb", "0"], "--max-body-mb, --timeout-s and --max-pixels must be positive, --max-delay-ms at least 0"),
+])
+def test_serve_refuses_bad_settings_before_loading(tmp_path, capsys, flags, message):
+    assert main(["serve", "--model", str(tmp_path / "model.tar.gz"), *flags]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_every_field_is_a_flag_whose_help_gives_the_fields_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for f in fields(ServeConfig):
+        assert f"--{f.name.replace('_', '-')}" in out
+        if f.default is not MISSING and f.default is not None:
+            assert f"default: {f.default}" in out, f.name
+    args = build_parser().parse_args(["serve", "--model", "m.tar.gz", "--port", "9000"])
+    cfg = ServeConfig.from_flags({k: v for k, v in vars(args).items() if k in {f.name for f in fields(ServeConfig)}})
+    assert (cfg.model, cfg.port, cfg.max_batch_size) == ("m.tar.gz", 9000, 8)  # typed; the rest are the defaults
+
+
+def test_the_api_key_may_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("DOGBREED_API_KEY", "s3cret")
+    assert ServeConfig.from_flags({"model": "m"}).api_key == "s3cret"
+    assert ServeConfig.from_flags({"model": "m", "api_key": "typed"}).api_key == "typed"
+    with pytest.raises(DogbreedError, match="--queue-size must be at least 1"):
+        ServeConfig.from_flags({"model": "m", "queue_size": 0})

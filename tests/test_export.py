@@ -1,0 +1,57 @@
+"""``dogbreed export``: TorchScript and ONNX variants of an artifact, their answers, and their names."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dogbreed.archive import safe_extract_tar
+from dogbreed.artifact import load_artifact
+from dogbreed.cli import main
+from dogbreed.export import export
+from dogbreed.predict import predict_files
+from dogbreed.runtime.pipeline import Options
+
+from .conftest import one_line_error, run_cli
+from .serve.conftest import running_server
+from .serve.test_routes import invoke
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_matches_eager_and_serves(trained_run, samples, tmp_path, fmt):
+    variant = export(trained_run.artifact, fmt, tmp_path / f"model-{fmt}.tar.gz")
+    photos = sorted(samples.glob("*.jpg"))
+    eager = dict(predict_files(load_artifact(trained_run.artifact), photos, Options(topk=4)))
+    exported = dict(predict_files(load_artifact(variant, backend=fmt), photos, Options(topk=4)))
+    for photo in photos:  # fp32 on real photos: the same answer within 1e-4
+        assert exported[photo]["topk_labels"] == eager[photo]["topk_labels"]
+        assert exported[photo]["topk_probs"] == pytest.approx(eager[photo]["topk_probs"], abs=1e-4)
+    with running_server(variant, "--backend", fmt) as url:
+        answer = json.loads(invoke(url, photos[0].read_bytes())[2])
+        assert answer["topk_labels"] == eager[photos[0]]["topk_labels"]
+
+
+def test_export_takes_an_unpacked_artifact_quietly(trained_run, samples, tmp_path, capsys):
+    safe_extract_tar(trained_run.artifact, tmp_path / "u")
+    assert main(["export", str(tmp_path / "u")]) == 0
+    assert "Warning" not in capsys.readouterr().err  # torch's deprecation notices are not the user's business
+    exported = load_artifact(tmp_path / "u-torchscript.tar.gz", backend="torchscript")
+    assert isinstance(exported.model, torch.jit.ScriptModule)
+    photo = [samples / "Boxer_02426.jpg"]
+    (_, ours), = predict_files(exported, photo)
+    (_, eager), = predict_files(load_artifact(trained_run.artifact), photo)
+    assert ours["topk_labels"] == eager["topk_labels"]
+
+
+def test_export_never_overwrites_its_input_nor_stacks_suffixes(trained_run, tmp_path):
+    artifact = Path(shutil.copy(trained_run.artifact, tmp_path / "model.tar.gz"))
+    before = artifact.read_bytes()
+    one_line_error(run_cli("export", str(artifact), "--out", str(artifact)), "is the artifact being exported")
+    assert artifact.read_bytes() == before
+    first = run_cli("export", str(artifact))
+    assert first.returncode == 0 and (tmp_path / "model-torchscript.tar.gz").is_file(), first.stderr
+    again = run_cli("export", str(tmp_path / "model-torchscript.tar.gz"), "--format", "onnx")
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "model-onnx.tar.gz").is_file() and not list(tmp_path.glob("*-torchscript-*"))

@@ -1,0 +1,33 @@
+"""A worker that called end_with_parent ends when its parent is killed outright."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import psutil
+
+PARENT = textwrap.dedent("""
+    import os, subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c",
+        "import os, sys, time; from dogbreed.lifetime import end_with_parent; end_with_parent(int(sys.argv[1])); "
+        "print('armed', flush=True); time.sleep(120)", str(os.getpid())], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "armed"
+    print(child.pid, flush=True)
+    time.sleep(120)
+""")
+
+
+def test_a_worker_ends_with_its_parent():
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    child = psutil.Process(int(parent.stdout.readline()))
+    try:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        gone, alive = psutil.wait_procs([child], timeout=20)
+        assert not alive, "the worker outlived its killed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if child.is_running():
+            child.kill()
