@@ -16,8 +16,9 @@ from dogbreed.errors import DogbreedError
 def test_artifact_has_sagemakers_pytorch_layout(trained_run):
     with tarfile.open(trained_run.artifact) as tar:
         names = sorted(tar.getnames())
-    assert names == ["code", "code/inference.py", "code/loading.py", "code/network.py", "code/pipeline.py",
-                     "code/presets.py", "code/requirements.txt", "labels.json", "model.json", "model.pth"]
+    assert names == ["MODEL_CARD.md", "code", "code/inference.py", "code/loading.py", "code/network.py",
+                     "code/pipeline.py", "code/presets.py", "code/requirements.txt", "code/scores.py", "labels.json",
+                     "model.json", "model.pth", "rejection.pth"]
 
 
 def test_the_code_folder_is_the_packages_runtime_verbatim(trained_run, tmp_path):

@@ -19,4 +19,6 @@ def test_the_demo_runs_end_to_end_offline(tmp_path):
     artifact = Path(re.search(r"artifact: +(\S+model\.tar\.gz)", text)[1])
     assert artifact.is_file()
     assert Path(re.search(r"serve it: +dogbreed serve --model (\S+)", text)[1]).is_file()
-    assert text.count("  1. ") == 3  # top-5 tables for three test images
+    assert text.count("  1. ") == 5  # top-5 tables: three test images, an unseen breed, an image of no dog
+    assert "unseen/" in text and "not-a-dog.png" in text
+    assert "dogbreed evaluate --model" in text

@@ -24,12 +24,13 @@ def test_json_lines_for_a_folder(trained_run, samples, capsys):
         assert a["low_confidence"] == (a["topk_probs"][0] < 0.8)
 
 
-def test_low_confidence_note_follows_the_threshold(trained_run, samples, capsys):
-    photo = str(samples / "cat_01.jpg")
-    main(["predict", photo, "--model", str(trained_run.artifact), "--threshold", "1"])
-    assert "low confidence: top-1 probability under 1" in capsys.readouterr().out
-    main(["predict", photo, "--model", str(trained_run.artifact), "--threshold", "0"])
-    assert "low confidence" not in capsys.readouterr().out
+def test_low_confidence_follows_the_threshold(trained_run, samples, capsys):
+    photo = str(samples / "Beagle_01125.jpg")
+    for threshold, low in (("1", True), ("0", False)):
+        main(["predict", photo, "--model", str(trained_run.artifact), "--threshold", threshold, "--json"])
+        answer = json.loads(capsys.readouterr().out)
+        assert answer["low_confidence"] is low
+        assert answer["verdict"] in ({"unsure", "not_a_dog"} if low else {"breed", "not_a_dog"})  # a score can still reject
     assert main(["predict", photo, "--model", str(trained_run.artifact), "--threshold", "2"]) == 1
     assert capsys.readouterr().err.strip() == "error: --threshold must be in [0, 1], got 2"
 
@@ -66,10 +67,11 @@ def test_the_artifacts_own_threshold_is_used_and_shown(trained_run, samples, tmp
     safe_extract_tar(trained_run.artifact, tmp_path / "m")
     meta = _json.loads((tmp_path / "m" / "model.json").read_text())
     meta["threshold"], meta["topk"] = 1.0, 2  # 1: every answer is low-confidence
+    meta.pop("rejection")  # an artifact without a "not a dog" score: the verdict comes from the probability alone
     (tmp_path / "m" / "model.json").write_text(_json.dumps(meta))
     assert main(["predict", str(samples / "Boxer_02426.jpg"), "--model", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
-    assert "low confidence: top-1 probability under 1;" in out
+    assert "not sure (low confidence): top-1 probability under 1;" in out
     assert "  2. " in out and "  3. " not in out  # the artifact's own top-k
 
 
@@ -89,3 +91,17 @@ def test_an_empty_file_and_a_run_folder_are_named_for_what_they_are(trained_run,
     assert main(["predict", str(samples / "Boxer_02426.jpg"), "--model", str(trained_run.run_dir)]) == 1
     assert capsys.readouterr().err.strip() == (f"error: {trained_run.run_dir} is a run folder, not a model; pass its "
                                                f"artifact, {trained_run.run_dir / 'model.tar.gz'}")
+
+
+def test_the_table_says_each_verdict_in_words():
+    from pathlib import Path
+
+    from dogbreed.predict import format_answer
+
+    base = {"topk_labels": ["001.Akita"], "topk_probs": [0.4], "breeds": ["Akita"], "topk_indices": [0]}
+    photo = Path("dog.jpg")
+    assert "not a dog, or not a breed" in format_answer(photo, {**base, "low_confidence": True, "verdict": "not_a_dog"}, 0.8)
+    assert "not sure (low confidence): top-1 probability under 0.8" in format_answer(
+        photo, {**base, "low_confidence": True, "verdict": "unsure"}, 0.8)
+    plain = format_answer(photo, {**base, "topk_probs": [0.9], "low_confidence": False, "verdict": "breed"}, 0.8)
+    assert plain.splitlines() == ["dog.jpg", f"  1. {'Akita':<32}  0.900  {'█' * 18}"]

@@ -2,7 +2,10 @@
 
     model.pth            state dict (torchvision key names)
     labels.json          class index -> folder name and display name
-    model.json           backbone, class count, image size, eval preset, config, test metrics
+    model.json           backbone, class count, image size, eval preset, config, test metrics,
+                         calibration (temperature) and rejection (score, threshold, quantiles)
+    rejection.pth        class means and shared precision, where the "not a dog" score reads them
+    MODEL_CARD.md        data, metrics with intervals, calibration, rejection, use, limits
     code/                the package's own runtime/ modules, verbatim: inference.py (model_fn,
                          input_fn, predict_fn, output_fn), pipeline.py, loading.py, network.py,
                          presets.py; and requirements.txt
@@ -27,12 +30,13 @@ from dogbreed.data.layout import Labels
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_path
 from dogbreed.runtime import loading
-from dogbreed.runtime.loading import LABELS_FILE, MODEL_FILE, WEIGHTS_FILE, LoadedModel
+from dogbreed.runtime.loading import LABELS_FILE, MODEL_FILE, REJECTION_FILE, WEIGHTS_FILE, LoadedModel
 from dogbreed.runtime.pipeline import DEFAULT_THRESHOLD, DEFAULT_TOPK, Options
 from dogbreed.runtime.presets import EvalPreset
 
 RUNTIME_DIR = Path(loading.__file__).parent
-CODE_FILES = ("inference.py", "pipeline.py", "loading.py", "network.py", "presets.py")
+CARD_FILE = "MODEL_CARD.md"
+CODE_FILES = ("inference.py", "pipeline.py", "loading.py", "network.py", "presets.py", "scores.py")
 REQUIREMENTS = "torch>=2.2\ntorchvision>=0.17\npillow>=10.0\nnumpy>=1.24\n"  # pyproject's pins (a test holds this)
 
 
@@ -50,12 +54,18 @@ def model_meta(backbone: str, labels: Labels, preset: EvalPreset, *, threshold: 
     }
 
 
-def write_model_dir(dest: str | os.PathLike, model: nn.Module, labels: Labels, meta: dict) -> Path:
-    """The artifact's files, unpacked (what SageMaker expects in $SM_MODEL_DIR)."""
+def write_model_dir(dest: str | os.PathLike, model: nn.Module, labels: Labels, meta: dict, *,
+                    rejection: dict | None = None, card: str | None = None) -> Path:
+    """The artifact's files, unpacked (what SageMaker expects in $SM_MODEL_DIR). ``rejection``: the
+    tensors the "not a dog" score reads (rejection.pth); ``card``: MODEL_CARD.md."""
     dest = Path(dest)
     (dest / "code").mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(state, dest / WEIGHTS_FILE)
+    if rejection:
+        torch.save({k: v.detach().cpu() for k, v in rejection.items()}, dest / REJECTION_FILE)
+    if card:
+        (dest / CARD_FILE).write_text(card, encoding="utf-8")
     labels.write(dest / LABELS_FILE)
     (dest / MODEL_FILE).write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
     for name in CODE_FILES:
@@ -75,9 +85,10 @@ def pack(model_dir: str | os.PathLike, tar_path: str | os.PathLike) -> Path:
     return Path(tar_path)
 
 
-def write_artifact(tar_path: str | os.PathLike, model: nn.Module, labels: Labels, meta: dict) -> Path:
+def write_artifact(tar_path: str | os.PathLike, model: nn.Module, labels: Labels, meta: dict, **files) -> Path:
+    """``files``: as :func:`write_model_dir` takes them."""
     with tempfile.TemporaryDirectory(prefix="dogbreed-artifact-") as tmp:
-        return pack(write_model_dir(tmp, model, labels, meta), tar_path)
+        return pack(write_model_dir(tmp, model, labels, meta, **files), tar_path)
 
 
 @contextmanager

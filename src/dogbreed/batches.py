@@ -85,10 +85,16 @@ def cached_batches(cfg: TrainConfig, model: nn.Module, preset: EvalPreset, data:
     return Batches(
         trainable=head, set_train=head.train,
         train=TensorBatches(train_x, views[0].labels[ok].to(device), cfg.batch_size, shuffle=True, seed=cfg.seed),
-        valid=TensorBatches(val.features[val.ok].to(device), val.labels[val.ok].to(device), 1024, shuffle=False),
-        test=TensorBatches(test.features[test.ok].to(device), test.labels[test.ok].to(device), 1024, shuffle=False),
+        valid=_split_batches(val, device), test=_split_batches(test, device),
         watched=registered(cfg.backbone).head + ".", cache_stats=stats,
     )
+
+
+def _split_batches(emb, device: torch.device) -> TensorBatches:
+    """A split's cached embeddings in order; the images that failed to decode are left out, and each
+    batch still names its images by their index in the split."""
+    return TensorBatches(emb.features[emb.ok].to(device), emb.labels[emb.ok].to(device), 1024, shuffle=False,
+                         samples=emb.ok.nonzero().squeeze(1).to(device))
 
 
 def image_batches(cfg: TrainConfig, model: nn.Module, frozen: list[nn.Module], preset: EvalPreset, data: Layout,

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from dogbreed import __version__
 from dogbreed.config import TrainConfig, normalize_argv
@@ -46,9 +47,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from dogbreed.predict import check_flags, expand, format_answer, predict_files
     from dogbreed.runtime.pipeline import Options
 
-    check_flags(args.topk, args.threshold)  # before the artifact loads: a typo fails at once
+    check_flags(args.topk, args.threshold, args.keep)  # before the artifact loads: a typo fails at once
     loaded = load_artifact(args.model)
-    opts = Options.of(loaded).override(args.topk, args.threshold)
+    opts = Options.of(loaded).override(args.topk, args.threshold, args.keep)
     failed = 0
     for path, answer in predict_files(loaded, expand(args.images), opts):
         failed += "error" in answer
@@ -61,12 +62,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dogbreed.evaluate import run
+    from dogbreed.predict import check_flags
+    from dogbreed.runtime.pipeline import Options
+
+    check_flags(None, args.threshold, args.keep)
+    options = None
+    if args.threshold is not None or args.keep is not None:
+        from dogbreed.artifact import load_artifact
+
+        options = Options.of(load_artifact(args.model)).override(None, args.threshold, args.keep)
+    doc = run(args.model, args.data, ood=args.ood, split=args.split, out=args.out, options=options,
+              progress=_progress(args))
+    print(f"{doc['split']}: {doc['n']} images; accuracy {100 * doc['accuracy']:.1f}% (95% interval "
+          f"{100 * doc['accuracy_ci95'][0]:.1f}-{100 * doc['accuracy_ci95'][1]:.1f}%), top-5 {100 * doc['top5']:.1f}%, "
+          f"NLL {doc['nll']:.4f}, ECE {100 * doc['ece']:.1f}%")
+    shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in doc["verdicts"].items())
+    print(f"verdicts on {doc['split']}: {shares}")
+    if "ood" in doc:
+        o = doc["ood"]
+        print(f"--ood ({o['out_n']} images): {o['score']} score AUROC {o['auroc']:.3f}, FPR at 95% TPR "
+              f"{100 * o['fpr_at_95_tpr']:.1f}%; verdicts: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in o["verdicts"].items()))
+    print(f"results: {Path(args.out) / 'evaluation.json'} (and selective.png, reliability.png"
+          + (", scores.png)" if "ood" in doc else ")"))
+    return 0
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from dogbreed.data.synth import synth
 
     path = synth(args.dir, classes=args.classes, per_class=args.per_class, size=args.size, seed=args.seed,
-                 progress=_progress(args))
+                 progress=_progress(args), unseen=args.unseen)
     print(f"wrote a synthetic data set: {path} ({args.classes} classes, {args.per_class} images each)")
+    if args.unseen:
+        print(f"and {args.unseen} unseen breeds in {path / 'unseen'} ({args.per_class // 2} images each; in no split): "
+              f"try `dogbreed evaluate --model MODEL --data {path} --ood {path / 'unseen'}`")
     return 0
 
 
@@ -215,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=40, help="images per class across all splits (default: 40)")
     p.add_argument("--size", type=int, default=224, help="image side in pixels (default: 224)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--unseen", type=int, default=0, help="also write this many breeds the model never sees, in "
+                   "DIR/unseen/, for testing what it says of them (default: 0)")
     p.set_defaults(func=cmd_data_synth)
 
     p = data_sub.add_parser("check", parents=[common], formatter_class=_Formatter, help="validate a data set",
@@ -263,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
     p.add_argument("--model", required=True, metavar="model.tar.gz", help="trained artifact (or its unpacked folder)")
     p.add_argument("--topk", type=int, default=None, help="how many breeds to list (default: the artifact's, 5)")
-    p.add_argument("--threshold", type=float, default=None, help="low-confidence note under this top-1 probability (default: the artifact's, 0.8)")
+    p.add_argument("--threshold", type=float, default=None, help="`unsure` under this top-1 probability (default: the artifact's, 0.8)")
+    p.add_argument("--keep", type=float, default=None, help="share of known-breed images the `not_a_dog` threshold lets "
+                   "through, 0 to 1 (default: the artifact's, 0.95)")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of a table (default: table)")
     p.set_defaults(func=cmd_predict)
 
@@ -282,6 +317,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="torchscript", help="torchscript or onnx (default: torchscript)")
     p.add_argument("--out", default=None, help="output path (default: beside the input, named model-FORMAT.tar.gz)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", parents=[common], formatter_class=_Formatter, help="accuracy, calibration and "
+                       "rejection of an artifact on labelled data",
+                       description="Evaluate an artifact on a labelled split through the inference path that answers\n"
+                                   "requests: accuracy, top-5, NLL, ECE, the selective-prediction curve and, with --ood (a\n"
+                                   "folder of non-dog photos, or of breeds the model never saw), how well its score tells\n"
+                                   "those apart (AUROC, FPR at 95% TPR).")
+    p.add_argument("--model", required=True, metavar="model.tar.gz", help="trained artifact (or its unpacked folder)")
+    p.add_argument("--data", required=True, metavar="DIR", help="data set root with DIR/<split>/<breed>/*.jpg")
+    p.add_argument("--split", default="test", help="which split to evaluate (default: test)")
+    p.add_argument("--ood", default=None, metavar="DIR", help="photos of anything but the model's breeds, e.g. the human "
+                   "faces set that shipped with the Udacity project, or `data synth --unseen`'s DIR/unseen (default: none)")
+    p.add_argument("--threshold", type=float, default=None, help="`unsure` under this top-1 probability (default: the artifact's)")
+    p.add_argument("--keep", type=float, default=None, help="share of known-breed images the `not_a_dog` threshold lets "
+                   "through (default: the artifact's)")
+    p.add_argument("--out", default="evaluation", help="folder for evaluation.json and the plots (default: evaluation)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", parents=[common], formatter_class=_Formatter, help="the whole workflow offline, on synthetic data",
                        description="Synthesize data, train (profiled), tune, write the artifact and predict, offline, in a few\nminutes on a CPU.")

@@ -21,10 +21,12 @@ from dogbreed.flags import option as _opt
 from dogbreed.machine import DEVICES, resolve_device
 from dogbreed.runtime.network import BACKBONES
 from dogbreed.runtime.pipeline import DEFAULT_THRESHOLD, Options
+from dogbreed.runtime.scores import SCORES
 
 TRAIN_LAYERS = ("head", "layer4", "all")
 SCHEDULERS = ("cosine", "none")
 AMP_MODES = ("auto", "bf16", "off")
+REJECT_SCORES = (*SCORES, "none")
 
 
 @dataclass
@@ -52,6 +54,12 @@ class TrainConfig:
     amp: str = _opt("auto", "mixed precision: auto (bf16 where the device supports it), bf16 or off", choices=AMP_MODES)
     workers: int | None = _opt(None, "data-loader worker processes (default: the machine's cores)")
     threshold: float = _opt(DEFAULT_THRESHOLD, "top-1 probability under which a prediction is flagged low-confidence")
+    reject: str = _opt("mahalanobis", "the score that says \"not a dog\": mahalanobis (on the embeddings; measured best, "
+                                      "benchmarks/RESULTS.md), energy, msp, imagenet (the ImageNet head's dog classes; "
+                                      "needs ImageNet weights and --train-layers head), or none", choices=REJECT_SCORES)
+    reject_keep: float = _opt(0.95, "share of the valid images the \"not a dog\" threshold keeps")
+    calibrate: bool = _opt(True, "fit a temperature on the validation split so that a 0.9 is right 9 times in 10 "
+                                 "(applied by every prediction); --no-calibrate to keep raw probabilities")
     profile: bool = _opt(True, "record system and step metrics and debugger tensors, run the rules live and write profile/report.html; --no-profile to skip")
     profile_interval_ms: int = _opt(500, "milliseconds between system samples (CPU, memory, disk, GPU)")
     debug_interval: int = _opt(25, "train steps between debugger records (loss, gradient/weight norms, update ratios; 0 = only the first steps)")
@@ -72,9 +80,9 @@ class TrainConfig:
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise DogbreedError(f"weight_decay must be a number at least 0, got {self.weight_decay}")
         try:
-            Options(threshold=self.threshold)
+            Options(threshold=self.threshold, keep=self.reject_keep)
         except ValueError as exc:
-            raise DogbreedError(str(exc)) from None
+            raise DogbreedError(str(exc).replace("keep must", "reject_keep must")) from None
         if self.image_size < 32:
             raise DogbreedError(f"image_size must be at least 32, got {self.image_size}")
         if self.aug_views < 0 or self.patience < 0 or (self.workers is not None and self.workers < 0):
@@ -85,6 +93,9 @@ class TrainConfig:
         if self.name is not None and (self.name in ("", ".", "..") or "/" in self.name or os.sep in self.name):
             raise DogbreedError(f"name {self.name!r} must be a plain folder name (no '/', not '.' or '..'): "
                                 f"the run's folder is made inside --out")
+        if self.reject == "imagenet" and (self.train_layers != "head" or not (self.pretrained or self.weights)):
+            raise DogbreedError("--reject imagenet reads the ImageNet head on the backbone's own embeddings: it needs "
+                                "ImageNet weights (--pretrained or --weights) and a frozen backbone (--train-layers head)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise DogbreedError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         return self

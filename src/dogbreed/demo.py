@@ -27,7 +27,7 @@ DEMO_RECIPE = {
     "batch_size": 32,
     "lr": 0.002,
 }
-DEMO_DATA = {"classes": 10, "per_class": 40, "size": 128, "seed": 0}
+DEMO_DATA = {"classes": 10, "per_class": 40, "size": 128, "seed": 0, "unseen": 2}
 DEMO_TUNE = {"trials": 6, "parallel": 2}
 
 
@@ -56,10 +56,13 @@ def run_demo(out: str | Path = "demo", *, progress: bool = True, show: int = 3) 
     study = f"demo-{result.run_dir.name}"
     tuned = tune(base, TuneOptions(study=study, **DEMO_TUNE), progress=progress)
 
-    log.info("\n4/4 predict: the tuned artifact on %d test images", show)
+    log.info("\n4/4 predict: the tuned artifact on %d test images, a breed it never saw and an image of no dog", show)
     loaded = load_artifact(tuned.artifact)
     classes = sorted(p for p in (data / "test").iterdir() if p.is_dir())[:show]
     files = [expand([folder])[0] for folder in classes]
+    if (data / "unseen").is_dir():  # a demo folder from before unseen breeds has none
+        files += expand([sorted(p for p in (data / "unseen").iterdir() if p.is_dir())[0]])[:1]
+    files.append(_noise_image(out / "not-a-dog.png", DEMO_DATA["size"]))
     opts = Options.of(loaded)
     for path, answer in predict_files(loaded, files, opts):
         log.info(format_answer(path, answer, opts.threshold))
@@ -68,9 +71,19 @@ def run_demo(out: str | Path = "demo", *, progress: bool = True, show: int = 3) 
         "  training run: %s\n  profile:      %s (rules, charts; `dogbreed report RUN` rebuilds it)\n"
         "  tuning:       %s (best.json, trials.csv, plots/)\n  artifact:     %s\n"
         "  try:          dogbreed predict %s --model %s\n"
+        "  honest?       dogbreed evaluate --model %s --data %s --ood %s\n"
         "  serve it:     dogbreed serve --model %s   (then open http://127.0.0.1:8080/)",
         100 * result.test["test_accuracy"], 100 * loaded.meta["metrics"]["test_accuracy"], result.run_dir,
         result.run_dir / "profile" / "report.html", tuned.study_dir, tuned.artifact, data / "test", tuned.artifact,
-        tuned.artifact,
+        tuned.artifact, data, data / "unseen", tuned.artifact,
     )
     return tuned.artifact
+
+
+def _noise_image(path: Path, size: int) -> Path:
+    """Random pixels: an image with no dog in it, for the demo's "not a dog" answer."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    return path

@@ -51,12 +51,26 @@ def export(artifact: str | os.PathLike, fmt: str = "torchscript", out: str | os.
         if fmt == "torchscript":
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated": SageMaker still loads it
-                torch.jit.trace(model, example).save(os.path.join(tmp, TORCHSCRIPT_FILE))
+                # forward (the logits alone, what SageMaker's default handler calls) and the pass that
+                # also gives the embedding the "not a dog" score reads
+                traced = torch.jit.trace_module(model, {"forward": example, "logits_and_features": example})
+                traced.save(os.path.join(tmp, TORCHSCRIPT_FILE))
         else:
             _export_onnx(model, example, os.path.join(tmp, ONNX_FILE))
         meta = dict(loaded.meta, exports=sorted(set(loaded.meta.get("exports", [])) | {fmt}))
         Path(tmp, MODEL_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         return pack(tmp, out)
+
+
+class _BothOutputs(torch.nn.Module):
+    """The graph ONNX gets: the logits and the embedding, as two outputs."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.logits_and_features(x)
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str) -> None:
@@ -66,6 +80,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str) -> No
         raise DogbreedError("ONNX export needs the onnx, onnxscript and onnxruntime packages: pip install 'dogbreed[onnx]'") from None
     batch = torch.export.Dim("batch", min=1, max=1024)
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter's step-by-step chatter
-        program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["logits"],
+        program = torch.onnx.export(_BothOutputs(model), (example,), input_names=["images"],
+                                    output_names=["logits", "features"],
                                     dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
     program.save(path)

@@ -89,6 +89,25 @@ def load_backbone_weights(model: nn.Module, backbone: str, path: str | os.PathLi
         )
 
 
+def imagenet_head(backbone: str, *, pretrained: bool = True, weights: str | None = None) -> dict | None:
+    """The 1000-way ImageNet head the backbone's weights came with ({"weight", "bias"}), read again
+    from the same file (the trained model has the new head in its place); None for random weights."""
+    if not (weights or pretrained):
+        return None
+    path = weights or download_weights(weights_enum(backbone))
+    head = registered(backbone).head
+    state = read_tensors(path)
+    try:
+        found = {"weight": state[f"{head}.weight"], "bias": state[f"{head}.bias"]}
+    except (KeyError, TypeError):
+        raise DogbreedError(f"weights file {path} has no ImageNet head ({head}.weight and {head}.bias): "
+                            f"--reject imagenet needs it; choose another --reject") from None
+    if found["weight"].shape[0] != 1000:
+        raise DogbreedError(f"weights file {path} has a {found['weight'].shape[0]}-way head, not ImageNet's 1000: "
+                            f"--reject imagenet needs it; choose another --reject")
+    return found
+
+
 def build_model(
     backbone: str, num_classes: int, *, pretrained: bool = True, weights: str | None = None
 ) -> tuple[nn.Module, str]:

@@ -30,10 +30,10 @@ def expand(paths: list[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def check_flags(topk: int | None, threshold: float | None) -> None:
-    """``--topk`` and ``--threshold`` as typed (None: not given); a bad one is one line."""
+def check_flags(topk: int | None, threshold: float | None, keep: float | None = None) -> None:
+    """``--topk``, ``--threshold`` and ``--keep`` as typed (None: not given); a bad one is one line."""
     try:
-        Options().override(topk, threshold)
+        Options().override(topk, threshold, keep)
     except ValueError as exc:
         raise DogbreedError(f"--{exc}") from None
 
@@ -62,6 +62,9 @@ def format_answer(path: Path, answer: dict, threshold: float) -> str:
     for rank, (breed, p) in enumerate(zip(answer["breeds"], answer["topk_probs"]), 1):
         bar = "█" * round(p * 20)
         lines.append(f"  {rank}. {breed:<32} {p:6.3f}  {bar}")
-    if answer["low_confidence"]:
-        lines.append(f"   low confidence: top-1 probability under {threshold:g}; the photo may show no known breed")
+    verdict = answer.get("verdict")
+    if verdict == "not_a_dog":
+        lines.append("   not a dog, or not a breed this model knows: it looks unlike every breed it was trained on")
+    elif answer["low_confidence"]:
+        lines.append(f"   not sure (low confidence): top-1 probability under {threshold:g}; try another photo")
     return "\n".join(lines)

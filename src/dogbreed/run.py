@@ -1,57 +1,44 @@
 """A training run from config to artifact: data -> model -> batches -> fit -> run dir -> model.tar.gz.
 
-    runs/<run>/config.yaml  metrics.csv  labels.json  results.json  per_class.csv
-              checkpoints/{last,best}.pt  curves.png  confusion.png  model.tar.gz  profile/
+    runs/<run>/config.yaml  labels.json  metrics.csv  checkpoints/{last,best}.pt  profile/
+              and what ``dogbreed.outputs`` writes when it ends (results, plots, the artifact)
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
 from dogbreed import config as cfgmod
-from dogbreed.artifact import model_meta, write_artifact, write_model_dir
-from dogbreed.batches import Batches, build_batches
+from dogbreed import outputs
+from dogbreed.batches import build_batches
 from dogbreed.checkpoints import Checkpoints, FitState, check_resumable
 from dogbreed.config import TrainConfig
-from dogbreed.data.layout import SPLITS, Labels, load_for_training, scan
-from dogbreed.files import atomic_write_text, make_folder
+from dogbreed.data.layout import SPLITS, load_for_training, scan
+from dogbreed.files import make_folder
 from dogbreed.hooks import NO_HOOKS, NoHooks
 from dogbreed.machine import resolve_device
 from dogbreed.model import build_model, eval_preset, freeze
-from dogbreed.plots import confusion_matrix, plot_confusion, plot_curves
-from dogbreed.runtime.presets import EvalPreset
+from dogbreed.outputs import RunResult
 from dogbreed.train import (
     METRIC_COLUMNS,
     amp_dtype_for,
     cosine_schedule,
-    evaluate,
     fit,
     format_epoch,
     sagemaker_line,
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    artifact: Path | None  # None for a run stopped before its outputs (``finish=False``)
-    test: dict
-    best_epoch: int
-    history: list[dict]
 
 
 def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress: bool = True,
@@ -193,47 +180,8 @@ def _run(run_dir: Path, cfg: TrainConfig, device: torch.device, hooks: NoHooks, 
     if not finish:
         return RunResult(run_dir, None, {}, state.best_epoch, state.history)
     checkpoints.load_best(batches.trainable)
-    return _finish(run_dir, cfg, model, batches, labels, preset, state, weights_source, device, amp_dtype, hooks,
-                   seconds=time.perf_counter() - started)
-
-
-def _finish(run_dir: Path, cfg: TrainConfig, model, batches: Batches, labels: Labels, preset: EvalPreset,
-            state: FitState, weights_source: str, device, amp_dtype, hooks: NoHooks, *, seconds: float) -> RunResult:
-    """The best epoch on the test split, the run's tables and plots, and the artifact."""
-    test = evaluate(batches.trainable, batches.test, device=device, amp_dtype=amp_dtype, keep_predictions=True,
-                    hooks=hooks, phase="test")
-    test_metrics = {"test_loss": test.loss, "test_accuracy": test.accuracy, "test_top5": test.top5, "test_n": test.n}
-    log.info("test (best epoch %d): loss %.4f  accuracy %.4f  top5 %.4f  (%d images)",
-             state.best_epoch, test.loss, test.accuracy, test.top5, test.n)
-    log.info(" ".join(f"{k}={v:.6g};" for k, v in test_metrics.items() if k != "test_n"))
-
-    per_class = write_per_class(test.targets, test.predictions, labels, run_dir / "per_class.csv")
-    hooks.note({"event": "per_class", "split": "test", "names": labels.names, "n": [r["n"] for r in per_class],
-                "correct": [r["correct"] for r in per_class]})
-    plot_curves(state.history, run_dir / "curves.png", state.best_epoch)
-    matrix = confusion_matrix(test.targets.numpy(), test.predictions.numpy(), len(labels.names))
-    plot_confusion(matrix, labels.display, run_dir / "confusion.png")
-
-    model = model.cpu()  # the head trained in place inside it, on the cached path too
-    results = {
-        **test_metrics,
-        "best_epoch": state.best_epoch,
-        "best_val_loss": state.best_val_loss,
-        "epochs_run": state.epoch,
-        "seconds": round(seconds, 2),
-        "weights": weights_source,
-        "feature_cache": batches.cache_stats,
-        "per_class_accuracy": {r["name"]: r["accuracy"] for r in per_class},
-    }
-    meta = model_meta(cfg.backbone, labels, preset, threshold=cfg.threshold, weights=weights_source,
-                      config=cfg.to_dict(), metrics=test_metrics)
-    artifact = write_artifact(run_dir / "model.tar.gz", model, labels, meta)
-    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
-    if sm_dir := cfgmod.sagemaker_model_dir():
-        write_model_dir(sm_dir, model, labels, meta)
-        shutil.copy(run_dir / "metrics.csv", Path(sm_dir) / "metrics.csv")
-        log.info("SageMaker model dir written: %s", sm_dir)
-    return RunResult(run_dir, artifact, test_metrics, state.best_epoch, state.history)
+    return outputs.finish(run_dir, cfg, model, batches, data, preset, state, weights_source, device, amp_dtype, hooks,
+                          seconds=time.perf_counter() - started)
 
 
 def write_metrics(history: list[dict], path: Path) -> None:
@@ -241,18 +189,3 @@ def write_metrics(history: list[dict], path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
         writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in history)
-
-
-def write_per_class(targets: torch.Tensor, preds: torch.Tensor, labels: Labels, path: Path) -> list[dict]:
-    rows = []
-    for i, (name, display) in enumerate(zip(labels.names, labels.display)):
-        mask = targets == i
-        n = int(mask.sum())
-        correct = int((preds[mask] == i).sum())
-        rows.append({"index": i, "name": name, "display": display, "n": n, "correct": correct,
-                     "accuracy": round(correct / n, 6) if n else None})
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return rows

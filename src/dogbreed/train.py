@@ -53,8 +53,15 @@ class EvalResult:
     accuracy: float
     top5: float
     n: int
-    predictions: torch.Tensor | None = None  # (N,) top-1 class, when asked for
-    targets: torch.Tensor | None = None
+    # When asked for (keep_predictions): per image, in the split's order of iteration
+    logits: torch.Tensor | None = None  # (N, C) fp32, on the CPU
+    targets: torch.Tensor | None = None  # (N,)
+    indices: torch.Tensor | None = None  # (N,) each image's index in its split (where to find it)
+    features: torch.Tensor | None = None  # (N, D) what ``features_of`` took in (the head: the embedding)
+
+    @property
+    def predictions(self) -> torch.Tensor | None:
+        return None if self.logits is None else self.logits.argmax(dim=1)
 
 
 def train_one_epoch(
@@ -109,36 +116,48 @@ def evaluate(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     keep_predictions: bool = False,
+    features_of: nn.Module | None = None,
     hooks: StepHooks = NO_HOOKS,
     phase: str = "eval",
 ) -> EvalResult:
+    """Loss and accuracy over ``batches``; with ``keep_predictions`` also each image's logits,
+    target and index, and with ``features_of`` (a module inside ``model``, or ``model`` itself) the
+    input that module received for each image."""
     model.eval()
+    seen_inputs: list[torch.Tensor] = []
+    hook = None
+    if features_of is not None:  # the same pass gives the embeddings: no second forward
+        hook = features_of.register_forward_hook(lambda module, args, out: seen_inputs.append(args[0].float().cpu()))
     loss_sum = torch.zeros((), device=device)
     top1 = torch.zeros((), device=device, dtype=torch.long)
     top5 = torch.zeros((), device=device, dtype=torch.long)
-    preds, targets, seen = [], [], 0
-    for batch in hooks.steps(batches, phase):
-        if batch is None:
-            continue
-        x, y, _ = batch
-        x, y = _to_device(x, device), y.to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
-            logits = model(x).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        top1 += (ranked[:, 0] == y).sum()
-        top5 += (ranked == y[:, None]).any(dim=1).sum()
-        seen += y.numel()
-        if keep_predictions:
-            preds.append(ranked[:, 0].cpu())
-            targets.append(y.cpu())
+    kept, seen = [], 0
+    try:
+        for batch in hooks.steps(batches, phase):
+            if batch is None:
+                continue
+            x, y, index = batch
+            x, y = _to_device(x, device), y.to(device, non_blocking=True)
+            with _autocast(device, amp_dtype):
+                logits = model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            top1 += (ranked[:, 0] == y).sum()
+            top5 += (ranked == y[:, None]).any(dim=1).sum()
+            seen += y.numel()
+            if keep_predictions:
+                kept.append((logits.cpu(), y.cpu(), torch.as_tensor(index).cpu()))
+    finally:
+        if hook is not None:
+            hook.remove()
     if seen == 0:
         raise DogbreedError("no evaluation image could be decoded; run `dogbreed data check` on the data set")
-    return EvalResult(
-        loss_sum.item() / seen, top1.item() / seen, top5.item() / seen, seen,
-        torch.cat(preds) if keep_predictions else None,
-        torch.cat(targets) if keep_predictions else None,
-    )
+    result = EvalResult(loss_sum.item() / seen, top1.item() / seen, top5.item() / seen, seen)
+    if keep_predictions:
+        result.logits, result.targets, result.indices = (torch.cat(parts) for parts in zip(*kept))
+    if seen_inputs:
+        result.features = torch.cat(seen_inputs)
+    return result
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, kind: str = "cosine"):

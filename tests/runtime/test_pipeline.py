@@ -10,7 +10,7 @@ from PIL import Image
 
 from dogbreed.runtime import pipeline
 from dogbreed.runtime.loading import LoadedModel
-from dogbreed.runtime.network import build_network
+from dogbreed.runtime.network import WithFeatures, build_network
 from dogbreed.runtime.pipeline import MAX_TOPK, Options, RequestError
 from dogbreed.runtime.presets import EvalPreset
 
@@ -18,7 +18,7 @@ from dogbreed.runtime.presets import EvalPreset
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    net = build_network("resnet18", 3).eval()
+    net = WithFeatures(build_network("resnet18", 3), "resnet18").eval()
     labels = ["001.Affenpinscher", "002.Afghan_hound", "003.Airedale_terrier"]
     return LoadedModel(net, labels, ["Affenpinscher", "Afghan hound", "Airedale terrier"],
                        EvalPreset(crop_size=64, resize_size=73), {"topk": 5, "threshold": 0.8}, torch.device("cpu"))
@@ -122,7 +122,10 @@ def test_predict_is_softmax_top_k_and_threshold_per_image(model):
     with torch.no_grad():
         logits = model.model(model.preset.normalize(torch.stack(pixels)))
     expected = torch.softmax(logits, dim=1)
-    assert torch.allclose(pipeline.probabilities(model, pixels), expected, atol=1e-6)
+    logits, features = pipeline.forward(model, pixels)
+    with torch.no_grad():
+        assert features.shape == (3, 512) and torch.allclose(model.model.head(features), logits, atol=1e-5)
+    assert torch.allclose(pipeline.probabilities(model, logits), expected, atol=1e-6)
 
     options = [Options(topk=1, threshold=0.0), Options(topk=2, threshold=1.0), Options(topk=50, threshold=0.5)]
     answers = pipeline.predict(model, pixels, options)
@@ -149,3 +152,24 @@ def test_request_errors_carry_their_http_status_the_way_sagemakers_toolkit_reads
     assert (err.status_code, err.message, err.phrase, str(err)) == (415, "nope", "Unsupported Media Type", "nope")
     toolkit = pytest.importorskip("sagemaker_inference.errors")
     assert isinstance(err, toolkit.BaseInferenceToolkitError)  # so SageMaker answers 415, not 500
+
+
+def test_the_verdict_says_not_a_dog_below_the_score_threshold_and_unsure_below_the_probability(model):
+    import dataclasses
+
+    pixels = [pipeline.decode(model, png(colour=(i * 60, 80, 200 - i * 50))) for i in range(3)]
+    logits, features = pipeline.forward(model, pixels)
+    energy = (torch.logsumexp(logits.double(), dim=1)).tolist()
+    # valid scores 0..100 in quantiles; the threshold for keep k is the (1 - k) quantile
+    rejection = {"score": "energy", "keep": 0.5, "quantiles": [min(energy) + (max(energy) - min(energy)) * i / 100
+                                                                 for i in range(101)]}
+    judged = dataclasses.replace(model, rejection=rejection)
+    assert pipeline.reject_threshold(judged, 0.5) == pytest.approx((min(energy) + max(energy)) / 2)
+    answers = pipeline.predict(judged, pixels, Options.of(judged).override(threshold=0.0))
+    for answer, e in zip(answers, energy):
+        assert answer["ood_score"] == pytest.approx(e, abs=1e-5)
+        assert answer["verdict"] == ("not_a_dog" if e < (min(energy) + max(energy)) / 2 else "breed")
+    everyone = pipeline.predict(judged, pixels, Options(threshold=1.0, keep=1.0))  # keep every valid score: none rejected
+    assert [a["verdict"] for a in everyone] == ["unsure"] * 3
+    assert [a["verdict"] for a in pipeline.predict(model, pixels, Options(threshold=1.0))] == ["unsure"] * 3  # no rejection
+    assert all(a["ood_score"] is None for a in pipeline.predict(model, pixels, Options()))

@@ -25,8 +25,10 @@ def test_upload_a_photo_and_read_the_breeds(server, samples, browser, tmp_path):
     assert [r.get_attribute("data-label") for r in rows] == expected["topk_labels"]
     first = rows[0].find_element(By.CLASS_NAME, "prob").text
     assert first == f"{100 * expected['topk_probs'][0]:.1f}%"
-    notes = browser.find_elements(By.CSS_SELECTOR, "#results .note")
-    assert bool(notes) == expected["low_confidence"]
+    verdict = browser.find_element(By.CSS_SELECTOR, "#results .verdict")
+    assert verdict.get_attribute("data-verdict") == expected["verdict"]
+    words = {"breed": f"This looks like a {expected['breeds'][0]}.", "unsure": "Not sure", "not_a_dog": "Not a dog"}
+    assert verdict.text.startswith(words[expected["verdict"]])
     shot = Path(os.environ.get("DOGBREED_SCREENSHOTS", tmp_path)) / "page.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000

@@ -46,7 +46,9 @@ def test_invocations_answers_with_the_seeds_field_names(server, samples):
     status, headers, body = invoke(server, (samples / "Beagle_01125.jpg").read_bytes())
     assert status == 200 and headers["content-type"] == "application/json"
     answer = json.loads(body)
-    assert list(answer) == ["topk_labels", "topk_indices", "topk_probs", "breeds", "low_confidence"]
+    # the original project's keys first, as they were; then the verdict and its score
+    assert list(answer) == ["topk_labels", "topk_indices", "topk_probs", "breeds", "low_confidence", "verdict",
+                            "ood_score"]
     assert len(answer["topk_labels"]) == 4 and answer["topk_labels"][0].startswith("00")
     assert answer["topk_probs"] == sorted(answer["topk_probs"], reverse=True)
 
@@ -247,3 +249,42 @@ def test_metrics_and_docs(server, samples):
     assert status == 200 and b"<script src" not in page and b"cdn" not in page.lower()  # works offline
     spec = json.loads(call(server, "/openapi.json", method="GET")[2])
     assert {"/ping", "/invocations", "/endpoints/{name}/invocations", "/predict", "/metrics"} <= set(spec["paths"])
+
+
+def test_every_answer_carries_a_verdict_from_the_artifacts_own_thresholds(server, trained_run, samples, synth_data,
+                                                                          tmp_path):
+    """A cat, noise, a breed the model never saw and a known breed, through the real server: the
+    original keys intact, and a verdict that follows model.json's "not a dog" threshold and the
+    probability threshold. (Whether a tiny random-weight model can tell a cat from its breeds is
+    measured in benchmarks/ood_bench.py, not asserted here.)"""
+    import numpy as np
+
+    from dogbreed.archive import safe_extract_tar
+    from dogbreed.data.synth import synth
+
+    safe_extract_tar(trained_run.artifact, tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    cut = meta["rejection"]["threshold"]
+    # the session's data set again (same seed: the same known breeds), with one breed the model never saw
+    again = synth(tmp_path / "again", classes=4, per_class=16, size=64, seed=1, unseen=1, progress=False)
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(noise, "PNG")
+    images = {"cat": (samples / "cat_01.jpg").read_bytes(), "noise": noise.getvalue(),
+              "unseen": sorted((again / "unseen").rglob("*.jpg"))[0].read_bytes(),
+              "known": sorted((synth_data / "train").glob("*/*.jpg"))[0].read_bytes()}
+    for what, body in images.items():
+        status, _, raw = invoke(server, body)
+        answer = json.loads(raw)
+        assert status == 200 and len(answer["topk_labels"]) == len(answer["topk_probs"]) == 4, what
+        expected = ("not_a_dog" if answer["ood_score"] < cut else
+                    "unsure" if answer["topk_probs"][0] < meta["threshold"] else "breed")
+        assert answer["verdict"] == expected, (what, answer)
+        # a request may ask for another share of known breeds kept: all of them (under the lowest valid
+        # score) or 1% (under the 99th percentile)
+        q = meta["rejection"]["quantiles"]
+        for keep, below in (("1", q[0]), ("0.01", q[99])):
+            other = json.loads(invoke(server, body, **{"X-Amzn-SageMaker-Custom-Attributes": f"keep={keep}"})[2])
+            assert other["verdict"] == ("not_a_dog" if answer["ood_score"] < below else
+                                        "unsure" if answer["topk_probs"][0] < meta["threshold"] else "breed"), what
+    status, _, raw = invoke(server, images["known"], **{"X-Amzn-SageMaker-Custom-Attributes": "keep=0"})
+    assert status == 400 and "keep must be in (0, 1]" in raw.decode()

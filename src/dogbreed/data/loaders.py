@@ -93,10 +93,14 @@ class TensorBatches:
     train-time augmentation of the image path at the cost of a tensor gather.
     """
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int = 0):
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int = 0,
+                 samples: torch.Tensor | None = None):
+        """``samples``: each row's index among the split's images (default: the row itself), what a
+        batch reports as its third element, as an image loader does."""
         if features.dim() == 2:
             features = features.unsqueeze(0)
         self.features, self.labels = features, labels
+        self.samples = samples
         self.batch_size, self.shuffle = batch_size, shuffle
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -110,4 +114,4 @@ class TensorBatches:
         order, views = order.to(self.labels.device), views.to(self.labels.device)
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
-            yield self.features[views[idx], idx].float(), self.labels[idx], idx
+            yield self.features[views[idx], idx].float(), self.labels[idx], idx if self.samples is None else self.samples[idx]

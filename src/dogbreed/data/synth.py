@@ -45,9 +45,9 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]) * 255
 
 
-def _class_style(index: int, classes: int, seed: int) -> dict:
+def _class_style(index: int, classes: int, seed: int, hue_offset: float = 0.0) -> dict:
     rng = np.random.default_rng([seed, index, 7])
-    hue = (index / classes + rng.uniform(-0.02, 0.02)) % 1.0
+    hue = ((index + hue_offset) / classes + rng.uniform(-0.02, 0.02)) % 1.0
     return {
         "color": _hsv_to_rgb(hue, 0.85, 0.95),
         "color2": _hsv_to_rgb((hue + 0.5) % 1.0, 0.6, 0.35),
@@ -119,14 +119,22 @@ def render(style: dict, size: int, rng: np.random.Generator) -> Image.Image:
 
 
 def synth(dest: str | os.PathLike, classes: int = 10, per_class: int = 40, size: int = 224, seed: int = 0,
-          progress: bool = True) -> Path:
-    """Write ``dest/{train,valid,test}/<NNN.Name>/*.jpg``: ``per_class`` images per class, 70/15/15."""
+          progress: bool = True, unseen: int = 0) -> Path:
+    """Write ``dest/{train,valid,test}/<NNN.Name>/*.jpg``: ``per_class`` images per class, 70/15/15.
+
+    ``unseen`` > 0 also writes ``dest/unseen/<NNN.Name>/*.jpg``: that many more breeds, in no split,
+    each with ``per_class // 2`` images, for trying what a model says of breeds it never saw
+    (``dogbreed evaluate --ood DIR/unseen``). They sit between the known breeds (their hues halfway
+    between two known ones, with the same shapes and textures), as a new breed resembles known ones;
+    the known breeds are the same as without ``unseen``."""
     if classes < 2:
         raise DogbreedError(f"--classes must be at least 2, got {classes}")
     if per_class < 6:
         raise DogbreedError(f"--per-class must be at least 6 (so every split gets an image), got {per_class}")
     if size < 32:
         raise DogbreedError(f"--size must be at least 32, got {size}")
+    if unseen < 0 or unseen > len(BREEDS):
+        raise DogbreedError(f"--unseen must be 0..{len(BREEDS)}, got {unseen}")
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise DogbreedError(f"{dest} exists and is not empty; pick a new folder")
@@ -136,10 +144,15 @@ def synth(dest: str | os.PathLike, classes: int = 10, per_class: int = 40, size:
     names = class_names(classes)
     counts = [max(1, round(per_class * share)) for _, share in SPLIT_SHARE[1:]]
     counts = [per_class - sum(counts), *counts]
-    bar = tqdm(total=classes * per_class, desc="synthesizing", unit="img", disable=not progress, leave=False)
-    for ci, name in enumerate(names):
-        style = _class_style(ci, classes, seed)
-        for si, ((split, _), count) in enumerate(zip(SPLIT_SHARE, counts)):
+    extra = per_class // 2
+    bar = tqdm(total=classes * per_class + unseen * extra, desc="synthesizing", unit="img", disable=not progress,
+               leave=False)
+    jobs = [(ci, name, _class_style(ci, classes, seed), list(zip(SPLIT_SHARE, counts))) for ci, name in enumerate(names)]
+    # Unseen breeds: named after the breeds that come next, styled between two known ones.
+    jobs += [(classes + ui, name, _class_style(ui, classes, seed + 1, hue_offset=0.5), [(("unseen", 0), extra)])
+             for ui, name in enumerate(class_names(classes + unseen)[classes:])]
+    for ci, name, style, splits in jobs:
+        for si, ((split, _), count) in enumerate(splits):
             folder = work / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for k in range(count):

@@ -6,6 +6,7 @@ Shipped verbatim inside every artifact (``code/loading.py``): keep it free of do
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -14,17 +15,20 @@ import torch
 from torch import nn
 
 try:
-    from .network import OnnxModel, build_network
+    from .network import OnnxModel, WithFeatures, build_network
     from .presets import EvalPreset
+    from .scores import SCORES, TENSORS
 except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
-    from network import OnnxModel, build_network  # type: ignore[no-redef]
+    from network import OnnxModel, WithFeatures, build_network  # type: ignore[no-redef]
     from presets import EvalPreset  # type: ignore[no-redef]
+    from scores import SCORES, TENSORS  # type: ignore[no-redef]
 
 WEIGHTS_FILE = "model.pth"
 LABELS_FILE = "labels.json"
 MODEL_FILE = "model.json"
 TORCHSCRIPT_FILE = "model.pt"  # the name SageMaker's default TorchScript model_fn loads
 ONNX_FILE = "model.onnx"
+REJECTION_FILE = "rejection.pth"  # what the "not a dog" score needs beyond the network (class means...)
 FORMAT_VERSION = 1  # of model.json; raised when a change would mislead older code
 BACKENDS = {"eager": WEIGHTS_FILE, "torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE}  # backend -> the file it runs
 
@@ -38,6 +42,10 @@ class LoadedModel:
     meta: dict  # model.json
     device: torch.device
     backend: str = "eager"
+    temperature: float = 1.0  # logits are divided by it before the softmax (model.json's calibration)
+    # model.json's "rejection" (score, threshold, keep, quantiles) and, for a score that reads the
+    # embedding, its tensors; None for an artifact without one (older, or trained with --reject none)
+    rejection: dict | None = None
 
 
 def read_labels(path: str) -> tuple[list[str], list[str]]:
@@ -90,6 +98,12 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
             raise ValueError(f"{model_dir}: labels.json has {len(labels)} classes, model.json says {meta['num_classes']}")
         preset = EvalPreset.from_dict(meta["preset"])
         network = build_network(meta["backbone"], meta["num_classes"])
+        temperature = meta.get("calibration", {}).get("temperature", 1.0)  # older artifacts: none, raw probabilities
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+                math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"{model_dir}: model.json's calibration temperature must be a positive number, "
+                             f"got {temperature!r}")
+        rejection = _rejection(model_dir, meta.get("rejection"))
     except FileNotFoundError as exc:
         raise ValueError(f"{model_dir}: not a dogbreed model ({os.path.basename(exc.filename)} is missing)") from None
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
@@ -109,8 +123,9 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
             network.load_state_dict(state)
         except Exception as exc:  # not a state dict, or another network's
             raise ValueError(f"{model_dir}: {name} does not match model.json ({load_failure(exc)})") from None
+        network = WithFeatures(network, meta["backbone"])  # one pass: the logits and the embedding
         return LoadedModel(network.to(device, memory_format=torch.channels_last).eval(), labels, display, preset, meta,
-                           device, backend)
+                           device, backend, temperature, rejection)
     try:
         if backend == "torchscript":
             with warnings.catch_warnings():
@@ -122,4 +137,22 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
         raise
     except Exception as exc:  # each runtime raises its own types for a damaged file
         raise ValueError(f"{model_dir}: {name} is corrupt ({load_failure(exc)})") from None
-    return LoadedModel(network, labels, display, preset, meta, device, backend)
+    return LoadedModel(network, labels, display, preset, meta, device, backend, temperature, rejection)
+
+
+def _rejection(model_dir: str, doc: dict | None) -> dict | None:
+    """model.json's rejection, checked, with its tensors (``rejection.pth``) where its score needs them."""
+    if not doc:
+        return None
+    if doc.get("score") not in SCORES or not isinstance(doc.get("quantiles"), list) or len(doc["quantiles"]) < 2:
+        raise ValueError(f"{model_dir}: model.json's rejection is malformed (score {doc.get('score')!r})")
+    doc = dict(doc)
+    if doc["score"] in TENSORS:
+        try:
+            tensors = read_tensors(os.path.join(model_dir, REJECTION_FILE))
+            doc["tensors"] = {k: tensors[k].float() for k in TENSORS[doc["score"]]}
+        except FileNotFoundError:
+            raise ValueError(f"{model_dir}: not a dogbreed model ({REJECTION_FILE} is missing)") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{model_dir}: {REJECTION_FILE} is unreadable ({exc})") from None
+    return doc

@@ -63,18 +63,47 @@ def replace_head(model: nn.Module, name: str, num_classes: int) -> nn.Linear:
     return head
 
 
+class WithFeatures(nn.Module):
+    """A classifier split at its head, so that one pass gives the logits and the embedding they came
+    from (what the "not a dog" score reads). ``forward`` still gives the logits alone, so that
+    SageMaker's default TorchScript handler can run an export of it."""
+
+    def __init__(self, network: nn.Module, name: str):
+        super().__init__()
+        self.head = get_head(network, name)
+        set_head(network, name, nn.Identity())
+        self.body = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x)
+        return self.head(features), features
+
+
 class OnnxModel:
-    """An ONNX Runtime session that takes and returns torch tensors, like the eager network."""
+    """An ONNX Runtime session that takes and returns torch tensors, like the eager network. An
+    export with two outputs gives the embedding too (``logits_and_features``)."""
 
     def __init__(self, path: str):
         import onnxruntime  # only for artifacts exported with `dogbreed export --format onnx`
 
         self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
+        if len(self.session.get_outputs()) < 2:  # an export from before embeddings were one of its outputs
+            self.logits_and_features = None
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._run(batch)[0]
+
+    def logits_and_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = self._run(batch)[:2]
+        return logits, features
+
+    def _run(self, batch: torch.Tensor) -> list[torch.Tensor]:
         images = batch.detach().float().contiguous().cpu().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input: images})[0])
+        return [torch.from_numpy(out) for out in self.session.run(None, {self.input: images})]
 
     def eval(self) -> "OnnxModel":
         return self

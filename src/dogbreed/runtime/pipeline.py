@@ -1,6 +1,7 @@
 """The one inference path, from request bytes to answers:
 
-    content type -> payloads -> decoded pixels -> probabilities -> answers -> Accept -> JSON
+    content type -> payloads -> decoded pixels -> logits + embeddings -> calibrated probabilities,
+    "not a dog" score -> answers with a verdict -> Accept -> JSON
 
 SageMaker's handlers (``inference.py``), ``dogbreed serve`` and ``dogbreed predict`` all call these
 functions, so the same request gets the same answer, or the same error, from each. The server adds
@@ -22,9 +23,11 @@ from dataclasses import dataclass, replace
 import torch
 
 try:
+    from . import scores
     from .loading import LoadedModel
     from .presets import DEFAULT_MAX_PIXELS, ImageDecodeError
 except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
+    import scores  # type: ignore[no-redef]
     from loading import LoadedModel  # type: ignore[no-redef]
     from presets import DEFAULT_MAX_PIXELS, ImageDecodeError  # type: ignore[no-redef]
 
@@ -58,29 +61,36 @@ class RequestError(_StatusError):
 
 @dataclass(frozen=True)
 class Options:
-    """How an answer is shaped: how many breeds, and the low-confidence threshold."""
+    """How an answer is shaped: how many breeds; the probability under which it is ``unsure``; the
+    share of known-breed images the "not a dog" threshold keeps (None: the artifact's, or no
+    rejection at all for an artifact without one)."""
 
     topk: int = DEFAULT_TOPK
     threshold: float = DEFAULT_THRESHOLD
+    keep: float | None = None
 
     def __post_init__(self) -> None:
-        """The one check of both values; callers name the flag or field (``--threshold ...``)."""
+        """The one check of every value; callers name the flag or field (``--threshold ...``)."""
         if not 1 <= self.topk <= MAX_TOPK:
             raise ValueError(f"topk must be 1..{MAX_TOPK}, got {self.topk}")
         if not 0.0 <= self.threshold <= 1.0:  # NaN fails too
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold:g}")
+        if self.keep is not None and not 0.0 < self.keep <= 1.0:
+            raise ValueError(f"keep must be in (0, 1], got {self.keep:g}")
 
     @classmethod
     def of(cls, model: LoadedModel) -> "Options":
         """The artifact's own (model.json), or the defaults."""
         try:
-            return cls(int(model.meta.get("topk", DEFAULT_TOPK)), float(model.meta.get("threshold", DEFAULT_THRESHOLD)))
+            keep = model.rejection["keep"] if model.rejection else None
+            return cls(int(model.meta.get("topk", DEFAULT_TOPK)), float(model.meta.get("threshold", DEFAULT_THRESHOLD)),
+                       None if keep is None else float(keep))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"model.json: {exc}") from None
 
-    def override(self, topk: int | None = None, threshold: float | None = None) -> "Options":
+    def override(self, topk: int | None = None, threshold: float | None = None, keep: float | None = None) -> "Options":
         """These options with the values that were given (None keeps the current one)."""
-        given = {k: v for k, v in (("topk", topk), ("threshold", threshold)) if v is not None}
+        given = {k: v for k, v in (("topk", topk), ("threshold", threshold), ("keep", keep)) if v is not None}
         return replace(self, **given) if given else self
 
 
@@ -112,16 +122,17 @@ def negotiate(accept: str | None) -> str:
 
 
 def custom_attributes(header: str | None, defaults: Options) -> Options:
-    """SageMaker's ``X-Amzn-SageMaker-Custom-Attributes: topk=3,threshold=0.5`` (either may be
+    """SageMaker's ``X-Amzn-SageMaker-Custom-Attributes: topk=3,threshold=0.5,keep=0.9`` (any may be
     absent, other keys are ignored) over ``defaults``."""
     pairs = dict(re.findall(r"(\w+)\s*=\s*([^,;\s]+)", header or ""))
     try:
         topk = int(pairs["topk"]) if "topk" in pairs else None
         threshold = float(pairs["threshold"]) if "threshold" in pairs else None
+        keep = float(pairs["keep"]) if "keep" in pairs else None
     except ValueError:
-        raise RequestError(f"bad X-Amzn-SageMaker-Custom-Attributes {header!r}; expected topk=N,threshold=X") from None
+        raise RequestError(f"bad X-Amzn-SageMaker-Custom-Attributes {header!r}; expected topk=N,threshold=X,keep=X") from None
     try:
-        return defaults.override(topk, threshold)
+        return defaults.override(topk, threshold, keep)
     except ValueError as exc:
         raise RequestError(f"custom attribute {exc}") from None
 
@@ -179,31 +190,67 @@ def decode(model: LoadedModel, data: bytes, *, max_pixels: int | None = DEFAULT_
 
 
 @torch.inference_mode()
-def probabilities(model: LoadedModel, pixels: Sequence[torch.Tensor]) -> torch.Tensor:
-    """uint8 pixels, one tensor per image, to softmax probabilities in fp32, (N, classes) on the CPU."""
+def forward(model: LoadedModel, pixels: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 pixels, one tensor per image, to (logits, penultimate embeddings) in fp32 on the CPU,
+    from one pass. The embeddings are None from an export made before they were one of its outputs."""
     batch = torch.stack(list(pixels)).to(model.device)
     images = model.preset.normalize(batch).contiguous(memory_format=torch.channels_last)
-    return torch.softmax(model.model(images).float(), dim=1).cpu()
+    both = getattr(model.model, "logits_and_features", None)
+    logits, features = both(images) if both is not None else (model.model(images), None)
+    return logits.float().cpu(), None if features is None else features.float().cpu()
 
 
-def answer(model: LoadedModel, probs: torch.Tensor, options: Options) -> dict:
-    """One image's answer, with the field names the original project's clients parse."""
+def probabilities(model: LoadedModel, logits: torch.Tensor) -> torch.Tensor:
+    """Calibrated softmax probabilities: the logits divided by the artifact's temperature."""
+    return torch.softmax(logits / model.temperature, dim=1)
+
+
+def ood_scores(model: LoadedModel, logits: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor | None:
+    """The artifact's "not a dog" score per image (higher: more like its breeds), or None where it
+    has none (or the export it runs gives no embeddings for a score that reads them)."""
+    rejection = model.rejection
+    if rejection is None or (rejection["score"] in scores.NEEDS_FEATURES and features is None):
+        return None
+    return scores.score(rejection["score"], logits, features, model.temperature, rejection.get("tensors"))
+
+
+def reject_threshold(model: LoadedModel, keep: float) -> float:
+    """The score under which an answer is ``not_a_dog``: the one that ``keep`` of the validation
+    images reached (model.json holds the validation scores' quantiles, so a request may ask for
+    another share)."""
+    return scores.threshold_at(model.rejection["quantiles"], keep)
+
+
+def answer(model: LoadedModel, probs: torch.Tensor, options: Options, ood: float | None = None) -> dict:
+    """One image's answer, with the field names the original project's clients parse, then the
+    verdict: ``not_a_dog`` when the score is under the threshold, ``unsure`` when the top probability
+    is under ``options.threshold``, else ``breed``."""
     values, indices = probs.topk(min(options.topk, probs.numel()))
     idx = indices.tolist()
+    top = values[0].item()
+    if ood is not None and options.keep is not None and ood < reject_threshold(model, options.keep):
+        verdict = "not_a_dog"
+    else:
+        verdict = "unsure" if top < options.threshold else "breed"
     return {
         "topk_labels": [model.labels[i] for i in idx],
         "topk_indices": idx,
         "topk_probs": [round(v, 6) for v in values.tolist()],
         "breeds": [model.display[i] for i in idx],
-        "low_confidence": bool(values[0].item() < options.threshold),
+        "low_confidence": bool(top < options.threshold),
+        "verdict": verdict,
+        "ood_score": None if ood is None else round(ood, 6),
     }
 
 
 def predict(model: LoadedModel, pixels: Sequence[torch.Tensor], options: Options | Sequence[Options]) -> list[dict]:
-    """One answer per image: normalise, forward, softmax, top-k, threshold. ``options`` is one for
-    every image, or one per image (a server batch mixes requests)."""
+    """One answer per image: normalise, forward, calibrated softmax, top-k, the verdict. ``options``
+    is one for every image, or one per image (a server batch mixes requests)."""
     each = [options] * len(pixels) if isinstance(options, Options) else list(options)
-    return [answer(model, row, opts) for row, opts in zip(probabilities(model, pixels), each, strict=True)]
+    logits, features = forward(model, pixels)
+    ood = ood_scores(model, logits, features)
+    return [answer(model, row, opts, None if ood is None else float(ood[i]))
+            for i, (row, opts) in enumerate(zip(probabilities(model, logits), each, strict=True))]
 
 
 def render(answers: list[dict], many: bool) -> str:

@@ -36,6 +36,8 @@ class ServeConfig:
                                     "(default: the artifact's, 5)")
     threshold: float | None = option(None, "low_confidence below this top-1 probability; a request may ask otherwise "
                                            "with threshold= (default: the artifact's, 0.8)")
+    keep: float | None = option(None, "share of known-breed images the not_a_dog threshold lets through; a request may "
+                                      "ask otherwise with keep= (default: the artifact's, 0.95)")
     backend: str = option("eager", "model runtime (torchscript and onnx need `dogbreed export` first)", choices=tuple(BACKENDS))
     api_key: str | None = option(None, "require Authorization: Bearer KEY on everything but /ping and the page "
                                        f"(default: ${API_KEY_ENV}, else none)")
@@ -67,7 +69,7 @@ class ServeConfig:
         if not self.max_body_mb > 0 or not self.timeout_s > 0 or self.max_pixels < 1 or not self.max_delay_ms >= 0:
             raise DogbreedError("--max-body-mb, --timeout-s and --max-pixels must be positive, --max-delay-ms at least 0")
         try:
-            Options().override(self.topk, self.threshold)
+            Options().override(self.topk, self.threshold, self.keep)
         except ValueError as exc:
             raise DogbreedError(f"--{exc}") from None
         return self

@@ -64,7 +64,7 @@ class Server:
         if self.model is None:
             started = time.perf_counter()
             self.model = load_artifact(self.cfg.model, backend=self.cfg.backend)
-            self.defaults = Options.of(self.model).override(self.cfg.topk, self.cfg.threshold)
+            self.defaults = Options.of(self.model).override(self.cfg.topk, self.cfg.threshold, self.cfg.keep)
             self.load_seconds = time.perf_counter() - started
         return self.model
 

@@ -1,0 +1,188 @@
+"""``dogbreed evaluate``: how an artifact does on a labelled split, through the same inference path
+that answers requests, and how well its "not a dog" score tells those images from others.
+
+    OUT/evaluation.json   accuracy, top-5, NLL, ECE, the selective-prediction curve; with --ood:
+                          AUROC and FPR at 95% TPR of the score, and the verdicts the others got
+    OUT/selective.png     accuracy against the share of images answered (most confident first)
+    OUT/reliability.png   accuracy against confidence, with each bin's share of images
+    OUT/scores.png        with --ood: the score of known-breed images against the others
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dogbreed import calibration, rejection
+from dogbreed.artifact import load_artifact
+from dogbreed.data.layout import IMAGE_EXTS, SPLITS, scan
+from dogbreed.errors import DogbreedError
+from dogbreed.files import atomic_path, atomic_write_text, make_folder
+from dogbreed.runtime import pipeline, scores
+from dogbreed.runtime.loading import LoadedModel
+from dogbreed.runtime.pipeline import Options, RequestError
+
+log = logging.getLogger(__name__)
+BATCH = 32
+
+
+def run(model_path: str, data: str, *, ood: str | None = None, split: str = "test", out: str = "evaluation",
+        options: Options | None = None, progress: bool = True) -> dict:
+    if split not in SPLITS:
+        raise DogbreedError(f"--split {split!r} is not a split; choose one of: {', '.join(SPLITS)}")
+    ood_files = _ood_files(ood) if ood else None  # a bad --ood is one line before anything loads
+    layout = scan(data)
+    model = load_artifact(model_path)
+    opts = options or Options.of(model)
+    if "calibration" not in model.meta:
+        log.warning("%s has no calibration (an older artifact, or trained with --no-calibrate): its probabilities are "
+                    "the softmax as trained", model_path)
+    index = {name: i for i, name in enumerate(model.labels)}
+    unknown = sorted(set(layout.labels.names) - set(index))
+    if unknown:
+        raise DogbreedError(f"{data} has breeds the model does not know ({', '.join(unknown[:3])}); evaluate it on "
+                            f"data with the model's classes (labels.json)")
+    samples = [(path, index[layout.labels.names[label]]) for path, label in layout.splits[split]]
+    known = _pass(model, [p for p, _ in samples], progress, f"evaluating {split}")
+    targets = torch.tensor([y for (p, y) in samples if p in known["kept"]])
+    probs = pipeline.probabilities(model, known["logits"])
+    folder = make_folder(out, "--out")
+    doc: dict = {"model": str(model_path), "data": str(data), "split": split, "n": int(targets.numel()),
+                 "unreadable": known["unreadable"], **_quality(probs, targets)}
+    doc["selective"] = _selective(probs, targets)
+    calibration.plot_reliability(known["logits"], targets, model.temperature, folder / "reliability.png")
+    _plot_selective(doc["selective"], opts.threshold, probs, folder / "selective.png")
+    in_scores = _scores(model, known)
+    doc["verdicts"] = _verdicts(model, probs, in_scores, opts)
+    if ood_files is not None:
+        other = _pass(model, ood_files, progress, "evaluating --ood")
+        other_scores = _scores(model, other)
+        name = model.rejection["score"] if in_scores is not None and model.rejection else "msp"
+        if in_scores is None:
+            log.warning("%s has no \"not a dog\" score: the top probability stands in for one", model_path)
+            in_scores = scores.msp(known["logits"], model.temperature)
+            other_scores = scores.msp(other["logits"], model.temperature)
+        doc["ood"] = {"folder": str(ood), "score": name, "unreadable": other["unreadable"],
+                      **rejection.describe(in_scores, other_scores),
+                      "verdicts": _verdicts(model, pipeline.probabilities(model, other["logits"]),
+                                            other_scores if model.rejection else None, opts)}
+        _plot_scores(in_scores, other_scores, name, folder / "scores.png")
+    atomic_write_text(folder / "evaluation.json", json.dumps(doc, indent=1))
+    return doc
+
+
+def _ood_files(folder: str) -> list[str]:
+    root = Path(folder)
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DogbreedError(f"--ood {folder} {what}; pass a folder of photos of anything but the model's breeds")
+    files = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise DogbreedError(f"--ood {folder} holds no images; pass a folder of photos of anything but the model's breeds")
+    return files
+
+
+def _pass(model: LoadedModel, paths: list[str], progress: bool, desc: str) -> dict:
+    """Every image through the inference path: logits and embeddings of those that decode."""
+    logits, features, kept, unreadable = [], [], set(), 0
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
+    for start in range(0, len(paths), BATCH):
+        chunk, pixels = paths[start : start + BATCH], []
+        for path in chunk:
+            try:
+                pixels.append(pipeline.decode(model, Path(path).read_bytes()))
+                kept.add(path)
+            except RequestError as exc:
+                unreadable += 1
+                log.warning("skipping unreadable image %s", str(exc).replace("image:", f"{path}:", 1))
+        if pixels:
+            z, f = pipeline.forward(model, pixels)
+            logits.append(z)
+            features.append(f)
+        bar.update(len(chunk))
+    bar.close()
+    if not logits:
+        raise DogbreedError(f"no image could be read ({unreadable} unreadable); check the folder with `dogbreed data check`")
+    return {"logits": torch.cat(logits), "features": None if features[0] is None else torch.cat(features), "kept": kept,
+            "unreadable": unreadable}
+
+
+def _scores(model: LoadedModel, passed: dict) -> torch.Tensor | None:
+    return pipeline.ood_scores(model, passed["logits"], passed["features"])
+
+
+def _quality(probs: torch.Tensor, targets: torch.Tensor) -> dict:
+    top5 = probs.topk(min(5, probs.shape[1]), dim=1).indices
+    accuracy = lambda p, y: (p.argmax(dim=1) == y).double().mean().item()  # noqa: E731
+    return {
+        "accuracy": round(accuracy(probs, targets), 6),
+        "accuracy_ci95": [round(v, 6) for v in calibration.bootstrap(accuracy, probs, targets)],
+        "top5": round((top5 == targets[:, None]).any(dim=1).double().mean().item(), 6),
+        "nll": round(F.nll_loss(torch.log(probs.double().clamp_min(1e-12)), targets).item(), 6),
+        "ece": round(calibration.ece(probs, targets), 6),
+        "ece_ci95": [round(v, 6) for v in calibration.bootstrap(calibration.ece, probs, targets)],
+    }
+
+
+def _selective(probs: torch.Tensor, targets: torch.Tensor, points: int = 20) -> list[dict]:
+    """Accuracy of the most confident ``coverage`` share of the images, for coverage 5%..100%."""
+    confidence, predicted = probs.max(dim=1)
+    correct = (predicted == targets)[confidence.argsort(descending=True)].double()
+    curve = []
+    for k in range(1, points + 1):
+        n = max(1, round(len(correct) * k / points))
+        curve.append({"coverage": round(n / len(correct), 4), "accuracy": round(correct[:n].mean().item(), 6),
+                      "min_confidence": round(float(confidence.sort(descending=True).values[n - 1]), 6)})
+    return curve
+
+
+def _verdicts(model: LoadedModel, probs: torch.Tensor, ood: torch.Tensor | None, opts: Options) -> dict:
+    """The share of images given each verdict, as the server would answer them."""
+    counts = {"breed": 0, "unsure": 0, "not_a_dog": 0}
+    for i, row in enumerate(probs):
+        counts[pipeline.answer(model, row, opts, None if ood is None else float(ood[i]))["verdict"]] += 1
+    return {k: round(v / len(probs), 6) for k, v in counts.items()}
+
+
+def _plot_selective(curve: list[dict], threshold: float, probs: torch.Tensor, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax.plot([c["coverage"] for c in curve], [c["accuracy"] for c in curve], marker="o", ms=3, color="#4c78a8")
+    answered = (probs.max(dim=1).values >= threshold).double().mean().item()
+    ax.axvline(answered, color="#e45756", ls="--", lw=1, label=f"answered at threshold {threshold:g}")
+    ax.set(xlabel="share of images answered (most confident first)", ylabel="accuracy", xlim=(0, 1.02), ylim=(0, 1.02),
+           title="Selective prediction")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _plot_scores(in_scores: torch.Tensor, out_scores: torch.Tensor, name: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    both = torch.cat([in_scores, out_scores]).double().numpy()
+    bins = np.linspace(both.min(), both.max(), 40) if both.max() > both.min() else 10
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax.hist(in_scores.double().numpy(), bins=bins, alpha=0.6, label="known breeds", color="#4c78a8", density=True)
+    ax.hist(out_scores.double().numpy(), bins=bins, alpha=0.6, label="--ood images", color="#e45756", density=True)
+    ax.set(xlabel=f"{name} score (higher: more like the known breeds)", ylabel="density", title="Known breeds against others")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

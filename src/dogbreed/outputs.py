@@ -1,0 +1,150 @@
+"""What a finished run leaves behind: the best epoch judged on the test split, its probabilities
+calibrated, its "not a dog" threshold, why it errs, the plots, results.json and the artifact with
+its model card.
+
+    runs/<run>/results.json  per_class.csv  curves.png  confusion.png  reliability.png
+              per_class.png  top_losses.png  interpretation.json  model.tar.gz
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dogbreed import calibration, interpret, model_card, rejection
+from dogbreed import config as cfgmod
+from dogbreed.artifact import model_meta, write_artifact, write_model_dir
+from dogbreed.batches import Batches
+from dogbreed.checkpoints import FitState
+from dogbreed.config import TrainConfig
+from dogbreed.data.layout import Labels, Layout
+from dogbreed.files import atomic_write_text
+from dogbreed.hooks import NoHooks
+from dogbreed.model import imagenet_head
+from dogbreed.plots import confusion_matrix, plot_confusion, plot_curves
+from dogbreed.runtime.network import get_head
+from dogbreed.runtime.presets import EvalPreset
+from dogbreed.train import evaluate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    artifact: Path | None  # None for a run stopped before its outputs (``finish=False``)
+    test: dict
+    best_epoch: int
+    history: list[dict]
+
+
+def finish(run_dir: Path, cfg: TrainConfig, model: nn.Module, batches: Batches, data: Layout, preset: EvalPreset,
+           state: FitState, weights_source: str, device: torch.device, amp_dtype, hooks: NoHooks, *,
+           seconds: float) -> RunResult:
+    labels = data.labels
+    head = get_head(model, cfg.backbone)  # what every split's embeddings go into (the trained head)
+
+    def judged(split: str, **kwargs):
+        loader = getattr(batches, split)
+        return evaluate(batches.trainable, loader, device=device, amp_dtype=amp_dtype, keep_predictions=True,
+                        features_of=head, **kwargs)
+
+    test = judged("test", hooks=hooks, phase="test")
+    test_metrics = {"test_loss": test.loss, "test_accuracy": test.accuracy, "test_top5": test.top5, "test_n": test.n}
+    log.info("test (best epoch %d): loss %.4f  accuracy %.4f  top5 %.4f  (%d images)",
+             state.best_epoch, test.loss, test.accuracy, test.top5, test.n)
+    log.info(" ".join(f"{k}={v:.6g};" for k, v in test_metrics.items() if k != "test_n"))
+
+    per_class = write_per_class(test.targets, test.predictions, labels, run_dir / "per_class.csv")
+    hooks.note({"event": "per_class", "split": "test", "names": labels.names, "n": [r["n"] for r in per_class],
+                "correct": [r["correct"] for r in per_class]})
+    plot_curves(state.history, run_dir / "curves.png", state.best_epoch)
+    plot_confusion(confusion_matrix(test.targets.numpy(), test.predictions.numpy(), len(labels.names)), labels.display,
+                   run_dir / "confusion.png")
+
+    valid = judged("valid") if cfg.calibrate or cfg.reject != "none" else None
+    calibrated = None
+    if cfg.calibrate:  # the temperature is fitted on valid and judged on test
+        calibrated = calibration.report(valid.logits, valid.targets, test.logits, test.targets)
+        log.info(calibration.summary(calibrated))
+        calibration.plot_reliability(test.logits, test.targets, calibrated["temperature"], run_dir / "reliability.png")
+    temperature = calibrated["temperature"] if calibrated else 1.0
+
+    rejected, tensors = None, None
+    if cfg.reject != "none":
+        # Class means and covariance from the train split; on images that is one more pass over it.
+        train = judged("train") if cfg.reject == "mahalanobis" else None
+        imagenet = imagenet_head(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights) \
+            if cfg.reject == "imagenet" else None
+        rejected, tensors = rejection.fit(
+            cfg.reject, cfg.reject_keep, temperature,
+            train=(None, train.features, train.targets) if train else (None, None, None),
+            valid=(valid.logits, valid.features, valid.targets), test=(test.logits, test.features, test.targets),
+            classes=len(labels.names), imagenet_head=imagenet)
+        log.info("not a dog: %s score under %.4g (keeps %.0f%% of valid; %.1f%% of test)", cfg.reject,
+                 rejected["threshold"], 100 * cfg.reject_keep, 100 * rejected["test_kept"])
+    batches.close()
+
+    why = {"confused_pairs": interpret.confused_pairs(test.targets, test.predictions, labels.display),
+           "top_losses": interpret.top_losses(test.logits, test.targets, test.indices,
+                                              [p for p, _ in data.splits["test"]], labels.display, temperature)}
+    atomic_write_text(run_dir / "interpretation.json", json.dumps(why, indent=1))
+    interpret.plot_top_losses(why["top_losses"], run_dir / "top_losses.png")
+    interpret.plot_per_class(per_class, run_dir / "per_class.png")
+
+    accuracy_ci = calibration.bootstrap(lambda p, y: (p.argmax(dim=1) == y).double().mean().item(),
+                                        torch.softmax(test.logits, dim=1), test.targets)
+    results = {
+        **test_metrics,
+        "test_accuracy_ci95": [round(v, 6) for v in accuracy_ci],
+        "best_epoch": state.best_epoch,
+        "best_val_loss": state.best_val_loss,
+        "epochs_run": state.epoch,
+        "seconds": round(seconds, 2),
+        "weights": weights_source,
+        "feature_cache": batches.cache_stats,
+        "per_class_accuracy": {r["name"]: r["accuracy"] for r in per_class},
+        "calibration": calibrated,
+        "rejection": {k: v for k, v in rejected.items() if k != "quantiles"} if rejected else None,
+        "most_confused": why["confused_pairs"][:3],
+    }
+    extra = {}
+    if calibrated:
+        extra["calibration"] = {"temperature": calibrated["temperature"]}
+    if rejected:
+        extra["rejection"] = rejected
+    meta = model_meta(cfg.backbone, labels, preset, threshold=cfg.threshold, weights=weights_source,
+                      config=cfg.to_dict(), metrics=test_metrics, **extra)
+    files = {"rejection": tensors, "card": model_card.render(meta, results, {s: len(v) for s, v in data.splits.items()},
+                                                             str(data.root))}
+    model = model.cpu()  # the head trained in place inside it, on the cached path too
+    artifact = write_artifact(run_dir / "model.tar.gz", model, labels, meta, **files)
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
+    if sm_dir := cfgmod.sagemaker_model_dir():
+        write_model_dir(sm_dir, model, labels, meta, **files)
+        shutil.copy(run_dir / "metrics.csv", Path(sm_dir) / "metrics.csv")
+        log.info("SageMaker model dir written: %s", sm_dir)
+    return RunResult(run_dir, artifact, test_metrics, state.best_epoch, state.history)
+
+
+def write_per_class(targets: torch.Tensor, preds: torch.Tensor, labels: Labels, path: Path) -> list[dict]:
+    import csv
+
+    rows = []
+    for i, (name, display) in enumerate(zip(labels.names, labels.display)):
+        mask = targets == i
+        n = int(mask.sum())
+        correct = int((preds[mask] == i).sum())
+        rows.append({"index": i, "name": name, "display": display, "n": n, "correct": correct,
+                     "accuracy": round(correct / n, 6) if n else None})
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows

@@ -1,0 +1,74 @@
+"""``dogbreed evaluate``: the measures through the inference path, the --ood part, and bad input."""
+
+import json
+import logging
+
+import pytest
+
+from dogbreed.archive import safe_extract_tar
+from dogbreed.cli import main
+from dogbreed.data.synth import synth
+from dogbreed.evaluate import run
+
+
+@pytest.fixture(scope="module")
+def unseen(synth_data, tmp_path_factory):
+    """The session's data set again (same seed, so the same known breeds) with two breeds in no split."""
+    again = synth(tmp_path_factory.mktemp("again") / "d", classes=4, per_class=16, size=64, seed=1, unseen=2,
+                  progress=False)
+    return again / "unseen"
+
+
+def test_measures_plots_and_the_ood_part(trained_run, synth_data, unseen, tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(trained_run.artifact), "--data", str(synth_data), "--ood", str(unseen),
+                 "--out", str(out)]) == 0
+    doc = json.loads((out / "evaluation.json").read_text())
+    assert doc["n"] == 8 and 0 <= doc["accuracy"] <= doc["top5"] <= 1
+    assert doc["accuracy_ci95"][0] <= doc["accuracy"] <= doc["accuracy_ci95"][1]
+    curve = doc["selective"]
+    assert curve[-1]["coverage"] == 1.0 and curve[-1]["accuracy"] == pytest.approx(doc["accuracy"])
+    assert [c["coverage"] for c in curve] == sorted(c["coverage"] for c in curve)
+    assert sum(doc["verdicts"].values()) == pytest.approx(1.0)
+    ood = doc["ood"]
+    assert ood["score"] == "mahalanobis" and ood["out_n"] == 16 and ood["in_n"] == 8 and 0 <= ood["auroc"] <= 1
+    for name in ("selective.png", "reliability.png", "scores.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "test: 8 images; accuracy" in printed and "--ood (16 images): mahalanobis score AUROC" in printed
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "nowhere", "does not exist; pass a folder of photos of anything but the model's breeds"),
+    (lambda p: p.mkdir() or p, "holds no images; pass a folder of photos"),
+    (lambda p: (p.write_text("x"), p)[1], "is a file, not a folder"),
+])
+def test_a_bad_ood_folder_is_one_line(trained_run, synth_data, tmp_path, capsys, make, message):
+    folder = make(tmp_path / "ood")
+    assert main(["evaluate", "--model", str(trained_run.artifact), "--data", str(synth_data), "--ood", str(folder),
+                 "--out", str(tmp_path / "ev")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --ood ") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "ev").exists()  # nothing written
+
+
+def test_a_threshold_or_keep_out_of_range_is_one_line(trained_run, synth_data, tmp_path, capsys):
+    for flag, value, message in (("--threshold", "2", "--threshold must be in [0, 1], got 2"),
+                                 ("--keep", "0", "--keep must be in (0, 1], got 0")):
+        assert main(["evaluate", "--model", str(trained_run.artifact), "--data", str(synth_data), flag, value]) == 1
+        assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+def test_an_older_artifact_without_calibration_or_rejection_still_evaluates(trained_run, synth_data, unseen, tmp_path,
+                                                                            caplog):
+    safe_extract_tar(trained_run.artifact, tmp_path / "old")
+    meta_path = tmp_path / "old" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["calibration"], meta["rejection"]
+    meta_path.write_text(json.dumps(meta))
+    (tmp_path / "old" / "rejection.pth").unlink()
+    with caplog.at_level(logging.WARNING):
+        doc = run(str(tmp_path / "old"), str(synth_data), ood=str(unseen), out=str(tmp_path / "ev"), progress=False)
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert "has no calibration" in warnings and "the top probability stands in" in warnings
+    assert doc["ood"]["score"] == "msp" and doc["verdicts"]["not_a_dog"] == 0  # no score: never "not a dog"
