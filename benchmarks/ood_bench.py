@@ -96,8 +96,9 @@ def main() -> None:
             out_logits = {k: head(f) for k, f in outs.items()}
         temperature = calibration.fit_temperature(logits["valid"], split["valid"][1])
         calib = calibration.report(logits["valid"], split["valid"][1], logits["test"], split["test"][1])
-        gaussian = rejection.fit_gaussian(feats["train"], split["train"][1], args.classes)
-        scorers = {name: (lambda f, z, name=name: scores.score(name, z, f, temperature, gaussian)) for name in scores.SCORES}
+        gaussian = rejection.fit_gaussian(  # Ledoit-Wolf shrunk shared covariance
+           feats["train"], split["train"][1], args.classes)
+        scorers = {name: (lambda f, z, name=name: scores.score(name, z, f, temperature, gaussian)) for name in ("msp", "energy", "mahalanobis")}  # imagenet needs ImageNet weights: not offline
         # The forward pass of one image, and each score's cost for one image, on this machine.
         one = torch.stack([preset(load_image(split["test"][0][0]))])
         with torch.inference_mode():
