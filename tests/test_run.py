@@ -3,10 +3,12 @@
 import csv
 import json
 
+import pytest
 import torch
 import yaml
 
 from dogbreed import config
+from dogbreed.errors import DogbreedError
 from dogbreed.run import train
 
 from .conftest import TINY, run_cli
@@ -19,8 +21,9 @@ def _rows(path):
 def test_a_run_writes_every_file_and_metrics_that_mean_what_they_say(trained_run, synth_data):
     run = trained_run.run_dir
     names = sorted(p.name for p in run.iterdir())
-    assert names == ["checkpoints", "config.yaml", "confusion.png", "curves.png", "labels.json", "metrics.csv",
-                     "model.tar.gz", "per_class.csv", "profile", "results.json"]
+    assert names == ["checkpoints", "config.yaml", "confusion.png", "curves.png", "interpretation.json", "labels.json",
+                     "metrics.csv", "model.tar.gz", "per_class.csv", "per_class.png", "profile", "reliability.png",
+                     "results.json", "top_losses.png"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     rows = _rows(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
@@ -34,8 +37,43 @@ def test_a_run_writes_every_file_and_metrics_that_mean_what_they_say(trained_run
     assert results["best_epoch"] == int(best["epoch"])
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["backbone"] == "resnet18" and saved["epochs"] == 4
-    for png in ("curves.png", "confusion.png"):
+    for png in ("curves.png", "confusion.png", "reliability.png", "top_losses.png", "per_class.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    calibration = results["calibration"]
+    assert calibration["temperature"] > 0 and calibration["test_n"] == 8
+    assert calibration["test_ece_after_ci95"][0] <= calibration["test_ece_after"] <= calibration["test_ece_after_ci95"][1]
+    assert results["rejection"]["score"] == "mahalanobis" and 0 <= results["rejection"]["test_kept"] <= 1
+    why = json.loads((run / "interpretation.json").read_text())
+    losses = [r["loss"] for r in why["top_losses"]]
+    assert 0 < len(losses) <= 8 and losses == sorted(losses, reverse=True) and min(losses) >= 0
+
+
+def test_the_imagenet_dog_detector_keeps_the_heads_it_came_with(synth_data, tmp_path):
+    """--reject imagenet: the weights file's own 1000-way head goes into rejection.pth beside the
+    breed head (random weights stand in for ImageNet's here)."""
+    from torchvision import models
+
+    from dogbreed.artifact import load_artifact
+    from dogbreed.runtime import pipeline
+
+    weights = tmp_path / "imagenet-like.pth"
+    torch.manual_seed(0)
+    imagenet = models.resnet18(weights=None)
+    torch.save(imagenet.state_dict(), weights)
+    cfg = config.resolve(overrides={**TINY, "data": str(synth_data), "weights": str(weights), "out": str(tmp_path),
+                                    "epochs": 1, "name": "dogs", "reject": "imagenet", "profile": False})
+    model = load_artifact(train(cfg, progress=False).artifact)
+    assert model.rejection["score"] == "imagenet"
+    assert torch.equal(model.rejection["tensors"]["weight"], imagenet.fc.weight.detach())
+    photo = sorted((synth_data / "test").glob("*/*.jpg"))[0]
+    pixels = [pipeline.decode(model, photo.read_bytes())]
+    answer = pipeline.predict(model, pixels, pipeline.Options.of(model))[0]
+    with torch.no_grad():
+        imagenet.eval()
+        expected = torch.softmax(imagenet(model.preset.normalize(torch.stack(pixels))), dim=1)[0, 151:269].sum()
+    assert answer["ood_score"] == pytest.approx(expected.item(), rel=1e-3)
+    with pytest.raises(DogbreedError, match="--reject imagenet reads the ImageNet head"):
+        config.resolve(overrides={**TINY, "data": str(synth_data), "reject": "imagenet"})  # random init: no ImageNet head
 
 def test_unfrozen_layer4_trains_on_images(synth_data, tmp_path):
     result = train(config.resolve(overrides={**TINY, "data": str(synth_data), "out": str(tmp_path), "epochs": 2,
