@@ -25,9 +25,19 @@ def test_export_matches_eager_and_serves(trained_run, samples, tmp_path, fmt):
     photos = sorted(samples.glob("*.jpg"))
     eager = dict(predict_files(load_artifact(trained_run.artifact), photos, Options(topk=4)))
     exported = dict(predict_files(load_artifact(variant, backend=fmt), photos, Options(topk=4)))
-    for photo in photos:  # fp32 on real photos: the same answer within 1e-4
-        assert exported[photo]["topk_labels"] == eager[photo]["topk_labels"]
-        assert exported[photo]["topk_probs"] == pytest.approx(eager[photo]["topk_probs"], abs=1e-4)
+    original = load_artifact(trained_run.artifact)
+    rejection = original.rejection
+    assert load_artifact(variant, backend=fmt).temperature == original.temperature != 1.0  # the fitted temperature
+    assert rejection is not None and rejection["score"] == "mahalanobis"
+    for photo in photos:  # fp32 on real photos: the same answer within 1e-4, calibration and rejection included
+        ours, theirs = exported[photo], eager[photo]
+        assert ours["topk_labels"] == theirs["topk_labels"]
+        assert ours["topk_probs"] == pytest.approx(theirs["topk_probs"], abs=1e-4)
+        assert ours["ood_score"] == pytest.approx(theirs["ood_score"], rel=1e-4, abs=1e-3)
+        near_a_threshold = (abs(theirs["ood_score"] - rejection["threshold"]) < 1e-3 * max(1, abs(rejection["threshold"]))
+                            or abs(theirs["topk_probs"][0] - Options().threshold) < 1e-4)
+        if not near_a_threshold:  # on a threshold, a last-digit difference may tip the verdict either way
+            assert ours["verdict"] == theirs["verdict"], photo
     with running_server(variant, "--backend", fmt) as url:
         answer = json.loads(invoke(url, photos[0].read_bytes())[2])
         assert answer["topk_labels"] == eager[photos[0]]["topk_labels"]

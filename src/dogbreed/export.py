@@ -80,7 +80,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str) -> No
         raise DogbreedError("ONNX export needs the onnx, onnxscript and onnxruntime packages: pip install 'dogbreed[onnx]'") from None
     batch = torch.export.Dim("batch", min=1, max=1024)
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter's step-by-step chatter
-        program = torch.onnx.export(_BothOutputs(model), (example,), input_names=["images"],
+        program = torch.onnx.export(_BothOutputs(model).eval(), (example,), input_names=["images"],
                                     output_names=["logits", "features"],
                                     dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
     program.save(path)

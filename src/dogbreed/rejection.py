@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from dogbreed.runtime.scores import quantiles, score, threshold_at
+from dogbreed.runtime.scores import prepare, quantiles, score, threshold_at
 
 
 def fit_gaussian(features: torch.Tensor, labels: torch.Tensor, classes: int) -> dict:
@@ -59,8 +59,9 @@ def fit(name: str, keep: float, temperature: float, train: tuple, valid: tuple, 
     scores' quantiles, the share of test images kept) and, for a score that reads the embedding,
     its tensors (:func:`tensors_for`). Each split is (logits, embeddings, targets)."""
     tensors = tensors_for(name, train, classes, imagenet_head)
-    valid_scores = score(name, valid[0], valid[1], temperature, tensors)
-    test_scores = score(name, test[0], test[1], temperature, tensors)
+    prepared = prepare(name, tensors)
+    valid_scores = score(name, valid[0], valid[1], temperature, prepared)
+    test_scores = score(name, test[0], test[1], temperature, prepared)
     q = quantiles(valid_scores)
     threshold = threshold_at(q, keep)
     doc = {"score": name, "keep": keep, "threshold": round(threshold, 6), "quantiles": [round(v, 6) for v in q],

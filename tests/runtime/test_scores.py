@@ -26,6 +26,11 @@ def test_mahalanobis_is_the_smallest_distance_to_a_class_mean():
     near = scores.score("mahalanobis", None, gaussian["means"][:1].clone(), tensors=gaussian)
     far = scores.score("mahalanobis", None, gaussian["means"][:1] + 50, tensors=gaussian)
     assert near.item() == pytest.approx(0, abs=1e-3) and far.item() < near.item()
+    # prepared once (as an artifact is at load), the same distances; preparing twice is a no-op
+    prepared = scores.prepare("mahalanobis", gaussian)
+    assert scores.prepare("mahalanobis", prepared) is prepared and set(prepared) == {"precision", "projected", "offset"}
+    assert scores.score("mahalanobis", None, x, tensors=prepared).tolist() == pytest.approx((-brute).tolist(), rel=1e-4)
+    assert scores.prepare("imagenet", {"weight": torch.zeros(2, 3)})["weight"].shape == (2, 3)  # nothing to prepare
 
 
 def test_the_shared_covariance_shrinks_as_far_as_the_data_is_too_few_to_tell():

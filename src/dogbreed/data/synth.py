@@ -45,14 +45,29 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]) * 255
 
 
-def _class_style(index: int, classes: int, seed: int, hue_offset: float = 0.0) -> dict:
+def _traits(index: int) -> tuple[str, str]:
+    """A known breed's shape and texture."""
+    return SHAPES[index % len(SHAPES)], TEXTURES[(index // len(SHAPES) + index) % len(TEXTURES)]
+
+
+def _unseen_traits(index: int, classes: int) -> tuple[str, str]:
+    """An unseen breed's shape and texture: a pairing of known ones that no known breed has, where
+    one is left (fewer than 32 known breeds); else the traits of a known breed."""
+    known = {_traits(i) for i in range(classes)}
+    free = [(shape, texture) for texture in TEXTURES for shape in SHAPES if (shape, texture) not in known]
+    return free[index % len(free)] if free else _traits(index)
+
+
+def _class_style(index: int, classes: int, seed: int, hue_offset: float = 0.0,
+                 traits: tuple[str, str] | None = None) -> dict:
     rng = np.random.default_rng([seed, index, 7])
     hue = ((index + hue_offset) / classes + rng.uniform(-0.02, 0.02)) % 1.0
+    shape, texture = traits or _traits(index)
     return {
         "color": _hsv_to_rgb(hue, 0.85, 0.95),
         "color2": _hsv_to_rgb((hue + 0.5) % 1.0, 0.6, 0.35),
-        "shape": SHAPES[index % len(SHAPES)],
-        "texture": TEXTURES[(index // len(SHAPES) + index) % len(TEXTURES)],
+        "shape": shape,
+        "texture": texture,
         "period": float(rng.uniform(6, 16)),
         "angle": float(rng.uniform(0, math.pi)),
     }
@@ -124,9 +139,10 @@ def synth(dest: str | os.PathLike, classes: int = 10, per_class: int = 40, size:
 
     ``unseen`` > 0 also writes ``dest/unseen/<NNN.Name>/*.jpg``: that many more breeds, in no split,
     each with ``per_class // 2`` images, for trying what a model says of breeds it never saw
-    (``dogbreed evaluate --ood DIR/unseen``). They sit between the known breeds (their hues halfway
-    between two known ones, with the same shapes and textures), as a new breed resembles known ones;
-    the known breeds are the same as without ``unseen``."""
+    (``dogbreed evaluate --ood DIR/unseen``). Each is made of known breeds' traits, as a new breed
+    resembles known ones: a hue halfway between two known breeds' and a shape and texture that known
+    breeds have but never together (while fewer than 32 breeds leave such a pairing free); the
+    known breeds are the same as without ``unseen``."""
     if classes < 2:
         raise DogbreedError(f"--classes must be at least 2, got {classes}")
     if per_class < 6:
@@ -148,8 +164,9 @@ def synth(dest: str | os.PathLike, classes: int = 10, per_class: int = 40, size:
     bar = tqdm(total=classes * per_class + unseen * extra, desc="synthesizing", unit="img", disable=not progress,
                leave=False)
     jobs = [(ci, name, _class_style(ci, classes, seed), list(zip(SPLIT_SHARE, counts))) for ci, name in enumerate(names)]
-    # Unseen breeds: named after the breeds that come next, styled between two known ones.
-    jobs += [(classes + ui, name, _class_style(ui, classes, seed + 1, hue_offset=0.5), [(("unseen", 0), extra)])
+    # Unseen breeds: named after the breeds that come next, made of known breeds' traits.
+    jobs += [(classes + ui, name, _class_style(ui, classes, seed + 1, hue_offset=0.5, traits=_unseen_traits(ui, classes)),
+              [(("unseen", 0), extra)])
              for ui, name in enumerate(class_names(classes + unseen)[classes:])]
     for ci, name, style, splits in jobs:
         for si, ((split, _), count) in enumerate(splits):

@@ -17,11 +17,11 @@ from torch import nn
 try:
     from .network import OnnxModel, WithFeatures, build_network
     from .presets import EvalPreset
-    from .scores import SCORES, TENSORS
+    from .scores import SCORES, TENSORS, prepare
 except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
     from network import OnnxModel, WithFeatures, build_network  # type: ignore[no-redef]
     from presets import EvalPreset  # type: ignore[no-redef]
-    from scores import SCORES, TENSORS  # type: ignore[no-redef]
+    from scores import SCORES, TENSORS, prepare  # type: ignore[no-redef]
 
 WEIGHTS_FILE = "model.pth"
 LABELS_FILE = "labels.json"
@@ -150,7 +150,7 @@ def _rejection(model_dir: str, doc: dict | None) -> dict | None:
     if doc["score"] in TENSORS:
         try:
             tensors = read_tensors(os.path.join(model_dir, REJECTION_FILE))
-            doc["tensors"] = {k: tensors[k].float() for k in TENSORS[doc["score"]]}
+            doc["tensors"] = prepare(doc["score"], {k: tensors[k].float() for k in TENSORS[doc["score"]]})
         except FileNotFoundError:
             raise ValueError(f"{model_dir}: not a dogbreed model ({REJECTION_FILE} is missing)") from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

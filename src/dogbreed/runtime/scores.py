@@ -31,12 +31,26 @@ def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 
 
 def mahalanobis(features: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
-    """(f - m)^T P (f - m) for every class mean m at the cost of one D x D product per image:
-    f^T P f - 2 f^T P m + m^T P m."""
-    f, m, p = features.float(), means.float(), precision.float()
-    pm = m @ p  # (C, D); P is symmetric
-    dist = ((f @ p) * f).sum(dim=1, keepdim=True) - 2 * f @ pm.T + (pm * m).sum(dim=1)[None]
-    return -dist.min(dim=1).values.double()
+    """Minus the smallest (f - m)^T P (f - m) over the class means m."""
+    return _nearest_mean(features, prepare("mahalanobis", {"means": means, "precision": precision}))
+
+
+def _nearest_mean(features: torch.Tensor, prepared: dict) -> torch.Tensor:
+    # (f - m)^T P (f - m) = f^T P f - 2 f^T (P m) + m^T P m: one D x D and one C x D product per image
+    f = features.float()
+    dist = ((f @ prepared["precision"]) * f).sum(dim=1, keepdim=True) - 2 * f @ prepared["projected"].T
+    return -(dist + prepared["offset"][None]).min(dim=1).values.double()
+
+
+def prepare(name: str, tensors: dict | None) -> dict | None:
+    """What the score reads for every batch, computed once from what ``rejection.pth`` stores: for
+    ``mahalanobis`` the means projected by the precision (P m, C x D) and m^T P m, so a batch costs
+    D^2 + C D per image rather than C D^2."""
+    if tensors is None or name != "mahalanobis" or "projected" in tensors:
+        return tensors
+    means, precision = tensors["means"].float(), tensors["precision"].float()
+    projected = means @ precision  # P is symmetric
+    return {"precision": precision, "projected": projected, "offset": (projected * means).sum(dim=1)}
 
 
 def imagenet(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -47,7 +61,8 @@ def imagenet(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
 
 def score(name: str, logits: torch.Tensor, features: torch.Tensor | None, temperature: float = 1.0,
           tensors: dict | None = None) -> torch.Tensor:
-    """The named score of a batch: (N,) float64. ``tensors``: what :data:`TENSORS` names for it."""
+    """The named score of a batch: (N,) float64. ``tensors``: what :data:`TENSORS` names for it,
+    best :func:`prepare`-d once for all the batches."""
     if name == "msp":
         return msp(logits, temperature)
     if name == "energy":
@@ -55,7 +70,9 @@ def score(name: str, logits: torch.Tensor, features: torch.Tensor | None, temper
     if name in TENSORS:
         if features is None or tensors is None:
             raise ValueError(f"the {name} score needs the penultimate embeddings and its {' and '.join(TENSORS[name])}")
-        return (mahalanobis if name == "mahalanobis" else imagenet)(features, *(tensors[k] for k in TENSORS[name]))
+        if name == "mahalanobis":
+            return _nearest_mean(features, prepare(name, tensors))
+        return imagenet(features, tensors["weight"], tensors["bias"])
     raise ValueError(f"unknown score {name!r}; valid: {', '.join(SCORES)}")
 
 
