@@ -210,6 +210,9 @@ def claim(study: optuna.Study, lock: Path | None = None) -> int | None:
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             try:
                 if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                    # At once: a running trial with no heartbeat yet is never seen as stale, so a
+                    # worker killed before its first beat would leave the others waiting forever.
+                    storage.record_heartbeat(frozen._trial_id)
                     return frozen._trial_id
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
