@@ -62,13 +62,13 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def candidates(features: torch.Tensor, labels: torch.Tensor, classes: int) -> dict:
+def candidates(features: torch.Tensor, labels: torch.Tensor, classes: int, gaussian: dict) -> dict:
     """Variants of the embedding-distance score measured beside the shipped ones, not shipped:
     Mahalanobis on L2-normalised embeddings; the relative Mahalanobis distance of Ren et al. (2021),
     the class distance minus the distance to one Gaussian of all the train embeddings; and the
-    distance to the nearest train embedding (cosine, k=1) of Sun et al. (2022)."""
+    distance to the nearest train embedding (cosine, k=1) of Sun et al. (2022). ``gaussian``: the
+    shipped score's prepared class Gaussians."""
     fit = rejection.fit_gaussian
-    g = scores.prepare("mahalanobis", fit(features, labels, classes))
     gl2 = scores.prepare("mahalanobis", fit(_unit(features), labels, classes))
     everything = scores.prepare("mahalanobis", fit(features, torch.zeros_like(labels), 1))
     bank = _unit(features)
@@ -77,7 +77,7 @@ def candidates(features: torch.Tensor, labels: torch.Tensor, classes: int) -> di
         return scores.score("mahalanobis", None, f, tensors=prepared)
 
     return {"(mahalanobis, L2-normalised)": lambda f, z: maha(_unit(f), gl2),
-            "(relative mahalanobis)": lambda f, z: maha(f, g) - maha(f, everything),
+            "(relative mahalanobis)": lambda f, z: maha(f, gaussian) - maha(f, everything),
             "(nearest train image, cosine)": lambda f, z: (_unit(f) @ bank.T).max(dim=1).values.double()}
 
 
@@ -154,7 +154,7 @@ def main() -> None:
             feats["train"], split["train"][1], args.classes))
         scorers = {name: (lambda f, z, name=name: scores.score(name, z, f, temperature, gaussian))
                    for name in ("msp", "energy", "mahalanobis")}  # imagenet needs ImageNet weights: not offline
-        scorers.update(candidates(feats["train"], split["train"][1], args.classes))
+        scorers.update(candidates(feats["train"], split["train"][1], args.classes, gaussian))
         # The forward pass of one image, and each score's cost for one image, on this machine.
         one = torch.stack([preset(load_image(split["test"][0][0]))])
         with torch.inference_mode():
