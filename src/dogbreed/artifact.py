@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -29,14 +30,15 @@ from dogbreed.archive import safe_extract_tar
 from dogbreed.data.layout import Labels
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_path
-from dogbreed.runtime import loading
+from dogbreed.runtime import backends, loading
 from dogbreed.runtime.loading import LABELS_FILE, MODEL_FILE, REJECTION_FILE, WEIGHTS_FILE, LoadedModel
 from dogbreed.runtime.pipeline import DEFAULT_THRESHOLD, DEFAULT_TOPK, Options
 from dogbreed.runtime.presets import EvalPreset
 
 RUNTIME_DIR = Path(loading.__file__).parent
 CARD_FILE = "MODEL_CARD.md"
-CODE_FILES = ("inference.py", "pipeline.py", "loading.py", "network.py", "presets.py", "scores.py")
+log = logging.getLogger(__name__)
+CODE_FILES = ("inference.py", "pipeline.py", "backends.py", "loading.py", "network.py", "presets.py", "scores.py")
 REQUIREMENTS = "torch>=2.2\ntorchvision>=0.17\npillow>=10.0\nnumpy>=1.24\n"  # pyproject's pins (a test holds this)
 
 
@@ -103,22 +105,30 @@ def extracted(tar_path: str | os.PathLike):
 
 
 def load_artifact(path: str | os.PathLike, device: str | None = None, backend: str = "eager", *,
-                  name: str | os.PathLike | None = None) -> LoadedModel:
-    """An artifact (``model.tar.gz``) or an unpacked model dir, loaded for prediction. Errors are
-    one line naming ``name`` (default: ``path``), never the temporary folder it was unpacked into."""
+                  name: str | os.PathLike | None = None, batch_sizes: tuple[int, ...] = backends.DEFAULT_BATCH_SIZES,
+                  budget_s: float = backends.DEFAULT_BUDGET_S) -> LoadedModel:
+    """An artifact (``model.tar.gz``) or an unpacked model dir, loaded for prediction on ``backend``
+    (``auto``: the fastest here that passed its gate, timed at ``batch_sizes``; how it was chosen
+    is kept in ``.selection``; a forced backend that cannot run is one warning line). Errors are one line naming ``name`` (default:
+    ``path``), never the temporary folder it was unpacked into."""
     path = Path(path)
     name = name or path
     if path.is_dir():
         if not (path / MODEL_FILE).exists() and (path / "model.tar.gz").is_file():
             raise DogbreedError(f"{path} is a run folder, not a model; pass its artifact, {path / 'model.tar.gz'}")
-        return _load(path, name, device, backend)
+        return _load(path, name, device, backend, batch_sizes, budget_s)
     with extracted(path) as model_dir:
-        return _load(model_dir, name, device, backend)
+        return _load(model_dir, name, device, backend, batch_sizes, budget_s)
 
 
-def _load(model_dir: Path, name, device, backend) -> LoadedModel:
+def _load(model_dir: Path, name, device, backend, batch_sizes, budget_s) -> LoadedModel:
     try:
-        model = loading.load_model_dir(str(model_dir), device, backend)
+        if backend == "eager":  # what predict, evaluate and export read: nothing to choose
+            model = loading.load_model_dir(str(model_dir), device, backend)
+        else:
+            model, selection = backends.select(str(model_dir), backend, device, batch_sizes=batch_sizes,
+                                               budget_s=budget_s, warn=lambda line: log.warning("%s: %s", name, line))
+            model.selection = selection
         Options.of(model)  # its top-k and threshold are valid
         return model
     except ValueError as exc:

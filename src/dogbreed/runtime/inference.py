@@ -7,30 +7,35 @@ same answers and the same errors. A refused request raises ``RequestError``, whi
 inference toolkit answers with its status (400, 406, 415) instead of 500.
 
 Settings come from the container's environment (``PyTorchModel(env={...})``), over model.json's:
-``DOGBREED_TOPK``, ``DOGBREED_THRESHOLD``, ``DOGBREED_MAX_INSTANCES``, ``DOGBREED_MAX_PIXELS``.
+``DOGBREED_TOPK``, ``DOGBREED_THRESHOLD``, ``DOGBREED_MAX_INSTANCES``, ``DOGBREED_MAX_PIXELS``, and
+``DOGBREED_BACKEND`` (default ``auto``: the fastest backend the artifact has that passed its gate,
+timed when the model loads; or eager, bf16, torchscript, onnx, int8).
 A request may change top-k and the threshold with SageMaker's custom attributes
 (``CustomAttributes="topk=3,threshold=0.5"``), as it may on ``dogbreed serve``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 
 try:
-    from . import pipeline
-    from .loading import LoadedModel, load_model_dir
+    from . import backends, pipeline
+    from .loading import LoadedModel
     from .pipeline import DEFAULT_MAX_INSTANCES, Options
     from .presets import DEFAULT_MAX_PIXELS
 except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
+    import backends  # type: ignore[no-redef]
     import pipeline  # type: ignore[no-redef]
-    from loading import LoadedModel, load_model_dir  # type: ignore[no-redef]
+    from loading import LoadedModel  # type: ignore[no-redef]
     from pipeline import DEFAULT_MAX_INSTANCES, Options  # type: ignore[no-redef]
     from presets import DEFAULT_MAX_PIXELS  # type: ignore[no-redef]
 
 ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,7 +75,9 @@ def _env(name: str, cast: type):
 
 def model_fn(model_dir: str) -> LoadedModel:
     global _HANDLERS
-    model = load_model_dir(model_dir)
+    model, selection = backends.select(model_dir, os.environ.get("DOGBREED_BACKEND", backends.AUTO), warn=log.warning)
+    model.selection = selection
+    log.info("%s", selection.line())
     topk, threshold = _env("DOGBREED_TOPK", int), _env("DOGBREED_THRESHOLD", float)
     try:
         defaults = Options.of(model).override(topk, threshold)

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 try:
-    from .network import OnnxModel, WithFeatures, build_network
+    from .network import Autocast, OnnxModel, WithFeatures, build_network
     from .presets import EvalPreset
     from .scores import SCORES, TENSORS, prepare
 except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
-    from network import OnnxModel, WithFeatures, build_network  # type: ignore[no-redef]
+    from network import Autocast, OnnxModel, WithFeatures, build_network  # type: ignore[no-redef]
     from presets import EvalPreset  # type: ignore[no-redef]
     from scores import SCORES, TENSORS, prepare  # type: ignore[no-redef]
 
@@ -28,9 +28,12 @@ LABELS_FILE = "labels.json"
 MODEL_FILE = "model.json"
 TORCHSCRIPT_FILE = "model.pt"  # the name SageMaker's default TorchScript model_fn loads
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"  # static int8 quantization of model.onnx, calibrated on the validation images
 REJECTION_FILE = "rejection.pth"  # what the "not a dog" score needs beyond the network (class means...)
 FORMAT_VERSION = 1  # of model.json; raised when a change would mislead older code
-BACKENDS = {"eager": WEIGHTS_FILE, "torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE}  # backend -> the file it runs
+# backend -> the file it runs: PyTorch fp32, PyTorch under bf16 autocast, TorchScript, ONNX Runtime fp32 and int8
+BACKENDS = {"eager": WEIGHTS_FILE, "bf16": WEIGHTS_FILE, "torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE, "int8": INT8_FILE}
+EXPORT_FORMATS = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE, "int8": INT8_FILE}  # what `dogbreed export` writes
 
 
 @dataclass
@@ -46,6 +49,7 @@ class LoadedModel:
     # model.json's "rejection" (score, threshold, keep, quantiles) and, for a score that reads the
     # embedding, its tensors; None for an artifact without one (older, or trained with --reject none)
     rejection: dict | None = None
+    selection: object | None = None  # backends.Selection: how the backend was chosen, where select() chose it
 
 
 def read_labels(path: str) -> tuple[list[str], list[str]]:
@@ -81,9 +85,10 @@ def load_failure(exc: Exception) -> str:
 
 def load_model_dir(model_dir: str, device: str | torch.device | None = None, backend: str = "eager") -> LoadedModel:
     """Rebuild the network from model.json and load model.pth (tensors only, never pickled code).
-    ``backend="torchscript"`` or ``"onnx"`` loads the exported ``model.pt`` or ``model.onnx``
-    instead (``dogbreed export``). Every failure is a ValueError whose message starts with
-    ``model_dir``."""
+    ``backend="bf16"`` runs it under bf16 autocast; ``"torchscript"``, ``"onnx"`` or ``"int8"``
+    loads the exported ``model.pt``, ``model.onnx`` or ``model.int8.onnx`` instead (``dogbreed
+    export``). Which of them to trust and which is fastest is ``backends.py``'s business. Every
+    failure is a ValueError whose message starts with ``model_dir``."""
     if backend not in BACKENDS:
         raise ValueError(f"{model_dir}: backend {backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -111,10 +116,10 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
     name = BACKENDS[backend]
     path = os.path.join(model_dir, name)
     if not os.path.exists(path):
-        if backend == "eager":
+        if name == WEIGHTS_FILE:
             raise ValueError(f"{model_dir}: not a dogbreed model ({name} is missing)")
         raise ValueError(f"{model_dir}: no {name}; make one with `dogbreed export MODEL --format {backend}`")
-    if backend == "eager":
+    if name == WEIGHTS_FILE:
         try:
             state = read_tensors(path)
         except (OSError, ValueError) as exc:
@@ -124,8 +129,10 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
         except Exception as exc:  # not a state dict, or another network's
             raise ValueError(f"{model_dir}: {name} does not match model.json ({load_failure(exc)})") from None
         network = WithFeatures(network, meta["backbone"])  # one pass: the logits and the embedding
-        return LoadedModel(network.to(device, memory_format=torch.channels_last).eval(), labels, display, preset, meta,
-                           device, backend, temperature, rejection)
+        network = network.to(device, memory_format=torch.channels_last).eval()
+        if backend == "bf16":
+            network = Autocast(network, torch.bfloat16).eval()
+        return LoadedModel(network, labels, display, preset, meta, device, backend, temperature, rejection)
     try:
         if backend == "torchscript":
             with warnings.catch_warnings():

@@ -82,14 +82,36 @@ class WithFeatures(nn.Module):
         return self.head(features), features
 
 
+class Autocast(nn.Module):
+    """The network under autocast to ``dtype`` (bf16): the same weights, half-width arithmetic
+    where the hardware has it. Outputs stay in that dtype; the pipeline turns them to fp32."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.model(x)
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.model.logits_and_features(x)
+
+
 class OnnxModel:
     """An ONNX Runtime session that takes and returns torch tensors, like the eager network. An
-    export with two outputs gives the embedding too (``logits_and_features``)."""
+    export with two outputs gives the embedding too (``logits_and_features``). It runs as many
+    threads as torch does (``torch.set_num_threads``), so one setting governs both."""
 
     def __init__(self, path: str):
-        import onnxruntime  # only for artifacts exported with `dogbreed export --format onnx`
+        import onnxruntime  # only for artifacts exported with `dogbreed export --format onnx|int8`
 
-        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # its own warnings about unused initialisers are not the user's business
+        self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         if len(self.session.get_outputs()) < 2:  # an export from before embeddings were one of its outputs
             self.logits_and_features = None

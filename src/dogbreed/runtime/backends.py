@@ -1,0 +1,198 @@
+"""Which way to run an artifact's network: the backends, the accuracy gate the reduced-precision
+ones must have passed, and ``auto``, which times every usable backend where it runs and takes the
+fastest.
+
+    eager        model.pth in PyTorch, fp32 (every artifact has it: the fallback)
+    bf16         model.pth in PyTorch under bf16 autocast
+    torchscript  model.pt, traced            (dogbreed export --format torchscript)
+    onnx         model.onnx in ONNX Runtime  (dogbreed export --format onnx)
+    int8         model.int8.onnx: static int8 quantization calibrated on the validation images
+                 (dogbreed export --format int8 --data DIR)
+
+bf16 and int8 change the arithmetic, so they are used only where model.json records that they
+passed the gate: on the validation images their top-1 agreed with fp32's on at least 99% and their
+top-5 on at least 99.5% (``dogbreed export --data`` measures and stores it). How fast each one is
+depends on the CPU (AVX2, AVX-512, VNNI, AMX give very different orders), so nothing here assumes
+an order: ``auto`` measures.
+
+Shipped verbatim inside every artifact (``code/backends.py``): keep it free of dogbreed imports.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+try:
+    from . import pipeline
+    from .loading import BACKENDS, LoadedModel, load_model_dir
+except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
+    import pipeline  # type: ignore[no-redef]
+    from loading import BACKENDS, LoadedModel, load_model_dir  # type: ignore[no-redef]
+
+AUTO = "auto"
+CHOICES = (AUTO, *BACKENDS)
+GATED = ("bf16", "int8")  # backends whose answers may differ from fp32's, so they must pass the gate
+GATE = {"top1": 0.99, "top5": 0.995}  # the least agreement with fp32 on the validation images
+CPU_ONLY = ("onnx", "int8")  # ONNX Runtime's CPU provider
+EXPORTED = tuple(name for name in BACKENDS if BACKENDS[name] != BACKENDS["eager"])  # their own file
+DEFAULT_BATCH_SIZES = (1, 8)
+DEFAULT_BUDGET_S = 10.0  # how long auto may spend timing, in all
+MIN_PASSES = 2  # timed passes per backend and batch size, however slow, after two warm-ups
+
+
+def agreement(reference: torch.Tensor, logits: torch.Tensor, k: int = 5) -> dict:
+    """How closely ``logits`` follow ``reference`` (fp32's), image by image: the share whose top-1
+    is the same, and the share of fp32's top-k breeds found in the other's top-k (mean). The key
+    stays ``top5`` when a model has fewer than five classes (k is then every class)."""
+    k = min(k, reference.shape[1])
+    top1 = (reference.argmax(1) == logits.argmax(1)).float().mean().item()
+    ref_k, other_k = reference.topk(k, dim=1).indices, logits.topk(k, dim=1).indices
+    found = (ref_k.unsqueeze(2) == other_k.unsqueeze(1)).any(dim=2).float().mean().item()
+    return {"top1": round(top1, 6), "top5": round(found, 6)}
+
+
+def passes(record: dict | None, gate: dict | None = None) -> bool:
+    """Whether a measured agreement (model.json's ``backends[NAME]``) clears the gate."""
+    gate = gate or GATE
+    return bool(record) and all(record.get(key, 0.0) >= floor for key, floor in gate.items())
+
+
+NOT_EXPORTED = "not exported"
+NOT_MEASURED = "not measured against fp32"
+EXPORT_HINT = "`dogbreed export MODEL --format all --data DIR` adds them"  # for the two reasons above
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 natively (AVX512-BF16 or AMX on a CPU); elsewhere it is emulated
+    and slower than fp32, not worth timing."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def unusable(model_dir: str, meta: dict, name: str, device: torch.device) -> str | None:
+    """Why backend ``name`` cannot run this artifact here, in a few words; None if it can."""
+    if name in CPU_ONLY and device.type != "cpu":
+        return "CPU only"
+    if name == "bf16" and not native_bf16(device):
+        return f"no native bf16 on this {device.type.upper()}"
+    if name in EXPORTED and not os.path.exists(os.path.join(model_dir, BACKENDS[name])):
+        return NOT_EXPORTED
+    if name in CPU_ONLY:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime is not installed (pip install onnxruntime)"
+    if name in GATED:
+        record = meta.get("backends", {}).get(name)
+        if record is None:
+            return NOT_MEASURED
+        if not passes(record, meta.get("gate")):
+            gate = meta.get("gate") or GATE
+            return (f"failed its gate (top-1 {record.get('top1', 0):.1%}, top-5 {record.get('top5', 0):.1%}; "
+                    f"needs {gate['top1']:.1%}, {gate['top5']:.1%})")
+    return None
+
+
+@dataclass
+class Selection:
+    """What ``auto`` (or a forced backend) ended up with, and why."""
+
+    asked: str
+    chosen: str
+    measured: dict[str, dict[int, float]] = field(default_factory=dict)  # backend -> batch size -> images/s
+    skipped: dict[str, str] = field(default_factory=dict)  # backend -> why it was not a candidate
+    seconds: float = 0.0  # spent timing
+
+    def line(self) -> str:
+        """One line: the backend, what was measured (img/s per batch size, fastest first), and what
+        was left out and why."""
+        line = f"backend {self.chosen}"
+        if self.asked != self.chosen:
+            line += " (auto)" if self.asked == AUTO else f" (asked for {self.asked})"
+        if self.measured:
+            sizes = sorted({b for rates in self.measured.values() for b in rates})
+            ranked = sorted(self.measured.items(), key=lambda kv: -kv[1][sizes[-1]])
+            rates = ", ".join(f"{name} {'/'.join(f'{rates[b]:.1f}' for b in sizes)}" for name, rates in ranked)
+            line += f"; img/s at batch {'/'.join(map(str, sizes))}: {rates} ({self.seconds:.1f}s)"
+        if self.skipped:
+            line += "; not used: " + ", ".join(f"{name} {why}" for name, why in self.skipped.items())
+            if {NOT_EXPORTED, NOT_MEASURED} & set(self.skipped.values()):
+                line += f" ({EXPORT_HINT})"
+        return line
+
+    def to_dict(self) -> dict:
+        return {"asked": self.asked, "chosen": self.chosen, "seconds": round(self.seconds, 2),
+                "measured": {name: {str(b): round(r, 2) for b, r in rates.items()} for name, rates in self.measured.items()},
+                "skipped": self.skipped}
+
+
+def throughput(model: LoadedModel, batch_sizes: Sequence[int], seconds: float) -> dict[int, float]:
+    """Images per second of the inference path's forward pass at each batch size: two warm-up passes,
+    then timed passes for about ``seconds`` in all (at least :data:`MIN_PASSES` each); the median."""
+    size = model.preset.crop_size
+    generator = torch.Generator().manual_seed(0)
+    rates = {}
+    for batch in batch_sizes:
+        pixels = list(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator))
+        for _ in range(2):  # first passes build kernels (oneDNN's bf16 ones per shape) and ONNX Runtime's arenas
+            pipeline.forward(model, pixels)
+        times: list[float] = []
+        deadline = time.perf_counter() + seconds / len(batch_sizes)
+        while len(times) < MIN_PASSES or (time.perf_counter() < deadline and len(times) < 50):
+            started = time.perf_counter()
+            pipeline.forward(model, pixels)
+            times.append(time.perf_counter() - started)
+        rates[batch] = batch / statistics.median(times)
+    return rates
+
+
+def select(model_dir: str, backend: str = AUTO, device: str | torch.device | None = None, *,
+           batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, budget_s: float = DEFAULT_BUDGET_S,
+           warn: Callable[[str], None] | None = None) -> tuple[LoadedModel, Selection]:
+    """Load the artifact on the backend asked for. ``auto`` times every backend that can run it here
+    (its file is there, its runtime installed, its gate passed) at ``batch_sizes`` within about
+    ``budget_s`` seconds and keeps the one with the most images per second at the largest batch
+    size. A backend that is forced but cannot run is one line to ``warn``, and the others compete as
+    under ``auto``: the model always loads, on eager at worst. A damaged file is a ValueError."""
+    if backend not in CHOICES:
+        raise ValueError(f"{model_dir}: backend {backend!r} is not available; choose one of: {', '.join(CHOICES)}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    eager = load_model_dir(model_dir, device, "eager")  # checks the artifact; the fallback
+    selection = Selection(backend, "eager")
+    if backend != AUTO:
+        why = unusable(model_dir, eager.meta, backend, device)
+        if why is None:
+            selection.chosen = backend
+            return (eager if backend == "eager" else load_model_dir(model_dir, device, backend)), selection
+        selection.skipped[backend] = why
+        if warn:
+            warn(f"backend {backend} cannot run this model: {why}; the fastest of the others is used")
+    for name in BACKENDS:
+        if name not in selection.skipped and (why := unusable(model_dir, eager.meta, name, device)) is not None:
+            selection.skipped[name] = why
+    return _race(model_dir, device, eager, selection, batch_sizes, budget_s)
+
+
+def _race(model_dir: str, device: torch.device, eager: LoadedModel, selection: Selection,
+          batch_sizes: Sequence[int], budget_s: float) -> tuple[LoadedModel, Selection]:
+    candidates = [name for name in BACKENDS if name not in selection.skipped]
+    if len(candidates) == 1:  # eager alone: nothing to time
+        return eager, selection
+    started = time.perf_counter()
+    best, best_rate = eager, -1.0
+    slot = budget_s / len(candidates)
+    for name in candidates:
+        model = eager if name == "eager" else load_model_dir(model_dir, device, name)
+        rates = throughput(model, batch_sizes, slot)
+        selection.measured[name] = rates
+        if rates[max(batch_sizes)] > best_rate:
+            best, best_rate, selection.chosen = model, rates[max(batch_sizes)], name
+    selection.seconds = time.perf_counter() - started
+    return best, selection
