@@ -1,8 +1,13 @@
-"""``dogbreed export``: an artifact variant with a TorchScript (``model.pt``) or ONNX
-(``model.onnx``) model beside model.pth.
+"""``dogbreed export``: an artifact variant with faster ways to run the same network beside
+model.pth: a TorchScript ``model.pt``, an ONNX ``model.onnx`` and its int8 quantization
+``model.int8.onnx`` (ONNX Runtime's static QDQ quantization, per channel, calibrated on the
+validation images).
 
-SageMaker's PyTorch container loads ``model.pt`` as TorchScript when no custom code is given;
-``dogbreed serve --backend torchscript|onnx`` runs either.
+With ``--data DIR`` every variant, and bf16 where the CPU runs it natively, is run on the validation split against fp32 and the
+agreement stored in model.json (``backends``); bf16 and int8 are used only where it passed the
+gate (``runtime/backends.py``). ``dogbreed serve --backend auto`` then times what it finds and
+runs the fastest; SageMaker's PyTorch container loads ``model.pt`` as TorchScript when no custom
+code is given.
 """
 
 from __future__ import annotations
@@ -10,56 +15,154 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from dogbreed.archive import safe_extract_tar
 from dogbreed.artifact import load_artifact, pack
+from dogbreed.data.layout import scan
 from dogbreed.errors import DogbreedError
-from dogbreed.runtime.loading import MODEL_FILE, ONNX_FILE, TORCHSCRIPT_FILE
+from dogbreed.runtime import backends, loading, pipeline
+from dogbreed.runtime.loading import EXPORT_FORMATS, MODEL_FILE, LoadedModel
+from dogbreed.runtime.pipeline import RequestError
 
-FORMATS = ("torchscript", "onnx")
+log = logging.getLogger(__name__)
+FORMATS = tuple(EXPORT_FORMATS)
+DEFAULT_CALIBRATION_IMAGES = 128  # validation images int8's activation ranges are measured on
+BATCH = 16
 
 
-def export(artifact: str | os.PathLike, fmt: str = "torchscript", out: str | os.PathLike | None = None) -> Path:
-    if fmt not in FORMATS:
-        raise DogbreedError(f"export format {fmt!r} is not supported; choose one of: {', '.join(FORMATS)}")
+def parse_formats(text: str | Sequence[str]) -> list[str]:
+    """``"onnx,int8"``, ``"all"`` or a list -> the formats, in FORMATS order; a bad one is one line."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    if "all" in names:
+        return list(FORMATS)
+    bad = [n for n in names if n not in FORMATS]
+    if bad or not names:
+        raise DogbreedError(f"export format {', '.join(bad) or '(none)'!r} is not supported; choose from: "
+                            f"{', '.join(FORMATS)}, or all")
+    return [n for n in FORMATS if n in names]
+
+
+def parse_gate(text: str | Sequence[float] | None) -> dict:
+    """``"0.99,0.995"`` (or two numbers) -> the gate bf16 and int8 must pass; a bad one is one line."""
+    if text is None:
+        return dict(backends.GATE)
+    try:
+        values = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
+    except ValueError:
+        values = []
+    if len(values) != 2 or not all(0 < v <= 1 for v in values):
+        raise DogbreedError(f"--gate {text!r} is not two agreements in (0, 1], top-1 then top-5: e.g. 0.99,0.995")
+    return {"top1": values[0], "top5": values[1]}
+
+
+def export(artifact: str | os.PathLike, formats: str | Sequence[str] = "torchscript", out: str | os.PathLike | None = None,
+           *, data: str | os.PathLike | None = None, calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+           gate: str | Sequence[float] | None = None, progress: bool = True) -> Path:
+    """Write ``out``: ``artifact`` with ``formats`` beside model.pth and, with ``data``, every backend's
+    agreement with fp32 on its validation images (bf16 and int8 judged against ``gate``)."""
+    formats = parse_formats(formats)
+    gate = parse_gate(gate)
+    if "int8" in formats and not data:
+        raise DogbreedError("--format int8 calibrates on the validation images and checks its accuracy on them: "
+                            "pass --data DIR (the data set the model was trained on)")
+    if calibration_images < 1:
+        raise DogbreedError("--calibration-images must be at least 1")
     artifact = Path(artifact)
     if not artifact.exists():
         raise DogbreedError(f"model artifact {artifact} does not exist")
     name = artifact.name.removesuffix(".tar.gz")
-    for suffix in FORMATS:  # an export of an export: model-onnx, not model-torchscript-onnx
+    for suffix in reversed(FORMATS):  # an export of an export: model-onnx, not model-torchscript-onnx
         name = name.removesuffix(f"-{suffix}")
-    out = Path(out) if out else artifact.with_name(f"{name}-{fmt}.tar.gz")
+    out = Path(out) if out else artifact.with_name(f"{name}-{'-'.join(formats)}.tar.gz")
     if out.resolve() == artifact.resolve():
         raise DogbreedError(f"{out} is the artifact being exported, which the export would overwrite; "
                             f"pass --out with another path")
+    layout = scan(data) if data else None  # a bad --data is one line before any work
     with tempfile.TemporaryDirectory(prefix="dogbreed-export-") as tmp:
         if artifact.is_dir():  # an unpacked artifact, as predict and serve take
             shutil.copytree(artifact, tmp, dirs_exist_ok=True)
         else:
             safe_extract_tar(artifact, tmp)
         loaded = load_artifact(tmp, "cpu", name=artifact)
+        pixels = _validation_pixels(loaded, layout, progress) if layout else None
         size = loaded.preset.crop_size
         model = loaded.model.eval().to(memory_format=torch.contiguous_format)
         example = torch.zeros(2, 3, size, size)
-        if fmt == "torchscript":
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated": SageMaker still loads it
-                # forward (the logits alone, what SageMaker's default handler calls) and the pass that
-                # also gives the embedding the "not a dog" score reads
-                traced = torch.jit.trace_module(model, {"forward": example, "logits_and_features": example})
-                traced.save(os.path.join(tmp, TORCHSCRIPT_FILE))
-        else:
-            _export_onnx(model, example, os.path.join(tmp, ONNX_FILE))
-        meta = dict(loaded.meta, exports=sorted(set(loaded.meta.get("exports", [])) | {fmt}))
+        for fmt in formats:
+            started = time.perf_counter()
+            path = os.path.join(tmp, EXPORT_FORMATS[fmt])
+            if fmt == "torchscript":
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated": SageMaker still loads it
+                    # forward (the logits alone, what SageMaker's default handler calls) and the pass that
+                    # also gives the embedding the "not a dog" score reads
+                    traced = torch.jit.trace_module(model, {"forward": example, "logits_and_features": example})
+                    traced.save(path)
+            elif fmt == "onnx":
+                _export_onnx(model, example, path)
+            else:
+                _quantize(model, example, loaded, pixels, calibration_images, path, tmp)
+            log.info("wrote %s in %.1fs", EXPORT_FORMATS[fmt], time.perf_counter() - started)
+        meta = dict(loaded.meta, exports=sorted(set(loaded.meta.get("exports", [])) | set(formats)))
+        if pixels is not None:
+            meta["gate"] = gate
+            checked = (["bf16"] if backends.native_bf16(torch.device("cpu")) else []) + formats
+            meta["backends"] = {**meta.get("backends", {}), **_agreements(tmp, loaded, pixels, checked, gate, progress)}
         Path(tmp, MODEL_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         return pack(tmp, out)
+
+
+def _validation_pixels(model: LoadedModel, layout, progress: bool) -> list[torch.Tensor]:
+    """The validation images, decoded as a request's are (pixels, ready for the forward pass)."""
+    paths = [path for path, _ in layout.splits["valid"]]
+    pixels = []
+    for path in tqdm(paths, desc="reading valid", unit="img", disable=not progress, leave=False):
+        try:
+            pixels.append(pipeline.decode(model, Path(path).read_bytes()))
+        except (OSError, RequestError) as exc:
+            log.warning("skipping unreadable image %s (%s)", path, exc)
+    if not pixels:
+        raise DogbreedError(f"no validation image of {layout.root} could be read; check it with `dogbreed data check`")
+    return pixels
+
+
+def _logits(model: LoadedModel, pixels: list[torch.Tensor], progress: bool, desc: str) -> torch.Tensor:
+    chunks = range(0, len(pixels), BATCH)
+    return torch.cat([pipeline.forward(model, pixels[i:i + BATCH])[0]
+                      for i in tqdm(chunks, desc=desc, unit="batch", disable=not progress, leave=False)])
+
+
+def _agreements(model_dir: str, eager: LoadedModel, pixels: list[torch.Tensor], names: list[str], gate: dict,
+                progress: bool) -> dict:
+    """Each backend's agreement with fp32 on the validation images, and whether it passed the gate;
+    a gated backend that failed it is one line (the artifact keeps its file; serve will not use it)."""
+    reference = _logits(eager, pixels, progress, "fp32 on valid")
+    records = {}
+    for name in names:
+        model = loading.load_model_dir(model_dir, "cpu", name)
+        record = {**backends.agreement(reference, _logits(model, pixels, progress, f"{name} on valid")),
+                  "images": len(pixels)}
+        record["passed"] = backends.passes(record, gate)
+        records[name] = record
+        if name in backends.GATED and not record["passed"]:
+            log.warning("%s failed its accuracy gate on %d validation images (top-1 agreement %.1f%%, top-5 %.1f%%; "
+                        "needs %.1f%% and %.1f%%): it will not be used", name, len(pixels), 100 * record["top1"],
+                        100 * record["top5"], 100 * gate["top1"], 100 * gate["top5"])
+        else:
+            log.info("%s agrees with fp32 on %d validation images: top-1 %.2f%%, top-5 %.2f%%", name, len(pixels),
+                     100 * record["top1"], 100 * record["top5"])
+    return records
 
 
 class _BothOutputs(torch.nn.Module):
@@ -74,13 +177,60 @@ class _BothOutputs(torch.nn.Module):
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str) -> None:
+    onnx_export(_BothOutputs(model).eval(), example, path, ["logits", "features"])
+
+
+def onnx_export(module: torch.nn.Module, example: torch.Tensor, path: str, outputs: list[str]) -> None:
+    """``module`` as ONNX with a dynamic batch size and input ``images`` (torch's dynamo exporter)."""
     try:
         import onnxscript  # noqa: F401 - torch's exporter needs it
     except ImportError:
-        raise DogbreedError("ONNX export needs the onnx, onnxscript and onnxruntime packages: pip install 'dogbreed[onnx]'") from None
+        raise DogbreedError("ONNX export needs the onnx, onnxscript and onnxruntime packages: pip install onnx onnxscript onnxruntime") from None
     batch = torch.export.Dim("batch", min=1, max=1024)
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter's step-by-step chatter
-        program = torch.onnx.export(_BothOutputs(model).eval(), (example,), input_names=["images"],
-                                    output_names=["logits", "features"],
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the exporter's step-by-step chatter
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module.eval(), (example,), input_names=["images"], output_names=outputs,
                                     dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
     program.save(path)
+
+
+def _quantize(model: torch.nn.Module, example: torch.Tensor, loaded: LoadedModel, pixels: list[torch.Tensor],
+              calibration_images: int, path: str, tmp: str) -> None:
+    """ONNX Runtime's static int8 quantization (QDQ, per-channel weights, uint8 activations with the
+    reduced range that keeps AVX2's int8 products from saturating) of the fp32 ONNX graph, its
+    activation ranges measured on up to ``calibration_images`` validation images spread over the split."""
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise DogbreedError("int8 export needs the onnx, onnxscript and onnxruntime packages: pip install onnx onnxscript onnxruntime") from None
+    work = tempfile.mkdtemp(prefix="quantize-", dir=tmp)
+    source, prepared = os.path.join(tmp, loading.ONNX_FILE), os.path.join(work, "prepared.onnx")
+    if not os.path.exists(source):  # not exported with it (formats run in order: onnx before int8)
+        source = os.path.join(work, "fp32.onnx")
+        _export_onnx(model, example, source)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quant_pre_process(source, prepared)  # shape inference and folding, as ONNX Runtime advises before quantizing
+    except Exception as exc:  # it is an optimisation: quantize the graph as exported instead
+        log.info("int8: the graph's pre-processing failed (%s); quantizing it as exported", exc)
+        prepared = source
+    step = max(1, len(pixels) // calibration_images)
+    chosen = pixels[::step][:calibration_images]
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(range(0, len(chosen), BATCH))
+
+        def get_next(self):
+            start = next(self.batches, None)
+            if start is None:
+                return None
+            images = loaded.preset.normalize(torch.stack(chosen[start:start + BATCH]))
+            return {"images": images.contiguous().numpy()}
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(prepared, path, Batches(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        extra_options={"CalibMaxIntermediateOutputs": 4})  # bounds the memory calibration holds
+    shutil.rmtree(work)
