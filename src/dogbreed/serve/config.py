@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 
 from dogbreed.errors import DogbreedError
 from dogbreed.flags import option
-from dogbreed.runtime.loading import BACKENDS
+from dogbreed.runtime import backends
 from dogbreed.runtime.pipeline import DEFAULT_MAX_INSTANCES, Options
 from dogbreed.runtime.presets import DEFAULT_MAX_PIXELS
 
@@ -38,7 +38,11 @@ class ServeConfig:
                                            "with threshold= (default: the artifact's, 0.8)")
     keep: float | None = option(None, "share of known-breed images the not_a_dog threshold lets through; a request may "
                                       "ask otherwise with keep= (default: the artifact's, 0.95)")
-    backend: str = option("eager", "model runtime (torchscript and onnx need `dogbreed export` first)", choices=tuple(BACKENDS))
+    backend: str = option("auto", "how the network runs: auto times every backend the artifact has at start and takes the "
+                                  "fastest; eager (fp32), bf16, torchscript, onnx, int8 force one (all but eager need "
+                                  "`dogbreed export`; bf16 and int8 run only where they passed their accuracy gate)",
+                          choices=backends.CHOICES)
+    backend_budget_s: float = option(backends.DEFAULT_BUDGET_S, "seconds --backend auto may spend timing backends at start")
     api_key: str | None = option(None, "require Authorization: Bearer KEY on everything but /ping and the page "
                                        f"(default: ${API_KEY_ENV}, else none)")
 
@@ -53,8 +57,10 @@ class ServeConfig:
 
     def validate(self) -> "ServeConfig":
         """Each bad setting is one line naming its flag, before anything loads."""
-        if self.backend not in BACKENDS:
-            raise DogbreedError(f"--backend {self.backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
+        if self.backend not in backends.CHOICES:
+            raise DogbreedError(f"--backend {self.backend!r} is not available; choose one of: {', '.join(backends.CHOICES)}")
+        if not self.backend_budget_s > 0:
+            raise DogbreedError("--backend-budget-s must be positive")
         for key in ("max_batch_size", "queue_size", "workers", "max_instances"):
             if getattr(self, key) < 1:
                 raise DogbreedError(f"--{key.replace('_', '-')} must be at least 1")

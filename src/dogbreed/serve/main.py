@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import inspect
 import json
@@ -39,8 +40,13 @@ def serve(cfg: ServeConfig) -> None:
             "h11_max_incomplete_event_size": MAX_HEADER_BYTES}
     where = f"http://{cfg.host}:{port} (endpoint name {cfg.name!r}"
     if cfg.workers > 1:
-        load_artifact(cfg.model, device="cpu", backend=cfg.backend)  # fail here, in one line, not in each worker
-        log.info("serving %s on %s, %d workers; each says when it is ready)", cfg.model, where, cfg.workers)
+        # fail here, in one line, not in each worker; and choose the backend once, here, for all of them
+        # (workers timing at once would measure each other)
+        model = load_artifact(cfg.model, device="cpu", backend=cfg.backend, budget_s=cfg.backend_budget_s,
+                              batch_sizes=tuple(sorted({1, cfg.max_batch_size})))
+        cfg = dataclasses.replace(cfg, backend=model.backend)
+        log.info("serving %s on %s, %d workers; each says when it is ready; %s)", cfg.model, where, cfg.workers,
+                 describe(model))
         os.environ[CONFIG_ENV] = json.dumps(cfg.to_dict())
         os.environ[PARENT_ENV] = str(os.getpid())
         config = uvicorn.Config("dogbreed.serve.main:worker_app", factory=True, workers=cfg.workers, **http)
@@ -49,12 +55,17 @@ def serve(cfg: ServeConfig) -> None:
         Multiprocess(config, sockets=[sock], **extra).run()
         return
     server = Server(cfg)
-    server.load()  # the model is loaded once, on the thread that will run it
-    log.info("serving %s on %s)", cfg.model, where)
+    model = server.load()  # the model is loaded once, on the thread that will run it
+    log.info("serving %s on %s; %s)", cfg.model, where, describe(model))
     runner = uvicorn.Server(uvicorn.Config(create_app(cfg, server), **http))
     runner.run(sockets=[sock])
     if not runner.started:
         raise DogbreedError("the server did not start; the lines above say why")
+
+
+def describe(model) -> str:
+    """The backend the model runs on and how it was chosen, for the serving line."""
+    return model.selection.line() if model.selection else f"backend {model.backend}"
 
 
 def listen_socket(host: str, port: int) -> socket.socket:

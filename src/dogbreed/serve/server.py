@@ -41,6 +41,16 @@ class Metrics:
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128))
         self.queue = Gauge("dogbreed_queue_depth", "Images waiting for the model", registry=self.registry)
         self.load = Gauge("dogbreed_model_load_seconds", "Model load and warm-up time", registry=self.registry)
+        self.backend = Gauge("dogbreed_backend_info", "The backend the model runs on (1), and the one asked for",
+                             ["backend", "asked"], registry=self.registry)
+        self.backend_rate = Gauge("dogbreed_backend_images_per_second", "What --backend auto measured at start",
+                                  ["backend", "batch_size"], registry=self.registry)
+
+    def describe_backend(self, model: LoadedModel, asked: str) -> None:
+        self.backend.labels(model.backend, asked).set(1)
+        for name, rates in (model.selection.measured if model.selection else {}).items():
+            for batch, rate in rates.items():
+                self.backend_rate.labels(name, str(batch)).set(rate)
 
 
 class Server:
@@ -63,7 +73,9 @@ class Server:
     def _load(self) -> LoadedModel:
         if self.model is None:
             started = time.perf_counter()
-            self.model = load_artifact(self.cfg.model, backend=self.cfg.backend)
+            self.model = load_artifact(self.cfg.model, backend=self.cfg.backend, budget_s=self.cfg.backend_budget_s,
+                                       batch_sizes=tuple(sorted({1, self.cfg.max_batch_size})))
+            self.metrics.describe_backend(self.model, self.cfg.backend)
             self.defaults = Options.of(self.model).override(self.cfg.topk, self.cfg.threshold, self.cfg.keep)
             self.load_seconds = time.perf_counter() - started
         return self.model
@@ -81,7 +93,7 @@ class Server:
         seconds = self.load_seconds + time.perf_counter() - started
         self.metrics.load.set(seconds)
         self.ready = True
-        log.info("model %s loaded and warmed in %.2fs (backend %s, %s)", self.cfg.model, seconds, self.cfg.backend,
+        log.info("model %s loaded and warmed in %.2fs (backend %s, %s)", self.cfg.model, seconds, self.model.backend,
                  self.model.device)
 
     async def stop(self) -> None:
