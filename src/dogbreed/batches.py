@@ -63,8 +63,10 @@ def cached_batches(cfg: TrainConfig, model: nn.Module, preset: EvalPreset, data:
                    amp_dtype: torch.dtype | None, *, progress: bool = True, hooks: StepHooks = NO_HOOKS) -> Batches:
     """Frozen backbone: embed every image once (and ``aug_views`` augmented views of the training
     images), then train the head alone on those embeddings."""
+    expected = len(data.splits["train"]) * max(cfg.aug_views, 1) + len(data.splits["valid"]) + len(data.splits["test"])
     cache = FeatureCache(cfg.cache_dir, feature_extractor(model, cfg.backbone), device=device, amp_dtype=amp_dtype,
-                         batch_size=max(cfg.batch_size, 64), workers=cfg.workers, progress=progress, hooks=hooks)
+                         batch_size=max(cfg.batch_size, 64), workers=cfg.workers, progress=progress, hooks=hooks,
+                         backend=cfg.embed_backend, expected=expected)
     train_preset = TrainPreset.matching(preset)
     eval_id = repr(preset)
     if cfg.aug_views:

@@ -26,6 +26,7 @@ from dogbreed.runtime.scores import SCORES
 TRAIN_LAYERS = ("head", "layer4", "all")
 SCHEDULERS = ("cosine", "none")
 AMP_MODES = ("auto", "bf16", "off")
+EMBED_BACKENDS = ("auto", "eager", "onnx")  # how the frozen backbone runs over the images (features.py)
 REJECT_SCORES = (*SCORES, "none")
 
 
@@ -47,6 +48,9 @@ class TrainConfig:
     image_size: int = _opt(224, "crop size fed to the network; the resize keeps the weights' own ratio")
     aug_views: int = _opt(2, "augmented views cached per training image on the fast path (0 = no augmentation)")
     feature_cache: bool = _opt(True, "train a frozen backbone's head on cached embeddings; --no-feature-cache recomputes the backbone every epoch")
+    embed_backend: str = _opt("auto", "how the frozen backbone embeds the images: auto (times PyTorch and ONNX Runtime on "
+                                      "the first batch, takes the faster; exports only for jobs long enough to pay for it), "
+                                      "eager or onnx", choices=EMBED_BACKENDS)
     cache_dir: str | None = _opt(None, "embedding cache folder (default: $DOGBREED_CACHE or ~/.cache/dogbreed)")
     patience: int = _opt(0, "stop after this many epochs without a better val_loss (0 = never stop early)")
     seed: int = _opt(0, "random seed (data order, augmentation, head init)")

@@ -2,8 +2,14 @@
 then every epoch and every tuning trial trains the head on the stored embeddings.
 
 Entries are keyed by everything that changes an embedding: the backbone's exact weights, the
-transform, the view number and the file list (path, size, mtime). They are written atomically
-and read back with ``weights_only=True``.
+transform, the view number, the file list (path, size, mtime) and the arithmetic (fp32 or bf16).
+They are written atomically and read back with ``weights_only=True``.
+
+The backbone runs on the fastest backend where it runs (``--embed-backend auto``): PyTorch at the
+run's precision, or ONNX Runtime fp32 (the backbone exported once per weights, kept in the cache).
+Auto times both on the first real batch, and exports only when the images still to embed would
+keep eager busy for over :data:`EXPORT_WORTH_S` seconds, so that a small job never waits for an
+export. A cache that finds every entry never runs the backbone at all.
 """
 
 from __future__ import annotations
@@ -21,15 +27,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dogbreed.config import EMBED_BACKENDS
 from dogbreed.data.layout import Sample
 from dogbreed.data.loaders import ImageDataset, image_loader
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_torch_save, file_lock
 from dogbreed.hooks import NO_HOOKS, StepHooks
 from dogbreed.runtime.loading import read_tensors
-from dogbreed.runtime.network import set_head
+from dogbreed.runtime.network import OnnxModel, set_head
 
 log = logging.getLogger(__name__)
+EXPORT_WORTH_S = 60.0  # auto exports the backbone only when eager would still be embedding for longer than this
 
 
 def default_cache_dir() -> Path:
@@ -69,7 +77,9 @@ class Embeddings:
 class FeatureCache:
     def __init__(self, root: str | os.PathLike | None, extractor: nn.Module, *, device: torch.device,
                  amp_dtype: torch.dtype | None, batch_size: int, workers: int | None, progress: bool = True,
-                 hooks: StepHooks = NO_HOOKS):
+                 hooks: StepHooks = NO_HOOKS, backend: str = "auto", expected: int = 0):
+        if backend not in EMBED_BACKENDS:
+            raise DogbreedError(f"--embed-backend {backend!r} is not one of: {', '.join(EMBED_BACKENDS)}")
         self.root = Path(root) if root else default_cache_dir()
         self.extractor = extractor.to(device, memory_format=torch.channels_last)
         self.device, self.amp_dtype = device, amp_dtype
@@ -79,21 +89,33 @@ class FeatureCache:
         self.hits = self.misses = 0
         self.embedded = 0  # images run through the backbone by this cache (misses only)
         self.embed_seconds = 0.0
+        self.backend = backend  # asked; ``choice`` says what ran, once the first miss chose it
+        self.expected = expected  # images the run will ask for in all, for auto's estimate of the work left
+        self.choice: dict | None = None
+        self._run = None  # images -> embeddings on the chosen backend
+        self._precision = amp_dtype  # of the chosen backend: ONNX Runtime runs fp32
 
-    def key(self, samples: list[Sample], transform_id: str, view: int | None) -> str:
-        text = f"{self.weights_id}|{transform_id}|view={view}|{files_digest(samples)}|amp={self.amp_dtype}"
+    def key(self, samples: list[Sample], transform_id: str, view: int | None, precision: torch.dtype | None = None) -> str:
+        text = f"{self.weights_id}|{transform_id}|view={view}|{files_digest(samples)}|amp={precision}"
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def get(self, samples: list[Sample], transform, transform_id: str, *, view: int | None, desc: str) -> Embeddings:
-        path = self.root / f"{self.key(samples, transform_id, view)}.pt"
-        if (emb := self._load(path)) is not None:
-            return emb
-        # Parallel tuning workers ask for the same entry at once: one computes, the others wait.
-        with file_lock(path.with_suffix(".lock")):
+        """The entry, computed if missing. Entries of both precisions the run could use count (fp32
+        from ONNX Runtime serves a bf16 run as well as its own, and the other way round): the
+        precision the chosen backend runs first."""
+        precisions = list(dict.fromkeys([self._precision, self.amp_dtype, None]))
+        paths = [self.root / f"{self.key(samples, transform_id, view, p)}.pt" for p in precisions]
+        for path in paths:
             if (emb := self._load(path)) is not None:
                 return emb
+        # Parallel tuning workers ask for the same entry at once: one computes, the others wait.
+        with file_lock(paths[0].with_suffix(".lock")):
+            for path in paths:
+                if (emb := self._load(path)) is not None:
+                    return emb
             self.misses += 1
             emb = self.compute(samples, transform, view=view, desc=desc)
+            path = self.root / f"{self.key(samples, transform_id, view, self._precision)}.pt"
             atomic_torch_save({"features": emb.features, "labels": emb.labels, "ok": emb.ok}, path)
         return emb
 
@@ -111,7 +133,8 @@ class FeatureCache:
     def stats(self) -> dict:
         rate = self.embedded / self.embed_seconds if self.embed_seconds else None
         return {"hits": self.hits, "computed": self.misses, "images_embedded": self.embedded,
-                "embed_seconds": round(self.embed_seconds, 3), "images_per_second": rate and round(rate, 2)}
+                "embed_seconds": round(self.embed_seconds, 3), "images_per_second": rate and round(rate, 2),
+                "backend": self.choice}
 
     @torch.inference_mode()
     def compute(self, samples: list[Sample], transform, *, view: int | None, desc: str) -> Embeddings:
@@ -123,14 +146,15 @@ class FeatureCache:
         self.hooks.describe_loader("embed", loader)
         features: torch.Tensor | None = None
         ok = torch.zeros(len(samples), dtype=torch.bool)
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         bar = tqdm(total=len(samples), desc=desc, unit="img", disable=not self.progress, leave=False)
         for batch in self.hooks.steps(loader, "embed"):
             if batch is None:
                 continue
             images, _, index = batch
-            with autocast:
-                out = self.extractor(images.to(self.device, non_blocking=True, memory_format=torch.channels_last))
+            images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+            if self._run is None:
+                self._choose(images, left=max(self.expected - self.embedded, len(samples)))
+            out = self._run(images)
             if features is None:
                 features = torch.zeros(len(samples), out.shape[1], dtype=torch.float16)
             features[index] = out.float().cpu().half()
@@ -143,3 +167,83 @@ class FeatureCache:
         self.embedded += len(samples)
         self.embed_seconds += time.perf_counter() - started
         return Embeddings(features, labels, ok)
+
+    def _eager(self, images: torch.Tensor) -> torch.Tensor:
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        with autocast:
+            return self.extractor(images)
+
+    def _choose(self, images: torch.Tensor, left: int) -> None:
+        """Pick the backend on the first real batch (``left``: the images still to embed) and say so
+        in one line."""
+        eager_name = f"eager {'bf16' if self.amp_dtype == torch.bfloat16 else 'fp32' if self.amp_dtype is None else self.amp_dtype}"
+        choice: dict = {"asked": self.backend, "chosen": "eager", "measured": {}, "images": left}
+        self._run, self._precision = self._eager, self.amp_dtype
+        reason = None
+        if self.backend == "eager":
+            reason = "asked for"
+        elif self.device.type != "cpu":
+            reason = f"ONNX Runtime runs on the CPU, the backbone on {self.device}"
+        elif not _onnxruntime():
+            reason = "onnxruntime is not installed"
+        if reason is None:
+            eager_rate = _rate(self._eager, images) if self.backend == "auto" else None
+            onnx_path = self.root / "onnx" / f"{self.weights_id}-{images.shape[-1]}.onnx"
+            if eager_rate is not None:
+                choice["measured"]["eager"] = round(eager_rate, 2)
+            if eager_rate is not None and not onnx_path.exists() and left / eager_rate < EXPORT_WORTH_S:
+                reason = f"{left} images are ~{left / eager_rate:.0f}s of eager work, too few to pay for an ONNX export"
+            else:
+                choice["export_seconds"] = self._export(onnx_path, images)
+                onnx = OnnxModel(str(onnx_path))
+                onnx_rate = _rate(onnx, images)
+                choice["measured"]["onnx"] = round(onnx_rate, 2)
+                if eager_rate is None or onnx_rate > eager_rate:
+                    self._run, self._precision, choice["chosen"] = onnx, None, "onnx"
+        choice["why"] = reason
+        self.choice = choice
+        rates = ", ".join(f"{name} {rate:.1f}" for name, rate in choice["measured"].items())
+        log.info("embedding on %s%s%s", eager_name if choice["chosen"] == "eager" else "onnx (ONNX Runtime fp32)",
+                 f" (img/s at batch {len(images)}: {rates})" if rates else "", f"; onnx not used: {reason}" if reason else "")
+
+    def _export(self, path: Path, images: torch.Tensor) -> float:
+        """The backbone as ONNX, once per weights and crop size (kept beside the embeddings); seconds spent."""
+        from dogbreed.export import onnx_export
+
+        if path.exists():
+            return 0.0
+        started = time.perf_counter()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(path.with_suffix(".lock")):
+            if not path.exists():
+                partial = path.with_suffix(f".{os.getpid()}.partial")
+                try:
+                    with torch.inference_mode(False):  # the exporter traces: outside inference mode, on a fresh tensor
+                        example = torch.zeros(2, *images.shape[1:])
+                        onnx_export(self.extractor.to(memory_format=torch.contiguous_format), example, str(partial),
+                                    ["features"])
+                    os.replace(partial, path)
+                finally:
+                    partial.unlink(missing_ok=True)
+                    self.extractor.to(memory_format=torch.channels_last)
+        return round(time.perf_counter() - started, 2)
+
+
+def _onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@torch.inference_mode()
+def _rate(run, images: torch.Tensor, passes: int = 2) -> float:
+    """Images per second of ``run`` on this batch: one warm-up pass, then the best of ``passes``."""
+    run(images)
+    best = float("inf")
+    for _ in range(passes):
+        started = time.perf_counter()
+        run(images)
+        best = min(best, time.perf_counter() - started)
+    return len(images) / best
