@@ -1,6 +1,7 @@
 """model.tar.gz: SageMaker's layout, what model.json holds, and one-line errors for damaged artifacts."""
 
 import json
+import logging
 import re
 import tarfile
 
@@ -16,7 +17,7 @@ from dogbreed.errors import DogbreedError
 def test_artifact_has_sagemakers_pytorch_layout(trained_run):
     with tarfile.open(trained_run.artifact) as tar:
         names = sorted(tar.getnames())
-    assert names == ["MODEL_CARD.md", "code", "code/inference.py", "code/loading.py", "code/network.py",
+    assert names == ["MODEL_CARD.md", "code", "code/backends.py", "code/inference.py", "code/loading.py", "code/network.py",
                      "code/pipeline.py", "code/presets.py", "code/requirements.txt", "code/scores.py", "labels.json",
                      "model.json", "model.pth", "rejection.pth"]
 
@@ -112,10 +113,25 @@ def test_pickled_code_in_model_pth_is_never_run(trained_run, tmp_path):
     assert message.count(str(tmp_path / "x")) == 1
 
 
-def test_errors_name_the_artifact_not_the_folder_it_was_unpacked_into(trained_run):
+def test_errors_name_the_artifact_not_the_folder_it_was_unpacked_into(trained_run, tmp_path):
+    safe_extract_tar(trained_run.artifact, tmp_path / "x")
+    (tmp_path / "x" / "model.pth").write_bytes(b"not tensors")
+    damaged = tmp_path / "damaged.tar.gz"
+    with tarfile.open(damaged, "w:gz") as tar:
+        for path in sorted((tmp_path / "x").iterdir()):
+            tar.add(path, arcname=path.name)
     with pytest.raises(DogbreedError) as caught:
-        load_artifact(trained_run.artifact, backend="onnx")
-    assert str(caught.value).startswith(f"cannot load model {trained_run.artifact}: no model.onnx;")
+        load_artifact(damaged)
+    assert str(caught.value).startswith(f"cannot load model {damaged}: model.pth is unreadable")
+
+
+def test_a_forced_backend_that_cannot_run_is_one_warning_and_the_model_still_loads(trained_run, caplog):
+    with caplog.at_level(logging.WARNING, logger="dogbreed.artifact"):
+        model = load_artifact(trained_run.artifact, backend="onnx", budget_s=0.1)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{trained_run.artifact}: backend onnx cannot run this model: not exported; the fastest of the others is used"]
+    assert model.backend == "eager" and model.selection.skipped["onnx"] == "not exported"  # bf16 was never measured
+    assert model.selection.line().startswith("backend eager (asked for onnx); not used: onnx not exported, bf16 ")
 
 
 def test_the_artifacts_requirements_are_the_packages_own_pins():

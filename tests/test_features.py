@@ -1,8 +1,15 @@
 """The frozen-backbone embedding cache."""
 
+import json
+
+import pytest
+
 from dogbreed import config
+from dogbreed.artifact import load_artifact
 from dogbreed.logs import setup_logging
+from dogbreed.predict import predict_files
 from dogbreed.run import train
+from dogbreed.runtime.pipeline import Options
 
 from .conftest import TINY
 
@@ -17,3 +24,30 @@ def test_second_run_reuses_the_embedding_cache(synth_data, tiny_weights, tmp_pat
     assert "3 hit(s), 0 computed" in capsys.readouterr().out  # trials that change the head reuse it
     train(config.resolve(overrides={**overrides, "image_size": 48}), progress=False)
     assert "0 hit(s), 3 computed" in capsys.readouterr().out  # a new transform is a new entry
+
+
+def test_embeddings_from_each_backend_train_heads_whose_test_predictions_agree(synth_data, tiny_weights, tmp_path):
+    """fp32 both ways: PyTorch's and ONNX Runtime's embeddings train the same head, up to rounding."""
+    base = {**TINY, "data": str(synth_data), "weights": str(tiny_weights), "epochs": 2, "aug_views": 1, "amp": "off"}
+    runs = {}
+    for backend in ("eager", "onnx"):
+        cfg = config.resolve(overrides={**base, "embed_backend": backend, "out": str(tmp_path / backend),
+                                        "cache_dir": str(tmp_path / backend / "cache")})
+        runs[backend] = train(cfg, progress=False)
+        chosen = json.loads((runs[backend].run_dir / "results.json").read_text())["feature_cache"]["backend"]
+        assert chosen["asked"] == chosen["chosen"] == backend
+    photos = sorted((synth_data / "test").glob("*/*.jpg"))
+    answers = {name: [a for _, a in predict_files(load_artifact(run.artifact), photos, Options(topk=2))]
+               for name, run in runs.items()}
+    for eager, onnx in zip(answers["eager"], answers["onnx"]):
+        assert eager["topk_labels"] == onnx["topk_labels"]
+        assert eager["topk_probs"] == pytest.approx(onnx["topk_probs"], abs=1e-3)
+
+
+def test_auto_embeds_a_small_job_on_eager_without_exporting(synth_data, tiny_weights, tmp_path):
+    cfg = config.resolve(overrides={**TINY, "data": str(synth_data), "weights": str(tiny_weights), "epochs": 1,
+                                    "aug_views": 1, "out": str(tmp_path), "cache_dir": str(tmp_path / "cache")})
+    stats = json.loads((train(cfg, progress=False).run_dir / "results.json").read_text())["feature_cache"]
+    assert stats["backend"]["asked"] == "auto" and stats["backend"]["chosen"] == "eager"
+    assert "too few to pay for an ONNX export" in stats["backend"]["why"] and "eager" in stats["backend"]["measured"]
+    assert not (tmp_path / "cache" / "onnx").exists()

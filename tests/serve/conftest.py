@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -15,17 +16,27 @@ from ..conftest import free_port
 
 
 @contextlib.contextmanager
-def running_server(model, *flags: str, ready_s: float = 120, port: int | None = None):
-    """``dogbreed serve`` as its own process; yields its base URL once /ping answers 200."""
+def running_server(model, *flags: str, ready_s: float = 120, port: int | None = None, output: list[str] | None = None,
+                   env: dict | None = None):
+    """``dogbreed serve`` as its own process; yields its base URL once /ping answers 200. What it
+    prints is read as it comes (into ``output``, when given), so a chatty server never blocks."""
     port = port or free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dogbreed", "serve", "--model", str(model), "--port", str(port), *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ})
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+    lines = output if output is not None else []
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + ready_s
     try:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stdout.read()}")
+                reader.join(timeout=10)
+                raise RuntimeError(f"server exited: {''.join(lines)}")
             try:
                 with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
                     if r.status == 200:
@@ -33,7 +44,7 @@ def running_server(model, *flags: str, ready_s: float = 120, port: int | None = 
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("server did not become ready")
+                raise RuntimeError(f"server did not become ready: {''.join(lines)}")
             time.sleep(0.1)
         yield url
     finally:
@@ -42,6 +53,7 @@ def running_server(model, *flags: str, ready_s: float = 120, port: int | None = 
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        reader.join(timeout=10)
 
 
 @pytest.fixture(scope="session")

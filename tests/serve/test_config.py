@@ -12,7 +12,7 @@ from dogbreed.serve import ServeConfig
 @pytest.mark.parametrize("flags, message", [
     (["--threshold", "80"], "--threshold must be in [0, 1], got 80"),
     (["--topk", "1001"], "--topk must be 1..1000, got 1001"),
-    (["--backend", "tensorrt"], "--backend 'tensorrt' is not available; choose one of: eager, torchscript, onnx"),
+    (["--backend", "tensorrt"], "--backend 'tensorrt' is not available; choose one of: auto, eager, bf16, torchscript, onnx, int8"),
     (["--max-instances", "300"], "--max-instances 300 is over --queue-size 256: a request of that many images could "
                                  "never be queued; raise --queue-size or lower --max-instances"),
     (["--max-batch-size", "0"], "--max-batch-size must be at least 1"),

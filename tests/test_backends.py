@@ -1,0 +1,131 @@
+"""Backends: the accuracy gate, ``auto``, and the answers of every backend that passed its gate,
+through the real server process and the artifact's own handlers, against eager fp32."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dogbreed.archive import safe_extract_tar
+from dogbreed.artifact import load_artifact
+from dogbreed.export import export
+from dogbreed.predict import predict_files
+from dogbreed.runtime import backends
+from dogbreed.runtime.pipeline import Options
+
+from .conftest import one_line_error, run_cli
+from .serve.conftest import running_server
+from .serve.test_routes import call, invoke
+from .toolkit import run_handlers
+
+FP32 = ("eager", "torchscript", "onnx")  # the same arithmetic as eager's, up to rounding
+LOOSE_GATE = "0.5,0.5"  # the tests' 4-breed, 64 px model: int8's error is large beside its small logit margins
+
+
+def test_agreement_counts_top1_and_how_much_of_fp32s_top5_is_kept():
+    reference = torch.tensor([[5.0, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5]])
+    assert backends.agreement(reference, reference) == {"top1": 1.0, "top5": 1.0}
+    swapped = torch.tensor([[4.0, 5, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5]])  # first image: top-1 changes, top-5 the same
+    assert backends.agreement(reference, swapped) == {"top1": 0.5, "top5": 1.0}
+    dropped = torch.tensor([[5.0, 4, 3, 2, 0, 1], [0, 1, 2, 3, 4, 5]])  # first image: 1 of fp32's top-5 is 6th
+    assert backends.agreement(reference, dropped) == {"top1": 1.0, "top5": 0.9}
+    assert backends.passes({"top1": 0.99, "top5": 0.995}) and not backends.passes({"top1": 0.99, "top5": 0.99})
+    assert not backends.passes(None) and backends.passes({"top1": 0.6, "top5": 0.6}, {"top1": 0.5, "top5": 0.5})
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, synth_data, tmp_path_factory) -> Path:
+    """The test model with every export, checked on the validation images under a loose gate, unpacked."""
+    variant = export(trained_run.artifact, "all", tmp_path_factory.mktemp("all") / "model-all.tar.gz", data=synth_data,
+                     gate=LOOSE_GATE, progress=False)
+    safe_extract_tar(variant, variant.parent / "m")
+    return variant.parent / "m"
+
+
+def held_out(synth_data, samples) -> list[Path]:
+    return sorted((synth_data / "test").glob("*/*.jpg")) + sorted(samples.glob("*.jpg"))
+
+
+def passed(model_dir: Path) -> list[str]:
+    meta = json.loads((model_dir / "model.json").read_text())
+    return ["eager", *(name for name in backends.BACKENDS if name != "eager" and backends.unusable(
+        str(model_dir), meta, name, torch.device("cpu")) is None)]
+
+
+def test_export_stores_each_backends_agreement_on_the_validation_images(exported):
+    meta = json.loads((exported / "model.json").read_text())
+    assert meta["gate"] == {"top1": 0.5, "top5": 0.5}
+    expected = {"torchscript", "onnx", "int8"} | ({"bf16"} if backends.native_bf16(torch.device("cpu")) else set())
+    assert set(meta["backends"]) == expected
+    for name, record in meta["backends"].items():
+        assert record["images"] == 8 and record["passed"] == backends.passes(record, meta["gate"]), name
+        assert 0 <= record["top1"] <= 1 and 0 <= record["top5"] <= 1
+    for name in ("torchscript", "onnx"):  # fp32 both: the same answers
+        assert meta["backends"][name]["top1"] == meta["backends"][name]["top5"] == 1.0
+    for name in ("model.pt", "model.onnx", "model.int8.onnx"):
+        assert (exported / name).stat().st_size > 0
+
+
+def test_every_backend_that_passed_answers_as_eager_through_the_server_and_the_handlers(exported, synth_data, samples):
+    photos = held_out(synth_data, samples)
+    eager = [answer for _, answer in predict_files(load_artifact(exported), photos, Options(topk=3))]
+    gate = json.loads((exported / "model.json").read_text())["gate"]
+    names = passed(exported)
+    assert {"torchscript", "onnx"} <= set(names)
+    for name in names:
+        with running_server(exported, "--backend", name, "--topk", "3") as url:
+            served = [json.loads(invoke(url, photo.read_bytes())[2]) for photo in photos]
+            metrics = call(url, "/metrics", method="GET")[2].decode()
+        assert f'dogbreed_backend_info{{asked="{name}",backend="{name}"}} 1.0' in metrics
+        handled = [json.loads(r["body"]) for r in run_handlers(
+            exported, [(photo.read_bytes(), {"Content-Type": "image/jpeg", "Accept": "application/json"}) for photo in photos],
+            env={"DOGBREED_BACKEND": name, "DOGBREED_TOPK": "3"})]
+        for answers in (served, handled):
+            if name in FP32:
+                for ours, theirs in zip(answers, eager):
+                    assert ours["topk_labels"] == theirs["topk_labels"], name
+                    assert ours["topk_probs"] == pytest.approx(theirs["topk_probs"], abs=1e-4), name
+            else:  # bf16 and int8: as close to eager on these images as the gate they passed asks
+                same = sum(ours["topk_labels"][0] == theirs["topk_labels"][0] for ours, theirs in zip(answers, eager))
+                assert same >= gate["top1"] * len(photos), (name, same, len(photos))
+
+
+def test_auto_takes_the_fastest_that_passed_and_says_so_in_the_serving_line(exported):
+    output: list[str] = []
+    with running_server(exported, "--backend", "auto", "--backend-budget-s", "2", output=output) as url:
+        metrics = call(url, "/metrics", method="GET")[2].decode()
+    serving = next(line for line in output if line.startswith("serving "))
+    chosen = re.search(r"; backend (\w+) \(auto\); img/s at batch 1/8: (.*) \(", serving)
+    assert chosen, serving
+    rates = dict((name, float(rate.split("/")[1])) for name, rate in (part.split(" ") for part in chosen[2].split(", ")))
+    assert set(rates) == set(passed(exported)) and chosen[1] == max(rates, key=rates.get)
+    assert f'dogbreed_backend_info{{asked="auto",backend="{chosen[1]}"}} 1.0' in metrics
+    for name in rates:
+        assert f'dogbreed_backend_images_per_second{{backend="{name}",batch_size="8"}}' in metrics
+
+
+def test_a_backend_that_failed_its_gate_is_one_line_and_the_server_serves_on_the_next_best(exported, tmp_path, samples):
+    shutil.copytree(exported, tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta["backends"]["int8"].update(top1=0.25, passed=False)  # as an export that measured int8 far off would store it
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    (tmp_path / "m" / "model.onnx").unlink()  # and onnx was never exported: the next best of the rest runs
+    output: list[str] = []
+    with running_server(tmp_path / "m", "--backend", "int8", "--backend-budget-s", "1", output=output) as url:
+        assert invoke(url, (samples / "Beagle_01125.jpg").read_bytes())[0] == 200
+    warnings = [line for line in output if "int8" in line and "cannot run" in line]
+    assert warnings == [f"warning: {tmp_path / 'm'}: backend int8 cannot run this model: failed its gate (top-1 25.0%, "
+                        f"top-5 {meta['backends']['int8']['top5']:.1%}; needs 50.0%, 50.0%); the fastest of the others "
+                        f"is used\n"]
+    serving = next(line for line in output if line.startswith("serving "))
+    assert "(asked for int8)" in serving and "onnx not exported" in serving and "backend int8" not in serving
+
+
+def test_export_refuses_a_bad_gate_and_int8_without_data_in_one_line(trained_run, tmp_path):
+    one_line_error(run_cli("export", str(trained_run.artifact), "--format", "int8"), "pass --data DIR")
+    one_line_error(run_cli("export", str(trained_run.artifact), "--gate", "0.99"), "--gate '0.99' is not two agreements")
+    one_line_error(run_cli("export", str(trained_run.artifact), "--format", "tensorrt"), "'tensorrt' is not supported")
+    assert not list(trained_run.artifact.parent.glob("model-*.tar.gz"))  # nothing half-written
