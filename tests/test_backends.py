@@ -129,3 +129,20 @@ def test_export_refuses_a_bad_gate_and_int8_without_data_in_one_line(trained_run
     one_line_error(run_cli("export", str(trained_run.artifact), "--gate", "0.99"), "--gate '0.99' is not two agreements")
     one_line_error(run_cli("export", str(trained_run.artifact), "--format", "tensorrt"), "'tensorrt' is not supported")
     assert not list(trained_run.artifact.parent.glob("model-*.tar.gz"))  # nothing half-written
+
+
+def test_int8_is_calibrated_on_every_batch_of_the_calibration_images(trained_run, synth_data, tmp_path):
+    """Four batches of 16: a flush of ONNX Runtime's calibrator every few batches once dropped them all."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_data / "train", data / "train")
+    shutil.copytree(synth_data / "test", data / "test")
+    for photo in sorted((synth_data / "valid").glob("*/*.jpg")):
+        (data / "valid" / photo.parent.name).mkdir(parents=True, exist_ok=True)
+        for copy in range(8):  # 64 validation images from the 8 there are
+            shutil.copy(photo, data / "valid" / photo.parent.name / f"{photo.stem}-{copy}.jpg")
+    variant = export(trained_run.artifact, "int8", tmp_path / "model-int8.tar.gz", data=data, calibration_images=64,
+                     gate=LOOSE_GATE, progress=False)
+    safe_extract_tar(variant, tmp_path / "m")
+    record = json.loads((tmp_path / "m" / "model.json").read_text())["backends"]["int8"]
+    assert record["images"] == 64 and 0 <= record["top1"] <= 1
+    assert (tmp_path / "m" / "model.int8.onnx").stat().st_size > 0

@@ -231,6 +231,7 @@ def _quantize(model: torch.nn.Module, example: torch.Tensor, loaded: LoadedModel
 
     with contextlib.redirect_stdout(io.StringIO()):
         quantize_static(prepared, path, Batches(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        extra_options={"CalibMaxIntermediateOutputs": 4})  # bounds the memory calibration holds
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        # (the min-max calibrator keeps two numbers per tensor and batch; its CalibMaxIntermediateOutputs
+        # option would drop the batches collected before each flush, and fail when none are left)
     shutil.rmtree(work)
