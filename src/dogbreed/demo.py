@@ -1,4 +1,6 @@
-"""``dogbreed demo``: the whole workflow offline on synthetic data, in about a minute on a CPU."""
+"""``dogbreed demo``: the whole workflow offline on synthetic data, in about a minute on a CPU: data,
+a profiled training, tuning, the exports with their accuracy gate, and predictions on the fastest
+backend that passed it."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 from dogbreed import config as cfgmod
 from dogbreed.artifact import extracted, load_artifact
 from dogbreed.data.synth import synth
+from dogbreed.export import export
 from dogbreed.predict import expand, format_answer, predict_files
 from dogbreed.run import train
 from dogbreed.runtime.pipeline import Options
@@ -56,8 +59,12 @@ def run_demo(out: str | Path = "demo", *, progress: bool = True, show: int = 3) 
     study = f"demo-{result.run_dir.name}"
     tuned = tune(base, TuneOptions(study=study, **DEMO_TUNE), progress=progress)
 
-    log.info("\n4/4 predict: the tuned artifact on %d test images, a breed it never saw and an image of no dog", show)
-    loaded = load_artifact(tuned.artifact)
+    log.info("\n4/5 export: TorchScript, ONNX and int8, each checked against fp32 on the validation images")
+    exported = export(tuned.artifact, "all", data=data, progress=progress)
+    loaded = load_artifact(exported, backend="auto", budget_s=4)
+    log.info("  %s: %s", exported.name, loaded.selection.line())
+
+    log.info("\n5/5 predict: the exported artifact, on that backend, on %d test images, a breed it never saw and an image of no dog", show)
     classes = sorted(p for p in (data / "test").iterdir() if p.is_dir())[:show]
     files = [expand([folder])[0] for folder in classes]
     if (data / "unseen").is_dir():  # a demo folder from before unseen breeds has none
@@ -69,15 +76,15 @@ def run_demo(out: str | Path = "demo", *, progress: bool = True, show: int = 3) 
     log.info(
         "\ndemo done on synthetic data: test accuracy %.1f%% (trained from scratch), %.1f%% (tuned head)\n"
         "  training run: %s\n  profile:      %s (rules, charts; `dogbreed report RUN` rebuilds it)\n"
-        "  tuning:       %s (best.json, trials.csv, plots/)\n  artifact:     %s\n"
+        "  tuning:       %s (best.json, trials.csv, plots/)\n  artifact:     %s\n  exported:     %s\n"
         "  try:          dogbreed predict %s --model %s\n"
         "  honest?       dogbreed evaluate --model %s --data %s --ood %s\n"
         "  serve it:     dogbreed serve --model %s   (then open http://127.0.0.1:8080/)",
         100 * result.test["test_accuracy"], 100 * loaded.meta["metrics"]["test_accuracy"], result.run_dir,
-        result.run_dir / "profile" / "report.html", tuned.study_dir, tuned.artifact, data / "test", tuned.artifact,
-        tuned.artifact, data, data / "unseen", tuned.artifact,
+        result.run_dir / "profile" / "report.html", tuned.study_dir, tuned.artifact, exported, data / "test", exported,
+        tuned.artifact, data, data / "unseen", exported,
     )
-    return tuned.artifact
+    return exported
 
 
 def _noise_image(path: Path, size: int) -> Path:

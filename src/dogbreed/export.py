@@ -82,9 +82,10 @@ def export(artifact: str | os.PathLike, formats: str | Sequence[str] = "torchscr
     if not artifact.exists():
         raise DogbreedError(f"model artifact {artifact} does not exist")
     name = artifact.name.removesuffix(".tar.gz")
-    for suffix in reversed(FORMATS):  # an export of an export: model-onnx, not model-torchscript-onnx
+    for suffix in ("all", *reversed(FORMATS)):  # an export of an export: model-onnx, not model-torchscript-onnx
         name = name.removesuffix(f"-{suffix}")
-    out = Path(out) if out else artifact.with_name(f"{name}-{'-'.join(formats)}.tar.gz")
+    suffix = "all" if formats == list(FORMATS) else "-".join(formats)
+    out = Path(out) if out else artifact.with_name(f"{name}-{suffix}.tar.gz")
     if out.resolve() == artifact.resolve():
         raise DogbreedError(f"{out} is the artifact being exported, which the export would overwrite; "
                             f"pass --out with another path")
