@@ -1,17 +1,21 @@
-"""Serving speed: dogbreed serve against the model in-process and against one-at-a-time handlers.
+"""Serving speed: each backend in-process, and dogbreed serve on ``auto`` against the server forced
+to eager fp32, the model in-process and one-at-a-time handlers.
 
 A resnet50 with a 133-way head (random weights: speed does not depend on their values) is packed
-as an artifact. In one run, on the same machine:
+as an artifact and exported with every backend (``dogbreed export --format all --data``, the gate
+measured on synthetic validation images). In one run, on the same machine:
 
-- in-process: decode + preprocess + forward in this process, one image (latency) and the best
+- per backend (eager fp32, bf16, TorchScript, ONNX Runtime fp32 and int8): img/s of the forward
+  pass at batch 1 and 8, beside its agreement with fp32 and whether ``auto`` may use it;
+- in-process on the best backend that passed its gate: decode + preprocess + forward in this process, one image (latency) and the best
   batch size (throughput): the ceiling a server can approach;
-- dogbreed serve, driven over loopback by a separate client process: p50/p99 latency at
-  concurrency 1 and throughput at concurrency 16;
+- dogbreed serve with ``--backend auto`` and with ``--backend eager``, driven over loopback by a
+  separate client process: p50/p99 latency at concurrency 1 and throughput at concurrency 16;
 - a plain server that calls the artifact's code/inference.py handlers one request at a time (what
   SageMaker's stock container does per worker), under the same load;
 - the servers' peak RSS.
 
-    python benchmarks/serve_bench.py [--requests 48] [--photos ../shared/samples/photos]
+    python benchmarks/serve_bench.py [--requests 48] [--photos ../shared/samples/photos] [--gate 0.99,0.995]
 """
 
 from __future__ import annotations
@@ -143,17 +147,18 @@ def make_artifact(folder: Path) -> Path:
     from dogbreed.model import build_model, eval_preset
 
     labels = Labels([f"{i + 1:03d}.Breed_{i + 1:03d}" for i in range(133)])
+    torch.manual_seed(0)  # the same random network every run: the gate's verdicts depend on it
     model, _ = build_model("resnet50", 133, pretrained=False)
     meta = model_meta("resnet50", labels, eval_preset("resnet50"))
     meta["metrics"] = {}
     return write_artifact(folder / "model.tar.gz", model.eval(), labels, meta)
 
 
-def in_process(artifact: Path, photos: list[Path], repeats: int) -> dict:
+def in_process(artifact: Path, photos: list[Path], repeats: int, backend: str = "eager") -> dict:
     from dogbreed.artifact import load_artifact
     from dogbreed.runtime import pipeline
 
-    loaded = load_artifact(artifact)
+    loaded = load_artifact(artifact, backend=backend)
     options = pipeline.Options.of(loaded)
     bodies = [p.read_bytes() for p in photos]
 
@@ -206,53 +211,106 @@ def interleaved(base: dict, port: int, requests: int) -> dict:
             "ratio": statistics.median(b / a for a, b in zip(local, served))}
 
 
+def backend_table(model_dir: Path, seconds: float) -> dict:
+    """Every backend the exported artifact has, gate or not: in-process img/s of the forward pass at
+    batch 1 and 8 (what ``auto`` times, for longer) beside its stored agreement with fp32."""
+    from dogbreed.runtime import backends
+    from dogbreed.runtime.loading import load_model_dir
+
+    meta = json.loads((model_dir / "model.json").read_text())
+    table = {}
+    for name in backends.BACKENDS:
+        why = backends.unusable(str(model_dir), meta, name, torch.device("cpu"))
+        runs = why is None or why == backends.NOT_MEASURED or why.startswith("failed its gate")
+        if not runs:  # its file, its runtime or native bf16 is missing
+            table[name] = {"why": why}
+            continue
+        model = load_model_dir(str(model_dir), "cpu", name)
+        table[name] = {"rates": backends.throughput(model, (1, 8), seconds), "agreement": meta["backends"].get(name),
+                       "why": why}
+    return table
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=48, help="requests per load level")
     p.add_argument("--photos", default=str(REPO.parent / "shared" / "samples" / "photos"))
+    p.add_argument("--gate", default=None, help="TOP1,TOP5 for bf16 and int8 (default: dogbreed's, 0.99,0.995)")
+    p.add_argument("--seconds", type=float, default=8.0, help="timing per backend and batch size in the table")
     args = p.parse_args()
     photos = sorted(Path(args.photos).glob("*.jpg"))
     env = {**os.environ, "TQDM_DISABLE": "1"}
 
+    from dogbreed.archive import safe_extract_tar
+    from dogbreed.data.synth import synth
+    from dogbreed.export import export
+
     with tempfile.TemporaryDirectory(prefix="dogbreed-serve-bench-") as tmp:
         tmp = Path(tmp)
         artifact = make_artifact(tmp)
-        base = in_process(artifact, photos, repeats=args.requests)
+        data = synth(tmp / "data", classes=40, per_class=34, progress=False)  # about 200 validation images
+        started = time.perf_counter()
+        exported = export(artifact, "all", tmp / "model-all.tar.gz", data=data, gate=args.gate, progress=False)
+        export_s = time.perf_counter() - started
+        model_dir = tmp / "model"
+        safe_extract_tar(exported, model_dir)
+        table = backend_table(model_dir, args.seconds)
+        gated_on = table_images(model_dir)
+        passed = [name for name, row in table.items() if "rates" in row and row["why"] is None]
+        best = max(passed, key=lambda name: table[name]["rates"][8])
+        base = in_process(model_dir, photos, repeats=args.requests, backend=best)
 
-        ours1, ours16, ours_paired, ours_rss = measure_server(
-            lambda port: [sys.executable, "-m", "dogbreed", "serve", "--model", str(artifact), "--port", str(port)],
-            "/ping", photos, args.requests, env, base)
-        from dogbreed.archive import safe_extract_tar
-
-        safe_extract_tar(artifact, tmp / "model")
-        plain1, plain16, plain_paired, plain_rss = measure_server(
-            lambda port: [sys.executable, "-c", PLAIN_SERVER, str(tmp / "model"), str(port)], "/", photos, args.requests, env,
-            base)
+        serve = [sys.executable, "-m", "dogbreed", "serve", "--model", str(model_dir)]
+        servers = {
+            "serve --backend auto": lambda port: [*serve, "--port", str(port), "--backend", "auto"],
+            "serve --backend eager": lambda port: [*serve, "--port", str(port), "--backend", "eager"],
+            "plain handlers": lambda port: [sys.executable, "-c", PLAIN_SERVER, str(model_dir), str(port)],
+        }
+        results = {name: measure_server(command, "/" if name == "plain handlers" else "/ping", photos, args.requests,
+                                        env, base) for name, command in servers.items()}
 
     ms = lambda s: f"{1000 * s:.0f} ms"  # noqa: E731
-    print(f"\n## serve_bench: resnet50, 133 classes, {len(photos)} real photos (225x220 to 2560x1920), cpu "
-          f"({machine.describe()}), torch {torch.__version__}\n")
-    print("| measure | in-process | dogbreed serve | plain handlers |\n|---|---|---|---|")
-    print(f"| p50 latency, concurrency 1 | {ms(base['p50'])} | {ms(ours1['p50'])} | {ms(plain1['p50'])} |")
-    print(f"| p99 latency, concurrency 1 | - | {ms(ours1['p99'])} | {ms(plain1['p99'])} |")
-    print(f"| p50 latency, concurrency 1, interleaved with in-process | {ms(ours_paired['local'])} / "
-          f"{ms(plain_paired['local'])} | {ms(ours_paired['served'])} | {ms(plain_paired['served'])} |")
-    print(f"| throughput, concurrency 16 | {base['rps']:.1f} img/s (batch {base['best_batch']}) | {ours16['rps']:.1f} req/s | "
-          f"{plain16['rps']:.1f} req/s |")
-    print(f"| throughput, concurrency 16, in-process best batch re-measured right after the load | "
-          f"{ours16['local_rps']:.1f} / {plain16['local_rps']:.1f} img/s | {ours16['rps'] / ours16['local_rps']:.2f}x | "
-          f"{plain16['rps'] / plain16['local_rps']:.2f}x |")
-    print(f"| p99 latency, concurrency 16 | - | {ms(ours16['p99'])} | {ms(plain16['p99'])} |")
-    print(f"| peak RSS | - | {ours_rss:.0f} MB | {plain_rss:.0f} MB |")
-    print(f"| errors | - | {len(ours1['errors']) + len(ours16['errors'])} | {len(plain1['errors']) + len(plain16['errors'])} |")
-    print(f"\nin-process img/s by batch size: {', '.join(f'{k}: {v:.1f}' for k, v in base['rates'].items())}")
-    print(f"\nratios: p50 serve / in-process = {ours_paired['ratio']:.2f}x interleaved (aim <= 1.3), "
-          f"{ours1['p50'] / base['p50']:.2f}x measured minutes apart; plain handlers / in-process = "
-          f"{plain_paired['ratio']:.2f}x interleaved; "
-          f"c16 throughput serve / in-process best batch = {ours16['rps'] / ours16['local_rps']:.2f}x re-measured right after "
-          f"(aim >= 0.85), {ours16['rps'] / base['rps']:.2f}x against the first measurement; "
-          f"serve / plain handlers = {ours16['rps'] / plain16['rps']:.2f}x (aim >= 2)")
+    print(f"\n## serve_bench: resnet50, 133 classes, random weights, cpu ({machine.describe()}), torch {torch.__version__}, "
+          f"onnxruntime {__import__('onnxruntime').__version__}\n")
+    print(f"`dogbreed export --format all` with the gate measured on {gated_on} synthetic validation images "
+          f"took {export_s:.0f} s.\n")
+    print("| backend | img/s batch 1 | img/s batch 8 | top-1 / top-5 agreement with fp32 | used by auto |\n|---|---|---|---|---|")
+    for name, row in table.items():
+        if "rates" not in row:
+            print(f"| {name} | - | - | - | no: {row['why']} |")
+            continue
+        agree = row["agreement"]
+        agreement = f"{agree['top1']:.1%} / {agree['top5']:.1%}" if agree else "fp32 (exact up to rounding)"
+        print(f"| {name} | {row['rates'][1]:.1f} | {row['rates'][8]:.1f} | {agreement} | "
+              f"{'yes' if row['why'] is None else 'no: ' + row['why']} |")
+    print(f"\nin-process best that passed its gate: **{best}**, {base['rps']:.1f} img/s end to end (decode, preprocess, "
+          f"forward) at batch {base['best_batch']}; by batch size: {', '.join(f'{k}: {v:.1f}' for k, v in base['rates'].items())}\n")
+    print("| measure | " + " | ".join(results) + " |\n|---|" + "---|" * len(results))
+    rows = {
+        "p50 latency, concurrency 1": lambda r: ms(r[0]["p50"]),
+        "p99 latency, concurrency 1": lambda r: ms(r[0]["p99"]),
+        "p50, concurrency 1, interleaved with in-process best: served / in-process": lambda r: (
+            f"{ms(r[2]['served'])} / {ms(r[2]['local'])} = {r[2]['ratio']:.2f}x"),
+        "throughput, concurrency 16": lambda r: f"{r[1]['rps']:.1f} req/s",
+        "concurrency 16 / in-process best re-measured right after": lambda r: (
+            f"{r[1]['rps'] / r[1]['local_rps']:.2f}x ({r[1]['local_rps']:.1f} img/s)"),
+        "p99 latency, concurrency 16": lambda r: ms(r[1]["p99"]),
+        "peak RSS": lambda r: f"{r[3]:.0f} MB",
+        "errors": lambda r: str(len(r[0]["errors"]) + len(r[1]["errors"])),
+    }
+    for label, cell in rows.items():
+        print(f"| {label} | " + " | ".join(cell(r) for r in results.values()) + " |")
+    auto, eager, plain = (results[name] for name in servers)
+    print(f"\nratios at concurrency 16: auto / eager fp32 = {auto[1]['rps'] / eager[1]['rps']:.2f}x (aim >= 1.4 on AVX2); "
+          f"auto / in-process best = {auto[1]['rps'] / auto[1]['local_rps']:.2f}x (aim >= 0.85); auto / plain handlers = "
+          f"{auto[1]['rps'] / plain[1]['rps']:.2f}x. p50 at concurrency 1, auto / in-process best = {auto[2]['ratio']:.2f}x "
+          f"interleaved (aim <= 1.3)")
     print(f"\ncommand: python {' '.join(sys.argv)}")
+
+
+def table_images(model_dir: Path) -> int:
+    meta = json.loads((model_dir / "model.json").read_text())
+    return next(iter(meta["backends"].values()))["images"]
 
 
 if __name__ == "__main__":
