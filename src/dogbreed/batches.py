@@ -63,6 +63,28 @@ def cached_batches(cfg: TrainConfig, model: nn.Module, preset: EvalPreset, data:
                    amp_dtype: torch.dtype | None, *, progress: bool = True, hooks: StepHooks = NO_HOOKS) -> Batches:
     """Frozen backbone: embed every image once (and ``aug_views`` augmented views of the training
     images), then train the head alone on those embeddings."""
+    cache, (views, val, test) = embed(cfg, model, preset, data, device, amp_dtype, progress=progress, hooks=hooks)
+    stats = cache.stats()
+    shared = f" on each of {stats['ranks']} ranks; rank 0's share:" if stats["ranks"] > 1 else ""
+    log.info("embedding cache %s: %d hit(s), %d computed%s", cache.root, cache.hits, cache.misses,
+             f"{shared} ({stats['images_embedded']} images, {stats['images_per_second']} img/s)" if cache.misses else "")
+
+    ok = torch.stack([v.ok for v in views]).all(dim=0)  # an unreadable image fails in every view
+    # The embeddings (tens of MB for dogImages) live on the training device for the whole run.
+    train_x = torch.stack([v.features[ok] for v in views]).to(device)
+    head = get_head(model, cfg.backbone).to(device)
+    return Batches(
+        trainable=head, set_train=head.train,
+        train=TensorBatches(train_x, views[0].labels[ok].to(device), cfg.batch_size, shuffle=True, seed=cfg.seed),
+        valid=_split_batches(val, device), test=_split_batches(test, device),
+        watched=registered(cfg.backbone).head + ".", cache_stats=stats,
+    )
+
+
+def embed(cfg: TrainConfig, model: nn.Module, preset: EvalPreset, data: Layout, device: torch.device,
+          amp_dtype: torch.dtype | None, *, progress: bool = True, hooks: StepHooks = NO_HOOKS):
+    """The cache, and the embeddings of the training views, valid and test, in that order (under
+    torchrun every rank asks for them in this order; on ranks but 0 they are None)."""
     expected = len(data.splits["train"]) * max(cfg.aug_views, 1) + len(data.splits["valid"]) + len(data.splits["test"])
     cache = FeatureCache(cfg.cache_dir, feature_extractor(model, cfg.backbone), device=device, amp_dtype=amp_dtype,
                          batch_size=max(cfg.batch_size, 64), workers=cfg.workers, progress=progress, hooks=hooks,
@@ -76,20 +98,7 @@ def cached_batches(cfg: TrainConfig, model: nn.Module, preset: EvalPreset, data:
         views = [cache.get(data.splits["train"], preset, eval_id, view=None, desc="embedding train")]
     val = cache.get(data.splits["valid"], preset, eval_id, view=None, desc="embedding valid")
     test = cache.get(data.splits["test"], preset, eval_id, view=None, desc="embedding test")
-    stats = cache.stats()
-    log.info("embedding cache %s: %d hit(s), %d computed%s", cache.root, cache.hits, cache.misses,
-             f" ({stats['images_embedded']} images, {stats['images_per_second']} img/s)" if cache.misses else "")
-
-    ok = torch.stack([v.ok for v in views]).all(dim=0)  # an unreadable image fails in every view
-    # The embeddings (tens of MB for dogImages) live on the training device for the whole run.
-    train_x = torch.stack([v.features[ok] for v in views]).to(device)
-    head = get_head(model, cfg.backbone).to(device)
-    return Batches(
-        trainable=head, set_train=head.train,
-        train=TensorBatches(train_x, views[0].labels[ok].to(device), cfg.batch_size, shuffle=True, seed=cfg.seed),
-        valid=_split_batches(val, device), test=_split_batches(test, device),
-        watched=registered(cfg.backbone).head + ".", cache_stats=stats,
-    )
+    return cache, (views, val, test)
 
 
 def _split_batches(emb, device: torch.device) -> TensorBatches:

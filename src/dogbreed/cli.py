@@ -27,6 +27,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dogbreed import config as cfgmod
+    from dogbreed import distributed
     from dogbreed.checkpoints import resume_config
     from dogbreed.run import train
 
@@ -37,8 +38,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resume_config(args.resume, overrides)
     else:
         cfg = cfgmod.resolve(args.config, overrides)
-    result = train(cfg, resume=args.resume, progress=_progress(args))
-    print(f"run: {result.run_dir}\nartifact: {result.artifact}")
+    if distributed.active():  # started by torchrun: join the other ranks (rank 0 alone speaks and writes)
+        from dogbreed.machine import resolve_device
+
+        distributed.init(resolve_device(cfg.device))
+        if not distributed.is_main():
+            log.setLevel(logging.WARNING)
+    try:
+        result = train(cfg, resume=args.resume, progress=_progress(args) and distributed.is_main())
+    finally:
+        distributed.close()
+    if result.run_dir:
+        print(f"run: {result.run_dir}\nartifact: {result.artifact}")
     return 0
 
 

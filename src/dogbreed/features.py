@@ -19,14 +19,17 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import Subset
 from tqdm import tqdm
 
+from dogbreed import distributed
 from dogbreed.config import EMBED_BACKENDS
 from dogbreed.data.layout import Sample
 from dogbreed.data.loaders import ImageDataset, image_loader
@@ -89,6 +92,7 @@ class FeatureCache:
         self.hits = self.misses = 0
         self.embedded = 0  # images run through the backbone by this cache (misses only)
         self.embed_seconds = 0.0
+        self.exchange_seconds = 0.0  # under torchrun: waiting for the other ranks' shares and summing them
         self.backend = backend  # asked; ``choice`` says what ran, once the first miss chose it
         self.expected = expected  # images the run will ask for in all, for auto's estimate of the work left
         self.choice: dict | None = None
@@ -103,8 +107,9 @@ class FeatureCache:
         """The entry, computed if missing. Entries of both precisions the run could use count (fp32
         from ONNX Runtime serves a bf16 run as well as its own, and the other way round): the
         precision the chosen backend runs first."""
-        precisions = list(dict.fromkeys([self._precision, self.amp_dtype, None]))
-        paths = [self.root / f"{self.key(samples, transform_id, view, p)}.pt" for p in precisions]
+        if distributed.joined():
+            return self._get_shared(samples, transform, transform_id, view=view, desc=desc)
+        paths = self._paths(samples, transform_id, view)
         for path in paths:
             if (emb := self._load(path)) is not None:
                 return emb
@@ -117,6 +122,35 @@ class FeatureCache:
             emb = self.compute(samples, transform, view=view, desc=desc)
             path = self.root / f"{self.key(samples, transform_id, view, self._precision)}.pt"
             atomic_torch_save({"features": emb.features, "labels": emb.labels, "ok": emb.ok}, path)
+        return emb
+
+    def _paths(self, samples: list[Sample], transform_id: str, view: int | None) -> list[Path]:
+        precisions = list(dict.fromkeys([self._precision, self.amp_dtype, None]))
+        return [self.root / f"{self.key(samples, transform_id, view, p)}.pt" for p in precisions]
+
+    def _get_shared(self, samples: list[Sample], transform, transform_id: str, *, view: int | None,
+                    desc: str) -> Embeddings | None:
+        """Under torchrun: rank 0's cache decides for all; on a miss every rank embeds its share and
+        rank 0 sums them into the entry and stores it. The other ranks get None: they train nothing."""
+        found = None
+        if distributed.is_main():
+            found = next((emb for path in self._paths(samples, transform_id, view) if (emb := self._load(path)) is not None),
+                         None)
+        if distributed.agree(found is not None):
+            return found
+        self.misses += 1
+        mine = self.compute(samples, transform, view=view, desc=desc, indices=distributed.share(len(samples)))
+        started = time.perf_counter()  # includes the wait for the slowest rank's share
+        features = distributed.sum_to_main(mine.features.float()).half()
+        ok = distributed.sum_to_main(mine.ok.int()) > 0
+        self.exchange_seconds += time.perf_counter() - started
+        if not distributed.is_main():
+            return None
+        if not ok.any():
+            raise DogbreedError(f"no image could be decoded while {desc}; run `dogbreed data check` on the data set")
+        emb = Embeddings(features, mine.labels, ok)
+        path = self.root / f"{self.key(samples, transform_id, view, self._precision)}.pt"
+        atomic_torch_save({"features": emb.features, "labels": emb.labels, "ok": emb.ok}, path)
         return emb
 
     def _load(self, path: Path) -> Embeddings | None:
@@ -134,19 +168,25 @@ class FeatureCache:
         rate = self.embedded / self.embed_seconds if self.embed_seconds else None
         return {"hits": self.hits, "computed": self.misses, "images_embedded": self.embedded,
                 "embed_seconds": round(self.embed_seconds, 3), "images_per_second": rate and round(rate, 2),
-                "backend": self.choice}
+                "backend": self.choice, "ranks": distributed.world_size() if distributed.joined() else 1,
+                "exchange_seconds": round(self.exchange_seconds, 3)}
 
     @torch.inference_mode()
-    def compute(self, samples: list[Sample], transform, *, view: int | None, desc: str) -> Embeddings:
+    def compute(self, samples: list[Sample], transform, *, view: int | None, desc: str,
+                indices: Sequence[int] | None = None) -> Embeddings:
+        """Every image's embedding or, with ``indices``, those images' (a rank's share; the others
+        stay zero, and a share that decoded nothing still has the others' width)."""
         started = time.perf_counter()
-        # Eval transforms decode JPEGs no larger than needed, exactly as prediction does.
+        # Eval transforms decode JPEGs no larger than needed, exactly as prediction does. Images keep
+        # their index in ``samples`` in a share too, and with it their augmentation's seed.
         dataset = ImageDataset(samples, transform, view=view, min_side=getattr(transform, "resize_size", None))
-        loader = image_loader(dataset, self.batch_size, shuffle=False, workers=self.workers, device=self.device,
+        part = dataset if indices is None else Subset(dataset, list(indices))
+        loader = image_loader(part, self.batch_size, shuffle=False, workers=self.workers, device=self.device,
                               persistent=False)
         self.hooks.describe_loader("embed", loader)
         features: torch.Tensor | None = None
         ok = torch.zeros(len(samples), dtype=torch.bool)
-        bar = tqdm(total=len(samples), desc=desc, unit="img", disable=not self.progress, leave=False)
+        bar = tqdm(total=len(part), desc=desc, unit="img", disable=not self.progress, leave=False)
         for batch in self.hooks.steps(loader, "embed"):
             if batch is None:
                 continue
@@ -161,10 +201,13 @@ class FeatureCache:
             ok[index] = True
             bar.update(len(index))
         bar.close()
+        if indices is not None:  # the ranks agree on the width before they sum their shares
+            width = distributed.largest(0 if features is None else features.shape[1])
+            features = torch.zeros(len(samples), width, dtype=torch.float16) if features is None else features
         if features is None:
             raise DogbreedError(f"no image could be decoded while {desc}; run `dogbreed data check` on the data set")
         labels = torch.tensor([label for _, label in samples], dtype=torch.long)
-        self.embedded += len(samples)
+        self.embedded += len(part)
         self.embed_seconds += time.perf_counter() - started
         return Embeddings(features, labels, ok)
 
@@ -186,6 +229,8 @@ class FeatureCache:
         reason = None
         if self.backend == "eager":
             reason = "asked for"
+        elif distributed.joined():
+            reason = "under torchrun every rank embeds on eager, so that their shares are alike"
         elif self.device.type != "cpu":
             reason = f"ONNX Runtime runs on the CPU, the backbone on {self.device}"
         elif not _onnxruntime():

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunResult:
-    run_dir: Path
+    run_dir: Path | None  # None on a torchrun rank but 0: it embedded its share and wrote nothing
     artifact: Path | None  # None for a run stopped before its outputs (``finish=False``)
     test: dict
     best_epoch: int

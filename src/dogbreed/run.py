@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 
 from dogbreed import config as cfgmod
-from dogbreed import outputs
-from dogbreed.batches import build_batches
+from dogbreed import distributed, outputs
+from dogbreed.batches import build_batches, embed
 from dogbreed.checkpoints import Checkpoints, FitState, check_resumable
 from dogbreed.config import TrainConfig
 from dogbreed.data.layout import SPLITS, load_for_training, scan
+from dogbreed.errors import DogbreedError
 from dogbreed.files import make_folder
 from dogbreed.hooks import NO_HOOKS, NoHooks
 from dogbreed.machine import resolve_device
@@ -46,7 +47,15 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
     """Run one training end to end. ``on_epoch(row)`` sees each epoch's metrics (tuning reports and
     prunes through it). ``finish=False`` stops after the epochs: no test evaluation, plots or
     artifact (what a tuning trial needs); ``keep_checkpoints=False`` removes the checkpoints when
-    the run ends, however it ends."""
+    the run ends, however it ends. Under torchrun (``distributed.init`` joined) every rank embeds
+    its share of the images, and rank 0 alone trains and writes; the others return a result without
+    a run folder."""
+    if distributed.joined():
+        if not cfg.uses_feature_cache:
+            raise DogbreedError("under torchrun dogbreed trains a frozen backbone's head on embeddings the ranks share; "
+                                "--train-layers layer4|all and --no-feature-cache run in one process for now")
+        if not distributed.is_main():
+            return _embed_share(cfg)
     if resume:
         check_resumable(Path(resume), cfg)
     else:
@@ -64,6 +73,18 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
     finally:
         if not keep_checkpoints:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def _embed_share(cfg: TrainConfig) -> RunResult:
+    """A rank but 0: the same network and data as rank 0, its share of every embedding, nothing written."""
+    device = resolve_device(cfg.device)
+    data = load_for_training(cfg.data)
+    torch.manual_seed(cfg.seed)
+    model, _ = build_model(cfg.backbone, len(data.labels.names), pretrained=cfg.pretrained, weights=cfg.weights)
+    freeze(model, cfg.backbone, cfg.train_layers)
+    embed(cfg, model, eval_preset(cfg.backbone, cfg.image_size), data, device, amp_dtype_for(device, cfg.amp),
+          progress=False)
+    return RunResult(None, None, {}, 0, [])
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:

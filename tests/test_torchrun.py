@@ -1,0 +1,98 @@
+"""``dogbreed train`` under torchrun: 2 CPU ranks (gloo) on loopback against one process."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from .conftest import TINY, free_port, run_cli
+
+FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "pretrained"] + [
+    "--no-pretrained", "--epochs=2", "--aug-views=1", "--no-progress", "--no-profile"]
+
+
+def torchrun(*args: str, ranks: int = 2) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={ranks}",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "-m", "dogbreed", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"})
+
+
+def entries(cache) -> dict:
+    return {path.name: torch.load(path, weights_only=True) for path in sorted(cache.glob("*.pt"))}
+
+
+def test_two_ranks_share_the_embedding_and_rank_0_alone_writes_the_run(synth_data, tiny_weights, tmp_path):
+    common = ["train", "--data", str(synth_data), "--weights", str(tiny_weights), *FLAGS]
+    one = run_cli(*common, "--out", str(tmp_path / "one"), "--cache-dir", str(tmp_path / "cache-one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = torchrun(*common, "--out", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "cache-two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("run: ") == 1 and "0 hit(s), 3 computed" in two.stdout  # rank 0 speaks
+
+    # The ranks' shares summed into the same entries one process computes, under the same keys.
+    alone, shared = entries(tmp_path / "cache-one"), entries(tmp_path / "cache-two")
+    assert set(alone) == set(shared) and len(alone) == 3
+    for name in alone:
+        assert torch.equal(alone[name]["labels"], shared[name]["labels"])
+        assert torch.equal(alone[name]["ok"], shared[name]["ok"]) and bool(shared[name]["ok"].all())
+        torch.testing.assert_close(shared[name]["features"].float(), alone[name]["features"].float(), atol=2e-2,
+                                   rtol=2e-2)
+
+    # One run folder, of the same kind as one process's.
+    (run_one,), (run_two,) = (list((tmp_path / name).iterdir()) for name in ("one", "two"))
+    assert {p.name for p in run_two.iterdir()} == {p.name for p in run_one.iterdir()}
+    assert (run_two / "model.tar.gz").stat().st_size > 0
+
+    again = torchrun(*common, "--out", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "cache-two"))
+    assert again.returncode == 0 and "3 hit(s), 0 computed" in again.stdout, again.stderr[-3000:]
+
+
+def test_torchrun_on_images_is_one_line(synth_data, tmp_path):
+    proc = torchrun("train", "--data", str(synth_data), "--out", str(tmp_path), *FLAGS, "--train-layers", "all")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and all("under torchrun" in line for line in errors), proc.stderr[-2000:]
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_a_killed_rank_ends_the_job_naming_it(synth_data, tiny_weights, tmp_path):
+    """Rank 1 killed once it runs: torchrun ends rank 0 too and exits non-zero, naming rank 1."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=127.0.0.1:{free_port()}", "-m", "dogbreed", "train", "--data", str(synth_data),
+               "--weights", str(tiny_weights), "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
+               *FLAGS]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"})
+    try:
+        victim = None
+        deadline = time.monotonic() + 120
+        while victim is None and time.monotonic() < deadline and proc.poll() is None:
+            victim = next((pid for pid in children(proc.pid) if b"RANK=1\0" in environ(pid)), None)
+            time.sleep(0.2)
+        assert victim, "rank 1 never started"
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "rank      : 1" in err or "rank: 1" in err, err[-2000:]
+    assert not list((tmp_path / "runs").glob("*/model.tar.gz"))
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+def environ(pid: int) -> bytes:
+    try:
+        return b"\0" + open(f"/proc/{pid}/environ", "rb").read()
+    except OSError:
+        return b""
