@@ -65,9 +65,10 @@ def cached_batches(cfg: TrainConfig, model: nn.Module, preset: EvalPreset, data:
     images), then train the head alone on those embeddings."""
     cache, (views, val, test) = embed(cfg, model, preset, data, device, amp_dtype, progress=progress, hooks=hooks)
     stats = cache.stats()
-    shared = f" on each of {stats['ranks']} ranks; rank 0's share:" if stats["ranks"] > 1 else ""
+    detail = f"{stats['images_embedded']} images, {stats['images_per_second']} img/s"
+    detail = f" on {stats['ranks']} ranks (rank 0: {detail})" if stats["ranks"] > 1 else f" ({detail})"
     log.info("embedding cache %s: %d hit(s), %d computed%s", cache.root, cache.hits, cache.misses,
-             f"{shared} ({stats['images_embedded']} images, {stats['images_per_second']} img/s)" if cache.misses else "")
+             detail if cache.misses else "")
 
     ok = torch.stack([v.ok for v in views]).all(dim=0)  # an unreadable image fails in every view
     # The embeddings (tens of MB for dogImages) live on the training device for the whole run.
