@@ -155,6 +155,36 @@ def test_32_workers_fit_in_a_default_postgresql(postgres_url, storage):
     assert watch.total <= 33 * CONNECTIONS_PER_PROCESS  # the workers and this test's own storage
 
 
+OPENER = textwrap.dedent("""
+    import sys, time
+    from dogbreed.tune.study import open_storage
+
+    storage = open_storage(sys.argv[1], 5)
+    time.sleep(3)  # holding what it opened, as a worker between trials does
+    print(len(storage.get_all_studies()))
+""")
+
+
+def test_workers_opening_an_empty_database_together_stay_within_their_connections(postgres_url):
+    """8 workers create the study's tables at once; those that lose the race retry, and the
+    connections of the storage that failed are closed, not left open beside the new one's."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE empty_race")
+    url = postgres_url.rsplit("/", 1)[0] + "/empty_race"
+    with watching(url) as watch:
+        procs = [subprocess.Popen([sys.executable, "-c", OPENER, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(8)]
+        try:
+            outs = [p.communicate(timeout=120) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and out.strip() == "0", err[-2000:]
+    assert len(watch.per_process) == 8 and max(watch.per_process.values()) <= CONNECTIONS_PER_PROCESS
+
+
 def test_a_killed_worker_leaves_the_study_consistent(synth_data, tmp_path, postgres_url, storage):
     # Trials on images (no embedding cache) last long enough to be killed in the middle of one.
     common = ("--trials", "5", "--heartbeat", "1", "--no-feature-cache", "--pruner", "none")

@@ -9,6 +9,7 @@ retried once as a new trial with the same parameters.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import os
@@ -69,6 +70,9 @@ def open_storage(url: str, heartbeat: int = 10) -> RDBStorage:
         if url.startswith("postgresql+psycopg://"):
             engine_kwargs["connect_args"] = {"application_name": f"{APPLICATION_NAME} {os.getpid()}"}
     for attempt in range(5):
+        if attempt:  # outside the except block, where the failed storage is no longer referenced
+            gc.collect()  # the storage that lost a race: its engine, and the connections it opened
+            time.sleep(0.2 + random.random())
         try:
             return RDBStorage(
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
@@ -81,7 +85,6 @@ def open_storage(url: str, heartbeat: int = 10) -> RDBStorage:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             # Workers starting together on an empty database race to create its tables: retry.
             if isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) and attempt < 4:
-                time.sleep(0.2 + random.random())
                 continue
             raise DogbreedError(f"cannot open storage {shown} ({reason})") from None
     raise AssertionError("unreachable")
