@@ -96,6 +96,20 @@ def test_two_workers_split_one_study(synth_data, tiny_weights, tmp_path, postgre
     assert max(watch.per_process.values()) <= CONNECTIONS_PER_PROCESS
 
 
+def run_all(command: list[str], count: int, *, timeout: float) -> list[tuple[str, str]]:
+    """``count`` copies of ``command`` at once; each must exit 0 within ``timeout``: their outputs."""
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(count)]
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    return outs
+
+
 WORKER = textwrap.dedent("""
     import sys, threading, time
     import optuna
@@ -134,16 +148,7 @@ def test_32_workers_fit_in_a_default_postgresql(postgres_url, storage):
     for _ in range(64):
         study.enqueue_trial({})
     with watching(postgres_url) as watch:
-        procs = [subprocess.Popen([sys.executable, "-c", WORKER, postgres_url, "fleet"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(32)]
-        try:
-            outs = [p.communicate(timeout=240) for p in procs]
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-2000:]
+        outs = run_all([sys.executable, "-c", WORKER, postgres_url, "fleet"], 32, timeout=240)
     fleet, got = states(storage, "fleet")
     assert sum(int(out.split()[-1]) for out, _ in outs) == len(got)  # each trial ran once, by one worker
     assert got.count(TrialState.COMPLETE) == 64 and set(got) <= {TrialState.COMPLETE, TrialState.FAIL}
@@ -172,16 +177,8 @@ def test_workers_opening_an_empty_database_together_stay_within_their_connection
         conn.execute("CREATE DATABASE empty_race")
     url = postgres_url.rsplit("/", 1)[0] + "/empty_race"
     with watching(url) as watch:
-        procs = [subprocess.Popen([sys.executable, "-c", OPENER, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for _ in range(8)]
-        try:
-            outs = [p.communicate(timeout=120) for p in procs]
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0 and out.strip() == "0", err[-2000:]
+        outs = run_all([sys.executable, "-c", OPENER, url], 8, timeout=120)
+    assert all(out.strip() == "0" for out, _ in outs)
     assert len(watch.per_process) == 8 and max(watch.per_process.values()) <= CONNECTIONS_PER_PROCESS
 
 
