@@ -26,6 +26,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from dogbreed import config as cfgmod
     from dogbreed import distributed
     from dogbreed.checkpoints import resume_config
@@ -42,6 +44,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from dogbreed.machine import resolve_device
 
         distributed.init(resolve_device(cfg.device))
+        if cfg.workers is None:  # the ranks on a machine share its cores
+            cfg = dataclasses.replace(cfg, workers=distributed.local_cpus())
         if not distributed.is_main():
             log.setLevel(logging.WARNING)
     try:

@@ -40,6 +40,14 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def local_cpus() -> int:
+    """This rank's part of the machine's CPUs (torchrun starts LOCAL_WORLD_SIZE ranks on each): how
+    many image-decoding workers it starts, unless --workers says."""
+    from dogbreed.machine import available_cpus
+
+    return max(1, available_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def joined() -> bool:
     """Whether this process joined a process group (``dogbreed train`` under torchrun does; tuning
     trials never do, even when their environment says torchrun started them)."""
