@@ -44,8 +44,9 @@ def test_two_hosts_share_the_job_and_the_first_writes_the_model(synth_data, tiny
     processes, each with its own /opt/ml tree, rendezvous on loopback."""
     hosts = {"SM_HOSTS": json.dumps(["algo-2", "algo-1"]), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
              "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    procs = {host: subprocess.Popen([sys.executable, "-m", "dogbreed.sagemaker", *HYPERPARAMETERS, "--weights",
-                                     str(tiny_weights)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    job = [*HYPERPARAMETERS, "--weights", str(tiny_weights), "--cache_dir", str(tmp_path / "cache")]  # its own: cold
+    procs = {host: subprocess.Popen([sys.executable, "-m", "dogbreed.sagemaker", *job], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True,
                                     env={**os.environ, **job_env(tmp_path / host, synth_data), **hosts,
                                          "SM_CURRENT_HOST": host})
              for host in ("algo-1", "algo-2")}
