@@ -1,12 +1,21 @@
 """``dogbreed train`` under torchrun: 2 CPU ranks (gloo) on loopback against one process."""
 
+import csv
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+from dogbreed import config
+from dogbreed.batches import image_batches
+from dogbreed.data.layout import load_for_training
+from dogbreed.model import build_model, eval_preset
+from dogbreed.train import evaluate
 
 from .conftest import TINY, free_port, run_cli
 
@@ -51,12 +60,56 @@ def test_two_ranks_share_the_embedding_and_rank_0_alone_writes_the_run(synth_dat
     assert again.returncode == 0 and "3 hit(s), 0 computed" in again.stdout, again.stderr[-3000:]
 
 
-def test_torchrun_on_images_is_one_line(synth_data, tmp_path):
-    proc = torchrun("train", "--data", str(synth_data), "--out", str(tmp_path), *FLAGS, "--train-layers", "all")
-    assert proc.returncode != 0
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert errors and all("under torchrun" in line for line in errors), proc.stderr[-2000:]
-    assert not any(tmp_path.iterdir())  # nothing written
+def test_ddp_steps_and_evaluation_match_one_process(tmp_path):
+    """PyTorch's DDP equivalence check on dogbreed's own training step, and evaluation over unpadded
+    shards against one process over the whole split (tests/ddp_worker.py)."""
+    out = tmp_path / "ddp.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=127.0.0.1:{free_port()}", str(Path(__file__).with_name("ddp_worker.py")), str(out)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["params_moved"] > 1e-2  # the steps changed the parameters...
+    assert report["param_max_diff"] < 1e-5  # ...and DDP on the ranks' slices changed them as one process did
+    one, shared = report["one"], report["shared"]
+    assert shared["n"] == one["n"] == 7  # no image padded in, none counted twice
+    assert shared["accuracy"] == one["accuracy"] and shared["top5"] == one["top5"]
+    assert abs(shared["loss"] - one["loss"]) < 1e-6
+    assert report["indices"] == list(range(7)) and report["same_targets"]  # gathered in the split's order
+    assert report["logits_max_diff"] < 1e-6 and report["features_max_diff"] < 1e-6
+
+
+def test_two_ranks_train_the_network_on_images_and_resume(synth_data, tmp_path):
+    """DDP on the images path: the run folder is one process's kind, --resume continues under
+    torchrun, and the test numbers equal one process's evaluation of the same weights."""
+    images = ["train", "--data", str(synth_data), *FLAGS, "--train-layers=layer4", "--amp=off",
+              "--calibrate", "--reject=mahalanobis"]
+    one = run_cli(*images, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = torchrun(*images, "--out", str(tmp_path / "two"), "--epochs=1")
+    assert two.returncode == 0, two.stderr[-3000:]
+    (run_one,), (run_two,) = (list((tmp_path / name).iterdir()) for name in ("one", "two"))
+    resumed = torchrun("train", "--resume", str(run_two), "--epochs=2", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {run_two} after epoch 1" in resumed.stdout + resumed.stderr
+
+    assert {p.name for p in run_two.iterdir()} == {p.name for p in run_one.iterdir()}
+    rows = lambda run: list(csv.DictReader(open(run / "metrics.csv")))  # noqa: E731
+    assert [r["epoch"] for r in rows(run_two)] == ["1", "2"] and rows(run_two)[0].keys() == rows(run_one)[0].keys()
+    results = json.loads((run_two / "results.json").read_text())
+    assert results["test_n"] == json.loads((run_one / "results.json").read_text())["test_n"] == 8
+    assert results["calibration"] and results["rejection"]
+
+    # The same best weights judged by one process over the whole test split.
+    cfg = config.resolve(run_two / "config.yaml")
+    data = load_for_training(cfg.data)
+    model, _ = build_model(cfg.backbone, len(data.labels.names), pretrained=False)
+    model.load_state_dict(torch.load(run_two / "checkpoints" / "best.pt", weights_only=True)["model"])
+    batches = image_batches(cfg, model, [], eval_preset(cfg.backbone, cfg.image_size), data, torch.device("cpu"))
+    alone = evaluate(model, batches.test, device=torch.device("cpu"))
+    assert alone.n == results["test_n"] and alone.accuracy == results["test_accuracy"]
+    assert abs(alone.loss - results["test_loss"]) < 1e-4
 
 
 def test_a_killed_rank_ends_the_job_naming_it(synth_data, tiny_weights, tmp_path):

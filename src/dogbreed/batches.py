@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dogbreed import distributed
 from dogbreed.config import TrainConfig
 from dogbreed.data.layout import Layout, load_for_training
 from dogbreed.data.loaders import ImageDataset, TensorBatches, image_loader, shutdown_workers
@@ -44,6 +45,7 @@ class Batches:
     test: Iterable
     watched: str  # the trained tensors' name prefix inside the network ("fc." for a bare head)
     cache_stats: dict | None = None  # the embedding cache's hits, misses and speed
+    stepped: nn.Module | None = None  # what a training step runs, when not ``trainable`` (DDP around it)
 
     def close(self) -> None:
         """End the loaders' worker processes now (a finished run must not leave them behind)."""
@@ -111,18 +113,27 @@ def _split_batches(emb, device: torch.device) -> TensorBatches:
 
 def image_batches(cfg: TrainConfig, model: nn.Module, frozen: list[nn.Module], preset: EvalPreset, data: Layout,
                   device: torch.device) -> Batches:
-    """Some layers unfrozen (or the cache turned off): every epoch runs the network on images."""
+    """Some layers unfrozen (or the cache turned off): every epoch runs the network on images. Under
+    torchrun the network steps in DistributedDataParallel, each rank on its part of every global
+    batch, and evaluates on its unpadded share of each split."""
     model.to(device, memory_format=torch.channels_last)
     train_preset = TrainPreset.matching(preset) if cfg.aug_views else preset
+    ranks = distributed.joined()
+    batch_size = distributed.split_batch(cfg.batch_size) if ranks else cfg.batch_size
 
     def loader(split: str, transform, shuffle: bool):
-        size = cfg.batch_size if shuffle else max(cfg.batch_size, 64)
         dataset = ImageDataset(data.splits[split], transform, min_side=getattr(transform, "resize_size", None))
-        return image_loader(dataset, size, shuffle=shuffle, workers=cfg.workers, device=device, seed=cfg.seed,
+        sampler = None
+        if ranks:
+            sampler = distributed.train_sampler(dataset, cfg.seed) if shuffle else None
+            dataset = dataset if shuffle else distributed.shard(dataset)
+        return image_loader(dataset, batch_size if shuffle else max(batch_size, 64), shuffle=shuffle,
+                            workers=cfg.workers, device=device, seed=cfg.seed, sampler=sampler,
                             persistent=split != "test")  # the test split is read once
 
     return Batches(trainable=model, set_train=lambda: train_mode(model, frozen), train=loader("train", train_preset, True),
-                   valid=loader("valid", preset, False), test=loader("test", preset, False), watched="")
+                   valid=loader("valid", preset, False), test=loader("test", preset, False), watched="",
+                   stepped=distributed.wrap(model, device) if ranks else None)
 
 
 def warm_cache(cfg: TrainConfig, *, progress: bool = True) -> dict:

@@ -1,11 +1,18 @@
-"""Training under ``torchrun``: the process group, which rank this is, and the one exchange the
-frozen-backbone path needs.
+"""Training under ``torchrun``: the process group, which rank this is, and the exchanges both
+paths need.
 
 ``torchrun --nproc-per-node N -m dogbreed train ...`` starts N copies of the command with
-``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` set. On the cached-embedding path every rank
-embeds its share of the images (the expensive part), rank 0 sums the shares into the full
-embeddings, and rank 0 alone trains the head and writes the run folder, checkpoints, artifact and
-report; the other ranks end once their shares are in. gloo on CPUs, NCCL on GPUs.
+``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` set. gloo on CPUs, NCCL on GPUs.
+
+- Cached embeddings (frozen backbone): every rank embeds its share of the images (the expensive
+  part), rank 0 sums the shares into the full embeddings and alone trains the head; the other
+  ranks end once their shares are in.
+- Images (``--train-layers layer4|all``): DistributedDataParallel. ``--batch-size`` is the global
+  batch, split evenly over the ranks; each epoch every rank draws its part of one shuffled order
+  (``DistributedSampler`` with ``set_epoch``); evaluation runs over unpadded shards and sums
+  loss, hits and counts over the ranks, so its numbers are a one-process run's.
+
+Either way rank 0 alone writes the run folder, checkpoints, artifact and report.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset, DistributedSampler, Subset
 
 from dogbreed.errors import DogbreedError
 
@@ -24,11 +33,12 @@ TIMEOUT_S = 1800  # how long a rank waits for the others at an exchange (a share
 
 
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """How many ranks: the process group's once joined, torchrun's environment before."""
+    return dist.get_world_size() if joined() else int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return dist.get_rank() if joined() else int(os.environ.get("RANK", "0"))
 
 
 def active() -> bool:
@@ -76,7 +86,67 @@ def close() -> None:
 
 def share(count: int) -> range:
     """The indices of ``count`` items this rank handles: every WORLD_SIZE-th, from its rank."""
-    return range(dist.get_rank(), count, dist.get_world_size())
+    return range(rank(), count, world_size())
+
+
+def shard(dataset: Dataset) -> Dataset:
+    """This rank's share of ``dataset``, unpadded (what evaluation reads: no image counted twice).
+    Items keep their index in the whole split (``ImageDataset`` reports it)."""
+    return Subset(dataset, share(len(dataset))) if joined() else dataset
+
+
+def train_sampler(dataset: Dataset, seed: int) -> DistributedSampler:
+    """Each rank's part of one shuffled order per epoch (``set_epoch``); padded so that every rank
+    takes the same number of steps."""
+    return DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed)
+
+
+def split_batch(batch_size: int) -> int:
+    """Each rank's part of the global ``--batch-size``."""
+    ranks = world_size()
+    if batch_size % ranks:
+        raise DogbreedError(f"--batch-size {batch_size} is the global batch and does not split evenly over {ranks} "
+                            f"ranks; pass a multiple of {ranks}")
+    return batch_size // ranks
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel: gradients averaged over the ranks at every step."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def all_sum(values: torch.Tensor) -> torch.Tensor:
+    """The sum of every rank's ``values``, on every rank."""
+    moved = _placed(values)
+    dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+    return moved.to(values.device)
+
+
+def gathered(obj):
+    """Every rank's ``obj`` (tensors travel on the CPU), in rank order, on every rank."""
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
+def from_main(obj):
+    """Rank 0's ``obj`` on every rank (what the others pass is ignored)."""
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def broadcast_module(module: nn.Module) -> None:
+    """Rank 0's parameters and buffers into every rank's ``module`` (the best epoch's weights,
+    which rank 0 alone reads from its checkpoint)."""
+    for tensor in module.state_dict().values():
+        moved = _placed(tensor)
+        dist.broadcast(moved, src=0)
+        if moved is not tensor:
+            tensor.copy_(moved)
 
 
 def agree(flag: bool) -> bool:

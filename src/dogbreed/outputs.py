@@ -30,7 +30,7 @@ from dogbreed.model import imagenet_head
 from dogbreed.plots import confusion_matrix, plot_confusion, plot_curves
 from dogbreed.runtime.network import get_head
 from dogbreed.runtime.presets import EvalPreset
-from dogbreed.train import evaluate
+from dogbreed.train import EvalResult, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,39 @@ class RunResult:
     history: list[dict]
 
 
+@dataclass
+class Judged:
+    """The best epoch on each split a run's outputs need (valid and train only when asked for)."""
+
+    test: EvalResult
+    valid: EvalResult | None
+    train: EvalResult | None
+
+
+def judge(cfg: TrainConfig, model: nn.Module, batches: Batches, device: torch.device, amp_dtype,
+          hooks: NoHooks) -> Judged:
+    """The evaluations ``finish`` writes from: test always, valid to calibrate or fit the "not a
+    dog" threshold on, train for the Mahalanobis score's class means. Under torchrun every rank
+    runs these, each on its share, and every rank gets the whole split's results."""
+    head = get_head(model, cfg.backbone)  # what every split's embeddings go into (the trained head)
+
+    def judged(split: str, **kwargs) -> EvalResult:
+        return evaluate(batches.trainable, getattr(batches, split), device=device, amp_dtype=amp_dtype,
+                        keep_predictions=True, features_of=head, **kwargs)
+
+    test = judged("test", hooks=hooks, phase="test")
+    valid = judged("valid") if cfg.calibrate or cfg.reject != "none" else None
+    train = judged("train") if cfg.reject == "mahalanobis" else None  # one more pass over the images, on that path
+    return Judged(test, valid, train)
+
+
 def finish(run_dir: Path, cfg: TrainConfig, model: nn.Module, batches: Batches, data: Layout, preset: EvalPreset,
            state: FitState, weights_source: str, device: torch.device, amp_dtype, hooks: NoHooks, *,
            seconds: float) -> RunResult:
     labels = data.labels
-    head = get_head(model, cfg.backbone)  # what every split's embeddings go into (the trained head)
-
-    def judged(split: str, **kwargs):
-        loader = getattr(batches, split)
-        return evaluate(batches.trainable, loader, device=device, amp_dtype=amp_dtype, keep_predictions=True,
-                        features_of=head, **kwargs)
-
-    test = judged("test", hooks=hooks, phase="test")
+    judged = judge(cfg, model, batches, device, amp_dtype, hooks)
+    batches.close()
+    test, valid, train = judged.test, judged.valid, judged.train
     test_metrics = {"test_loss": test.loss, "test_accuracy": test.accuracy, "test_top5": test.top5, "test_n": test.n}
     log.info("test (best epoch %d): loss %.4f  accuracy %.4f  top5 %.4f  (%d images)",
              state.best_epoch, test.loss, test.accuracy, test.top5, test.n)
@@ -68,7 +89,6 @@ def finish(run_dir: Path, cfg: TrainConfig, model: nn.Module, batches: Batches, 
     plot_confusion(confusion_matrix(test.targets.numpy(), test.predictions.numpy(), len(labels.names)), labels.display,
                    run_dir / "confusion.png")
 
-    valid = judged("valid") if cfg.calibrate or cfg.reject != "none" else None
     calibrated = None
     if cfg.calibrate:  # the temperature is fitted on valid and judged on test
         calibrated = calibration.report(valid.logits, valid.targets, test.logits, test.targets)
@@ -78,8 +98,6 @@ def finish(run_dir: Path, cfg: TrainConfig, model: nn.Module, batches: Batches, 
 
     rejected, tensors = None, None
     if cfg.reject != "none":
-        # Class means and covariance from the train split; on images that is one more pass over it.
-        train = judged("train") if cfg.reject == "mahalanobis" else None
         imagenet = imagenet_head(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights) \
             if cfg.reject == "imagenet" else None
         rejected, tensors = rejection.fit(
@@ -89,7 +107,6 @@ def finish(run_dir: Path, cfg: TrainConfig, model: nn.Module, batches: Batches, 
             classes=len(labels.names), imagenet_head=imagenet)
         log.info("not a dog: %s score under %.4g (keeps %.0f%% of valid; %.1f%% of test)", cfg.reject,
                  rejected["threshold"], 100 * cfg.reject_keep, 100 * rejected["test_kept"])
-    batches.close()
 
     why = {"confused_pairs": interpret.confused_pairs(test.targets, test.predictions, labels.display),
            "top_losses": interpret.top_losses(test.logits, test.targets, test.indices,

@@ -24,7 +24,6 @@ from dogbreed.batches import build_batches, embed
 from dogbreed.checkpoints import Checkpoints, FitState, check_resumable
 from dogbreed.config import TrainConfig
 from dogbreed.data.layout import SPLITS, load_for_training, scan
-from dogbreed.errors import DogbreedError
 from dogbreed.files import make_folder
 from dogbreed.hooks import NO_HOOKS, NoHooks
 from dogbreed.machine import resolve_device
@@ -47,15 +46,15 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
     """Run one training end to end. ``on_epoch(row)`` sees each epoch's metrics (tuning reports and
     prunes through it). ``finish=False`` stops after the epochs: no test evaluation, plots or
     artifact (what a tuning trial needs); ``keep_checkpoints=False`` removes the checkpoints when
-    the run ends, however it ends. Under torchrun (``distributed.init`` joined) every rank embeds
-    its share of the images, and rank 0 alone trains and writes; the others return a result without
-    a run folder."""
-    if distributed.joined():
-        if not cfg.uses_feature_cache:
-            raise DogbreedError("under torchrun dogbreed trains a frozen backbone's head on embeddings the ranks share; "
-                                "--train-layers layer4|all and --no-feature-cache run in one process for now")
-        if not distributed.is_main():
+    the run ends, however it ends. Under torchrun (``distributed.init`` joined) rank 0 alone
+    writes; the other ranks return a result without a run folder. On cached embeddings they embed
+    their share and end; on images they train in step with rank 0 (DDP) and evaluate their shares."""
+    if distributed.joined() and not distributed.is_main():
+        if cfg.uses_feature_cache:
             return _embed_share(cfg)
+        # A resumed rank reads the checkpoint too (the run folder is shared, as its config.yaml is).
+        return _run(Path(resume) if resume else None, cfg, resolve_device(cfg.device), NO_HOOKS, resume=bool(resume),
+                    progress=False, on_epoch=None, finish=finish, writer=False)
     if resume:
         check_resumable(Path(resume), cfg)
     else:
@@ -148,8 +147,10 @@ def _report(run_dir: Path) -> None:
     log.info("profile report: %s (rules triggered: %s)", report.html, ", ".join(fired) or "none")
 
 
-def _run(run_dir: Path, cfg: TrainConfig, device: torch.device, hooks: NoHooks, *, resume: bool, progress: bool,
-         on_epoch, finish: bool) -> RunResult:
+def _run(run_dir: Path | None, cfg: TrainConfig, device: torch.device, hooks: NoHooks, *, resume: bool, progress: bool,
+         on_epoch, finish: bool, writer: bool = True) -> RunResult:
+    """``writer``: this process owns ``run_dir`` (a torchrun rank but 0 steps in DDP beside rank 0,
+    reads the run's checkpoint to resume, and writes nothing)."""
     started = time.perf_counter()
     amp_dtype = amp_dtype_for(device, cfg.amp)
     data = load_for_training(cfg.data)
@@ -161,8 +162,9 @@ def _run(run_dir: Path, cfg: TrainConfig, device: torch.device, hooks: NoHooks, 
 
     # Paths saved absolute: `--resume` works from any folder.
     paths = {k: str(Path(v).resolve()) for k in ("data", "out", "weights", "cache_dir", "rules") if (v := getattr(cfg, k))}
-    cfgmod.save_yaml(dataclasses.replace(cfg, **paths), run_dir / "config.yaml")
-    labels.write(run_dir / "labels.json")
+    if writer:
+        cfgmod.save_yaml(dataclasses.replace(cfg, **paths), run_dir / "config.yaml")
+        labels.write(run_dir / "labels.json")
     hooks.describe_data(labels.names, data.counts()["train"])
     log.info("run %s: %s (%s), %d classes, %d/%d/%d images, train_layers=%s, device=%s, amp=%s",
              run_dir, cfg.backbone, weights_source, len(labels.names), *(len(data.splits[s]) for s in SPLITS),
@@ -174,7 +176,7 @@ def _run(run_dir: Path, cfg: TrainConfig, device: torch.device, hooks: NoHooks, 
     params = [p for p in batches.trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, cfg.epochs * len(batches.train), cfg.scheduler)
-    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.to_dict())
+    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.to_dict()) if run_dir else None
     shuffle = getattr(batches.train, "generator", None)
     if resume and checkpoints.last.exists():
         state = checkpoints.restore(batches.trainable, optimizer, scheduler, shuffle)
@@ -187,20 +189,28 @@ def _run(run_dir: Path, cfg: TrainConfig, device: torch.device, hooks: NoHooks, 
     def report(row: dict) -> None:
         log.info(format_epoch(row, cfg.epochs))
         log.info(sagemaker_line(row))
-        write_metrics(state.history, run_dir / "metrics.csv")
+        if writer:
+            write_metrics(state.history, run_dir / "metrics.csv")
         if on_epoch:
             on_epoch(row)
 
     try:
         state = fit(batches.trainable, batches.train, batches.valid, epochs=cfg.epochs, optimizer=optimizer,
                     scheduler=scheduler, device=device, amp_dtype=amp_dtype, label_smoothing=cfg.label_smoothing,
-                    set_train=batches.set_train, patience=cfg.patience, checkpoints=checkpoints, state=state,
-                    on_epoch=report, progress=progress, hooks=hooks)
+                    set_train=batches.set_train, patience=cfg.patience, checkpoints=checkpoints if writer else None,
+                    state=state, on_epoch=report, progress=progress, hooks=hooks, stepped=batches.stepped)
     finally:
         batches.close()
     if not finish:
-        return RunResult(run_dir, None, {}, state.best_epoch, state.history)
-    checkpoints.load_best(batches.trainable)
+        return RunResult(run_dir if writer else None, None, {}, state.best_epoch, state.history)
+    if writer:
+        checkpoints.load_best(batches.trainable)
+    if distributed.joined():  # every rank judges the best epoch, on its shares
+        distributed.broadcast_module(batches.trainable)
+    if not writer:
+        outputs.judge(cfg, model, batches, device, amp_dtype, hooks)
+        batches.close()
+        return RunResult(None, None, {}, state.best_epoch, state.history)
     return outputs.finish(run_dir, cfg, model, batches, data, preset, state, weights_source, device, amp_dtype, hooks,
                           seconds=time.perf_counter() - started)
 

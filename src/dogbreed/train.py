@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from dogbreed import machine
+from dogbreed import distributed, machine
 from dogbreed.checkpoints import Checkpoints, FitState
 from dogbreed.errors import DogbreedError
 from dogbreed.hooks import NO_HOOKS, StepHooks
@@ -103,9 +103,13 @@ def train_one_epoch(
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.numel()
     bar.close()
+    totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device, dtype=torch.double)])
+    if distributed.joined():  # the epoch's numbers over every rank's steps
+        totals = distributed.all_sum(totals)
+    loss_total, correct_total, seen = totals.tolist()
     if seen == 0:
         raise DogbreedError("no training image could be decoded in this epoch; run `dogbreed data check` on the data set")
-    return {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen}
+    return {"loss": loss_total / seen, "accuracy": correct_total / seen}
 
 
 @torch.inference_mode()
@@ -122,7 +126,9 @@ def evaluate(
 ) -> EvalResult:
     """Loss and accuracy over ``batches``; with ``keep_predictions`` also each image's logits,
     target and index, and with ``features_of`` (a module inside ``model``, or ``model`` itself) the
-    input that module received for each image."""
+    input that module received for each image. Under torchrun each rank passes its share of the
+    split: the sums and, when kept, the per-image tensors are gathered from every rank, so every rank
+    returns what one process would over the whole split (per-image tensors in the split's order)."""
     model.eval()
     seen_inputs: list[torch.Tensor] = []
     hook = None
@@ -150,14 +156,37 @@ def evaluate(
     finally:
         if hook is not None:
             hook.remove()
+    totals = torch.stack([loss_sum.double(), top1.double(), top5.double(),
+                          torch.tensor(float(seen), device=device, dtype=torch.double)])
+    if distributed.joined():
+        totals = distributed.all_sum(totals)
+    loss_total, top1_total, top5_total, seen = totals.tolist()
     if seen == 0:
         raise DogbreedError("no evaluation image could be decoded; run `dogbreed data check` on the data set")
-    result = EvalResult(loss_sum.item() / seen, top1.item() / seen, top5.item() / seen, seen)
+    result = EvalResult(loss_total / seen, top1_total / seen, top5_total / seen, int(seen))
     if keep_predictions:
-        result.logits, result.targets, result.indices = (torch.cat(parts) for parts in zip(*kept))
+        parts = [torch.cat(p) if p else None for p in zip(*kept)] if kept else [None, None, None]
+        result.logits, result.targets, result.indices = parts
     if seen_inputs:
         result.features = torch.cat(seen_inputs)
+    if keep_predictions and distributed.joined():
+        _gather_predictions(result)
     return result
+
+
+def _gather_predictions(result: EvalResult) -> None:
+    """Every rank's kept tensors into ``result``, in the split's order (by image index; an image a
+    padded sampler gave two ranks is kept once)."""
+    mine = (result.logits, result.targets, result.indices, result.features)
+    parts = [p for p in distributed.gathered(mine) if p[0] is not None]
+    logits, targets, indices = (torch.cat([p[i] for p in parts]) for i in range(3))
+    features = torch.cat([p[3] for p in parts]) if parts[0][3] is not None else None
+    order = indices.argsort(stable=True)
+    keep = torch.ones(len(order), dtype=torch.bool)
+    keep[1:] = indices[order][1:] != indices[order][:-1]
+    order = order[keep]
+    result.logits, result.targets, result.indices = logits[order], targets[order], indices[order]
+    result.features = None if features is None else features[order]
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, kind: str = "cosine"):
@@ -199,26 +228,34 @@ def fit(
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = False,
     hooks: StepHooks = NO_HOOKS,
+    stepped: nn.Module | None = None,
 ) -> FitState:
     """Train for ``epochs`` (from ``state.epoch`` on); keep the best epoch by val_loss.
 
     ``checkpoints`` saves every epoch (and the best one) so that a killed run can resume.
     ``on_epoch`` gets each epoch's metrics row (for printing, tuning reports and pruning). ``hooks``
     time the steps and read debugger tensors; a rule with the stop action ends the epoch after the
-    current step, and no epoch starts after it.
+    current step, and no epoch starts after it (under torchrun, after the epoch: every rank stops
+    together). ``stepped`` is what a training step runs when it is not ``model`` (DDP around it).
     """
     shuffle = getattr(train_batches, "generator", None)  # saved with the checkpoint: the same batch order on resume
     state = state or FitState()
     state.history = state.history or []
+    sampler = getattr(train_batches, "sampler", None)
     for epoch in range(state.epoch + 1, epochs + 1):
-        if hooks.stop_requested:
+        stop = hooks.stop_requested
+        if distributed.joined():  # rank 0's rules decide for every rank
+            stop = distributed.agree(stop)
+        if stop:
             log.info("training stopped after epoch %d by rule %s (its action is stop)", epoch - 1, hooks.stopped_by)
             break
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         hooks.epoch_begin(epoch)
+        if hasattr(sampler, "set_epoch"):  # a new order for every epoch, the same on every rank
+            sampler.set_epoch(epoch)
         train = train_one_epoch(
-            model, train_batches, optimizer, scheduler, device=device, amp_dtype=amp_dtype,
+            stepped or model, train_batches, optimizer, scheduler, device=device, amp_dtype=amp_dtype,
             label_smoothing=label_smoothing, set_train=set_train, progress=progress, desc=f"epoch {epoch}/{epochs}",
             hooks=hooks,
         )

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from dogbreed.data.layout import Sample
 from dogbreed.machine import available_cpus
@@ -59,15 +59,18 @@ def image_loader(
     device: torch.device,
     seed: int = 0,
     persistent: bool = True,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     """``persistent``: keep the worker processes between passes (loaders read every epoch); a loader
-    read once lets its workers end with the pass."""
+    read once lets its workers end with the pass. ``sampler`` (a rank's part, under torchrun)
+    replaces ``shuffle``."""
     workers = available_cpus() if workers is None else workers
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=workers,
         persistent_workers=persistent and workers > 0,
         pin_memory=device.type == "cuda",

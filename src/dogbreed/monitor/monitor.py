@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dogbreed import distributed
 from dogbreed.hooks import NoHooks
 from dogbreed.monitor.probes import FLUSH_EVERY, TensorProbe, TraceWindow
 from dogbreed.monitor.rules import RuleSet, load_rules_file
@@ -133,7 +134,9 @@ class Monitor(NoHooks):
                 if train and (event := self.trace.after_step(step)):
                     self.note(event)
                 step += 1
-                if train and self.stop_requested:  # after a step: a stopped epoch still trained; never cuts embed/eval
+                # After a step: a stopped epoch still trained; never cuts embed/eval. Under torchrun the
+                # ranks stop together after the epoch (``fit`` asks rank 0's rules at its start).
+                if train and self.stop_requested and not distributed.joined():
                     break
         finally:
             self.counts[phase] = step

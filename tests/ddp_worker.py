@@ -1,0 +1,83 @@
+"""Run by tests/test_torchrun.py under ``torchrun --nproc-per-node 2``: dogbreed's own training step
+and evaluation under DDP, each against one process doing the same work on the whole data, with
+what rank 0 measures written to the JSON file named by argv[1].
+
+1. PyTorch's DDP equivalence check: DDP over each rank's slice of every batch ends with the same
+   parameters as one process stepping on the whole batches.
+2. Evaluation over unpadded shards (7 images on 2 ranks): the same loss, hits, count, and per-image
+   logits, targets and embeddings in the split's order as one process over all 7.
+"""
+
+import copy
+import json
+import sys
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from dogbreed import distributed
+from dogbreed.train import evaluate, train_one_epoch
+
+
+class Indexed(Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i], i
+
+
+def network() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 5))
+
+
+def steps(model: nn.Module, batches: list, epochs: int) -> nn.Module:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    for _ in range(epochs):
+        train_one_epoch(model, batches, optimizer, scheduler, device=torch.device("cpu"))
+    return model
+
+
+def main(out: str) -> None:
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(24, 3, 12, 12, generator=generator), torch.randint(0, 5, (24,), generator=generator)
+    whole = [(x[i : i + 8], y[i : i + 8], torch.arange(i, i + 8)) for i in range(0, 24, 8)]
+    # One process first, before this one joins the others (joined, every pass sums over the ranks).
+    alone = steps(network(), whole, epochs=3)
+    model = copy.deepcopy(alone).eval()
+    data = Indexed(x[:7], y[:7])
+    one = evaluate(model, DataLoader(data, batch_size=3), device=torch.device("cpu"), keep_predictions=True,
+                   features_of=model[4])
+
+    distributed.init(torch.device("cpu"))
+    rank, ranks = distributed.rank(), distributed.world_size()
+    mine = [(bx[rank::ranks], by[rank::ranks], bi[rank::ranks]) for bx, by, bi in whole]
+    ddp = distributed.wrap(network(), torch.device("cpu"))
+    steps(ddp, mine, epochs=3)
+    params = max((a - b).abs().max().item() for a, b in zip(alone.parameters(), ddp.module.parameters()))
+    moved = max((a - b).abs().max().item() for a, b in zip(network().parameters(), alone.parameters()))
+    shared = evaluate(model, DataLoader(distributed.shard(data), batch_size=3), device=torch.device("cpu"),
+                      keep_predictions=True, features_of=model[4])
+    if rank == 0:
+        report = {
+            "ranks": ranks, "param_max_diff": params, "params_moved": moved,
+            "one": {"loss": one.loss, "accuracy": one.accuracy, "top5": one.top5, "n": one.n},
+            "shared": {"loss": shared.loss, "accuracy": shared.accuracy, "top5": shared.top5, "n": shared.n},
+            "logits_max_diff": (one.logits - shared.logits).abs().max().item(),
+            "features_max_diff": (one.features - shared.features).abs().max().item(),
+            "same_targets": torch.equal(one.targets, shared.targets),
+            "indices": shared.indices.tolist(),
+        }
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump(report, f)
+    distributed.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
