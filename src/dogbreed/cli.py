@@ -54,6 +54,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         distributed.close()
     if result.run_dir:
         print(f"run: {result.run_dir}\nartifact: {result.artifact}")
+    if result.uploaded:
+        print(f"uploaded: {result.uploaded}")
     return 0
 
 
@@ -63,10 +65,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from dogbreed.runtime.pipeline import Options
 
     check_flags(args.topk, args.threshold, args.keep)  # before the artifact loads: a typo fails at once
+    files = expand(args.images)
     loaded = load_artifact(args.model)
     opts = Options.of(loaded).override(args.topk, args.threshold, args.keep)
     failed = 0
-    for path, answer in predict_files(loaded, expand(args.images), opts):
+    for path, answer in predict_files(loaded, files, opts):
         failed += "error" in answer
         if args.json:
             print(json.dumps({"file": str(path), **answer}))
@@ -310,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", parents=[common], formatter_class=_Formatter, help="top-k breeds for images",
                        description="Predict the top-k breeds of images with a trained artifact.")
-    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images; s3://BUCKET/KEY.jpg or s3://BUCKET/PREFIX/")
     p.add_argument("--model", required=True, metavar="model.tar.gz", help="trained artifact (or its unpacked folder)")
     p.add_argument("--topk", type=int, default=None, help="how many breeds to list (default: the artifact's, 5)")
     p.add_argument("--threshold", type=float, default=None, help="`unsure` under this top-1 probability (default: the artifact's, 0.8)")

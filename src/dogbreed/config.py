@@ -32,8 +32,8 @@ REJECT_SCORES = (*SCORES, "none")
 
 @dataclass
 class TrainConfig:
-    data: str | None = _opt(None, "data set root holding train/ valid/ test/ class folders (SageMaker: $SM_CHANNEL_TRAINING)")
-    out: str = _opt("runs", "folder that receives one run folder per training (SageMaker: $SM_OUTPUT_DATA_DIR)")
+    data: str | None = _opt(None, "data set root holding train/ valid/ test/ class folders, or s3://BUCKET/PREFIX/ (SageMaker: $SM_CHANNEL_TRAINING)")
+    out: str = _opt("runs", "folder that receives one run folder per training; s3://BUCKET/PREFIX/ uploads its artifact there (SageMaker: $SM_OUTPUT_DATA_DIR)")
     name: str | None = _opt(None, "run folder name (default: the date, time and backbone)")
     backbone: str = _opt("resnet50", "network: " + ", ".join(BACKBONES), choices=tuple(BACKBONES))
     pretrained: bool = _opt(True, "start from ImageNet weights (downloaded once, cached by torchvision); --no-pretrained for random init")

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from dogbreed import distributed
+from dogbreed import distributed, remote
 from dogbreed.config import EMBED_BACKENDS
 from dogbreed.data.layout import Sample
 from dogbreed.data.loaders import ImageDataset, image_loader
@@ -65,6 +65,9 @@ def weights_digest(module: nn.Module) -> str:
 def files_digest(samples: list[Sample]) -> str:
     h = hashlib.sha256()
     for path, label in samples:
+        if source := remote.object_id(path):  # a staged copy: its S3 object, wherever the copy lies
+            h.update(f"{source}\0{label}\n".encode())
+            continue
         st = os.stat(path)
         h.update(f"{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]

@@ -22,10 +22,16 @@ class _StdoutInfo(logging.Handler):
             sys.stdout.flush()
 
 
+# Libraries that narrate at INFO (where credentials and endpoints were found): --verbose shows them.
+CHATTY = ("botocore", "aiobotocore", "s3fs", "fsspec")
+
+
 def setup_logging(verbose: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [_StdoutInfo()]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        quiet(CHATTY)
 
 
 def quiet(names: Iterable[str]) -> None:

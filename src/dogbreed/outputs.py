@@ -42,6 +42,7 @@ class RunResult:
     test: dict
     best_epoch: int
     history: list[dict]
+    uploaded: str | None = None  # the artifact's URL, with --out s3://...
 
 
 @dataclass

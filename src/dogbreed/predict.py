@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from dogbreed import remote
 from dogbreed.data.layout import IMAGE_EXTS
 from dogbreed.errors import DogbreedError
 from dogbreed.runtime.loading import LoadedModel
@@ -14,10 +15,14 @@ from dogbreed.runtime.pipeline import Options, RequestError, decode, predict
 BATCH_SIZE = 16
 
 
-def expand(paths: list[str | os.PathLike]) -> list[Path]:
-    """Files as given; folders as the images they hold (sorted, recursively)."""
-    files: list[Path] = []
+def expand(paths: list[str | os.PathLike]) -> list[Path | remote.S3Image]:
+    """Files as given; folders as the images they hold (sorted, recursively); ``s3://`` URLs as the
+    object they name or the images under them."""
+    files: list[Path | remote.S3Image] = []
     for raw in paths:
+        if remote.is_s3(raw):
+            files += remote.images(raw)
+            continue
         path = Path(raw)
         if path.is_dir():
             files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)

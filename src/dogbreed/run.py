@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from dogbreed import config as cfgmod
-from dogbreed import distributed, outputs
+from dogbreed import distributed, outputs, remote
 from dogbreed.batches import build_batches, embed
 from dogbreed.checkpoints import Checkpoints, FitState, check_resumable
 from dogbreed.config import TrainConfig
@@ -39,6 +39,7 @@ from dogbreed.train import (
 )
 
 log = logging.getLogger(__name__)
+LOCAL_OUT = "runs"  # where a run with --out s3://... is written before its upload
 
 
 def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress: bool = True,
@@ -59,9 +60,11 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
         check_resumable(Path(resume), cfg)
     else:
         scan(cfg.data)  # a missing or misshapen data set fails before any folder is made
+    if remote.is_s3(cfg.out) and finish:
+        remote.check_writable(cfg.out)  # now, not after the training
     run_dir = Path(resume) if resume else new_run_dir(cfg)
     try:
-        return _observed(run_dir, cfg, resume=bool(resume), progress=progress, on_epoch=on_epoch, finish=finish)
+        result = _observed(run_dir, cfg, resume=bool(resume), progress=progress, on_epoch=on_epoch, finish=finish)
     except BaseException:
         # A run that fails before its first checkpoint leaves nothing behind.
         if not resume and not (run_dir / "checkpoints" / "last.pt").exists():
@@ -72,6 +75,9 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
     finally:
         if not keep_checkpoints:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    if remote.is_s3(cfg.out) and result.artifact:
+        result.uploaded = remote.upload_run(run_dir, cfg.out)
+    return result
 
 
 def _embed_share(cfg: TrainConfig) -> RunResult:
@@ -87,7 +93,8 @@ def _embed_share(cfg: TrainConfig) -> RunResult:
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
-    base = make_folder(cfg.out, "--out")
+    """A new folder under ``--out`` (with ``--out s3://...``, under the local ``runs/`` it uploads from)."""
+    base = make_folder(LOCAL_OUT if remote.is_s3(cfg.out) else cfg.out, "--out")
     name = cfg.name or f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.backbone}"
     run_dir, n = base / name, 1
     while True:
@@ -161,7 +168,8 @@ def _run(run_dir: Path | None, cfg: TrainConfig, device: torch.device, hooks: No
     frozen = freeze(model, cfg.backbone, cfg.train_layers)
 
     # Paths saved absolute: `--resume` works from any folder.
-    paths = {k: str(Path(v).resolve()) for k in ("data", "out", "weights", "cache_dir", "rules") if (v := getattr(cfg, k))}
+    paths = {k: str(Path(v).resolve()) for k in ("data", "out", "weights", "cache_dir", "rules")
+             if (v := getattr(cfg, k)) and not remote.is_s3(v)}
     if writer:
         cfgmod.save_yaml(dataclasses.replace(cfg, **paths), run_dir / "config.yaml")
         labels.write(run_dir / "labels.json")

@@ -22,7 +22,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from dogbreed import machine
+from dogbreed import machine, remote
 from dogbreed.batches import EMBEDDING_KEYS, warm_cache
 from dogbreed.checkpoints import RESUME_OVERRIDABLE, resume_config
 from dogbreed.config import TrainConfig, coerce
@@ -31,7 +31,7 @@ from dogbreed.errors import DogbreedError
 from dogbreed.files import make_folder, read_yaml
 from dogbreed.lifetime import end_with_parent
 from dogbreed.logs import quiet, quieted, setup_logging
-from dogbreed.run import RunResult, train
+from dogbreed.run import LOCAL_OUT, RunResult, train
 from dogbreed.tune import results
 from dogbreed.tune.options import OBJECTIVES, TuneOptions
 from dogbreed.tune.space import NOT_TUNABLE, Param, check_space, load_space, space_to_dict, suggest
@@ -168,8 +168,12 @@ def tune(base: TrainConfig, opts: TuneOptions, *, progress: bool = True) -> Tune
             opts = dataclasses.replace(opts, trials=len(points))
     scan(base.data)  # a missing or misshapen data set is said before any study is made
     check_space(space, base, opts.space)
-    study_dir = Path(base.out) / f"tune-{opts.study}"
-    url = opts.storage or default_storage(base.out)
+    out = base.out
+    if remote.is_s3(out):  # the study runs locally; its final artifact is uploaded
+        remote.check_writable(out)
+        out = LOCAL_OUT
+    study_dir = Path(out) / f"tune-{opts.study}"
+    url = opts.storage or default_storage(out)
     storage = open_storage(url, opts.heartbeat)
     sampler, pruner = _components(opts, space, base)
     study, created = create_or_load(storage, opts.study, setup=study_setup(base, space, opts.objective),
@@ -243,6 +247,8 @@ def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, 
             run = _final_run(cfg, best["params"], study_dir / "best", progress=progress)
             final_run, artifact = run.run_dir, run.artifact
             doc["final_run"] = {"run_dir": str(run.run_dir), "artifact": str(run.artifact), "trial": best["number"], **run.test}
+            if remote.is_s3(base.out):
+                doc["final_run"]["uploaded"] = remote.upload_run(run.run_dir, base.out, name=study_dir.name + "/best")
     results.write_best(study_dir / "best.json", doc)
     log.info("results: %s (best.json, trials.csv, plots/)", study_dir)
     if best is None:

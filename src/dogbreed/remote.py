@@ -1,0 +1,216 @@
+"""Data sets, images and artifacts on S3, through fsspec + s3fs and AWS's usual configuration (the
+credentials chain: environment, ``~/.aws``, an instance role; ``AWS_ENDPOINT_URL`` for an S3 of
+one's own). No S3 request is written here by hand.
+
+- ``--data s3://bucket/prefix/``: the data set is staged into a local mirror (as SageMaker's File
+  mode copies a channel to the instance), object by object, and only the objects whose ETag or
+  size changed are fetched again. Training then reads local files, so the DataLoader's workers never
+  touch s3fs (which is not fork-safe), and the embedding cache keys each image by its S3 object
+  (bucket/key, ETag, size) rather than by where its copy lies.
+- ``predict s3://bucket/key.jpg`` or ``s3://bucket/prefix/``: read object by object.
+- ``--out s3://bucket/prefix/``: the run is written locally as usual, then its artifact and
+  results are uploaded to ``s3://bucket/prefix/<run>/``.
+
+Every S3 failure a user can cause (no such bucket or key, no credentials, access denied, no
+endpoint) is one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import sys
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from dogbreed.errors import DogbreedError
+from dogbreed.files import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SCHEME = "s3://"
+MANIFEST = ".dogbreed-s3.json"  # in a staged mirror: relative path -> [ETag, size] of each object fetched
+FETCH_CHUNK = 64  # objects fetched concurrently (s3fs runs a chunk's requests at once)
+UPLOADED = ("model.tar.gz", "results.json", "metrics.csv", "config.yaml", "labels.json")
+_mirrors: dict[str, Path] = {}  # data set URL -> its mirror, once staged by this process
+_staged: dict[str, str] = {}  # local copy -> "s3://bucket/key|ETag|size", for the embedding cache's keys
+
+
+def is_s3(path) -> bool:
+    return isinstance(path, str) and path.startswith(SCHEME)
+
+
+def filesystem():
+    try:
+        import s3fs
+    except ImportError:
+        raise DogbreedError("s3:// paths need s3fs: pip install 'dogbreed[s3]'") from None
+    return s3fs.S3FileSystem()
+
+
+@contextlib.contextmanager
+def s3_errors(url: str):
+    """S3's failures as one line each, naming ``url``."""
+    try:
+        yield
+    except DogbreedError:
+        raise
+    except FileNotFoundError as exc:
+        if "bucket does not exist" in str(exc):
+            bucket = url[len(SCHEME):].split("/", 1)[0]
+            raise DogbreedError(f"S3 bucket {bucket!r} does not exist (in {url}); check the name and the region, "
+                                f"or the endpoint (AWS_ENDPOINT_URL)") from None
+        raise DogbreedError(f"{url} does not exist on S3; check the key (`aws s3 ls {url}`)") from None
+    except PermissionError:
+        raise DogbreedError(f"access to {url} was denied; check that these AWS credentials may read (and, for --out, "
+                            f"write) it") from None
+    except Exception as exc:  # botocore's own errors: no credentials, no endpoint, bad signature, ...
+        name = type(exc).__name__
+        if name in ("NoCredentialsError", "PartialCredentialsError"):
+            raise DogbreedError("no AWS credentials found for S3: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                                "or AWS_PROFILE, or run `aws configure`") from None
+        if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
+            raise DogbreedError(f"could not reach S3 for {url} ({exc}); check the network or AWS_ENDPOINT_URL") from None
+        if type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs"):
+            raise DogbreedError(f"S3 refused {url}: {name}: {exc}") from None
+        raise
+
+
+def _split(url: str) -> str:
+    """``s3://bucket/prefix/`` -> ``bucket/prefix``, what s3fs takes."""
+    path = url[len(SCHEME):].strip("/")
+    if not path:
+        raise DogbreedError(f"{url} names no bucket; pass s3://BUCKET/PREFIX")
+    return path
+
+
+def mirror_root() -> Path:
+    from dogbreed.features import default_cache_dir
+
+    return default_cache_dir() / "s3"
+
+
+def stage(url: str, *, progress: bool = False) -> Path:
+    """The local mirror of the data set under ``url``, brought up to date: objects new or changed
+    (ETag, size) since the last call are fetched, files whose objects are gone are removed. Safe
+    for several processes at once (torchrun ranks, tuning workers): one stages, the others wait and
+    find it done. Returns the mirror's folder, which has the data set's layout."""
+    from dogbreed.data.layout import IMAGE_EXTS
+
+    root = _split(url)
+    fs = filesystem()
+    with s3_errors(url):
+        listing = fs.find(root, detail=True)
+    objects = {PurePosixPath(key).relative_to(root).as_posix(): info for key, info in listing.items()
+               if info.get("type") == "file" and PurePosixPath(key).suffix.lower() in IMAGE_EXTS}
+    if not objects:
+        if not listing:
+            with s3_errors(url):
+                fs.ls(root.split("/", 1)[0])  # a missing bucket says so; an empty prefix below
+        raise DogbreedError(f"{url} holds no images; upload a data set with train/, valid/ and test/ folders of "
+                            f"one folder of images per breed (`aws s3 sync dogImages {url}`)")
+    local = mirror_root() / root
+    local.mkdir(parents=True, exist_ok=True)
+    with open(local / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the next process to stage waits here, then finds nothing to fetch
+        manifest_path = local / MANIFEST
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        wanted = {rel: [info.get("ETag", ""), int(info["size"])] for rel, info in objects.items()}
+        for rel in set(manifest) - set(wanted):  # deleted upstream
+            (local / rel).unlink(missing_ok=True)
+            del manifest[rel]
+        todo = sorted(rel for rel, tag in wanted.items() if manifest.get(rel) != tag or not (local / rel).is_file())
+        if todo:
+            log.info("staging %s: fetching %d of %d images into %s", url, len(todo), len(wanted), local)
+        bar = tqdm(total=len(todo), desc="fetching from S3", unit="img", disable=not progress or not todo, leave=False)
+        for start in range(0, len(todo), FETCH_CHUNK):
+            chunk = todo[start : start + FETCH_CHUNK]
+            for rel in chunk:
+                manifest.pop(rel, None)  # until its copy is whole, a file is not trusted
+                (local / rel).parent.mkdir(parents=True, exist_ok=True)
+            with s3_errors(url):
+                fs.get([f"{root}/{rel}" for rel in chunk], [str(local / rel) for rel in chunk])
+            manifest.update({rel: wanted[rel] for rel in chunk})
+            atomic_write_text(manifest_path, json.dumps(manifest))
+            bar.update(len(chunk))
+        bar.close()
+        atomic_write_text(manifest_path, json.dumps(manifest))
+    for rel, (etag, size) in wanted.items():
+        _staged[str(local / rel)] = f"{SCHEME}{root}/{rel}|{etag}|{size}"
+    return local
+
+
+def object_id(path: str) -> str | None:
+    """The S3 object a staged local file is a copy of (bucket/key, ETag, size), or None."""
+    return _staged.get(str(path))
+
+
+class S3Image:
+    """An image object to predict on: read like a ``Path`` (``read_bytes``), printed as its URL."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def read_bytes(self) -> bytes:
+        with s3_errors(self.url):
+            return filesystem().cat_file(_split(self.url))
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def images(url: str) -> list[S3Image]:
+    """``url`` itself when it names an image object, else the images under it as a prefix (sorted)."""
+    from dogbreed.data.layout import IMAGE_EXTS
+
+    path = _split(url)
+    fs = filesystem()
+    if PurePosixPath(path).suffix.lower() in IMAGE_EXTS:
+        with s3_errors(url):
+            fs.info(path)  # a missing key is one line now, not at read time
+        return [S3Image(url)]
+    with s3_errors(url):
+        keys = sorted(k for k, info in fs.find(path, detail=True).items()
+                      if info.get("type") == "file" and PurePosixPath(k).suffix.lower() in IMAGE_EXTS)
+    if not keys:
+        with s3_errors(url):
+            fs.ls(path.split("/", 1)[0])  # a missing bucket says so
+        raise DogbreedError(f"no images found under {url}")
+    return [S3Image(SCHEME + k) for k in keys]
+
+
+def check_writable(url: str) -> None:
+    """Fail now, not after training, when ``--out`` cannot be written: the bucket must exist and
+    these credentials must reach it."""
+    path = _split(url)
+    with s3_errors(url):
+        filesystem().ls(path.split("/", 1)[0])
+
+
+def upload_run(run_dir: Path, url: str, name: str | None = None) -> str:
+    """A finished run's artifact and results to ``url/<name>/`` (the run's folder name by default);
+    returns the artifact's URL."""
+    target = f"{_split(url)}/{name or run_dir.name}"
+    files = [run_dir / name for name in UPLOADED if (run_dir / name).is_file()]
+    try:
+        with s3_errors(url):
+            filesystem().put([str(f) for f in files], [f"{target}/{f.name}" for f in files])
+    except DogbreedError as exc:
+        raise DogbreedError(f"{exc} (the run itself is whole in {run_dir}; upload it with "
+                            f"`aws s3 cp --recursive {run_dir} {SCHEME}{target}/`)") from None
+    log.info("uploaded %s to %s%s/", ", ".join(f.name for f in files), SCHEME, target)
+    return f"{SCHEME}{target}/model.tar.gz"
+
+
+def local_path(path: str | os.PathLike | None):
+    """``path`` itself, or the staged mirror of an ``s3://`` data set (staged once per process:
+    a run scans its data several times)."""
+    if not is_s3(path):
+        return path
+    if path not in _mirrors:
+        _mirrors[path] = stage(path, progress=sys.stderr.isatty())
+    return _mirrors[path]

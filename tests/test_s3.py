@@ -1,0 +1,138 @@
+"""Data, predictions and artifacts on S3, against a real S3 server process on loopback (moto's)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import TINY, free_port, one_line_error
+
+s3fs = pytest.importorskip("s3fs")
+FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "pretrained"] + [
+    "--no-pretrained", "--epochs=1", "--aug-views=1", "--no-progress", "--no-profile"]
+NO_AWS_FILES = {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials", "AWS_CONFIG_FILE": "/nonexistent/config",
+                "AWS_EC2_METADATA_DISABLED": "true", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server as its own process, and the environment that points AWS's clients at it."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {**NO_AWS_FILES, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                fs.ls("")
+                break
+            except Exception:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"the S3 server did not start: {Path(log.name).read_text()[-2000:]}") from None
+                time.sleep(0.3)
+        yield env, fs
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def bucket(s3, synth_data):
+    """The synthetic data set uploaded to s3://dogs/set/."""
+    env, fs = s3
+    fs.mkdir("dogs")
+    fs.put(str(synth_data), "dogs/set", recursive=True)
+    return env, fs, "s3://dogs/set/"
+
+
+def cli(env: dict, tmp_path: Path, *args: str):
+    """``dogbreed ARGS`` with the S3 server's environment (and no other AWS settings) and a cache (and
+    mirror) of this test's own."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return subprocess.run([sys.executable, "-m", "dogbreed", *args], capture_output=True, text=True, timeout=300,
+                          env={**clean, **env, "DOGBREED_CACHE": str(tmp_path / "cache")}, cwd=tmp_path)
+
+
+def test_train_from_s3_uploads_the_artifact_and_predicts_from_s3(bucket, tmp_path):
+    env, fs, url = bucket
+    check = cli(env, tmp_path, "data", "check", url)
+    assert check.returncode == 0 and "4 classes; train 48, valid 8, test 8 images" in check.stdout, check.stderr
+
+    # Image decoders in worker processes: they read the local mirror, never s3fs (not fork-safe).
+    trained = cli(env, tmp_path, "train", "--data", url, "--out", "s3://dogs/runs/", *FLAGS, "--workers=2")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "fetching" not in trained.stdout  # data check staged every image; train found its mirror current
+    (run,) = (tmp_path / "runs").iterdir()
+    uploaded = f"dogs/runs/{run.name}"
+    assert f"uploaded: s3://{uploaded}/model.tar.gz" in trained.stdout
+    assert fs.cat_file(f"{uploaded}/model.tar.gz") == (run / "model.tar.gz").read_bytes()
+    assert {Path(p).name for p in fs.ls(uploaded)} == {"model.tar.gz", "results.json", "metrics.csv", "config.yaml",
+                                                       "labels.json"}
+    assert f"data: {url}" in (run / "config.yaml").read_text()  # a resume stages the same data set again
+
+    one = cli(env, tmp_path, "predict", "--model", str(run / "model.tar.gz"), "--json",
+              "s3://dogs/set/test/001.Affenpinscher/")
+    assert one.returncode == 0, one.stderr
+    files = [line.split('"file": "')[1].split('"')[0] for line in one.stdout.splitlines()]
+    assert files == sorted(f"s3://{k}" for k in fs.find("dogs/set/test/001.Affenpinscher")) and len(files) == 2
+    single = cli(env, tmp_path, "predict", "--model", str(run / "model.tar.gz"), "--json", files[0])
+    assert single.returncode == 0, single.stderr
+    alone, first = json.loads(single.stdout), json.loads(one.stdout.splitlines()[0])  # batch of 1, batch of 2
+    assert alone["file"] == first["file"] and alone["topk_labels"] == first["topk_labels"]
+    assert max(abs(a - b) for a, b in zip(alone["topk_probs"], first["topk_probs"])) < 1e-4
+
+
+def test_the_embedding_cache_keys_s3_objects_not_their_copies(bucket, tmp_path):
+    env, fs, url = bucket
+    first = cli(env, tmp_path, "train", "--data", url, "--out", "runs", *FLAGS)
+    assert first.returncode == 0 and "0 hit(s), 3 computed" in first.stdout, first.stderr[-2000:]
+    shutil.rmtree(tmp_path / "cache" / "s3")  # a new mirror: every file copied again, with new mtimes
+    again = cli(env, tmp_path, "train", "--data", url, "--out", "runs", *FLAGS)
+    assert again.returncode == 0 and "fetching 64 of 64 images" in again.stdout, again.stderr[-2000:]
+    assert "3 hit(s), 0 computed" in again.stdout
+
+    # One test image replaced upstream (new ETag): it alone is fetched, and the test entry recomputed.
+    victim = sorted(fs.find("dogs/set/test"))[0]
+    original = fs.cat_file(victim)
+    try:
+        fs.pipe_file(victim, fs.cat_file(sorted(fs.find("dogs/set/test"))[-1]))
+        changed = cli(env, tmp_path, "train", "--data", url, "--out", "runs", *FLAGS)
+        assert changed.returncode == 0 and "fetching 1 of 64 images" in changed.stdout, changed.stderr[-2000:]
+        assert "2 hit(s), 1 computed" in changed.stdout
+    finally:
+        fs.pipe_file(victim, original)
+
+
+def test_tune_reads_its_data_from_s3(bucket, tmp_path):
+    env, _, url = bucket
+    proc = cli(env, tmp_path, "tune", "--data", url, "--out", "tuned", "--trials", "2", "--parallel", "1",
+               *FLAGS)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "tuned" / "tune-dogbreed" / "best" / "model.tar.gz").is_file()
+
+
+def test_s3_failures_are_one_line_each(bucket, tmp_path):
+    env, fs, url = bucket
+    one_line_error(cli(env, tmp_path, "train", "--data", "s3://no-such-bucket/set/", *FLAGS), "no-such-bucket",
+                   "does not exist")
+    one_line_error(cli(env, tmp_path, "train", "--data", "s3://dogs/no-such-prefix/", *FLAGS), "holds no images")
+    one_line_error(cli(env, tmp_path, "train", "--data", url, "--out", "s3://no-such-bucket/runs/", *FLAGS),
+                   "no-such-bucket", "does not exist")
+    assert not (tmp_path / "runs").exists()  # refused before any run folder was made
+    # The images are listed before the model loads: a wrong URL fails at once.
+    one_line_error(cli(env, tmp_path, "predict", "--model", "unused.tar.gz", "s3://dogs/set/test/nothing.jpg"),
+                   "s3://dogs/set/test/nothing.jpg", "does not exist")
+    one_line_error(cli(env, tmp_path, "predict", "--model", "unused.tar.gz", "s3://no-such-bucket/photos/"),
+                   "no-such-bucket", "does not exist")
+    anonymous = {k: v for k, v in env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    one_line_error(cli(anonymous, tmp_path, "train", "--data", url, *FLAGS), "no AWS credentials")
