@@ -36,11 +36,11 @@ def network() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 5))
 
 
-def steps(model: nn.Module, batches: list, epochs: int) -> nn.Module:
+def steps(model: nn.Module, batches: list, epochs: int, shared: bool = False) -> nn.Module:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     for _ in range(epochs):
-        train_one_epoch(model, batches, optimizer, scheduler, device=torch.device("cpu"))
+        train_one_epoch(model, batches, optimizer, scheduler, device=torch.device("cpu"), shared=shared)
     return model
 
 
@@ -59,11 +59,11 @@ def main(out: str) -> None:
     rank, ranks = distributed.rank(), distributed.world_size()
     mine = [(bx[rank::ranks], by[rank::ranks], bi[rank::ranks]) for bx, by, bi in whole]
     ddp = distributed.wrap(network(), torch.device("cpu"))
-    steps(ddp, mine, epochs=3)
+    steps(ddp, mine, epochs=3, shared=True)
     params = max((a - b).abs().max().item() for a, b in zip(alone.parameters(), ddp.module.parameters()))
     moved = max((a - b).abs().max().item() for a, b in zip(network().parameters(), alone.parameters()))
     shared = evaluate(model, DataLoader(distributed.shard(data), batch_size=3), device=torch.device("cpu"),
-                      keep_predictions=True, features_of=model[4])
+                      keep_predictions=True, features_of=model[4], shared=True)
     if rank == 0:
         report = {
             "ranks": ranks, "param_max_diff": params, "params_moved": moved,

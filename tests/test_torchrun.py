@@ -1,5 +1,6 @@
 """``dogbreed train`` under torchrun: 2 CPU ranks (gloo) on loopback against one process."""
 
+import contextlib
 import csv
 import json
 import os
@@ -134,6 +135,38 @@ def test_a_killed_rank_ends_the_job_naming_it(synth_data, tiny_weights, tmp_path
             proc.kill()
     assert proc.returncode != 0
     assert "rank      : 1" in err or "rank: 1" in err, err[-2000:]
+    assert not list((tmp_path / "runs").glob("*/model.tar.gz"))
+
+
+def test_a_hung_rank_ends_the_job_within_the_rank_timeout_naming_it(synth_data, tmp_path):
+    """Rank 1 frozen (SIGSTOP) in the middle of DDP training: rank 0's watchdog names it within
+    --rank-timeout, and the job ends non-zero (long before the collectives' own 30 minutes)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=127.0.0.1:{free_port()}", "-m", "dogbreed", "train", "--data", str(synth_data),
+               "--out", str(tmp_path / "runs"), *FLAGS, "--epochs=20", "--train-layers=layer4", "--rank-timeout=5"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"})
+    victim = None
+    try:
+        for line in proc.stdout:  # rank 0's epoch lines: training is under way
+            if line.startswith("epoch   1/"):
+                victim = next((pid for pid in children(proc.pid) if b"RANK=1\0" in environ(pid)), None)
+                break
+        assert victim, "rank 1 never trained an epoch"
+        os.kill(victim, signal.SIGSTOP)
+        stopped = time.monotonic()
+        _, err = proc.communicate(timeout=150)
+        took = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if victim:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+    assert proc.returncode != 0
+    named = [line for line in err.splitlines() if line.startswith("error: rank 1 stopped answering")]
+    assert len(named) == 1 and "--rank-timeout 5" in named[0], err[-3000:]
+    assert took < 120  # the watchdog's bound plus torchrun's own shutdown, not a collective's timeout
     assert not list((tmp_path / "runs").glob("*/model.tar.gz"))
 
 

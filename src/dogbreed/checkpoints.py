@@ -28,7 +28,7 @@ from dogbreed.runtime.loading import load_failure, read_tensors
 log = logging.getLogger(__name__)
 
 # What a resumed run may change; everything else must match the run it continues.
-RESUME_OVERRIDABLE = {"epochs", "patience", "workers", "device", "data", "cache_dir", *PROFILE_KEYS}
+RESUME_OVERRIDABLE = {"epochs", "patience", "workers", "rank_timeout", "device", "data", "cache_dir", *PROFILE_KEYS}
 
 
 @dataclass

@@ -44,6 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from dogbreed.machine import resolve_device
 
         distributed.init(resolve_device(cfg.device))
+        distributed.watch(cfg.rank_timeout)  # a rank that hangs ends the job within --rank-timeout, named
         if cfg.workers is None:  # the ranks on a machine share its cores
             cfg = dataclasses.replace(cfg, workers=distributed.local_cpus())
         if not distributed.is_main():

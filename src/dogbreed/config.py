@@ -40,7 +40,7 @@ class TrainConfig:
     weights: str | None = _opt(None, "local file with the backbone's ImageNet weights (a torchvision state dict), for offline use")
     train_layers: str = _opt("head", "what to train: head (backbone frozen, fast cached path), layer4 (last stage + head) or all", choices=TRAIN_LAYERS)
     epochs: int = _opt(9, "training epochs")
-    batch_size: int = _opt(29, "images per batch")
+    batch_size: int = _opt(29, "images per batch (under torchrun on images: the global batch, split over the ranks)")
     lr: float = _opt(0.0044, "AdamW learning rate (peak, before the schedule)")
     weight_decay: float = _opt(1e-4, "AdamW weight decay")
     label_smoothing: float = _opt(0.0, "cross-entropy label smoothing")
@@ -57,6 +57,8 @@ class TrainConfig:
     device: str = _opt("auto", DEVICES)
     amp: str = _opt("auto", "mixed precision: auto (bf16 where the device supports it), bf16 or off", choices=AMP_MODES)
     workers: int | None = _opt(None, "data-loader worker processes (default: the machine's cores)")
+    rank_timeout: int = _opt(600, "under torchrun: end the job, naming the rank, once a rank has stopped answering, or "
+                                  "has made no progress while the others wait for it, for this many seconds")
     threshold: float = _opt(DEFAULT_THRESHOLD, "top-1 probability under which a prediction is flagged low-confidence")
     reject: str = _opt("mahalanobis", "the score that says \"not a dog\": mahalanobis (on the embeddings; measured best, "
                                       "benchmarks/RESULTS.md), energy, msp, imagenet (the ImageNet head's dog classes; "
@@ -91,6 +93,8 @@ class TrainConfig:
             raise DogbreedError(f"image_size must be at least 32, got {self.image_size}")
         if self.aug_views < 0 or self.patience < 0 or (self.workers is not None and self.workers < 0):
             raise DogbreedError("aug_views, patience and workers cannot be negative")
+        if self.rank_timeout < 5:
+            raise DogbreedError(f"rank_timeout must be at least 5 seconds, got {self.rank_timeout}")
         if min(self.debug_interval, self.trace_start, self.trace_steps) < 0 or self.profile_interval_ms < 50:
             raise DogbreedError("debug_interval, trace_start and trace_steps cannot be negative; profile_interval_ms is at least 50")
         resolve_device(self.device)  # a device this machine has, or one line saying which it has

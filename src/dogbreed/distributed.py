@@ -17,9 +17,14 @@ Either way rank 0 alone writes the run folder, checkpoints, artifact and report.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import logging
 import os
+import sys
+import threading
+import time
 
 import torch
 import torch.distributed as dist
@@ -80,8 +85,135 @@ def init(device: torch.device) -> None:
 
 
 def close() -> None:
+    global _watchdog
+    if _watchdog is not None:
+        _watchdog.finish()
+        _watchdog = None
     if joined():
         dist.destroy_process_group()
+
+
+# -- the watchdog: a hung rank ends the job in bounded time, named ----------------------------------
+#
+# Collectives wait up to TIMEOUT_S (a slow rank's share of the embedding can take that long), and
+# gloo's timeout does not say whom it waited for. So each rank's thread posts to the rendezvous
+# store, every few seconds, a beat (the thread is alive), its point (how many steps and exchanges
+# it has entered, in the same order on every rank) and its ticks (batches of any work). Each rank
+# reads every rank's post; a rank that stopped answering (no new beat: stopped, frozen, its machine
+# gone) or that sits behind the others' point with no new tick, for ``rank_timeout`` seconds, is
+# named in one line by the lowest healthy rank, which then exits; torchrun ends the others.
+
+_watchdog = None
+DONE = "done"
+_progress = {"point": 0, "ticks": 0, "at": "starting"}
+
+
+def point(at: str) -> None:
+    """This rank enters a step or an exchange every rank enters in the same order."""
+    _progress["point"] += 1
+    _progress["at"] = at
+
+
+def tick() -> None:
+    """This rank did a batch of work (embedding, a step, an evaluation batch, a fetch)."""
+    _progress["ticks"] += 1
+
+
+class Watchdog(threading.Thread):
+    def __init__(self, timeout_s: float, interval_s: float | None = None):
+        super().__init__(name="dogbreed-rank-watchdog", daemon=True)
+        self.timeout = timeout_s
+        self.interval = interval_s or max(0.5, min(5.0, timeout_s / 10))
+        host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+        store = dist.TCPStore(host, port, is_master=False, timeout=datetime.timedelta(seconds=max(30, timeout_s)))
+        self.store = dist.PrefixStore(f"dogbreed-watch/{os.environ.get('TORCHELASTIC_RUN_ID', 'job')}", store)
+        self.rank, self.ranks = rank(), world_size()
+        self.halt = threading.Event()
+        self.beat = 0
+        self.seen: dict[int, tuple] = {}  # rank -> (beat, point, ticks, at) last read
+        self.changed: dict[int, dict[str, float]] = {}  # rank -> when its beat / progress last changed (our clock)
+
+    def finish(self) -> None:
+        """This rank is done: the others stop watching it."""
+        self.halt.set()
+        self.join(timeout=self.interval + 30)
+        with contextlib.suppress(Exception):
+            self.store.set(f"r{self.rank}", json.dumps([self.beat + 1, _progress["point"], _progress["ticks"], DONE]))
+
+    def run(self) -> None:
+        while not self.halt.wait(self.interval):
+            try:
+                self.round(time.monotonic())
+            except Exception as exc:  # noqa: BLE001 - the store itself is gone: the rendezvous host stopped
+                if not self.halt.is_set():
+                    self.end(f"rank {self.rank} lost the rendezvous store at {os.environ.get('MASTER_ADDR')} "
+                             f"({type(exc).__name__}: {exc}); the job cannot go on")
+
+    def round(self, now: float) -> None:
+        self.beat += 1
+        self.store.set(f"r{self.rank}", json.dumps([self.beat, _progress["point"], _progress["ticks"], _progress["at"]]))
+        keys = [f"r{r}" for r in range(self.ranks)]
+        if not self.store.check(keys):
+            return  # not every rank has posted yet
+        for r, raw in enumerate(self.store.multi_get(keys)):
+            beat, where, ticks, at = json.loads(raw)
+            if at == DONE:  # finished (a rank but 0 on cached embeddings ends after its share)
+                self.seen.pop(r, None)
+                self.changed.pop(r, None)
+                continue
+            before = self.seen.get(r)
+            mark = self.changed.setdefault(r, {"beat": now, "work": now})
+            if before is None or beat != before[0]:
+                mark["beat"] = now
+            if before is None or (where, ticks) != (before[1], before[2]):
+                mark["work"] = now
+            self.seen[r] = (beat, where, ticks, at)
+        if line := self.verdict(now):
+            self.end(line)
+
+    def verdict(self, now: float) -> str | None:
+        """The one line that ends the job, said by the lowest healthy rank; None while all is well."""
+        if not self.seen:
+            return None
+        silent = [r for r, mark in self.changed.items() if now - mark["beat"] > self.timeout]
+        front = max(seen[1] for seen in self.seen.values())
+        behind = [r for r, (_, where, _, _) in self.seen.items()
+                  if where < front and now - self.changed[r]["work"] > self.timeout and r not in silent]
+        # Every rank idle (and more than one left to wait on another): an exchange that never ends.
+        stalled = len(self.seen) > 1 and all(now - mark["work"] > self.timeout for mark in self.changed.values())
+        culprits = silent or behind
+        if not culprits and not stalled:
+            return None
+        healthy = sorted(r for r in self.seen if r not in culprits)
+        if self.rank != (healthy[0] if healthy else min(self.seen)):
+            return None  # another rank says it
+        s = self.timeout
+        if silent:
+            return (f"{_ranks(silent)} stopped answering {s:g} s ago (last at {self.seen[silent[0]][3]}): stopped, "
+                    f"frozen or its machine gone; ending the job (--rank-timeout {s:g})")
+        if behind:
+            leader = max(self.seen, key=lambda r: self.seen[r][1])
+            return (f"{_ranks(behind)} made no progress for {s:g} s at {self.seen[behind[0]][3]} while the others "
+                    f"wait at {self.seen[leader][3]}; ending the job (--rank-timeout {s:g})")
+        return (f"every rank has made no progress for {s:g} s (at {self.seen[min(self.seen)][3]}): an exchange never "
+                f"completed; ending the job (--rank-timeout {s:g})")
+
+    def end(self, line: str) -> None:
+        sys.stderr.write(f"error: {line}\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def _ranks(ranks: list[int]) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
+
+
+def watch(timeout_s: float) -> None:
+    """Start this rank's watchdog (after ``init``)."""
+    global _watchdog
+    if joined() and _watchdog is None:
+        _watchdog = Watchdog(timeout_s)
+        _watchdog.start()
 
 
 def share(count: int) -> range:
@@ -120,6 +252,7 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
 
 def all_sum(values: torch.Tensor) -> torch.Tensor:
     """The sum of every rank's ``values``, on every rank."""
+    point("an exchange (the sums)")
     moved = _placed(values)
     dist.all_reduce(moved, op=dist.ReduceOp.SUM)
     return moved.to(values.device)
@@ -127,6 +260,7 @@ def all_sum(values: torch.Tensor) -> torch.Tensor:
 
 def gathered(obj):
     """Every rank's ``obj`` (tensors travel on the CPU), in rank order, on every rank."""
+    point("an exchange (per-image results)")
     parts = [None] * world_size()
     dist.all_gather_object(parts, obj)
     return parts
@@ -134,6 +268,7 @@ def gathered(obj):
 
 def from_main(obj):
     """Rank 0's ``obj`` on every rank (what the others pass is ignored)."""
+    point("an exchange (rank 0's value)")
     box = [obj if is_main() else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -142,6 +277,7 @@ def from_main(obj):
 def broadcast_module(module: nn.Module) -> None:
     """Rank 0's parameters and buffers into every rank's ``module`` (the best epoch's weights,
     which rank 0 alone reads from its checkpoint)."""
+    point("an exchange (the best weights)")
     for tensor in module.state_dict().values():
         moved = _placed(tensor)
         dist.broadcast(moved, src=0)
@@ -151,6 +287,7 @@ def broadcast_module(module: nn.Module) -> None:
 
 def agree(flag: bool) -> bool:
     """Rank 0's ``flag``, on every rank (whether rank 0 already has an entry: then nobody computes)."""
+    point("an exchange (rank 0's decision)")
     value = _placed(torch.tensor([int(flag)]))
     dist.broadcast(value, src=0)
     return bool(value.item())
@@ -158,6 +295,7 @@ def agree(flag: bool) -> bool:
 
 def sum_to_main(tensor: torch.Tensor) -> torch.Tensor:
     """The sum of every rank's ``tensor`` on rank 0 (each holds its share, zeros elsewhere)."""
+    point("the exchange of the embeddings")
     moved = _placed(tensor)
     dist.reduce(moved, dst=0, op=dist.ReduceOp.SUM)
     return moved.to(tensor.device)
@@ -165,6 +303,7 @@ def sum_to_main(tensor: torch.Tensor) -> torch.Tensor:
 
 def largest(value: int) -> int:
     """The largest ``value`` of all ranks, on every rank."""
+    point("an exchange (the embeddings' width)")
     tensor = _placed(torch.tensor([value]))
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return int(tensor.item())

@@ -191,6 +191,7 @@ class FeatureCache:
         ok = torch.zeros(len(samples), dtype=torch.bool)
         bar = tqdm(total=len(part), desc=desc, unit="img", disable=not self.progress, leave=False)
         for batch in self.hooks.steps(loader, "embed"):
+            distributed.tick()
             if batch is None:
                 continue
             images, _, index = batch

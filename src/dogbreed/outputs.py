@@ -63,7 +63,7 @@ def judge(cfg: TrainConfig, model: nn.Module, batches: Batches, device: torch.de
 
     def judged(split: str, **kwargs) -> EvalResult:
         return evaluate(batches.trainable, getattr(batches, split), device=device, amp_dtype=amp_dtype,
-                        keep_predictions=True, features_of=head, **kwargs)
+                        keep_predictions=True, features_of=head, shared=batches.stepped is not None, **kwargs)
 
     test = judged("test", hooks=hooks, phase="test")
     valid = judged("valid") if cfg.calibrate or cfg.reject != "none" else None

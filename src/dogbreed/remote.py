@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from dogbreed import distributed
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_write_text
 
@@ -135,6 +136,7 @@ def stage(url: str, *, progress: bool = False) -> Path:
             with s3_errors(url):
                 fs.get([f"{root}/{rel}" for rel in chunk], [str(local / rel) for rel in chunk])
             manifest.update({rel: wanted[rel] for rel in chunk})
+            distributed.tick()  # under torchrun: this rank is busy, not hung
             atomic_write_text(manifest_path, json.dumps(manifest))
             bar.update(len(chunk))
         bar.close()

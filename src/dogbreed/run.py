@@ -213,7 +213,7 @@ def _run(run_dir: Path | None, cfg: TrainConfig, device: torch.device, hooks: No
         return RunResult(run_dir if writer else None, None, {}, state.best_epoch, state.history)
     if writer:
         checkpoints.load_best(batches.trainable)
-    if distributed.joined():  # every rank judges the best epoch, on its shares
+    if batches.stepped is not None:  # every rank judges the best epoch, on its shares
         distributed.broadcast_module(batches.trainable)
     if not writer:
         outputs.judge(cfg, model, batches, device, amp_dtype, hooks)

@@ -77,15 +77,20 @@ def train_one_epoch(
     progress: bool = False,
     desc: str = "train",
     hooks: StepHooks = NO_HOOKS,
+    shared: bool = False,
 ) -> dict[str, float]:
+    """One pass over ``batches``. ``shared``: every torchrun rank steps in DDP on its part of each
+    batch, and the epoch's loss and accuracy are summed over the ranks."""
     (set_train or model.train)()
     # Running sums stay on the device: one host sync per epoch, not one per step.
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     bar = tqdm(total=len(batches), desc=desc, unit="batch", disable=not progress, leave=False)
-    for batch in hooks.steps(batches, "train"):
+    for step, batch in enumerate(hooks.steps(batches, "train")):
         bar.update()
+        distributed.point(f"{desc} step {step + 1}")
+        distributed.tick()
         if batch is None:  # every image of the batch failed to decode (each was warned about)
             continue
         x, y, _ = batch
@@ -104,7 +109,7 @@ def train_one_epoch(
         seen += y.numel()
     bar.close()
     totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device, dtype=torch.double)])
-    if distributed.joined():  # the epoch's numbers over every rank's steps
+    if shared:  # the epoch's numbers over every rank's steps
         totals = distributed.all_sum(totals)
     loss_total, correct_total, seen = totals.tolist()
     if seen == 0:
@@ -123,11 +128,12 @@ def evaluate(
     features_of: nn.Module | None = None,
     hooks: StepHooks = NO_HOOKS,
     phase: str = "eval",
+    shared: bool = False,
 ) -> EvalResult:
     """Loss and accuracy over ``batches``; with ``keep_predictions`` also each image's logits,
     target and index, and with ``features_of`` (a module inside ``model``, or ``model`` itself) the
-    input that module received for each image. Under torchrun each rank passes its share of the
-    split: the sums and, when kept, the per-image tensors are gathered from every rank, so every rank
+    input that module received for each image. ``shared``: under torchrun each rank passes its share
+    of the split, and the sums and, when kept, the per-image tensors are gathered from every rank, so every rank
     returns what one process would over the whole split (per-image tensors in the split's order)."""
     model.eval()
     seen_inputs: list[torch.Tensor] = []
@@ -140,6 +146,7 @@ def evaluate(
     kept, seen = [], 0
     try:
         for batch in hooks.steps(batches, phase):
+            distributed.tick()
             if batch is None:
                 continue
             x, y, index = batch
@@ -158,7 +165,7 @@ def evaluate(
             hook.remove()
     totals = torch.stack([loss_sum.double(), top1.double(), top5.double(),
                           torch.tensor(float(seen), device=device, dtype=torch.double)])
-    if distributed.joined():
+    if shared:
         totals = distributed.all_sum(totals)
     loss_total, top1_total, top5_total, seen = totals.tolist()
     if seen == 0:
@@ -169,7 +176,7 @@ def evaluate(
         result.logits, result.targets, result.indices = parts
     if seen_inputs:
         result.features = torch.cat(seen_inputs)
-    if keep_predictions and distributed.joined():
+    if keep_predictions and shared:
         _gather_predictions(result)
     return result
 
@@ -236,15 +243,17 @@ def fit(
     ``on_epoch`` gets each epoch's metrics row (for printing, tuning reports and pruning). ``hooks``
     time the steps and read debugger tensors; a rule with the stop action ends the epoch after the
     current step, and no epoch starts after it (under torchrun, after the epoch: every rank stops
-    together). ``stepped`` is what a training step runs when it is not ``model`` (DDP around it).
+    together). ``stepped`` is what a training step runs when it is not ``model``: DDP around it,
+    whose ranks then share every epoch's steps and evaluation.
     """
     shuffle = getattr(train_batches, "generator", None)  # saved with the checkpoint: the same batch order on resume
     state = state or FitState()
     state.history = state.history or []
     sampler = getattr(train_batches, "sampler", None)
+    shared = stepped is not None
     for epoch in range(state.epoch + 1, epochs + 1):
         stop = hooks.stop_requested
-        if distributed.joined():  # rank 0's rules decide for every rank
+        if shared:  # rank 0's rules decide for every rank
             stop = distributed.agree(stop)
         if stop:
             log.info("training stopped after epoch %d by rule %s (its action is stop)", epoch - 1, hooks.stopped_by)
@@ -257,9 +266,9 @@ def fit(
         train = train_one_epoch(
             stepped or model, train_batches, optimizer, scheduler, device=device, amp_dtype=amp_dtype,
             label_smoothing=label_smoothing, set_train=set_train, progress=progress, desc=f"epoch {epoch}/{epochs}",
-            hooks=hooks,
+            hooks=hooks, shared=shared,
         )
-        val = evaluate(model, val_batches, device=device, amp_dtype=amp_dtype, hooks=hooks)
+        val = evaluate(model, val_batches, device=device, amp_dtype=amp_dtype, hooks=hooks, shared=shared)
         row = {
             "epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
             "val_loss": val.loss, "val_accuracy": val.accuracy, "val_top5": val.top5,
