@@ -83,8 +83,10 @@ def test_ddp_steps_and_evaluation_match_one_process(tmp_path):
 
 def test_two_ranks_train_the_network_on_images_and_resume(synth_data, tmp_path):
     """DDP on the images path: the run folder is one process's kind, --resume continues under
-    torchrun, and the test numbers equal one process's evaluation of the same weights."""
-    images = ["train", "--data", str(synth_data), *FLAGS, "--train-layers=layer4", "--amp=off",
+    torchrun, the profile holds both ranks' steps and system samples, and the test numbers equal
+    one process's evaluation of the same weights."""
+    profiled = [flag for flag in FLAGS if flag != "--no-profile"]
+    images = ["train", "--data", str(synth_data), *profiled, "--train-layers=layer4", "--amp=off",
               "--calibrate", "--reject=mahalanobis"]
     one = run_cli(*images, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
@@ -101,6 +103,17 @@ def test_two_ranks_train_the_network_on_images_and_resume(synth_data, tmp_path):
     results = json.loads((run_two / "results.json").read_text())
     assert results["test_n"] == json.loads((run_one / "results.json").read_text())["test_n"] == 8
     assert results["calibration"] and results["rejection"]
+
+    # Rank 1's steps (each epoch's train and valid, then test) and system samples are in rank 0's profile.
+    profile = run_two / "profile"
+    steps = [json.loads(line) for line in open(profile / "steps.jsonl")]
+    ranks = {(s.get("rank", 0), s["phase"]) for s in steps}
+    assert {(r, p) for r in (0, 1) for p in ("train", "eval", "test")} <= ranks
+    train_steps = {r: [s for s in steps if s["phase"] == "train" and s.get("rank", 0) == r] for r in (0, 1)}
+    assert len(train_steps[0]) == len(train_steps[1]) == 2 * 6  # 2 epochs of 48 images in global batches of 8
+    assert any(json.loads(line).get("rank") == 1 for line in open(profile / "system.jsonl"))
+    balance = json.loads((profile / "rules" / "LoadBalancing.json").read_text())  # it compared the two ranks
+    assert set(balance["details"]["data_share_by_rank"]) == {"0", "1"} and balance["evaluations"] > 0, balance
 
     # The same best weights judged by one process over the whole test split.
     cfg = config.resolve(run_two / "config.yaml")

@@ -54,8 +54,7 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
         if cfg.uses_feature_cache:
             return _embed_share(cfg)
         # A resumed rank reads the checkpoint too (the run folder is shared, as its config.yaml is).
-        return _run(Path(resume) if resume else None, cfg, resolve_device(cfg.device), NO_HOOKS, resume=bool(resume),
-                    progress=False, on_epoch=None, finish=finish, writer=False)
+        return _follow(cfg, resume, finish)
     if resume:
         check_resumable(Path(resume), cfg)
     else:
@@ -78,6 +77,24 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
     if remote.is_s3(cfg.out) and result.artifact:
         result.uploaded = remote.upload_run(run_dir, cfg.out)
     return result
+
+
+def _follow(cfg: TrainConfig, resume, finish: bool) -> RunResult:
+    """A rank but 0 on images: steps in DDP beside rank 0; when profiled, its step times and system
+    samples go to rank 0's profile."""
+    hooks = NO_HOOKS
+    if cfg.profile and finish:
+        from dogbreed.monitor.monitor import RankRecorder
+
+        hooks = RankRecorder(cfg.profile_interval_ms)
+    status = "failed"
+    try:
+        result = _run(Path(resume) if resume else None, cfg, resolve_device(cfg.device), hooks, resume=bool(resume),
+                      progress=False, on_epoch=None, finish=finish, writer=False)
+        status = "completed"
+        return result
+    finally:
+        hooks.close(status)
 
 
 def _embed_share(cfg: TrainConfig) -> RunResult:
@@ -135,7 +152,9 @@ def _open_monitor(run_dir: Path, cfg: TrainConfig, device: torch.device, *, resu
 
     meta = {"config": {k: getattr(cfg, k) for k in ("backbone", "train_layers", "epochs", "batch_size", "lr",
                                                    "image_size", "amp", "workers", "seed")},
-            "path": "cached embeddings" if cfg.uses_feature_cache else "images"}
+            "path": "cached embeddings" if cfg.uses_feature_cache else "images",
+            # the ranks stepping together in DDP, whose records the profile gathers
+            "ranks": distributed.world_size() if distributed.joined() and not cfg.uses_feature_cache else 1}
     return Monitor(run_dir, device=device, meta=meta, interval_ms=cfg.profile_interval_ms,
                    debug_interval=cfg.debug_interval, trace_start=cfg.trace_start, trace_steps=cfg.trace_steps,
                    rules=cfg.rules, resume=resume)

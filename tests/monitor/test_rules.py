@@ -121,6 +121,33 @@ def test_load_balancing():
     assert RULES["LoadBalancing"](dict(ONE_GPU)).status().startswith("not applicable")
 
 
+def test_load_balancing_across_torchrun_ranks():
+    """DDP steps end together, so uneven work shows as one rank waiting for data."""
+    two_ranks = {**CPU_ONLY, "ranks": 2}
+
+    def steps(data_share_rank_1):
+        return [{"t": float(i), "phase": "train", "epoch": 1, "step": i, "rank": r,
+                 "data": 0.1 * (data_share_rank_1 if r else 0.05), "compute": 0.1 * (1 - (data_share_rank_1 if r else 0.05))}
+                for i in range(12) for r in (0, 1)]
+
+    uneven = run("LoadBalancing", "steps", steps(0.6), two_ranks)
+    assert uneven.triggers and "rank 1 waits 60%" in uneven.first["message"]
+    assert run("LoadBalancing", "steps", steps(0.1), two_ranks).triggers == 0
+    assert run("LoadBalancing", "steps", steps(0.6)[:16], two_ranks).evaluations == 0  # under min_steps a rank
+    assert RULES["LoadBalancing"](dict(CPU_ONLY)).not_applicable()  # one process, no GPUs
+
+
+def test_only_rank_aware_rules_see_the_other_ranks_records():
+    rules = RuleSet(dict(CPU_ONLY), {})
+    by_name = {rule.name: rule for rule in rules.rules}
+    rules.feed("system", [{**sample(t, cores=(100.0, 100.0)), "rank": 1} for t in range(5)])
+    assert by_name["OverallSystemUsage"].datapoints == 0  # rank 1's machine is not rank 0's
+    rules.feed("system", [sample(5.0)])
+    assert by_name["OverallSystemUsage"].datapoints == 1
+    rules.feed("steps", [{"t": 0.0, "phase": "train", "epoch": 1, "step": 0, "data": 0.0, "compute": 0.1, "rank": 1}])
+    assert by_name["StepOutlier"].datapoints == 1
+
+
 def test_max_initialization_time():
     stuck = run("MaxInitializationTime", "system", [sample(t) for t in (0.5, 1.0, 2.0)], threshold=0.01)
     assert stuck.triggers == 2  # 1.0 and 2.0 s are past 0.6 s

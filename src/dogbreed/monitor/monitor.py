@@ -72,6 +72,9 @@ class Monitor(NoHooks):
         self.trace = TraceWindow(self.folder / "trace", trace_start, trace_steps, device)
         self._writers = {name: JsonlWriter(self.folder / f"{name}.jsonl") for name in STREAMS}
         self._queues = {name: collections.deque() for name in STREAMS if name != "system"}  # system: sampled on the thread
+        # Under torchrun on images: the other ranks' steps and system samples, sent at each epoch's end.
+        self.ranks = int(meta.get("ranks", 1))
+        self._ranked = {"steps": collections.deque(), "system": collections.deque()}
         from tensorboardX import SummaryWriter  # thread-safe: the training and monitor threads both write
 
         self._tensorboard = SummaryWriter(str(self.folder / "tensorboard"), flush_secs=10)
@@ -161,6 +164,7 @@ class Monitor(NoHooks):
         self.epoch = epoch
 
     def epoch_end(self, row: dict) -> None:
+        self._receive()
         self._flush_tensors()
         self.note({"event": "epoch", **row, "step": self.counts["train"]})
         self._histograms(row["epoch"])
@@ -173,6 +177,8 @@ class Monitor(NoHooks):
 
     def close(self, status: str = "completed") -> None:
         """Stops sampling, runs the rules' final evaluation, closes the files."""
+        if status == "completed":  # the other ranks' last records (their test steps); a failed run has no partner
+            self._receive()
         if self.trace.active and (event := self.trace.stop(self.counts["train"] - 1)):
             self.note(event)
         self._flush_tensors()
@@ -190,6 +196,14 @@ class Monitor(NoHooks):
         write_meta(self.folder, self.meta)
 
     # -- internals --------------------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        """The other ranks' records since the last exchange (every rank calls this together)."""
+        if self.ranks < 2:
+            return
+        for steps, system in distributed.gathered(None)[1:]:
+            self._ranked["steps"].extend(steps)
+            self._ranked["system"].extend(system)
 
     def _wall(self, perf: float) -> float:
         return round(self._wall0 + (perf - self._perf0), 6)
@@ -237,9 +251,9 @@ class Monitor(NoHooks):
 
     def _tick_locked(self, sample: bool) -> None:
         try:
-            batches = {"system": [self.sampler.sample()] if sample else []}
-            batches["steps"] = [{"t": t, "phase": p, "epoch": e, "step": s, "data": round(d, 6), "compute": round(c, 6)}
-                                for t, p, e, s, d, c in _drain(self._queues["steps"])]
+            batches = {"system": ([self.sampler.sample()] if sample else []) + _drain(self._ranked["system"])}
+            batches["steps"] = [_step_record(*entry) for entry in _drain(self._queues["steps"])]
+            batches["steps"] += _drain(self._ranked["steps"])
             batches["tensors"] = _drain(self._queues["tensors"])
             batches["events"] = _drain(self._queues["events"])
             for name, records in batches.items():
@@ -263,6 +277,76 @@ class Monitor(NoHooks):
             self.stop_requested, self.stopped_by = True, rule.name
             self._queues["events"].append({"t": round(time.time(), 3), "event": "stop", "rule": rule.name})
             log.warning("stopping training: rule %s has action stop", rule.name)
+
+
+def _step_record(t: float, phase: str, epoch: int, step: int, data: float, compute: float) -> dict:
+    return {"t": t, "phase": phase, "epoch": epoch, "step": step, "data": round(data, 6), "compute": round(compute, 6)}
+
+
+class RankRecorder(NoHooks):
+    """A torchrun rank but 0 on images (DDP): times its steps and samples its machine as the
+    Monitor does, and hands the records to rank 0's Monitor at each epoch's end and at the close,
+    where they join the profile with this rank's number ("rank"). It writes nothing itself."""
+
+    def __init__(self, interval_ms: int = 500) -> None:
+        self.rank = distributed.rank()
+        self.sampler = SystemSampler()
+        self.interval = max(0.05, interval_ms / 1000)
+        self.epoch = 0
+        self.counts: dict[str, int] = collections.defaultdict(int)
+        self.records: dict[str, list] = {"steps": [], "system": []}
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="dogbreed-rank-sampler", daemon=True)
+        self._thread.start()
+
+    def steps(self, batches: Iterable, phase: str) -> Iterator:
+        step, clock, iterator = self.counts[phase], time.perf_counter, iter(batches)
+        wall0, perf0 = time.time(), clock()
+        try:
+            while True:
+                t0 = clock()
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    break
+                t1 = clock()
+                yield batch
+                t2 = clock()
+                record = _step_record(round(wall0 + (t2 - perf0), 6), phase, self.epoch, step, t1 - t0, t2 - t1)
+                with self._lock:
+                    self.records["steps"].append({**record, "rank": self.rank})
+                step += 1
+        finally:
+            self.counts[phase] = step
+
+    def epoch_begin(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_end(self, row: dict) -> None:
+        self._send()
+
+    def close(self, status: str = "completed") -> None:
+        self._halt.set()
+        self._thread.join(timeout=30)
+        if status == "completed":
+            self._send()
+
+    def _sample(self) -> None:
+        while not self._halt.wait(self.interval):
+            try:
+                record = {**self.sampler.sample(), "rank": self.rank}
+            except Exception as exc:  # noqa: BLE001 - a sample that fails is a gap, never a failed run
+                log.debug("rank %d: system sample failed: %s", self.rank, exc)
+                continue
+            with self._lock:
+                self.records["system"].append(record)
+
+    def _send(self) -> None:
+        with self._lock:
+            steps, system = self.records["steps"], self.records["system"]
+            self.records = {"steps": [], "system": []}
+        distributed.gathered((steps, system))
 
 
 def _drain(queue: collections.deque) -> list:

@@ -128,6 +128,8 @@ class RuleSet:
                 continue
             before = rule.triggers
             for record in records:
+                if record.get("rank", 0) and not rule.all_ranks:  # another torchrun rank's record
+                    continue
                 rule.observe(stream, record)
             if rule.triggers and not before:
                 fired.append(rule)

@@ -29,6 +29,9 @@ class Rule:
     choices: ClassVar[dict[str, tuple]] = {}  # parameters that take one of a few words
     streams: ClassVar[tuple[str, ...]] = ()
     summary_only: ClassVar[bool] = False  # a summary never triggers
+    # Whether the rule sees the other torchrun ranks' records too (they carry "rank"); the rest read
+    # rank 0's machine only.
+    all_ranks: ClassVar[bool] = False
 
     def __init__(self, meta: dict, params: dict | None = None, action: str = "log") -> None:
         self.meta = meta  # shared with the monitor, which fills it in as the run goes

@@ -189,6 +189,7 @@ class StepOutlier(Rule):
     defaults = {"stddev": 3, "n_outliers": 10, "mode": "all", "every": 100}
     choices = {"mode": ("all", "train", "eval", "test", "embed")}
     streams = ("steps",)
+    all_ranks = True  # each torchrun rank's steps are a series of their own
     MIN_STEPS = 100
 
     def __init__(self, *args, **kwargs) -> None:
@@ -196,9 +197,9 @@ class StepOutlier(Rule):
         self.series: dict[str, _Growing] = defaultdict(_Growing)
 
     def observe(self, stream: str, record: dict) -> None:
-        phase = record["phase"]
-        if self.params["mode"] not in ("all", phase):
+        if self.params["mode"] not in ("all", record["phase"]):
             return
+        phase = record["phase"] + (f" (rank {record['rank']})" if record.get("rank") else "")
         self.datapoints += 1
         series = self.series[phase]
         series.append(record["step"], record["data"] + record["compute"])
@@ -259,20 +260,31 @@ def _js_distance(p: np.ndarray, q: np.ndarray) -> float:
 
 class LoadBalancing(Rule):
     name, kind = "LoadBalancing", "profiler"
-    description = "Detects uneven work across GPUs: the Jensen-Shannon distance between two GPUs' utilisation histograms exceeds threshold."
+    description = ("Detects uneven work across GPUs or torchrun ranks: the Jensen-Shannon distance between two GPUs' "
+                   "utilisation histograms exceeds threshold, or the share of a train step one rank waits for its data "
+                   "exceeds another's by more than data_share_gap (checked once every rank has min_steps steps).")
     recommendation = "Check the distributed strategy: every rank should get the same batch size and work."
-    defaults = {"threshold": 0.2, "patience": 1000}
-    streams = ("system",)
+    defaults = {"threshold": 0.2, "patience": 1000, "data_share_gap": 0.2, "min_steps": 10}
+    streams = ("system", "steps")
+    all_ranks = True
     BINS = np.arange(0, 102, 2)  # 0-2, ..., 98-100 (100% included)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.hist: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(len(self.BINS) - 1))
+        self.waits: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])  # rank -> data s, step s, steps
 
     def not_applicable(self) -> str | None:
-        return None if len(self.gpus) >= 2 else "not applicable: fewer than 2 GPUs on this machine"
+        if len(self.gpus) >= 2 or self.meta.get("ranks", 1) >= 2:
+            return None
+        return "not applicable: fewer than 2 GPUs on this machine and one rank"
 
     def observe(self, stream: str, record: dict) -> None:
+        if stream == "steps":
+            self._observe_step(record)
+            return
+        if record.get("rank"):  # GPUs are compared within rank 0's machine
+            return
         gpus = record.get("gpus") or []
         for i, gpu in enumerate(gpus):
             if gpu is not None:
@@ -284,6 +296,26 @@ class LoadBalancing(Rule):
         worst = max(((a, b, _js_distance(self.hist[a], self.hist[b])) for a, b in itertools.combinations(sorted(self.hist), 2)),
                     key=lambda x: x[2])
         self.check(worst[2] > self.params["threshold"], record, f"GPUs {worst[0]} and {worst[1]}: distance {worst[2]:.2f}")
+
+    def _observe_step(self, record: dict) -> None:
+        """Under DDP every rank's step ends together (the gradients' all-reduce waits for the last),
+        so uneven work shows as one rank waiting for its data while the others wait in the exchange."""
+        if record["phase"] != "train":
+            return
+        totals = self.waits[record.get("rank", 0)]
+        totals[0] += record["data"]
+        totals[1] += record["data"] + record["compute"]
+        totals[2] += 1
+        self.datapoints += 1
+        ranks = self.meta.get("ranks", 1)
+        if len(self.waits) < ranks or min(t[2] for t in self.waits.values()) < self.params["min_steps"]:
+            return
+        shares = {r: t[0] / t[1] if t[1] else 0.0 for r, t in self.waits.items()}
+        self.details["data_share_by_rank"] = {str(r): round(v, 4) for r, v in sorted(shares.items())}
+        high, low = max(shares, key=shares.get), min(shares, key=shares.get)
+        self.check(shares[high] - shares[low] > self.params["data_share_gap"], record,
+                   f"rank {high} waits {100 * shares[high]:.0f}% of each train step for data, rank {low} "
+                   f"{100 * shares[low]:.0f}%: uneven input work")
 
 
 class MaxInitializationTime(Rule):
