@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from dogbreed import machine, remote
-from dogbreed.data.layout import scan
+from dogbreed.data.layout import IMAGE_EXTS, scan
 from dogbreed.data.loaders import ImageDataset, image_loader
 from dogbreed.data.synth import synth
 from dogbreed.model import eval_preset
@@ -83,11 +83,11 @@ def main() -> None:
 
             local = read_pass(data, args.size, args.workers)
             started = time.perf_counter()
-            mirror = remote.stage(url)
+            mirror = remote.stage(url, IMAGE_EXTS)
             fetch = time.perf_counter() - started
             first = read_pass(mirror, args.size, args.workers)
             started = time.perf_counter()
-            remote.stage(url)
+            remote.stage(url, IMAGE_EXTS)
             relist = time.perf_counter() - started
             after = read_pass(mirror, args.size, args.workers)
         finally:

@@ -126,6 +126,21 @@ def test_two_ranks_train_the_network_on_images_and_resume(synth_data, tmp_path):
     assert abs(alone.loss - results["test_loss"]) < 1e-4
 
 
+def test_tune_under_torchrun_shares_one_study_and_rank_0_alone_writes(synth_data, tiny_weights, tmp_path):
+    import optuna
+
+    proc = torchrun("tune", "--data", str(synth_data), "--weights", str(tiny_weights), "--out", str(tmp_path / "tune"),
+                    "--cache-dir", str(tmp_path / "cache"), *FLAGS, "--trials=3", "--parallel=1", "--heartbeat=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("best run: ") == 1  # one final run, by rank 0
+    study = optuna.load_study(study_name="dogbreed", storage=f"sqlite:///{tmp_path / 'tune' / 'tune.db'}")
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 3 and set(states) <= {"COMPLETE", "PRUNED"} and "COMPLETE" in states  # 3 planned, each run once
+    folder = tmp_path / "tune" / "tune-dogbreed"
+    assert (folder / "best.json").is_file() and (folder / "best" / "model.tar.gz").is_file()
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("best")) == ["best"]
+
+
 def test_a_killed_rank_ends_the_job_naming_it(synth_data, tiny_weights, tmp_path):
     """Rank 1 killed once it runs: torchrun ends rank 0 too and exits non-zero, naming rank 1."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2", "--rdzv-backend=c10d",

@@ -169,6 +169,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
             print(f"best: trial {best['number']}  {objective} {best['value']:.4f}  {params}")
         return 0
     base = cfgmod.resolve(args.config, given(args, TrainConfig))
+    from dogbreed import distributed
+
+    if distributed.active() and not distributed.is_main():  # under torchrun: rank 0 speaks for the study
+        log.setLevel(logging.WARNING)
     # --seed seeds the sampler as well as every trial's training
     opts = TuneOptions(**given(args, TuneOptions), seed=base.seed)
     result = tune(base, opts, progress=_progress(args))

@@ -34,17 +34,13 @@ from dogbreed.config import EMBED_BACKENDS
 from dogbreed.data.layout import Sample
 from dogbreed.data.loaders import ImageDataset, image_loader
 from dogbreed.errors import DogbreedError
-from dogbreed.files import atomic_torch_save, file_lock
+from dogbreed.files import atomic_torch_save, default_cache_dir, file_lock
 from dogbreed.hooks import NO_HOOKS, StepHooks
 from dogbreed.runtime.loading import read_tensors
 from dogbreed.runtime.network import OnnxModel, set_head
 
 log = logging.getLogger(__name__)
 EXPORT_WORTH_S = 60.0  # auto exports the backbone only when eager would still be embedding for longer than this
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DOGBREED_CACHE") or Path.home() / ".cache" / "dogbreed")
 
 
 def feature_extractor(model: nn.Module, backbone: str) -> nn.Module:

@@ -75,3 +75,8 @@ def read_yaml(path: str | os.PathLike, what: str):
         raise DogbreedError(f"{what} {path} does not exist") from None
     except yaml.YAMLError as exc:
         raise DogbreedError(f"{what} {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def default_cache_dir() -> Path:
+    """Where dogbreed keeps what it can recompute: embeddings, exported backbones, S3 mirrors."""
+    return Path(os.environ.get("DOGBREED_CACHE") or Path.home() / ".cache" / "dogbreed")

@@ -21,7 +21,7 @@ def expand(paths: list[str | os.PathLike]) -> list[Path | remote.S3Image]:
     files: list[Path | remote.S3Image] = []
     for raw in paths:
         if remote.is_s3(raw):
-            files += remote.images(raw)
+            files += remote.images(raw, IMAGE_EXTS)
             continue
         path = Path(raw)
         if path.is_dir():

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from dogbreed import distributed
 from dogbreed.errors import DogbreedError
-from dogbreed.files import atomic_write_text
+from dogbreed.files import atomic_write_text, default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -90,24 +90,21 @@ def _split(url: str) -> str:
 
 
 def mirror_root() -> Path:
-    from dogbreed.features import default_cache_dir
-
     return default_cache_dir() / "s3"
 
 
-def stage(url: str, *, progress: bool = False) -> Path:
+def stage(url: str, suffixes: set[str], *, progress: bool = False) -> Path:
     """The local mirror of the data set under ``url``, brought up to date: objects new or changed
     (ETag, size) since the last call are fetched, files whose objects are gone are removed. Safe
     for several processes at once (torchrun ranks, tuning workers): one stages, the others wait and
-    find it done. Returns the mirror's folder, which has the data set's layout."""
-    from dogbreed.data.layout import IMAGE_EXTS
-
+    find it done. Only objects with these file ``suffixes`` (images) are staged. Returns the
+    mirror's folder, which has the data set's layout."""
     root = _split(url)
     fs = filesystem()
     with s3_errors(url):
         listing = fs.find(root, detail=True)
     objects = {PurePosixPath(key).relative_to(root).as_posix(): info for key, info in listing.items()
-               if info.get("type") == "file" and PurePosixPath(key).suffix.lower() in IMAGE_EXTS}
+               if info.get("type") == "file" and PurePosixPath(key).suffix.lower() in suffixes}
     if not objects:
         if not listing:
             with s3_errors(url):
@@ -165,19 +162,18 @@ class S3Image:
         return self.url
 
 
-def images(url: str) -> list[S3Image]:
-    """``url`` itself when it names an image object, else the images under it as a prefix (sorted)."""
-    from dogbreed.data.layout import IMAGE_EXTS
-
+def images(url: str, suffixes: set[str]) -> list[S3Image]:
+    """``url`` itself when it names an image object (one of these file ``suffixes``), else the images
+    under it as a prefix (sorted)."""
     path = _split(url)
     fs = filesystem()
-    if PurePosixPath(path).suffix.lower() in IMAGE_EXTS:
+    if PurePosixPath(path).suffix.lower() in suffixes:
         with s3_errors(url):
             fs.info(path)  # a missing key is one line now, not at read time
         return [S3Image(url)]
     with s3_errors(url):
         keys = sorted(k for k, info in fs.find(path, detail=True).items()
-                      if info.get("type") == "file" and PurePosixPath(k).suffix.lower() in IMAGE_EXTS)
+                      if info.get("type") == "file" and PurePosixPath(k).suffix.lower() in suffixes)
     if not keys:
         with s3_errors(url):
             fs.ls(path.split("/", 1)[0])  # a missing bucket says so
@@ -208,11 +204,11 @@ def upload_run(run_dir: Path, url: str, name: str | None = None) -> str:
     return f"{SCHEME}{target}/model.tar.gz"
 
 
-def local_path(path: str | os.PathLike | None):
-    """``path`` itself, or the staged mirror of an ``s3://`` data set (staged once per process:
-    a run scans its data several times)."""
+def local_path(path: str | os.PathLike | None, suffixes: set[str]):
+    """``path`` itself, or the staged mirror of an ``s3://`` data set's images (staged once per
+    process: a run scans its data several times)."""
     if not is_s3(path):
         return path
     if path not in _mirrors:
-        _mirrors[path] = stage(path, progress=sys.stderr.isatty())
+        _mirrors[path] = stage(path, suffixes, progress=sys.stderr.isatty())
     return _mirrors[path]

@@ -94,7 +94,7 @@ def scan(root: str | os.PathLike | None) -> Layout:
     """Read the layout; raise DogbreedError (one line) for anything training cannot start with."""
     if not root:
         raise DogbreedError("no data set given; pass --data DIR (expected DIR/{train,valid,test}/<class>/*.jpg)")
-    root = Path(remote.local_path(root))  # an s3:// data set is read from its local mirror
+    root = Path(remote.local_path(root, IMAGE_EXTS))  # an s3:// data set is read from its local mirror
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
         raise DogbreedError(f"data dir {root} {what}; {HINT}")

@@ -83,8 +83,11 @@ def open_storage(url: str, heartbeat: int = 10) -> RDBStorage:
             raise DogbreedError(f"storage {shown} needs the {missing} package; install it with pip") from None
         except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            # Workers starting together on an empty database race to create its tables: retry.
-            if isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) and attempt < 4:
+            # Workers starting together on an empty database race to create its tables: retry (SQLite
+            # says so with an OperationalError: "table ... already exists").
+            racing = isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) or \
+                "already exists" in reason
+            if racing and attempt < 4:
                 continue
             raise DogbreedError(f"cannot open storage {shown} ({reason})") from None
     raise AssertionError("unreachable")

@@ -22,7 +22,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from dogbreed import machine, remote
+from dogbreed import distributed, remote
 from dogbreed.batches import EMBEDDING_KEYS, warm_cache
 from dogbreed.checkpoints import RESUME_OVERRIDABLE, resume_config
 from dogbreed.config import TrainConfig, coerce
@@ -150,13 +150,21 @@ class _Progress(threading.Thread):
 
     def close(self) -> None:
         self.stop.set()
-        self.join()
-        self.poll()
+        if self.ident is not None:  # started (a torchrun rank but 0 never starts it)
+            self.join()
+            self.poll()
         self.bar.close()
 
 
 def tune(base: TrainConfig, opts: TuneOptions, *, progress: bool = True) -> TuneResult:
+    """Run (or join) the study and, when no trial is left anywhere, write its results and train the
+    best parameters once more. Under torchrun every rank is a tuning worker of the same study (with
+    its own --parallel processes), and rank 0 alone writes the results and the final run."""
     opts.validate()
+    rank, ranks = distributed.rank(), distributed.world_size()  # torchrun's environment: no process group
+    if ranks > 1 and not opts.storage and int(os.environ.get("LOCAL_WORLD_SIZE", ranks)) != ranks:
+        raise DogbreedError("under torchrun on several machines the ranks share one study through --storage "
+                            "postgresql://...; the default SQLite file is one machine's")
     space = load_space(opts.space)
     points = None
     if opts.sampler == "grid":
@@ -188,24 +196,29 @@ def tune(base: TrainConfig, opts: TuneOptions, *, progress: bool = True) -> Tune
         # Every trial shares these embeddings: compute them once here, with all cores, not in a worker.
         stats = warm_cache(base, progress=progress)
         log.info("embeddings ready: %d cached, %d computed", stats["hits"], stats["computed"])
-    bar = _Progress(study, opts.objective, progress)
-    bar.start()
+    bar = _Progress(study, opts.objective, progress and rank == 0)
+    if rank == 0:  # the other ranks' trials show in rank 0's lines too: they share the study
+        bar.start()
+    first = rank * opts.parallel  # each worker anywhere samples with a seed of its own
     try:
         if opts.parallel == 1:
             with quieted(QUIET_DURING_TRIALS):
-                _run_worker(storage, url, opts, base, space, study_dir, 0)  # in this process: its one storage
+                _run_worker(storage, url, opts, base, space, study_dir, first)  # in this process: its one storage
         else:
-            _run_processes(url, opts, base, space, study_dir)
+            _run_processes(url, opts, base, space, study_dir, first)
     finally:
         bar.close()
+    if rank > 0:  # every trial has ended (a worker returns only then): rank 0 writes what they found
+        log.info("rank %d: no trial left in study %s; rank 0 writes the results and the final run", rank, opts.study)
+        return TuneResult(study_dir, None, [], None, None)
     return finish(study, opts, base, url, study_dir, progress=progress)
 
 
-def _run_processes(url, opts, base, space, study_dir) -> None:
+def _run_processes(url, opts, base, space, study_dir, first: int = 0) -> None:
     ctx = multiprocessing.get_context("spawn")
-    threads = max(1, machine.available_cpus() // opts.parallel)
+    threads = max(1, distributed.local_cpus() // opts.parallel)  # under torchrun: this rank's part of the cores
     # Not daemonic: a trial on images starts DataLoader worker processes of its own.
-    procs = [ctx.Process(target=_worker_process, args=(os.getpid(), url, opts, base, space, study_dir, i, threads))
+    procs = [ctx.Process(target=_worker_process, args=(os.getpid(), url, opts, base, space, study_dir, first + i, threads))
              for i in range(opts.parallel)]
     for p in procs:
         p.start()
