@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from dogbreed import config
@@ -172,8 +174,10 @@ def test_a_hung_rank_ends_the_job_within_the_rank_timeout_naming_it(synth_data, 
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2", "--rdzv-backend=c10d",
                f"--rdzv-endpoint=127.0.0.1:{free_port()}", "-m", "dogbreed", "train", "--data", str(synth_data),
                "--out", str(tmp_path / "runs"), *FLAGS, "--epochs=20", "--train-layers=layer4", "--rank-timeout=5"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=open(tmp_path / "stderr", "w"), text=True,
                             env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"})
+    killer = threading.Timer(300, proc.kill)  # bounds the read below
+    killer.start()
     victim = None
     try:
         for line in proc.stdout:  # rank 0's epoch lines: training is under way
@@ -183,15 +187,17 @@ def test_a_hung_rank_ends_the_job_within_the_rank_timeout_naming_it(synth_data, 
         assert victim, "rank 1 never trained an epoch"
         os.kill(victim, signal.SIGSTOP)
         stopped = time.monotonic()
-        _, err = proc.communicate(timeout=150)
+        proc.communicate(timeout=150)
         took = time.monotonic() - stopped
     finally:
+        killer.cancel()
         if proc.poll() is None:
             proc.kill()
         if victim:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGKILL)
     assert proc.returncode != 0
+    err = (tmp_path / "stderr").read_text()
     named = [line for line in err.splitlines() if line.startswith("error: rank 1 stopped answering")]
     assert len(named) == 1 and "--rank-timeout 5" in named[0], err[-3000:]
     assert took < 120  # the watchdog's bound plus torchrun's own shutdown, not a collective's timeout
@@ -210,3 +216,109 @@ def environ(pid: int) -> bytes:
         return b"\0" + open(f"/proc/{pid}/environ", "rb").read()
     except OSError:
         return b""
+
+
+def on_two_hosts(hosts_, argv: list[str], out: Path, own=lambda i: []) -> list[subprocess.Popen]:
+    """torchrun's several-machine form, one rank on each host (``own(i)``: host i's own flags), the
+    c10d rendezvous on the first. ``--local-addr`` and ``is_host`` only because the two hosts share
+    this machine's host name; each host's stderr goes to ``out/host<i>.err``."""
+    procs = []
+    for i, host in enumerate(hosts_):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+                   "--rdzv-backend=c10d", f"--rdzv-endpoint={hosts_[0].address}:29500", "--rdzv-id=dogs",
+                   f"--local-addr={host.address}", f"--rdzv-conf=is_host={int(i == 0)}", "-m", "dogbreed", *argv, *own(i)]
+        env = {"GLOO_SOCKET_IFNAME": host.interface, "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen(host.command(command, env), stdout=subprocess.PIPE, text=True,
+                                      stderr=open(out / f"host{i}.err", "w")))
+    return procs
+
+
+def two_hosts_or_skip():
+    from .hosts import two_hosts, unavailable
+
+    if why := unavailable():
+        pytest.skip(f"two hosts cannot be made on this machine: {why}")
+    return two_hosts()
+
+
+def test_two_machines_run_one_job_and_the_first_writes_it(synth_data, tiny_weights, tmp_path):
+    """The several-machine command: two hosts (network namespaces, each its own address, joined by
+    a link of their own), each with its own embedding cache; one run folder, from rank 0."""
+    argv = ["train", "--data", str(synth_data), "--weights", str(tiny_weights), *FLAGS, "--out", str(tmp_path / "runs")]
+    with two_hosts_or_skip() as hosts_:
+        procs = on_two_hosts(hosts_, argv, tmp_path, own=lambda i: ["--cache-dir", str(tmp_path / f"cache{i}")])
+        try:
+            outs = [proc.communicate(timeout=240)[0] for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+    errs = [(tmp_path / f"host{i}.err").read_text() for i in range(2)]
+    assert [proc.returncode for proc in procs] == [0, 0], errs
+    assert "rank 0 of 2 joined" in outs[0] and "rank 1 of 2 joined" in outs[1]
+    assert "0 hit(s), 3 computed on 2 ranks" in outs[0] and "run: " not in outs[1]
+    assert len(list((tmp_path / "cache0").glob("*.pt"))) == 3 and not (tmp_path / "cache1").exists()  # rank 0's cache
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (run / "model.tar.gz").is_file() and json.loads((run / "results.json").read_text())["test_n"] == 8
+
+
+def test_a_machine_cut_off_ends_the_job_on_both_sides_naming_it(synth_data, tmp_path):
+    """DDP on images across two hosts, then the second host's link goes down in mid-training: the
+    first host's rank names rank 1 within --rank-timeout and its job ends; rank 1, which can reach
+    nothing, ends too, saying it lost the rendezvous store (a blocked store call is bounded)."""
+    argv = ["train", "--data", str(synth_data), *FLAGS, "--epochs=100", "--train-layers=layer4", "--rank-timeout=5",
+            "--out", str(tmp_path / "runs")]
+    with two_hosts_or_skip() as hosts_:
+        procs = on_two_hosts(hosts_, argv, tmp_path)
+        killer = threading.Timer(240, lambda: [proc.kill() for proc in procs])  # bounds the read below
+        killer.start()
+        try:
+            for line in procs[0].stdout:  # rank 0's epoch lines: DDP across the link is under way
+                if line.startswith("epoch   2/"):
+                    break
+            subprocess.run(["ip", "-n", hosts_[1].namespace, "link", "set", hosts_[1].interface, "down"], check=True)
+            procs[0].communicate(timeout=120)
+            deadline = time.monotonic() + 120  # rank 1's own end: the agent above it may wait on the store for good
+            while time.monotonic() < deadline and "error: rank 1" not in (tmp_path / "host1.err").read_text():
+                time.sleep(0.5)
+        finally:
+            killer.cancel()
+            subprocess.run(["pkill", "-KILL", "-f", str(tmp_path / "runs")])  # the agents and any rank left
+    errs = [(tmp_path / f"host{i}.err").read_text() for i in range(2)]
+    assert procs[0].returncode == 1, errs[0][-3000:]
+    named = [line for line in errs[0].splitlines() if line.startswith("error: ")]
+    assert len(named) == 1 and named[0].startswith("error: rank 1 stopped answering 5 s ago"), errs[0][-3000:]
+    lost = [line for line in errs[1].splitlines() if line.startswith("error: ")]
+    assert len(lost) == 1 and "rank 1 has had no answer from the rendezvous store" in lost[0], errs[1][-3000:]
+    assert not list((tmp_path / "runs").glob("*/model.tar.gz"))
+
+
+def test_a_store_that_stops_answering_ends_the_rank_within_the_timeout(tmp_path):
+    """The watchdog's own bound: a rendezvous store that keeps its connection open but never answers
+    (its host frozen here; a machine gone or a cut network elsewhere) ends the rank in one line,
+    where the store call alone would block for good."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", "import sys, time, torch.distributed as d; "
+                               f"s = d.TCPStore('127.0.0.1', {port}, is_master=True, wait_for_workers=False); "
+                               "print('up', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    rank = None
+    try:
+        assert server.stdout.readline().strip() == "up"
+        rank = subprocess.Popen([sys.executable, "-c", "import time; from dogbreed import distributed; "
+                                 "distributed.Watchdog(2.0, 0.5).start(); print('watching', flush=True); time.sleep(120)"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
+                                     "WORLD_SIZE": "2"})
+        assert rank.stdout.readline().strip() == "watching"
+        time.sleep(2)  # a few rounds answered (rank 1 never posts: nothing to judge yet)
+        assert rank.poll() is None
+        server.send_signal(signal.SIGSTOP)
+        _, err = rank.communicate(timeout=60)
+    finally:
+        for proc in (rank, server):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert rank.returncode == 1
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert line.startswith("error: rank 0 has had no answer from the rendezvous store at 127.0.0.1 for ") and \
+        line.endswith("ending this rank (--rank-timeout 2)"), err

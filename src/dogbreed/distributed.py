@@ -132,15 +132,21 @@ class Watchdog(threading.Thread):
         self.beat = 0
         self.seen: dict[int, tuple] = {}  # rank -> (beat, point, ticks, at) last read
         self.changed: dict[int, dict[str, float]] = {}  # rank -> when its beat / progress last changed (our clock)
+        self.answered = time.monotonic()  # when the store last answered a whole round
 
     def finish(self) -> None:
         """This rank is done: the others stop watching it."""
         self.halt.set()
         self.join(timeout=self.interval + 30)
+        if time.monotonic() - self.answered > self.timeout:
+            return  # the store stopped answering: a last call would block
         with contextlib.suppress(Exception):
             self.store.set(f"r{self.rank}", json.dumps([self.beat + 1, _progress["point"], _progress["ticks"], DONE]))
 
     def run(self) -> None:
+        # A store call blocks for good when the store's host vanishes without closing the connection
+        # (its machine gone, the network cut): a second thread bounds every round by the timeout.
+        threading.Thread(target=self.guard, name="dogbreed-rank-watchdog-guard", daemon=True).start()
         while not self.halt.wait(self.interval):
             try:
                 self.round(time.monotonic())
@@ -148,6 +154,15 @@ class Watchdog(threading.Thread):
                 if not self.halt.is_set():
                     self.end(f"rank {self.rank} lost the rendezvous store at {os.environ.get('MASTER_ADDR')} "
                              f"({type(exc).__name__}: {exc}); the job cannot go on")
+            self.answered = time.monotonic()
+
+    def guard(self) -> None:
+        while not self.halt.wait(self.interval):
+            quiet = time.monotonic() - self.answered
+            if quiet > self.timeout + self.interval and not self.halt.is_set():
+                self.end(f"rank {self.rank} has had no answer from the rendezvous store at "
+                         f"{os.environ.get('MASTER_ADDR')} for {quiet:.0f} s: its machine or the network to it is "
+                         f"gone; ending this rank (--rank-timeout {self.timeout:g})")
 
     def round(self, now: float) -> None:
         self.beat += 1
