@@ -117,15 +117,8 @@ class Monitor(NoHooks):
         train = phase == "train"
         step = self.counts[phase]
         clock, queue, epoch = time.perf_counter, self._queues["steps"], self.epoch
-        iterator = iter(batches)
         try:
-            while True:
-                t0 = clock()
-                try:
-                    batch = next(iterator)
-                except StopIteration:
-                    break
-                t1 = clock()
+            for batch, t0, t1 in waited(batches):
                 if train:
                     self._step = step
                     self.trace.before_step(step)
@@ -279,6 +272,18 @@ class Monitor(NoHooks):
             log.warning("stopping training: rule %s has action stop", rule.name)
 
 
+def waited(batches: Iterable) -> Iterator[tuple]:
+    """Each batch with the clock before and after ``next`` fetched it: the step's data wait."""
+    iterator, clock = iter(batches), time.perf_counter
+    while True:
+        t0 = clock()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        yield batch, t0, clock()
+
+
 def _step_record(t: float, phase: str, epoch: int, step: int, data: float, compute: float) -> dict:
     return {"t": t, "phase": phase, "epoch": epoch, "step": step, "data": round(data, 6), "compute": round(compute, 6)}
 
@@ -301,16 +306,10 @@ class RankRecorder(NoHooks):
         self._thread.start()
 
     def steps(self, batches: Iterable, phase: str) -> Iterator:
-        step, clock, iterator = self.counts[phase], time.perf_counter, iter(batches)
+        step, clock = self.counts[phase], time.perf_counter
         wall0, perf0 = time.time(), clock()
         try:
-            while True:
-                t0 = clock()
-                try:
-                    batch = next(iterator)
-                except StopIteration:
-                    break
-                t1 = clock()
+            for batch, t0, t1 in waited(batches):
                 yield batch
                 t2 = clock()
                 record = _step_record(round(wall0 + (t2 - perf0), 6), phase, self.epoch, step, t1 - t0, t2 - t1)
