@@ -6,6 +6,8 @@ what rank 0 measures written to the JSON file named by argv[1].
    parameters as one process stepping on the whole batches.
 2. Evaluation over unpadded shards (7 images on 2 ranks): the same loss, hits, count, and per-image
    logits, targets and embeddings in the split's order as one process over all 7.
+3. A rank whose part of a batch held no readable image (the loader gives None) still takes the
+   step: afterwards every rank holds the same parameters.
 """
 
 import copy
@@ -64,8 +66,14 @@ def main(out: str) -> None:
     moved = max((a - b).abs().max().item() for a, b in zip(network().parameters(), alone.parameters()))
     shared = evaluate(model, DataLoader(distributed.shard(data), batch_size=3), device=torch.device("cpu"),
                       keep_predictions=True, features_of=model[4], shared=True)
+    holes = [None if (rank == 1 and i == 1) else batch for i, batch in enumerate(mine)]
+    skipped = steps(distributed.wrap(network(), torch.device("cpu")), holes, epochs=1, shared=True).module
+    flat = torch.cat([p.detach().flatten() for p in skipped.parameters()])
+    every = distributed.gathered(flat)
     if rank == 0:
         report = {
+            "skipped_ranks_diff": max((theirs - flat).abs().max().item() for theirs in every),
+            "skipped_moved": (flat - torch.cat([p.flatten() for p in network().parameters()])).abs().max().item(),
             "ranks": ranks, "param_max_diff": params, "params_moved": moved,
             "one": {"loss": one.loss, "accuracy": one.accuracy, "top5": one.top5, "n": one.n},
             "shared": {"loss": shared.loss, "accuracy": shared.accuracy, "top5": shared.top5, "n": shared.n},

@@ -81,6 +81,7 @@ def test_ddp_steps_and_evaluation_match_one_process(tmp_path):
     assert abs(shared["loss"] - one["loss"]) < 1e-6
     assert report["indices"] == list(range(7)) and report["same_targets"]  # gathered in the split's order
     assert report["logits_max_diff"] < 1e-6 and report["features_max_diff"] < 1e-6
+    assert report["skipped_moved"] > 1e-2 and report["skipped_ranks_diff"] == 0  # the ranks stayed in step
 
 
 def test_two_ranks_train_the_network_on_images_and_resume(synth_data, tmp_path):

@@ -51,8 +51,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             log.setLevel(logging.WARNING)
     try:
         result = train(cfg, resume=args.resume, progress=_progress(args) and distributed.is_main())
-    finally:
-        distributed.close()
+    except BaseException as exc:  # under torchrun the other ranks end at once, naming this one
+        peer = None if isinstance(exc, DogbreedError) else distributed.failed_peer()
+        distributed.close(str(exc) if isinstance(exc, DogbreedError) else peer or f"{type(exc).__name__}: {exc}")
+        if peer:  # this rank's exchange failed because that one ended: say why it did
+            raise DogbreedError(peer) from None
+        raise
+    distributed.close()
     if result.run_dir:
         print(f"run: {result.run_dir}\nartifact: {result.artifact}")
     if result.uploaded:

@@ -74,8 +74,8 @@ def init(device: torch.device) -> None:
     if not active() or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":  # resolve_device gave each rank on a machine its LOCAL_RANK's GPU
+        torch.cuda.set_device(device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", "0")))
     try:
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S))
     except Exception as exc:  # noqa: BLE001 - torch raises several kinds; each means the same to the user
@@ -84,13 +84,20 @@ def init(device: torch.device) -> None:
     log.info("rank %d of %d joined (%s)", rank(), world_size(), backend)
 
 
-def close() -> None:
+def close(error: str | None = None) -> None:
+    """Leave the job: done, or failed with ``error`` (the others then end at once, naming this rank)."""
     global _watchdog
     if _watchdog is not None:
-        _watchdog.finish()
+        _watchdog.finish(error)
         _watchdog = None
     if joined():
         dist.destroy_process_group()
+
+
+def failed_peer() -> str | None:
+    """The line naming another rank that failed and said why (an exchange here then fails on the
+    connection it closed, with gloo's words, not its), or None."""
+    return _watchdog.failed_peer() if _watchdog is not None else None
 
 
 # -- the watchdog: a hung rank ends the job in bounded time, named ----------------------------------
@@ -101,11 +108,14 @@ def close() -> None:
 # it has entered, in the same order on every rank) and its ticks (batches of any work). Each rank
 # reads every rank's post; a rank that stopped answering (no new beat: stopped, frozen, its machine
 # gone) or that sits behind the others' point with no new tick, for ``rank_timeout`` seconds, is
-# named in one line by the lowest healthy rank, which then exits; torchrun ends the others.
+# named in one line by the lowest healthy rank, which then exits; torchrun ends the others. A rank
+# that fails says so in its post, and the others end at once (SageMaker's hosts have no torchrun to
+# end them).
 
 _watchdog = None
-DONE = "done"
-_progress = {"point": 0, "ticks": 0, "at": "starting"}
+DONE, FAILED = "done", "failed: "
+_progress = {"point": 0, "ticks": 0, "at": "starting", "busy": 0}
+on_fatal: list = []  # callables given the line a watchdog ends the process with (SageMaker's failure file)
 
 
 def point(at: str) -> None:
@@ -117,6 +127,17 @@ def point(at: str) -> None:
 def tick() -> None:
     """This rank did a batch of work (embedding, a step, an evaluation batch, a fetch)."""
     _progress["ticks"] += 1
+
+
+@contextlib.contextmanager
+def busy():
+    """Work this rank does alone (rank 0 writing checkpoints, the artifact, the report) while the
+    others wait at the next exchange: the watchdog counts it as work for as long as it lasts."""
+    _progress["busy"] += 1
+    try:
+        yield
+    finally:
+        _progress["busy"] -= 1
 
 
 class Watchdog(threading.Thread):
@@ -134,14 +155,16 @@ class Watchdog(threading.Thread):
         self.changed: dict[int, dict[str, float]] = {}  # rank -> when its beat / progress last changed (our clock)
         self.answered = time.monotonic()  # when the store last answered a whole round
 
-    def finish(self) -> None:
-        """This rank is done: the others stop watching it."""
+    def finish(self, error: str | None = None) -> None:
+        """This rank is done, or failed with ``error``: the others stop watching it, or end."""
         self.halt.set()
         self.join(timeout=self.interval + 30)
         if time.monotonic() - self.answered > self.timeout:
             return  # the store stopped answering: a last call would block
+        where = "" if _progress["point"] == 0 else f" (at {_progress['at']})"
+        at = DONE if error is None else f"{FAILED}{error}{where}"
         with contextlib.suppress(Exception):
-            self.store.set(f"r{self.rank}", json.dumps([self.beat + 1, _progress["point"], _progress["ticks"], DONE]))
+            self.store.set(f"r{self.rank}", json.dumps([self.beat + 1, _progress["point"], _progress["ticks"], at]))
 
     def run(self) -> None:
         # A store call blocks for good when the store's host vanishes without closing the connection
@@ -164,8 +187,19 @@ class Watchdog(threading.Thread):
                          f"{os.environ.get('MASTER_ADDR')} for {quiet:.0f} s: its machine or the network to it is "
                          f"gone; ending this rank (--rank-timeout {self.timeout:g})")
 
+    def failed_peer(self) -> str | None:
+        for r in range(self.ranks):
+            key = f"r{r}"
+            if r != self.rank and self.store.check([key]):
+                at = json.loads(self.store.get(key))[3]
+                if at.startswith(FAILED):
+                    return f"rank {r} failed: {at.removeprefix(FAILED)}; ending the job"
+        return None
+
     def round(self, now: float) -> None:
         self.beat += 1
+        if _progress["busy"]:
+            tick()
         self.store.set(f"r{self.rank}", json.dumps([self.beat, _progress["point"], _progress["ticks"], _progress["at"]]))
         keys = [f"r{r}" for r in range(self.ranks)]
         if not self.store.check(keys):
@@ -176,6 +210,8 @@ class Watchdog(threading.Thread):
                 self.seen.pop(r, None)
                 self.changed.pop(r, None)
                 continue
+            if at.startswith(FAILED):  # it said why: every rank ends now, the lowest other one says it
+                self.end(self.failed_peer() or at, say=self.rank == min(set(range(self.ranks)) - {r}))
             before = self.seen.get(r)
             mark = self.changed.setdefault(r, {"beat": now, "work": now})
             if before is None or beat != before[0]:
@@ -213,9 +249,15 @@ class Watchdog(threading.Thread):
         return (f"every rank has made no progress for {s:g} s (at {self.seen[min(self.seen)][3]}): an exchange never "
                 f"completed; ending the job (--rank-timeout {s:g})")
 
-    def end(self, line: str) -> None:
-        sys.stderr.write(f"error: {line}\n")
-        sys.stderr.flush()
+    def end(self, line: str, say: bool = True) -> None:
+        """End this process at once (the main thread may be blocked in an exchange) for the reason
+        ``line``, printed unless another rank says it."""
+        if say:
+            sys.stderr.write(f"error: {line}\n")
+            sys.stderr.flush()
+        for hook in on_fatal:
+            with contextlib.suppress(Exception):
+                hook(line)
         os._exit(1)
 
 

@@ -71,12 +71,10 @@ def judge(cfg: TrainConfig, model: nn.Module, batches: Batches, device: torch.de
     return Judged(test, valid, train)
 
 
-def finish(run_dir: Path, cfg: TrainConfig, model: nn.Module, batches: Batches, data: Layout, preset: EvalPreset,
-           state: FitState, weights_source: str, device: torch.device, amp_dtype, hooks: NoHooks, *,
-           seconds: float) -> RunResult:
+def finish(run_dir: Path, cfg: TrainConfig, model: nn.Module, judged: Judged, data: Layout, preset: EvalPreset,
+           state: FitState, weights_source: str, hooks: NoHooks, *, cache_stats: dict | None, seconds: float) -> RunResult:
+    """Write the run's outputs from ``judged`` (``judge``'s evaluations of the best epoch)."""
     labels = data.labels
-    judged = judge(cfg, model, batches, device, amp_dtype, hooks)
-    batches.close()
     test, valid, train = judged.test, judged.valid, judged.train
     test_metrics = {"test_loss": test.loss, "test_accuracy": test.accuracy, "test_top5": test.top5, "test_n": test.n}
     log.info("test (best epoch %d): loss %.4f  accuracy %.4f  top5 %.4f  (%d images)",
@@ -126,7 +124,7 @@ def finish(run_dir: Path, cfg: TrainConfig, model: nn.Module, batches: Batches, 
         "epochs_run": state.epoch,
         "seconds": round(seconds, 2),
         "weights": weights_source,
-        "feature_cache": batches.cache_stats,
+        "feature_cache": cache_stats,
         "per_class_accuracy": {r["name"]: r["accuracy"] for r in per_class},
         "calibration": calibrated,
         "rejection": {k: v for k, v in rejected.items() if k != "quantiles"} if rejected else None,

@@ -24,6 +24,7 @@ from dogbreed.batches import build_batches, embed
 from dogbreed.checkpoints import Checkpoints, FitState, check_resumable
 from dogbreed.config import TrainConfig
 from dogbreed.data.layout import SPLITS, load_for_training, scan
+from dogbreed.errors import DogbreedError
 from dogbreed.files import make_folder
 from dogbreed.hooks import NO_HOOKS, NoHooks
 from dogbreed.machine import resolve_device
@@ -211,6 +212,10 @@ def _run(run_dir: Path | None, cfg: TrainConfig, device: torch.device, hooks: No
         if resume:  # killed before its first epoch ended (while embedding, say): start over, same config
             log.info("resuming %s: it has no finished epoch, so it trains from epoch 1 with its saved config", run_dir)
         state = FitState()
+    if batches.stepped is not None and (epoch := distributed.from_main(state.epoch)) != state.epoch:
+        raise DogbreedError(f"rank {distributed.rank()} would resume after epoch {state.epoch} from {run_dir}, rank 0 "
+                            f"after epoch {epoch}: every rank must read the same run folder (on several machines, "
+                            f"a shared one)")
     hooks.watch(batches.trainable, prefix=batches.watched, start_step=state.epoch * len(batches.train))
 
     def report(row: dict) -> None:
@@ -234,12 +239,13 @@ def _run(run_dir: Path | None, cfg: TrainConfig, device: torch.device, hooks: No
         checkpoints.load_best(batches.trainable)
     if batches.stepped is not None:  # every rank judges the best epoch, on its shares
         distributed.broadcast_module(batches.trainable)
+    judged = outputs.judge(cfg, model, batches, device, amp_dtype, hooks)
+    batches.close()
     if not writer:
-        outputs.judge(cfg, model, batches, device, amp_dtype, hooks)
-        batches.close()
         return RunResult(None, None, {}, state.best_epoch, state.history)
-    return outputs.finish(run_dir, cfg, model, batches, data, preset, state, weights_source, device, amp_dtype, hooks,
-                          seconds=time.perf_counter() - started)
+    with distributed.busy():  # the other ranks wait for rank 0 to write
+        return outputs.finish(run_dir, cfg, model, judged, data, preset, state, weights_source, hooks,
+                              cache_stats=batches.cache_stats, seconds=time.perf_counter() - started)
 
 
 def write_metrics(history: list[dict], path: Path) -> None:

@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from dogbreed import distributed
 from dogbreed.cli import main as cli_main
 from dogbreed.config import FIELD_TYPES, SAGEMAKER_ALIASES, coerce
 from dogbreed.errors import DogbreedError
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     tee = _Tee(sys.stderr)
     sys.stderr = tee
+    distributed.on_fatal.append(write_failure)  # a watchdog ends the process without unwinding
     try:
         try:
             check_hyperparameters(argv)

@@ -86,27 +86,38 @@ def train_one_epoch(
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
+    last = None  # the last batch that held an image, for a step this rank must take without one
     bar = tqdm(total=len(batches), desc=desc, unit="batch", disable=not progress, leave=False)
     for step, batch in enumerate(hooks.steps(batches, "train")):
         bar.update()
         distributed.point(f"{desc} step {step + 1}")
         distributed.tick()
+        weight = 1.0
         if batch is None:  # every image of the batch failed to decode (each was warned about)
-            continue
+            if not shared:
+                continue
+            # Under DDP every rank takes every step (its gradients are exchanged): this one takes it on
+            # its last batch with the loss weighted 0, so it adds nothing but stays in step.
+            if last is None:
+                raise DogbreedError(f"rank {distributed.rank()}'s first batch held no readable image, and under "
+                                    f"torchrun every rank takes every step; run `dogbreed data check` on the data set")
+            batch, weight = last, 0.0
+        last = batch
         x, y, _ = batch
         x, y = _to_device(x, device), y.to(device, non_blocking=True)
         with _autocast(device, amp_dtype):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * weight).backward()
         hooks.after_backward(loss)
         optimizer.step()
         scheduler.step()
         hooks.after_step()
-        loss_sum += loss.detach() * y.numel()
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += y.numel()
+        if weight:
+            loss_sum += loss.detach() * y.numel()
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.numel()
     bar.close()
     totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device, dtype=torch.double)])
     if shared:  # the epoch's numbers over every rank's steps
@@ -283,7 +294,8 @@ def fit(
         if improved:
             state.best_epoch, state.best_val_loss = epoch, val.loss
         if checkpoints is not None:
-            checkpoints.save(model, optimizer, scheduler, state, shuffle, improved=improved)
+            with distributed.busy():  # rank 0 alone writes; under torchrun the others wait at the next exchange
+                checkpoints.save(model, optimizer, scheduler, state, shuffle, improved=improved)
         hooks.epoch_end(row)
         if on_epoch:
             on_epoch(row)
