@@ -39,3 +39,20 @@ def test_the_devices_this_machine_has():
     if not torch.cuda.is_available():
         with pytest.raises(DogbreedError, match="no CUDA GPU is visible; use --device cpu"):
             machine.resolve_device("cuda:0")
+
+
+def test_each_torchrun_rank_on_a_machine_takes_the_gpu_of_its_local_rank(monkeypatch):
+    rank_gpu = machine.rank_gpu
+    cuda = torch.device("cuda")
+    assert rank_gpu(cuda, gpus=8) == cuda  # not under torchrun
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # 2 machines of 2 ranks
+    assert rank_gpu(cuda, gpus=2) == torch.device("cuda", 1)
+    with pytest.raises(DogbreedError, match=r"--device cuda:0 names one GPU, but torchrun started 2 ranks"):
+        rank_gpu(torch.device("cuda", 0), gpus=2)
+    with pytest.raises(DogbreedError, match=r"started 2 ranks on this machine but 1 GPU\(s\) are visible; pass "
+                                            r"--nproc-per-node 1, or --device cpu"):
+        rank_gpu(cuda, gpus=1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one rank a machine (SageMaker's hosts): the device as asked
+    assert rank_gpu(torch.device("cuda", 3), gpus=4) == torch.device("cuda", 3)

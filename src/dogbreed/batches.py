@@ -121,6 +121,12 @@ def image_batches(cfg: TrainConfig, model: nn.Module, frozen: list[nn.Module], p
     ranks = distributed.joined()
     batch_size = distributed.split_batch(cfg.batch_size) if ranks else cfg.batch_size
 
+    # Each rank augments with random numbers of its own (in the loader's workers, which draw their
+    # seeds from its generator, or in this process); the order of the images is the sampler's.
+    seed = cfg.seed + distributed.rank() if ranks else cfg.seed
+    if ranks:
+        torch.manual_seed(seed)  # the weights are rank 0's anyway: DDP sends them to every rank
+
     def loader(split: str, transform, shuffle: bool):
         dataset = ImageDataset(data.splits[split], transform, min_side=getattr(transform, "resize_size", None))
         sampler = None
@@ -128,7 +134,7 @@ def image_batches(cfg: TrainConfig, model: nn.Module, frozen: list[nn.Module], p
             sampler = distributed.train_sampler(dataset, cfg.seed) if shuffle else None
             dataset = dataset if shuffle else distributed.shard(dataset)
         return image_loader(dataset, batch_size if shuffle else max(batch_size, 64), shuffle=shuffle,
-                            workers=cfg.workers, device=device, seed=cfg.seed, sampler=sampler,
+                            workers=cfg.workers, device=device, seed=seed, sampler=sampler,
                             persistent=split != "test")  # the test split is read once
 
     return Batches(trainable=model, set_train=lambda: train_mode(model, frozen), train=loader("train", train_preset, True),

@@ -96,4 +96,23 @@ def resolve_device(name: str = "auto"):
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise DogbreedError(f"device {name} was asked for but only {torch.cuda.device_count()} GPU(s) are visible "
                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
-    return device
+    return rank_gpu(device, torch.cuda.device_count())
+
+
+def rank_gpu(device, gpus: int):
+    """Under torchrun each rank on a machine takes the GPU of its LOCAL_RANK (training and tuning
+    alike); an index names a GPU only where one rank runs on the machine."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or "LOCAL_RANK" not in os.environ:
+        return device
+    local, ranks_here = int(os.environ["LOCAL_RANK"]), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if ranks_here == 1:
+        return device
+    if device.index is not None:
+        raise DogbreedError(f"--device {device} names one GPU, but torchrun started {ranks_here} ranks on this machine "
+                            f"and each takes the GPU of its LOCAL_RANK; pass --device cuda")
+    if ranks_here > gpus:
+        raise DogbreedError(f"torchrun started {ranks_here} ranks on this machine but {gpus} GPU(s) are visible; "
+                            f"pass --nproc-per-node {gpus}, or --device cpu")
+    return torch.device("cuda", local)
