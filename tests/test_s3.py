@@ -136,3 +136,12 @@ def test_s3_failures_are_one_line_each(bucket, tmp_path):
                    "no-such-bucket", "does not exist")
     anonymous = {k: v for k, v in env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     one_line_error(cli(anonymous, tmp_path, "train", "--data", url, *FLAGS), "no AWS credentials")
+
+
+def test_a_key_that_would_leave_the_mirror_is_refused(bucket, tmp_path):
+    """S3 keys are any strings: one with a '..' part would be copied outside the mirror folder."""
+    env, fs, _ = bucket
+    fs.pipe("dogs/escape/train/001.Affenpinscher/../../../../../escaped.jpg", b"\xff\xd8 not a real jpeg")
+    proc = cli(env, tmp_path, "train", "--data", "s3://dogs/escape/", *FLAGS)
+    one_line_error(proc, "'..'", "escaped.jpg")
+    assert not list((tmp_path / "cache").rglob("escaped.jpg")) and not list(tmp_path.rglob("escaped.jpg"))

@@ -74,7 +74,8 @@ def s3_errors(url: str):
         if name in ("NoCredentialsError", "PartialCredentialsError"):
             raise DogbreedError("no AWS credentials found for S3: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                                 "or AWS_PROFILE, or run `aws configure`") from None
-        if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
+        if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "FSTimeoutError") or \
+                type(exc).__module__.split(".")[0] == "aiohttp":  # what s3fs raises once its retries are spent
             raise DogbreedError(f"could not reach S3 for {url} ({exc}); check the network or AWS_ENDPOINT_URL") from None
         if type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs"):
             raise DogbreedError(f"S3 refused {url}: {name}: {exc}") from None
@@ -103,7 +104,7 @@ def stage(url: str, suffixes: set[str], *, progress: bool = False) -> Path:
     fs = filesystem()
     with s3_errors(url):
         listing = fs.find(root, detail=True)
-    objects = {PurePosixPath(key).relative_to(root).as_posix(): info for key, info in listing.items()
+    objects = {mirrored_name(key, root, url): info for key, info in listing.items()
                if info.get("type") == "file" and PurePosixPath(key).suffix.lower() in suffixes}
     if not objects:
         if not listing:
@@ -141,6 +142,16 @@ def stage(url: str, suffixes: set[str], *, progress: bool = False) -> Path:
     for rel, (etag, size) in wanted.items():
         _staged[str(local / rel)] = f"{SCHEME}{root}/{rel}|{etag}|{size}"
     return local
+
+
+def mirrored_name(key: str, root: str, url: str) -> str:
+    """Where the object ``key`` (under ``root``) goes in the mirror, relative to it; a key that would
+    land outside the mirror (a ``..`` part) is refused."""
+    rel = PurePosixPath(key).relative_to(root)
+    if ".." in rel.parts or rel.is_absolute():
+        raise DogbreedError(f"S3 key {key!r} under {url} has a '..' part and would be copied outside the data set's "
+                            f"mirror; rename or delete that object")
+    return rel.as_posix()
 
 
 def object_id(path: str) -> str | None:
