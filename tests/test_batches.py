@@ -79,9 +79,8 @@ def test_bad_image_is_skipped_with_a_warning_in_worker_processes(data_copy, tmp_
     assert proc.returncode == 0, proc.stderr
     assert "warning: skipping unreadable image" in proc.stderr and "truncated.jpg" in proc.stderr
 
+
 def test_a_finished_run_leaves_no_worker_processes_behind(synth_data, tmp_path):
-
-
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     cfg = config.resolve(overrides={**TINY, "data": str(synth_data), "out": str(tmp_path), "train_layers": "all",
                                     "epochs": 2, "workers": 2, "profile": False})
