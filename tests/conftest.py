@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,18 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "samples" / "photos"
+
+# The most the suite holds in the temporary folder at once (1.5 GB measured, with each passing test's
+# folder removed as it ends): below that, a run fails everywhere at once on a full disk.
+NEEDS_FREE_GB = 3
+
+
+def pytest_sessionstart(session):
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 1e9
+    if free < NEEDS_FREE_GB:
+        pytest.exit(f"only {free:.1f} GB free in {tempfile.gettempdir()}; the tests need about {NEEDS_FREE_GB} GB there "
+                    f"(old runs: /tmp/pytest-of-*)", returncode=1)
+
 
 # Small and fast everywhere: 64 px images, resnet18, no worker processes unless a test asks.
 TINY = {"backbone": "resnet18", "pretrained": False, "image_size": 64, "workers": 0, "batch_size": 8}
