@@ -42,6 +42,7 @@ def test_the_devices_this_machine_has():
 
 
 def test_each_torchrun_rank_on_a_machine_takes_the_gpu_of_its_local_rank(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     rank_gpu = machine.rank_gpu
     cuda = torch.device("cuda")
     assert rank_gpu(cuda, gpus=8) == cuda  # not under torchrun
@@ -54,5 +55,7 @@ def test_each_torchrun_rank_on_a_machine_takes_the_gpu_of_its_local_rank(monkeyp
     with pytest.raises(DogbreedError, match=r"started 2 ranks on this machine but 1 GPU\(s\) are visible; pass "
                                             r"--nproc-per-node 1, or --device cpu"):
         rank_gpu(cuda, gpus=1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-5")  # a launcher that shows each rank its own GPU only
+    assert rank_gpu(cuda, gpus=1) == torch.device("cuda", 0)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one rank a machine (SageMaker's hosts): the device as asked
     assert rank_gpu(torch.device("cuda", 3), gpus=4) == torch.device("cuda", 3)

@@ -113,6 +113,8 @@ def rank_gpu(device, gpus: int):
         raise DogbreedError(f"--device {device} names one GPU, but torchrun started {ranks_here} ranks on this machine "
                             f"and each takes the GPU of its LOCAL_RANK; pass --device cuda")
     if ranks_here > gpus:
+        if gpus == 1 and os.environ.get("CUDA_VISIBLE_DEVICES"):  # a launcher that gives each rank its own GPU
+            return torch.device("cuda", 0)
         raise DogbreedError(f"torchrun started {ranks_here} ranks on this machine but {gpus} GPU(s) are visible; "
                             f"pass --nproc-per-node {gpus}, or --device cpu")
     return torch.device("cuda", local)
