@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     tee = _Tee(sys.stderr)
     sys.stderr = tee
-    distributed.on_fatal.append(write_failure)  # a watchdog ends the process without unwinding
+    if write_failure not in distributed.on_fatal:  # a watchdog ends the process without unwinding
+        distributed.on_fatal.append(write_failure)
     try:
         try:
             check_hyperparameters(argv)
