@@ -127,3 +127,17 @@ def test_a_host_that_stops_answering_is_named_in_the_failure_file(synth_data, tm
     assert first.returncode == 1
     reason = (tmp_path / "algo-1" / "output" / "failure").read_text()
     assert reason.startswith("rank 1 stopped answering 5 s ago") and reason.count("\n") == 1, reason
+
+
+def test_runs_under_sagemakers_torch_distributed_launcher(synth_data, tiny_weights, tmp_path):
+    """SageMaker's ``torch_distributed`` starts torchrun on each host, which starts the entry point
+    once per rank with its own RANK/WORLD_SIZE: those are used as they are (SM_HOSTS names one host)."""
+    env = {**os.environ, **job_env(tmp_path, synth_data), "SM_HOSTS": json.dumps(["algo-1"]),
+           "SM_CURRENT_HOST": "algo-1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=127.0.0.1:{free_port()}", "-m", "dogbreed.sagemaker", *HYPERPARAMETERS,
+               "--weights", str(tiny_weights), "--cache_dir", str(tmp_path / "cache")]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 computed on 2 ranks" in proc.stdout
+    assert (tmp_path / "model" / "model.pth").is_file() and not (tmp_path / "output" / "failure").exists()
