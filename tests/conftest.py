@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,17 @@ def run_cli(*args: str, env: dict | None = None, cwd: str | Path | None = None, 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "dogbreed", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=timeout)
+
+
+def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 300) -> bool:
+    """Read ``proc``'s stdout until a line starts with ``prefix`` (True) or it ends (False); a
+    process that neither prints it nor ends within ``timeout`` seconds is killed, which ends the read."""
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    try:
+        return any(line.startswith(prefix) for line in proc.stdout)
+    finally:
+        killer.cancel()
 
 
 def one_line_error(proc, *fragments):

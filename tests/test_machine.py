@@ -42,7 +42,8 @@ def test_the_devices_this_machine_has():
 
 
 def test_each_torchrun_rank_on_a_machine_takes_the_gpu_of_its_local_rank(monkeypatch):
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    for name in ("CUDA_VISIBLE_DEVICES", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
     rank_gpu = machine.rank_gpu
     cuda = torch.device("cuda")
     assert rank_gpu(cuda, gpus=8) == cuda  # not under torchrun

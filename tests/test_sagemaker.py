@@ -5,9 +5,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
-from .conftest import free_port
+from .conftest import free_port, wait_for_line
 
 
 def test_runs_unchanged_as_a_sagemaker_training_job(synth_data, tmp_path):
@@ -41,7 +40,7 @@ HYPERPARAMETERS = ["--batch_size", "8", "--epochs", "1", "--backbone", "resnet18
                    "--image_size", "64", "--workers", "0", "--aug_views", "1", "--profile", "False"]
 
 
-def two_hosts(base, hyperparameters: list[str], data: dict) -> dict[str, subprocess.Popen]:
+def start_hosts(base, hyperparameters: list[str], data: dict) -> dict[str, subprocess.Popen]:
     """The job started on hosts algo-1 and algo-2 (``data``: each host's training channel), each with
     its own /opt/ml tree under ``base``, rendezvous on loopback."""
     hosts = {"SM_HOSTS": json.dumps(["algo-2", "algo-1"]), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
@@ -56,7 +55,7 @@ def test_two_hosts_share_the_job_and_the_first_writes_the_model(synth_data, tiny
     """SageMaker starts the entry script once per host with SM_HOSTS and SM_CURRENT_HOST; here two
     processes, each with its own /opt/ml tree, rendezvous on loopback."""
     job = [*HYPERPARAMETERS, "--weights", str(tiny_weights), "--cache_dir", str(tmp_path / "cache")]  # its own: cold
-    procs = two_hosts(tmp_path, job, {"algo-1": synth_data, "algo-2": synth_data})
+    procs = start_hosts(tmp_path, job, {"algo-1": synth_data, "algo-2": synth_data})
     try:
         outs = {host: proc.communicate(timeout=300) for host, proc in procs.items()}
     finally:
@@ -87,7 +86,7 @@ def test_a_failed_job_leaves_its_reason_in_the_failure_file(tmp_path):
 def test_a_host_that_fails_ends_the_job_on_every_host_with_its_reason(synth_data, tmp_path):
     """The second host's data channel is missing: it fails in one line, and the first host, which
     would otherwise fail on gloo's closed connection with a traceback, ends saying why rank 1 did."""
-    procs = two_hosts(tmp_path, [*HYPERPARAMETERS, "--train_layers", "layer4"],
+    procs = start_hosts(tmp_path, [*HYPERPARAMETERS, "--train_layers", "layer4"],
                       {"algo-1": synth_data, "algo-2": tmp_path / "missing"})
     try:
         errs = {host: proc.communicate(timeout=300)[1] for host, proc in procs.items()}
@@ -108,19 +107,14 @@ def test_a_host_that_fails_ends_the_job_on_every_host_with_its_reason(synth_data
 def test_a_host_that_stops_answering_is_named_in_the_failure_file(synth_data, tmp_path):
     """The second host freezes in mid-training: the first host's watchdog ends the job within
     --rank_timeout and its one line is the job's failure reason, though it ends the process at once."""
-    procs = two_hosts(tmp_path, [*HYPERPARAMETERS, "--epochs", "20", "--train_layers", "layer4", "--rank_timeout", "5"],
+    procs = start_hosts(tmp_path, [*HYPERPARAMETERS, "--epochs", "20", "--train_layers", "layer4", "--rank_timeout", "5"],
                       {"algo-1": synth_data, "algo-2": synth_data})
     first, second = procs["algo-1"], procs["algo-2"]
-    killer = threading.Timer(300, lambda: [proc.kill() for proc in procs.values()])  # bounds the read below
-    killer.start()
     try:
-        for line in first.stdout:  # the first host's epoch lines: training is under way
-            if line.startswith("epoch   1/"):
-                break
+        assert wait_for_line(first, "epoch   1/"), "the job never trained an epoch"  # the first host's epoch lines
         second.send_signal(signal.SIGSTOP)
         first.communicate(timeout=120)
     finally:
-        killer.cancel()
         for proc in procs.values():
             proc.kill()
             proc.wait(timeout=30)

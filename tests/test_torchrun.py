@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from dogbreed.data.layout import load_for_training
 from dogbreed.model import build_model, eval_preset
 from dogbreed.train import evaluate
 
-from .conftest import TINY, free_port, run_cli
+from .conftest import TINY, free_port, run_cli, wait_for_line
 
 FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "pretrained"] + [
     "--no-pretrained", "--epochs=2", "--aug-views=1", "--no-progress", "--no-profile"]
@@ -177,21 +176,16 @@ def test_a_hung_rank_ends_the_job_within_the_rank_timeout_naming_it(synth_data, 
                "--out", str(tmp_path / "runs"), *FLAGS, "--epochs=20", "--train-layers=layer4", "--rank-timeout=5"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=open(tmp_path / "stderr", "w"), text=True,
                             env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"})
-    killer = threading.Timer(300, proc.kill)  # bounds the read below
-    killer.start()
     victim = None
     try:
-        for line in proc.stdout:  # rank 0's epoch lines: training is under way
-            if line.startswith("epoch   1/"):
-                victim = next((pid for pid in children(proc.pid) if b"RANK=1\0" in environ(pid)), None)
-                break
-        assert victim, "rank 1 never trained an epoch"
+        assert wait_for_line(proc, "epoch   1/"), "rank 1 never trained an epoch"  # rank 0's epoch lines
+        victim = next((pid for pid in children(proc.pid) if b"RANK=1\0" in environ(pid)), None)
+        assert victim, "rank 1 is gone"
         os.kill(victim, signal.SIGSTOP)
         stopped = time.monotonic()
         proc.communicate(timeout=150)
         took = time.monotonic() - stopped
     finally:
-        killer.cancel()
         if proc.poll() is None:
             proc.kill()
         if victim:
@@ -271,19 +265,14 @@ def test_a_machine_cut_off_ends_the_job_on_both_sides_naming_it(synth_data, tmp_
             "--out", str(tmp_path / "runs")]
     with two_hosts_or_skip() as hosts_:
         procs = on_two_hosts(hosts_, argv, tmp_path)
-        killer = threading.Timer(240, lambda: [proc.kill() for proc in procs])  # bounds the read below
-        killer.start()
         try:
-            for line in procs[0].stdout:  # rank 0's epoch lines: DDP across the link is under way
-                if line.startswith("epoch   2/"):
-                    break
+            assert wait_for_line(procs[0], "epoch   2/", timeout=240), "DDP across the link never got going"
             subprocess.run(["ip", "-n", hosts_[1].namespace, "link", "set", hosts_[1].interface, "down"], check=True)
             procs[0].communicate(timeout=120)
             deadline = time.monotonic() + 120  # rank 1's own end: the agent above it may wait on the store for good
             while time.monotonic() < deadline and "error: rank 1" not in (tmp_path / "host1.err").read_text():
                 time.sleep(0.5)
         finally:
-            killer.cancel()
             subprocess.run(["pkill", "-KILL", "-f", str(tmp_path / "runs")])  # the agents and any rank left
     errs = [(tmp_path / f"host{i}.err").read_text() for i in range(2)]
     assert procs[0].returncode == 1, errs[0][-3000:]

@@ -193,7 +193,7 @@ class Watchdog(threading.Thread):
             if r != self.rank and self.store.check([key]):
                 at = json.loads(self.store.get(key))[3]
                 if at.startswith(FAILED):
-                    return f"rank {r} failed: {at.removeprefix(FAILED)}; ending the job"
+                    return _failed(r, at)
         return None
 
     def round(self, now: float) -> None:
@@ -211,7 +211,7 @@ class Watchdog(threading.Thread):
                 self.changed.pop(r, None)
                 continue
             if at.startswith(FAILED):  # it said why: every rank ends now, the lowest other one says it
-                self.end(self.failed_peer() or at, say=self.rank == min(set(range(self.ranks)) - {r}))
+                self.end(_failed(r, at), say=self.rank == min(set(range(self.ranks)) - {r}))
             before = self.seen.get(r)
             mark = self.changed.setdefault(r, {"beat": now, "work": now})
             if before is None or beat != before[0]:
@@ -259,6 +259,11 @@ class Watchdog(threading.Thread):
             with contextlib.suppress(Exception):
                 hook(line)
         os._exit(1)
+
+
+def _failed(r: int, at: str) -> str:
+    """The line that names rank ``r``, whose post ``at`` says it failed and why."""
+    return f"rank {r} failed: {at.removeprefix(FAILED)}; ending the job"
 
 
 def _ranks(ranks: list[int]) -> str:

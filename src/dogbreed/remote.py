@@ -148,7 +148,7 @@ def mirrored_name(key: str, root: str, url: str) -> str:
     """Where the object ``key`` (under ``root``) goes in the mirror, relative to it; a key that would
     land outside the mirror (a ``..`` part) is refused."""
     rel = PurePosixPath(key).relative_to(root)
-    if ".." in rel.parts or rel.is_absolute():
+    if ".." in rel.parts:
         raise DogbreedError(f"S3 key {key!r} under {url} has a '..' part and would be copied outside the data set's "
                             f"mirror; rename or delete that object")
     return rel.as_posix()
