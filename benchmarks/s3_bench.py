@@ -83,7 +83,7 @@ def main() -> None:
 
             local = read_pass(data, args.size, args.workers)
             started = time.perf_counter()
-            mirror = remote.stage(url, IMAGE_EXTS)
+            mirror = remote.stage(url, IMAGE_EXTS).root
             fetch = time.perf_counter() - started
             first = read_pass(mirror, args.size, args.workers)
             started = time.perf_counter()

@@ -38,11 +38,11 @@ def network() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 5))
 
 
-def steps(model: nn.Module, batches: list, epochs: int, shared: bool = False) -> nn.Module:
+def steps(model: nn.Module, batches: list, epochs: int, ranks: distributed.Ranks = distributed.ALONE) -> nn.Module:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     for _ in range(epochs):
-        train_one_epoch(model, batches, optimizer, scheduler, device=torch.device("cpu"), shared=shared)
+        train_one_epoch(model, batches, optimizer, scheduler, device=torch.device("cpu"), ranks=ranks)
     return model
 
 
@@ -57,19 +57,20 @@ def main(out: str) -> None:
     one = evaluate(model, DataLoader(data, batch_size=3), device=torch.device("cpu"), keep_predictions=True,
                    features_of=model[4])
 
-    distributed.init(torch.device("cpu"))
-    rank, ranks = distributed.rank(), distributed.world_size()
+    group = distributed.from_environment(distributed.DDP)
+    group.join(torch.device("cpu"))
+    rank, ranks = group.rank, group.world
     mine = [(bx[rank::ranks], by[rank::ranks], bi[rank::ranks]) for bx, by, bi in whole]
-    ddp = distributed.wrap(network(), torch.device("cpu"))
-    steps(ddp, mine, epochs=3, shared=True)
+    ddp = group.wrap(network(), torch.device("cpu"))
+    steps(ddp, mine, epochs=3, ranks=group)
     params = max((a - b).abs().max().item() for a, b in zip(alone.parameters(), ddp.module.parameters()))
     moved = max((a - b).abs().max().item() for a, b in zip(network().parameters(), alone.parameters()))
-    shared = evaluate(model, DataLoader(distributed.shard(data), batch_size=3), device=torch.device("cpu"),
-                      keep_predictions=True, features_of=model[4], shared=True)
+    shared = evaluate(model, DataLoader(group.shard(data), batch_size=3), device=torch.device("cpu"),
+                      keep_predictions=True, features_of=model[4], ranks=group)
     holes = [None if (rank == 1 and i == 1) else batch for i, batch in enumerate(mine)]
-    skipped = steps(distributed.wrap(network(), torch.device("cpu")), holes, epochs=1, shared=True).module
+    skipped = steps(group.wrap(network(), torch.device("cpu")), holes, epochs=1, ranks=group).module
     flat = torch.cat([p.detach().flatten() for p in skipped.parameters()])
-    every = distributed.gathered(flat)
+    every = group.gathered(flat)
     if rank == 0:
         report = {
             "skipped_ranks_diff": max((theirs - flat).abs().max().item() for theirs in every),
@@ -84,7 +85,7 @@ def main(out: str) -> None:
         }
         with open(out, "w", encoding="utf-8") as f:
             json.dump(report, f)
-    distributed.close()
+    group.close()
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@ import torch
 
 from dogbreed import config
 from dogbreed.batches import cached_batches, image_batches
-from dogbreed.data.layout import load_for_training
-from dogbreed.model import build_model, eval_preset, freeze
+from dogbreed.context import prepare
 from dogbreed.run import train
 from dogbreed.train import evaluate
 
@@ -24,14 +23,10 @@ def both_paths(synth_data, tiny_weights, tmp_path_factory):
     """One model, fed both ways: cached embeddings (no augmentation) and eval-preset images."""
     cfg = config.resolve(overrides={**TINY, "data": str(synth_data), "weights": str(tiny_weights), "aug_views": 0,
                                     "cache_dir": str(tmp_path_factory.mktemp("cache"))})
-    data = load_for_training(cfg.data)
-    torch.manual_seed(0)
-    model, _ = build_model(cfg.backbone, len(data.labels.names), weights=cfg.weights)
-    preset = eval_preset(cfg.backbone, cfg.image_size)
-    frozen = freeze(model, cfg.backbone, cfg.train_layers)
-    cached = cached_batches(cfg, model, preset, data, CPU, None, progress=False)
-    images = image_batches(dataclasses.replace(cfg, feature_cache=False), model, frozen, preset, data, CPU)
-    yield model, cached, images
+    ctx = dataclasses.replace(prepare(cfg), amp_dtype=None)
+    cached = cached_batches(ctx, progress=False)
+    images = image_batches(dataclasses.replace(ctx, feed=dataclasses.replace(ctx.feed, cached=False)))
+    yield ctx.model, cached, images
     images.close()
 
 

@@ -15,8 +15,7 @@ import torch
 
 from dogbreed import config
 from dogbreed.batches import image_batches
-from dogbreed.data.layout import load_for_training
-from dogbreed.model import build_model, eval_preset
+from dogbreed.context import prepare
 from dogbreed.train import evaluate
 
 from .conftest import TINY, free_port, run_cli, wait_for_line
@@ -119,11 +118,10 @@ def test_two_ranks_train_the_network_on_images_and_resume(synth_data, tmp_path):
 
     # The same best weights judged by one process over the whole test split.
     cfg = config.resolve(run_two / "config.yaml")
-    data = load_for_training(cfg.data)
-    model, _ = build_model(cfg.backbone, len(data.labels.names), pretrained=False)
-    model.load_state_dict(torch.load(run_two / "checkpoints" / "best.pt", weights_only=True)["model"])
-    batches = image_batches(cfg, model, [], eval_preset(cfg.backbone, cfg.image_size), data, torch.device("cpu"))
-    alone = evaluate(model, batches.test, device=torch.device("cpu"))
+    ctx = prepare(cfg)
+    ctx.model.load_state_dict(torch.load(run_two / "checkpoints" / "best.pt", weights_only=True)["model"])
+    batches = image_batches(ctx)
+    alone = evaluate(ctx.model, batches.test, device=torch.device("cpu"))
     assert alone.n == results["test_n"] and alone.accuracy == results["test_accuracy"]
     assert abs(alone.loss - results["test_loss"]) < 1e-4
 
@@ -294,8 +292,9 @@ def test_a_store_that_stops_answering_ends_the_rank_within_the_timeout(tmp_path)
     rank = None
     try:
         assert server.stdout.readline().strip() == "up"
-        rank = subprocess.Popen([sys.executable, "-c", "import time; from dogbreed import distributed; "
-                                 "distributed.Watchdog(2.0, 0.5).start(); print('watching', flush=True); time.sleep(120)"],
+        rank = subprocess.Popen([sys.executable, "-c", "import time; from dogbreed.watchdog import Progress, Watchdog; "
+                                 "Watchdog(0, 2, Progress(), 2.0, 0.5).start(); print('watching', flush=True); "
+                                 "time.sleep(120)"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
                                      "WORLD_SIZE": "2"})

@@ -26,8 +26,6 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from dogbreed import config as cfgmod
     from dogbreed import distributed
     from dogbreed.checkpoints import resume_config
@@ -40,24 +38,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resume_config(args.resume, overrides)
     else:
         cfg = cfgmod.resolve(args.config, overrides)
-    if distributed.active():  # started by torchrun: join the other ranks (rank 0 alone speaks and writes)
-        from dogbreed.machine import resolve_device
-
-        distributed.init(resolve_device(cfg.device))
-        distributed.watch(cfg.rank_timeout)  # a rank that hangs ends the job within --rank-timeout, named
-        if cfg.workers is None:  # the ranks on a machine share its cores
-            cfg = dataclasses.replace(cfg, workers=distributed.local_cpus())
-        if not distributed.is_main():
-            log.setLevel(logging.WARNING)
-    try:
-        result = train(cfg, resume=args.resume, progress=_progress(args) and distributed.is_main())
-    except BaseException as exc:  # under torchrun the other ranks end at once, naming this one
-        peer = None if isinstance(exc, DogbreedError) else distributed.failed_peer()
-        distributed.close(str(exc) if isinstance(exc, DogbreedError) else peer or f"{type(exc).__name__}: {exc}")
-        if peer:  # this rank's exchange failed because that one ended: say why it did
-            raise DogbreedError(peer) from None
-        raise
-    distributed.close()
+    # Under torchrun the ranks join; one that fails or hangs ends the job, named (in SageMaker's
+    # failure file too).
+    with distributed.session(cfg, on_fatal=cfgmod.write_sagemaker_failure) as ranks:
+        result = train(cfg, ranks=ranks, resume=args.resume, progress=_progress(args) and ranks.main)
     if result.run_dir:
         print(f"run: {result.run_dir}\nartifact: {result.artifact}")
     if result.uploaded:
@@ -176,11 +160,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     base = cfgmod.resolve(args.config, given(args, TrainConfig))
     from dogbreed import distributed
 
-    if distributed.active() and not distributed.is_main():  # under torchrun: rank 0 speaks for the study
-        log.setLevel(logging.WARNING)
     # --seed seeds the sampler as well as every trial's training
     opts = TuneOptions(**given(args, TuneOptions), seed=base.seed)
-    result = tune(base, opts, progress=_progress(args))
+    with distributed.session(base, join=False) as ranks:  # under torchrun: every rank a worker of one study
+        result = tune(base, opts, ranks=ranks, progress=_progress(args))
     if result.artifact:
         print(f"best run: {result.final_run}\nartifact: {result.artifact}")
     return 0

@@ -215,3 +215,13 @@ def apply_sagemaker_env(cfg: TrainConfig, given: set[str]) -> TrainConfig:
 def sagemaker_model_dir() -> str | None:
     """Where a SageMaker job must leave the model (SageMaker tars this folder into model.tar.gz)."""
     return os.environ.get("SM_MODEL_DIR") or None
+
+
+def write_sagemaker_failure(reason: str) -> None:
+    """SageMaker's failure file (shown as the job's failure reason), in a job only: its output
+    folder exists, or SAGEMAKER_BASE_DIR says where."""
+    base = os.environ.get("SAGEMAKER_BASE_DIR")
+    output = Path(base or "/opt/ml") / "output"
+    if base or output.is_dir():
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "failure").write_text(reason.strip().splitlines()[0] + "\n", encoding="utf-8")

@@ -29,10 +29,10 @@ from torch import nn
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from dogbreed import distributed, remote
 from dogbreed.config import EMBED_BACKENDS
 from dogbreed.data.layout import Sample
 from dogbreed.data.loaders import ImageDataset, image_loader
+from dogbreed.distributed import ALONE, Ranks
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_torch_save, default_cache_dir, file_lock
 from dogbreed.hooks import NO_HOOKS, StepHooks
@@ -58,10 +58,12 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def files_digest(samples: list[Sample]) -> str:
+def files_digest(samples: list[Sample], sources: dict[str, str] | None = None) -> str:
+    """The file list's identity: each file's path, size and mtime, or for a staged copy its S3
+    object (``sources``: local path -> object), wherever the copy lies."""
     h = hashlib.sha256()
     for path, label in samples:
-        if source := remote.object_id(path):  # a staged copy: its S3 object, wherever the copy lies
+        if sources and (source := sources.get(str(path))):
             h.update(f"{source}\0{label}\n".encode())
             continue
         st = os.stat(path)
@@ -79,7 +81,8 @@ class Embeddings:
 class FeatureCache:
     def __init__(self, root: str | os.PathLike | None, extractor: nn.Module, *, device: torch.device,
                  amp_dtype: torch.dtype | None, batch_size: int, workers: int | None, progress: bool = True,
-                 hooks: StepHooks = NO_HOOKS, backend: str = "auto", expected: int = 0):
+                 hooks: StepHooks = NO_HOOKS, backend: str = "auto", expected: int = 0, ranks: Ranks = ALONE,
+                 sources: dict[str, str] | None = None):
         if backend not in EMBED_BACKENDS:
             raise DogbreedError(f"--embed-backend {backend!r} is not one of: {', '.join(EMBED_BACKENDS)}")
         self.root = Path(root) if root else default_cache_dir()
@@ -97,16 +100,18 @@ class FeatureCache:
         self.choice: dict | None = None
         self._run = None  # images -> embeddings on the chosen backend
         self._precision = amp_dtype  # of the chosen backend: ONNX Runtime runs fp32
+        self.ranks = ranks  # in the share role every rank embeds its share and rank 0 keeps the entries
+        self.sources = sources  # staged S3 copies' objects, which key their images
 
     def key(self, samples: list[Sample], transform_id: str, view: int | None, precision: torch.dtype | None = None) -> str:
-        text = f"{self.weights_id}|{transform_id}|view={view}|{files_digest(samples)}|amp={precision}"
+        text = f"{self.weights_id}|{transform_id}|view={view}|{files_digest(samples, self.sources)}|amp={precision}"
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def get(self, samples: list[Sample], transform, transform_id: str, *, view: int | None, desc: str) -> Embeddings:
         """The entry, computed if missing. Entries of both precisions the run could use count (fp32
         from ONNX Runtime serves a bf16 run as well as its own, and the other way round): the
         precision the chosen backend runs first."""
-        if distributed.joined():
+        if self.ranks.shares:
             return self._get_shared(samples, transform, transform_id, view=view, desc=desc)
         paths = self._paths(samples, transform_id, view)
         for path in paths:
@@ -131,19 +136,20 @@ class FeatureCache:
                     desc: str) -> Embeddings | None:
         """Under torchrun: rank 0's cache decides for all; on a miss every rank embeds its share and
         rank 0 sums them into the entry and stores it. The other ranks get None: they train nothing."""
+        ranks = self.ranks
         found = None
-        if distributed.is_main():
+        if ranks.main:
             found = next((emb for path in self._paths(samples, transform_id, view) if (emb := self._load(path)) is not None),
                          None)
-        if distributed.agree(found is not None):
+        if ranks.agree(found is not None):
             return found
         self.misses += 1
-        mine = self.compute(samples, transform, view=view, desc=desc, indices=distributed.share(len(samples)))
+        mine = self.compute(samples, transform, view=view, desc=desc, indices=ranks.share(len(samples)))
         started = time.perf_counter()  # includes the wait for the slowest rank's share
-        features = distributed.sum_to_main(mine.features.float()).half()
-        ok = distributed.sum_to_main(mine.ok.int()) > 0
+        features = ranks.sum_to_main(mine.features.float()).half()
+        ok = ranks.sum_to_main(mine.ok.int()) > 0
         self.exchange_seconds += time.perf_counter() - started
-        if not distributed.is_main():
+        if not ranks.main:
             return None
         if not ok.any():
             raise DogbreedError(f"no image could be decoded while {desc}; run `dogbreed data check` on the data set")
@@ -167,7 +173,7 @@ class FeatureCache:
         rate = self.embedded / self.embed_seconds if self.embed_seconds else None
         return {"hits": self.hits, "computed": self.misses, "images_embedded": self.embedded,
                 "embed_seconds": round(self.embed_seconds, 3), "images_per_second": rate and round(rate, 2),
-                "backend": self.choice, "ranks": distributed.world_size() if distributed.joined() else 1,
+                "backend": self.choice, "ranks": self.ranks.world if self.ranks.shares else 1,
                 "exchange_seconds": round(self.exchange_seconds, 3)}
 
     @torch.inference_mode()
@@ -187,7 +193,7 @@ class FeatureCache:
         ok = torch.zeros(len(samples), dtype=torch.bool)
         bar = tqdm(total=len(part), desc=desc, unit="img", disable=not self.progress, leave=False)
         for batch in self.hooks.steps(loader, "embed"):
-            distributed.tick()
+            self.ranks.tick()
             if batch is None:
                 continue
             images, _, index = batch
@@ -202,7 +208,7 @@ class FeatureCache:
             bar.update(len(index))
         bar.close()
         if indices is not None:  # the ranks agree on the width before they sum their shares
-            width = distributed.largest(0 if features is None else features.shape[1])
+            width = self.ranks.largest(0 if features is None else features.shape[1])
             features = torch.zeros(len(samples), width, dtype=torch.float16) if features is None else features
         if features is None:
             raise DogbreedError(f"no image could be decoded while {desc}; run `dogbreed data check` on the data set")
@@ -229,7 +235,7 @@ class FeatureCache:
         reason = None
         if self.backend == "eager":
             reason = "asked for"
-        elif distributed.joined():
+        elif self.ranks.joined:
             reason = "under torchrun every rank embeds on eager, so that their shares are alike"
         elif self.device.type != "cpu":
             reason = f"ONNX Runtime runs on the CPU, the backbone on {self.device}"

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from dogbreed import calibration, interpret, model_card, rejection
 from dogbreed import config as cfgmod
@@ -23,13 +22,13 @@ from dogbreed.artifact import model_meta, write_artifact, write_model_dir
 from dogbreed.batches import Batches
 from dogbreed.checkpoints import FitState
 from dogbreed.config import TrainConfig
-from dogbreed.data.layout import Labels, Layout
+from dogbreed.context import RunContext
+from dogbreed.data.layout import Labels
 from dogbreed.files import atomic_write_text
 from dogbreed.hooks import NoHooks
 from dogbreed.model import imagenet_head
 from dogbreed.plots import confusion_matrix, plot_confusion, plot_curves
 from dogbreed.runtime.network import get_head
-from dogbreed.runtime.presets import EvalPreset
 from dogbreed.train import EvalResult, evaluate
 
 log = logging.getLogger(__name__)
@@ -54,26 +53,24 @@ class Judged:
     train: EvalResult | None
 
 
-def judge(cfg: TrainConfig, model: nn.Module, batches: Batches, device: torch.device, amp_dtype,
-          hooks: NoHooks) -> Judged:
-    """The evaluations ``finish`` writes from: test always, valid to calibrate or fit the "not a
-    dog" threshold on, train for the Mahalanobis score's class means. Under torchrun every rank
-    runs these, each on its share, and every rank gets the whole split's results."""
-    head = get_head(model, cfg.backbone)  # what every split's embeddings go into (the trained head)
+def judge(ctx: RunContext, batches: Batches, hooks: NoHooks, *, valid: bool, train: bool) -> Judged:
+    """The evaluations ``finish`` writes from: test always, ``valid`` to calibrate or fit the "not a
+    dog" threshold on, ``train`` for the Mahalanobis score's class means. Under DDP every rank runs
+    these, each on its share, and every rank gets the whole split's results."""
+    head = get_head(ctx.model, ctx.backbone)  # what every split's embeddings go into (the trained head)
 
     def judged(split: str, **kwargs) -> EvalResult:
-        return evaluate(batches.trainable, getattr(batches, split), device=device, amp_dtype=amp_dtype,
-                        keep_predictions=True, features_of=head, shared=batches.stepped is not None, **kwargs)
+        return evaluate(batches.trainable, getattr(batches, split), device=ctx.device, amp_dtype=ctx.amp_dtype,
+                        keep_predictions=True, features_of=head, ranks=ctx.ranks, **kwargs)
 
-    test = judged("test", hooks=hooks, phase="test")
-    valid = judged("valid") if cfg.calibrate or cfg.reject != "none" else None
-    train = judged("train") if cfg.reject == "mahalanobis" else None  # one more pass over the images, on that path
-    return Judged(test, valid, train)
+    return Judged(judged("test", hooks=hooks, phase="test"), judged("valid") if valid else None,
+                  judged("train") if train else None)  # train: one more pass over the images, on that path
 
 
-def finish(run_dir: Path, cfg: TrainConfig, model: nn.Module, judged: Judged, data: Layout, preset: EvalPreset,
-           state: FitState, weights_source: str, hooks: NoHooks, *, cache_stats: dict | None, seconds: float) -> RunResult:
+def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, state: FitState, hooks: NoHooks, *,
+           cache_stats: dict | None, seconds: float) -> RunResult:
     """Write the run's outputs from ``judged`` (``judge``'s evaluations of the best epoch)."""
+    data, weights_source = ctx.data, ctx.weights_source
     labels = data.labels
     test, valid, train = judged.test, judged.valid, judged.train
     test_metrics = {"test_loss": test.loss, "test_accuracy": test.accuracy, "test_top5": test.top5, "test_n": test.n}
@@ -135,11 +132,11 @@ def finish(run_dir: Path, cfg: TrainConfig, model: nn.Module, judged: Judged, da
         extra["calibration"] = {"temperature": calibrated["temperature"]}
     if rejected:
         extra["rejection"] = rejected
-    meta = model_meta(cfg.backbone, labels, preset, threshold=cfg.threshold, weights=weights_source,
+    meta = model_meta(cfg.backbone, labels, ctx.preset, threshold=cfg.threshold, weights=weights_source,
                       config=cfg.to_dict(), metrics=test_metrics, **extra)
     files = {"rejection": tensors, "card": model_card.render(meta, results, {s: len(v) for s, v in data.splits.items()},
                                                              str(data.root))}
-    model = model.cpu()  # the head trained in place inside it, on the cached path too
+    model = ctx.model.cpu()  # the head trained in place inside it, on the cached path too
     artifact = write_artifact(run_dir / "model.tar.gz", model, labels, meta, **files)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
     if sm_dir := cfgmod.sagemaker_model_dir():

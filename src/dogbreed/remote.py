@@ -22,12 +22,12 @@ import fcntl
 import json
 import logging
 import os
-import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from dogbreed import distributed
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_write_text, default_cache_dir
 
@@ -37,8 +37,15 @@ SCHEME = "s3://"
 MANIFEST = ".dogbreed-s3.json"  # in a staged mirror: relative path -> [ETag, size] of each object fetched
 FETCH_CHUNK = 64  # objects fetched concurrently (s3fs runs a chunk's requests at once)
 UPLOADED = ("model.tar.gz", "results.json", "metrics.csv", "config.yaml", "labels.json")
-_mirrors: dict[str, Path] = {}  # data set URL -> its mirror, once staged by this process
-_staged: dict[str, str] = {}  # local copy -> "s3://bucket/key|ETag|size", for the embedding cache's keys
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A data set ready to read locally: its folder and, for a staged S3 copy, each local file's
+    object (``s3://bucket/key|ETag|size``), which keys its embeddings wherever the copy lies."""
+
+    root: Path
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 def is_s3(path) -> bool:
@@ -94,7 +101,7 @@ def mirror_root() -> Path:
     return default_cache_dir() / "s3"
 
 
-def stage(url: str, suffixes: set[str], *, progress: bool = False) -> Path:
+def stage(url: str, suffixes: set[str], *, progress: bool = False, on_chunk: Callable[[], None] | None = None) -> Staged:
     """The local mirror of the data set under ``url``, brought up to date: objects new or changed
     (ETag, size) since the last call are fetched, files whose objects are gone are removed. Safe
     for several processes at once (torchrun ranks, tuning workers): one stages, the others wait and
@@ -134,14 +141,13 @@ def stage(url: str, suffixes: set[str], *, progress: bool = False) -> Path:
             with s3_errors(url):
                 fs.get([f"{root}/{rel}" for rel in chunk], [str(local / rel) for rel in chunk])
             manifest.update({rel: wanted[rel] for rel in chunk})
-            distributed.tick()  # under torchrun: this rank is busy, not hung
+            if on_chunk is not None:
+                on_chunk()
             atomic_write_text(manifest_path, json.dumps(manifest))
             bar.update(len(chunk))
         bar.close()
         atomic_write_text(manifest_path, json.dumps(manifest))
-    for rel, (etag, size) in wanted.items():
-        _staged[str(local / rel)] = f"{SCHEME}{root}/{rel}|{etag}|{size}"
-    return local
+    return Staged(local, {str(local / rel): f"{SCHEME}{root}/{rel}|{etag}|{size}" for rel, (etag, size) in wanted.items()})
 
 
 def mirrored_name(key: str, root: str, url: str) -> str:
@@ -152,11 +158,6 @@ def mirrored_name(key: str, root: str, url: str) -> str:
         raise DogbreedError(f"S3 key {key!r} under {url} has a '..' part and would be copied outside the data set's "
                             f"mirror; rename or delete that object")
     return rel.as_posix()
-
-
-def object_id(path: str) -> str | None:
-    """The S3 object a staged local file is a copy of (bucket/key, ETag, size), or None."""
-    return _staged.get(str(path))
 
 
 class S3Image:
@@ -215,11 +216,10 @@ def upload_run(run_dir: Path, url: str, name: str | None = None) -> str:
     return f"{SCHEME}{target}/model.tar.gz"
 
 
-def local_path(path: str | os.PathLike | None, suffixes: set[str]):
-    """``path`` itself, or the staged mirror of an ``s3://`` data set's images (staged once per
-    process: a run scans its data several times)."""
-    if not is_s3(path):
-        return path
-    if path not in _mirrors:
-        _mirrors[path] = stage(path, suffixes, progress=sys.stderr.isatty())
-    return _mirrors[path]
+def staged(path: str | os.PathLike | None, suffixes: set[str], *, progress: bool = False,
+           on_chunk: Callable[[], None] | None = None) -> Staged:
+    """The data set at ``path`` ready to read: a local folder as it is, an ``s3://`` one staged
+    into its mirror (``stage``)."""
+    if is_s3(path):
+        return stage(path, suffixes, progress=progress, on_chunk=on_chunk)
+    return Staged(Path(path) if path else None)

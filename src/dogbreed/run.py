@@ -19,52 +19,52 @@ from pathlib import Path
 import torch
 
 from dogbreed import config as cfgmod
-from dogbreed import distributed, outputs, remote
+from dogbreed import outputs, remote
 from dogbreed.batches import build_batches, embed
 from dogbreed.checkpoints import Checkpoints, FitState, check_resumable
 from dogbreed.config import TrainConfig
-from dogbreed.data.layout import SPLITS, load_for_training, scan
+from dogbreed.context import RunContext, prepare
+from dogbreed.data.layout import IMAGE_EXTS, SPLITS, scan
+from dogbreed.distributed import ALONE, Ranks
 from dogbreed.errors import DogbreedError
 from dogbreed.files import make_folder
 from dogbreed.hooks import NO_HOOKS, NoHooks
-from dogbreed.machine import resolve_device
-from dogbreed.model import build_model, eval_preset, freeze
 from dogbreed.outputs import RunResult
-from dogbreed.train import (
-    METRIC_COLUMNS,
-    amp_dtype_for,
-    cosine_schedule,
-    fit,
-    format_epoch,
-    sagemaker_line,
-)
+from dogbreed.train import METRIC_COLUMNS, cosine_schedule, fit, format_epoch, sagemaker_line
 
 log = logging.getLogger(__name__)
 LOCAL_OUT = "runs"  # where a run with --out s3://... is written before its upload
 
 
-def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress: bool = True,
-          on_epoch: Callable[[dict], None] | None = None, finish: bool = True, keep_checkpoints: bool = True) -> RunResult:
-    """Run one training end to end. ``on_epoch(row)`` sees each epoch's metrics (tuning reports and
-    prunes through it). ``finish=False`` stops after the epochs: no test evaluation, plots or
-    artifact (what a tuning trial needs); ``keep_checkpoints=False`` removes the checkpoints when
-    the run ends, however it ends. Under torchrun (``distributed.init`` joined) rank 0 alone
-    writes; the other ranks return a result without a run folder. On cached embeddings they embed
-    their share and end; on images they train in step with rank 0 (DDP) and evaluate their shares."""
-    if distributed.joined() and not distributed.is_main():
-        if cfg.uses_feature_cache:
-            return _embed_share(cfg)
+def train(cfg: TrainConfig, *, ranks: Ranks = ALONE, staged: remote.Staged | None = None,
+          resume: str | os.PathLike | None = None, progress: bool = True, on_epoch: Callable[[dict], None] | None = None,
+          finish: bool = True, keep_checkpoints: bool = True) -> RunResult:
+    """Run one training end to end. ``ranks``: this process's place under torchrun
+    (``distributed.session``); ``staged``: the data set already staged (else ``prepare`` stages it).
+    ``on_epoch(row)`` sees each epoch's metrics (tuning reports and prunes through it).
+    ``finish=False`` stops after the epochs: no test evaluation, plots or artifact (what a tuning
+    trial needs); ``keep_checkpoints=False`` removes the checkpoints when the run ends, however it
+    ends. Rank 0 alone writes; the other ranks return a result without a run folder. In the share
+    role they embed their share and end; under DDP they train in step with rank 0 and evaluate
+    their shares."""
+    if not ranks.writer:
+        ctx = prepare(cfg, ranks, staged=staged)
+        if ranks.shares:
+            embed(ctx, progress=False)
+            return RunResult(None, None, {}, 0, [])
         # A resumed rank reads the checkpoint too (the run folder is shared, as its config.yaml is).
-        return _follow(cfg, resume, finish)
+        return _follow(ctx, cfg, resume, finish)
     if resume:
         check_resumable(Path(resume), cfg)
-    else:
-        scan(cfg.data)  # a missing or misshapen data set fails before any folder is made
     if remote.is_s3(cfg.out) and finish:
         remote.check_writable(cfg.out)  # now, not after the training
+    staged = staged or remote.staged(cfg.data, IMAGE_EXTS, progress=progress, on_chunk=ranks.tick)
+    if not resume:
+        scan(staged.root)  # a missing or misshapen data set fails before any folder is made
     run_dir = Path(resume) if resume else new_run_dir(cfg)
     try:
-        result = _observed(run_dir, cfg, resume=bool(resume), progress=progress, on_epoch=on_epoch, finish=finish)
+        result = _observed(run_dir, cfg, ranks, staged, resume=bool(resume), progress=progress, on_epoch=on_epoch,
+                           finish=finish)
     except BaseException:
         # A run that fails before its first checkpoint leaves nothing behind.
         if not resume and not (run_dir / "checkpoints" / "last.pt").exists():
@@ -80,34 +80,22 @@ def train(cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress
     return result
 
 
-def _follow(cfg: TrainConfig, resume, finish: bool) -> RunResult:
-    """A rank but 0 on images: steps in DDP beside rank 0; when profiled, its step times and system
+def _follow(ctx: RunContext, cfg: TrainConfig, resume, finish: bool) -> RunResult:
+    """A rank but 0 under DDP: steps beside rank 0; when profiled, its step times and system
     samples go to rank 0's profile."""
     hooks = NO_HOOKS
     if cfg.profile and finish:
         from dogbreed.monitor.monitor import RankRecorder
 
-        hooks = RankRecorder(cfg.profile_interval_ms)
+        hooks = RankRecorder(ctx.ranks, cfg.profile_interval_ms)
     status = "failed"
     try:
-        result = _run(Path(resume) if resume else None, cfg, resolve_device(cfg.device), hooks, resume=bool(resume),
-                      progress=False, on_epoch=None, finish=finish, writer=False)
+        result = _run(Path(resume) if resume else None, cfg, ctx, hooks, resume=bool(resume), progress=False,
+                      on_epoch=None, finish=finish)
         status = "completed"
         return result
     finally:
         hooks.close(status)
-
-
-def _embed_share(cfg: TrainConfig) -> RunResult:
-    """A rank but 0: the same network and data as rank 0, its share of every embedding, nothing written."""
-    device = resolve_device(cfg.device)
-    data = load_for_training(cfg.data)
-    torch.manual_seed(cfg.seed)
-    model, _ = build_model(cfg.backbone, len(data.labels.names), pretrained=cfg.pretrained, weights=cfg.weights)
-    freeze(model, cfg.backbone, cfg.train_layers)
-    embed(cfg, model, eval_preset(cfg.backbone, cfg.image_size), data, device, amp_dtype_for(device, cfg.amp),
-          progress=False)
-    return RunResult(None, None, {}, 0, [])
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
@@ -126,17 +114,18 @@ def new_run_dir(cfg: TrainConfig) -> Path:
     return run_dir
 
 
-def _observed(run_dir: Path, cfg: TrainConfig, *, resume: bool, progress: bool, on_epoch, finish: bool) -> RunResult:
+def _observed(run_dir: Path, cfg: TrainConfig, ranks: Ranks, staged: remote.Staged, *, resume: bool, progress: bool,
+              on_epoch, finish: bool) -> RunResult:
     """The run inside its profiler, when it has one (tuning trials, ``finish=False``, run unobserved)."""
-    device = resolve_device(cfg.device)
     if cfg.rules and not cfg.profile:
         log.warning("--rules %s has no effect with --no-profile", cfg.rules)
+    ctx = prepare(cfg, ranks, staged=staged)
     if not (cfg.profile and finish):
-        return _run(run_dir, cfg, device, NO_HOOKS, resume=resume, progress=progress, on_epoch=on_epoch, finish=finish)
-    monitor = _open_monitor(run_dir, cfg, device, resume=resume)
+        return _run(run_dir, cfg, ctx, NO_HOOKS, resume=resume, progress=progress, on_epoch=on_epoch, finish=finish)
+    monitor = _open_monitor(run_dir, cfg, ctx, resume=resume)
     status = "failed"
     try:
-        result = _run(run_dir, cfg, device, monitor, resume=resume, progress=progress, on_epoch=on_epoch, finish=finish)
+        result = _run(run_dir, cfg, ctx, monitor, resume=resume, progress=progress, on_epoch=on_epoch, finish=finish)
         status = "completed"
         return result
     except KeyboardInterrupt:
@@ -148,15 +137,15 @@ def _observed(run_dir: Path, cfg: TrainConfig, *, resume: bool, progress: bool, 
             _report(run_dir)
 
 
-def _open_monitor(run_dir: Path, cfg: TrainConfig, device: torch.device, *, resume: bool):
+def _open_monitor(run_dir: Path, cfg: TrainConfig, ctx: RunContext, *, resume: bool):
     from dogbreed.monitor import Monitor  # the profiler's stack (psutil, rules, tensorboard) only when profiling
 
     meta = {"config": {k: getattr(cfg, k) for k in ("backbone", "train_layers", "epochs", "batch_size", "lr",
                                                    "image_size", "amp", "workers", "seed")},
             "path": "cached embeddings" if cfg.uses_feature_cache else "images",
             # the ranks stepping together in DDP, whose records the profile gathers
-            "ranks": distributed.world_size() if distributed.joined() and not cfg.uses_feature_cache else 1}
-    return Monitor(run_dir, device=device, meta=meta, interval_ms=cfg.profile_interval_ms,
+            "ranks": ctx.ranks.world if ctx.ranks.ddp else 1}
+    return Monitor(run_dir, device=ctx.device, ranks=ctx.ranks, meta=meta, interval_ms=cfg.profile_interval_ms,
                    debug_interval=cfg.debug_interval, trace_start=cfg.trace_start, trace_steps=cfg.trace_steps,
                    rules=cfg.rules, resume=resume)
 
@@ -174,18 +163,12 @@ def _report(run_dir: Path) -> None:
     log.info("profile report: %s (rules triggered: %s)", report.html, ", ".join(fired) or "none")
 
 
-def _run(run_dir: Path | None, cfg: TrainConfig, device: torch.device, hooks: NoHooks, *, resume: bool, progress: bool,
-         on_epoch, finish: bool, writer: bool = True) -> RunResult:
-    """``writer``: this process owns ``run_dir`` (a torchrun rank but 0 steps in DDP beside rank 0,
-    reads the run's checkpoint to resume, and writes nothing)."""
+def _run(run_dir: Path | None, cfg: TrainConfig, ctx: RunContext, hooks: NoHooks, *, resume: bool, progress: bool,
+         on_epoch, finish: bool) -> RunResult:
+    """The epochs and, with ``finish``, the outputs. Only the writer (rank 0) owns ``run_dir``: a
+    rank but 0 under DDP steps beside it, reads the run's checkpoint to resume, and writes nothing."""
     started = time.perf_counter()
-    amp_dtype = amp_dtype_for(device, cfg.amp)
-    data = load_for_training(cfg.data)
-    labels = data.labels
-    torch.manual_seed(cfg.seed)
-    model, weights_source = build_model(cfg.backbone, len(labels.names), pretrained=cfg.pretrained, weights=cfg.weights)
-    preset = eval_preset(cfg.backbone, cfg.image_size)
-    frozen = freeze(model, cfg.backbone, cfg.train_layers)
+    ranks, labels, writer = ctx.ranks, ctx.data.labels, ctx.ranks.writer
 
     # Paths saved absolute: `--resume` works from any folder.
     paths = {k: str(Path(v).resolve()) for k in ("data", "out", "weights", "cache_dir", "rules")
@@ -193,12 +176,12 @@ def _run(run_dir: Path | None, cfg: TrainConfig, device: torch.device, hooks: No
     if writer:
         cfgmod.save_yaml(dataclasses.replace(cfg, **paths), run_dir / "config.yaml")
         labels.write(run_dir / "labels.json")
-    hooks.describe_data(labels.names, data.counts()["train"])
+    hooks.describe_data(labels.names, ctx.data.counts()["train"])
     log.info("run %s: %s (%s), %d classes, %d/%d/%d images, train_layers=%s, device=%s, amp=%s",
-             run_dir, cfg.backbone, weights_source, len(labels.names), *(len(data.splits[s]) for s in SPLITS),
-             cfg.train_layers, device, {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "off"))
+             run_dir, cfg.backbone, ctx.weights_source, len(labels.names), *(len(ctx.data.splits[s]) for s in SPLITS),
+             cfg.train_layers, ctx.device, {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(ctx.amp_dtype, "off"))
 
-    batches = build_batches(cfg, model, frozen, preset, data, device, amp_dtype, progress=progress, hooks=hooks)
+    batches = build_batches(ctx, progress=progress, hooks=hooks)
     for phase, loader in (("train", batches.train), ("eval", batches.valid), ("test", batches.test)):
         hooks.describe_loader(phase, loader)
     params = [p for p in batches.trainable.parameters() if p.requires_grad]
@@ -212,8 +195,10 @@ def _run(run_dir: Path | None, cfg: TrainConfig, device: torch.device, hooks: No
         if resume:  # killed before its first epoch ended (while embedding, say): start over, same config
             log.info("resuming %s: it has no finished epoch, so it trains from epoch 1 with its saved config", run_dir)
         state = FitState()
-    if batches.stepped is not None and (epoch := distributed.from_main(state.epoch)) != state.epoch:
-        raise DogbreedError(f"rank {distributed.rank()} would resume after epoch {state.epoch} from {run_dir}, rank 0 "
+    # In the share role rank 0 trains the head alone: its steps are its own.
+    stepping = ranks if ranks.ddp else ALONE
+    if (epoch := stepping.from_main(state.epoch)) != state.epoch:
+        raise DogbreedError(f"rank {ranks.rank} would resume after epoch {state.epoch} from {run_dir}, rank 0 "
                             f"after epoch {epoch}: every rank must read the same run folder (on several machines, "
                             f"a shared one)")
     hooks.watch(batches.trainable, prefix=batches.watched, start_step=state.epoch * len(batches.train))
@@ -228,24 +213,25 @@ def _run(run_dir: Path | None, cfg: TrainConfig, device: torch.device, hooks: No
 
     try:
         state = fit(batches.trainable, batches.train, batches.valid, epochs=cfg.epochs, optimizer=optimizer,
-                    scheduler=scheduler, device=device, amp_dtype=amp_dtype, label_smoothing=cfg.label_smoothing,
+                    scheduler=scheduler, device=ctx.device, amp_dtype=ctx.amp_dtype, label_smoothing=cfg.label_smoothing,
                     set_train=batches.set_train, patience=cfg.patience, checkpoints=checkpoints if writer else None,
-                    state=state, on_epoch=report, progress=progress, hooks=hooks, stepped=batches.stepped)
+                    state=state, on_epoch=report, progress=progress, hooks=hooks, stepped=batches.stepped,
+                    ranks=stepping)
     finally:
         batches.close()
     if not finish:
         return RunResult(run_dir if writer else None, None, {}, state.best_epoch, state.history)
     if writer:
         checkpoints.load_best(batches.trainable)
-    if batches.stepped is not None:  # every rank judges the best epoch, on its shares
-        distributed.broadcast_module(batches.trainable)
-    judged = outputs.judge(cfg, model, batches, device, amp_dtype, hooks)
+    stepping.broadcast_module(batches.trainable)  # under DDP every rank judges the best epoch, on its shares
+    judged = outputs.judge(ctx, batches, hooks, valid=cfg.calibrate or cfg.reject != "none",
+                           train=cfg.reject == "mahalanobis")
     batches.close()
     if not writer:
         return RunResult(None, None, {}, state.best_epoch, state.history)
-    with distributed.busy():  # the other ranks wait for rank 0 to write
-        return outputs.finish(run_dir, cfg, model, judged, data, preset, state, weights_source, hooks,
-                              cache_stats=batches.cache_stats, seconds=time.perf_counter() - started)
+    with ranks.busy():  # the other ranks wait for rank 0 to write
+        return outputs.finish(run_dir, cfg, ctx, judged, state, hooks, cache_stats=batches.cache_stats,
+                              seconds=time.perf_counter() - started)
 
 
 def write_metrics(history: list[dict], path: Path) -> None:

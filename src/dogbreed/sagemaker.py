@@ -18,7 +18,6 @@ import os
 import sys
 from pathlib import Path
 
-from dogbreed import distributed
 from dogbreed.cli import main as cli_main
 from dogbreed.config import FIELD_TYPES, SAGEMAKER_ALIASES, coerce
 from dogbreed.errors import DogbreedError
@@ -89,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     tee = _Tee(sys.stderr)
     sys.stderr = tee
-    if write_failure not in distributed.on_fatal:  # a watchdog ends the process without unwinding
-        distributed.on_fatal.append(write_failure)
     try:
         try:
             check_hyperparameters(argv)

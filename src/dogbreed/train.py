@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from dogbreed import distributed, machine
+from dogbreed import machine
 from dogbreed.checkpoints import Checkpoints, FitState
+from dogbreed.distributed import ALONE, Ranks
 from dogbreed.errors import DogbreedError
 from dogbreed.hooks import NO_HOOKS, StepHooks
 
@@ -77,10 +78,10 @@ def train_one_epoch(
     progress: bool = False,
     desc: str = "train",
     hooks: StepHooks = NO_HOOKS,
-    shared: bool = False,
+    ranks: Ranks = ALONE,
 ) -> dict[str, float]:
-    """One pass over ``batches``. ``shared``: every torchrun rank steps in DDP on its part of each
-    batch, and the epoch's loss and accuracy are summed over the ranks."""
+    """One pass over ``batches``. Under DDP (``ranks.ddp``) every torchrun rank steps on its part of
+    each batch, and the epoch's loss and accuracy are summed over the ranks."""
     (set_train or model.train)()
     # Running sums stay on the device: one host sync per epoch, not one per step.
     loss_sum = torch.zeros((), device=device)
@@ -90,16 +91,16 @@ def train_one_epoch(
     bar = tqdm(total=len(batches), desc=desc, unit="batch", disable=not progress, leave=False)
     for step, batch in enumerate(hooks.steps(batches, "train")):
         bar.update()
-        distributed.point(f"{desc} step {step + 1}")
-        distributed.tick()
+        ranks.point(f"{desc} step {step + 1}")
+        ranks.tick()
         weight = 1.0
         if batch is None:  # every image of the batch failed to decode (each was warned about)
-            if not shared:
+            if not ranks.ddp:
                 continue
             # Under DDP every rank takes every step (its gradients are exchanged): this one takes it on
             # its last batch with the loss weighted 0, so it adds nothing but stays in step.
             if last is None:
-                raise DogbreedError(f"rank {distributed.rank()}'s first batch held no readable image, and under "
+                raise DogbreedError(f"rank {ranks.rank}'s first batch held no readable image, and under "
                                     f"torchrun every rank takes every step; run `dogbreed data check` on the data set")
             batch, weight = last, 0.0
         last = batch
@@ -120,8 +121,8 @@ def train_one_epoch(
             seen += y.numel()
     bar.close()
     totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device, dtype=torch.double)])
-    if shared:  # the epoch's numbers over every rank's steps
-        totals = distributed.all_sum(totals)
+    if ranks.ddp:  # the epoch's numbers over every rank's steps
+        totals = ranks.all_sum(totals)
     loss_total, correct_total, seen = totals.tolist()
     if seen == 0:
         raise DogbreedError("no training image could be decoded in this epoch; run `dogbreed data check` on the data set")
@@ -139,11 +140,11 @@ def evaluate(
     features_of: nn.Module | None = None,
     hooks: StepHooks = NO_HOOKS,
     phase: str = "eval",
-    shared: bool = False,
+    ranks: Ranks = ALONE,
 ) -> EvalResult:
     """Loss and accuracy over ``batches``; with ``keep_predictions`` also each image's logits,
     target and index, and with ``features_of`` (a module inside ``model``, or ``model`` itself) the
-    input that module received for each image. ``shared``: under torchrun each rank passes its share
+    input that module received for each image. Under DDP (``ranks.ddp``) each rank passes its share
     of the split, and the sums and, when kept, the per-image tensors are gathered from every rank, so every rank
     returns what one process would over the whole split (per-image tensors in the split's order)."""
     model.eval()
@@ -157,7 +158,7 @@ def evaluate(
     kept, seen = [], 0
     try:
         for batch in hooks.steps(batches, phase):
-            distributed.tick()
+            ranks.tick()
             if batch is None:
                 continue
             x, y, index = batch
@@ -176,8 +177,8 @@ def evaluate(
             hook.remove()
     totals = torch.stack([loss_sum.double(), top1.double(), top5.double(),
                           torch.tensor(float(seen), device=device, dtype=torch.double)])
-    if shared:
-        totals = distributed.all_sum(totals)
+    if ranks.ddp:
+        totals = ranks.all_sum(totals)
     loss_total, top1_total, top5_total, seen = totals.tolist()
     if seen == 0:
         raise DogbreedError("no evaluation image could be decoded; run `dogbreed data check` on the data set")
@@ -187,16 +188,16 @@ def evaluate(
         result.logits, result.targets, result.indices = parts
     if seen_inputs:
         result.features = torch.cat(seen_inputs)
-    if keep_predictions and shared:
-        _gather_predictions(result)
+    if keep_predictions and ranks.ddp:
+        _gather_predictions(result, ranks)
     return result
 
 
-def _gather_predictions(result: EvalResult) -> None:
+def _gather_predictions(result: EvalResult, ranks: Ranks) -> None:
     """Every rank's kept tensors into ``result``, in the split's order (by image index; an image a
     padded sampler gave two ranks is kept once)."""
     mine = (result.logits, result.targets, result.indices, result.features)
-    parts = [p for p in distributed.gathered(mine) if p[0] is not None]
+    parts = [p for p in ranks.gathered(mine) if p[0] is not None]
     logits, targets, indices = (torch.cat([p[i] for p in parts]) for i in range(3))
     features = torch.cat([p[3] for p in parts]) if parts[0][3] is not None else None
     order = indices.argsort(stable=True)
@@ -247,6 +248,7 @@ def fit(
     progress: bool = False,
     hooks: StepHooks = NO_HOOKS,
     stepped: nn.Module | None = None,
+    ranks: Ranks = ALONE,
 ) -> FitState:
     """Train for ``epochs`` (from ``state.epoch`` on); keep the best epoch by val_loss.
 
@@ -254,18 +256,17 @@ def fit(
     ``on_epoch`` gets each epoch's metrics row (for printing, tuning reports and pruning). ``hooks``
     time the steps and read debugger tensors; a rule with the stop action ends the epoch after the
     current step, and no epoch starts after it (under torchrun, after the epoch: every rank stops
-    together). ``stepped`` is what a training step runs when it is not ``model``: DDP around it,
-    whose ranks then share every epoch's steps and evaluation.
+    together). ``stepped`` is what a training step runs when it is not ``model`` (DDP around it);
+    under DDP (``ranks.ddp``) the ranks share every epoch's steps and evaluation.
     """
     shuffle = getattr(train_batches, "generator", None)  # saved with the checkpoint: the same batch order on resume
     state = state or FitState()
     state.history = state.history or []
     sampler = getattr(train_batches, "sampler", None)
-    shared = stepped is not None
     for epoch in range(state.epoch + 1, epochs + 1):
         stop = hooks.stop_requested
-        if shared:  # rank 0's rules decide for every rank
-            stop = distributed.agree(stop)
+        if ranks.ddp:  # rank 0's rules decide for every rank
+            stop = ranks.agree(stop)
         if stop:
             log.info("training stopped after epoch %d by rule %s (its action is stop)", epoch - 1, hooks.stopped_by)
             break
@@ -277,9 +278,9 @@ def fit(
         train = train_one_epoch(
             stepped or model, train_batches, optimizer, scheduler, device=device, amp_dtype=amp_dtype,
             label_smoothing=label_smoothing, set_train=set_train, progress=progress, desc=f"epoch {epoch}/{epochs}",
-            hooks=hooks, shared=shared,
+            hooks=hooks, ranks=ranks,
         )
-        val = evaluate(model, val_batches, device=device, amp_dtype=amp_dtype, hooks=hooks, shared=shared)
+        val = evaluate(model, val_batches, device=device, amp_dtype=amp_dtype, hooks=hooks, ranks=ranks)
         row = {
             "epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
             "val_loss": val.loss, "val_accuracy": val.accuracy, "val_top5": val.top5,
@@ -294,7 +295,7 @@ def fit(
         if improved:
             state.best_epoch, state.best_val_loss = epoch, val.loss
         if checkpoints is not None:
-            with distributed.busy():  # rank 0 alone writes; under torchrun the others wait at the next exchange
+            with ranks.busy():  # rank 0 alone writes; under torchrun the others wait at the next exchange
                 checkpoints.save(model, optimizer, scheduler, state, shuffle, improved=improved)
         hooks.epoch_end(row)
         if on_epoch:

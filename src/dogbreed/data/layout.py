@@ -14,7 +14,6 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from dogbreed import remote
 from dogbreed.errors import DogbreedError
 from dogbreed.machine import available_cpus
 from dogbreed.runtime.presets import ImageDecodeError, load_image
@@ -94,7 +93,7 @@ def scan(root: str | os.PathLike | None) -> Layout:
     """Read the layout; raise DogbreedError (one line) for anything training cannot start with."""
     if not root:
         raise DogbreedError("no data set given; pass --data DIR (expected DIR/{train,valid,test}/<class>/*.jpg)")
-    root = Path(remote.local_path(root, IMAGE_EXTS))  # an s3:// data set is read from its local mirror
+    root = Path(root)
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
         raise DogbreedError(f"data dir {root} {what}; {HINT}")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dogbreed import distributed
+from dogbreed.distributed import ALONE, Ranks
 from dogbreed.hooks import NoHooks
 from dogbreed.monitor.probes import FLUSH_EVERY, TensorProbe, TraceWindow
 from dogbreed.monitor.rules import RuleSet, load_rules_file
@@ -38,7 +38,7 @@ EARLY_STEPS = 10  # train steps recorded in full at the start (ReLU inputs, grad
 class Monitor(NoHooks):
     """The profiler: implements every hook of ``dogbreed.hooks.NoHooks``."""
 
-    def __init__(self, run_dir: Path, *, device: torch.device, meta: dict, interval_ms: int = 500,
+    def __init__(self, run_dir: Path, *, device: torch.device, meta: dict, ranks: Ranks = ALONE, interval_ms: int = 500,
                  debug_interval: int = 25, trace_start: int = 5, trace_steps: int = 5, rules: str | None = None,
                  resume: bool = False) -> None:
         self.folder = Path(run_dir) / PROFILE_DIR
@@ -73,7 +73,7 @@ class Monitor(NoHooks):
         self._writers = {name: JsonlWriter(self.folder / f"{name}.jsonl") for name in STREAMS}
         self._queues = {name: collections.deque() for name in STREAMS if name != "system"}  # system: sampled on the thread
         # Under torchrun on images: the other ranks' steps and system samples, sent at each epoch's end.
-        self.ranks = int(meta.get("ranks", 1))
+        self.ranks = ranks  # under DDP the other ranks' step times and samples join this profile
         self._ranked = {"steps": collections.deque(), "system": collections.deque()}
         from tensorboardX import SummaryWriter  # thread-safe: the training and monitor threads both write
 
@@ -132,7 +132,7 @@ class Monitor(NoHooks):
                 step += 1
                 # After a step: a stopped epoch still trained; never cuts embed/eval. Under torchrun the
                 # ranks stop together after the epoch (``fit`` asks rank 0's rules at its start).
-                if train and self.stop_requested and not distributed.joined():
+                if train and self.stop_requested and not self.ranks.ddp:
                     break
         finally:
             self.counts[phase] = step
@@ -192,9 +192,9 @@ class Monitor(NoHooks):
 
     def _receive(self) -> None:
         """The other ranks' records since the last exchange (every rank calls this together)."""
-        if self.ranks < 2:
+        if not self.ranks.ddp:
             return
-        for steps, system in distributed.gathered(None)[1:]:
+        for steps, system in self.ranks.gathered(None)[1:]:
             self._ranked["steps"].extend(steps)
             self._ranked["system"].extend(system)
 
@@ -293,8 +293,8 @@ class RankRecorder(NoHooks):
     Monitor does, and hands the records to rank 0's Monitor at each epoch's end and at the close,
     where they join the profile with this rank's number ("rank"). It writes nothing itself."""
 
-    def __init__(self, interval_ms: int = 500) -> None:
-        self.rank = distributed.rank()
+    def __init__(self, ranks: Ranks, interval_ms: int = 500) -> None:
+        self.ranks, self.rank = ranks, ranks.rank
         self.sampler = SystemSampler()
         self.interval = max(0.05, interval_ms / 1000)
         self.epoch = 0
@@ -345,7 +345,7 @@ class RankRecorder(NoHooks):
         with self._lock:
             steps, system = self.records["steps"], self.records["system"]
             self.records = {"steps": [], "system": []}
-        distributed.gathered((steps, system))
+        self.ranks.gathered((steps, system))
 
 
 def _drain(queue: collections.deque) -> list:

@@ -22,11 +22,13 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from dogbreed import distributed, remote
+from dogbreed import remote
 from dogbreed.batches import EMBEDDING_KEYS, warm_cache
 from dogbreed.checkpoints import RESUME_OVERRIDABLE, resume_config
 from dogbreed.config import TrainConfig, coerce
-from dogbreed.data.layout import scan
+from dogbreed.context import prepare
+from dogbreed.data.layout import IMAGE_EXTS, scan
+from dogbreed.distributed import ALONE, Ranks
 from dogbreed.errors import DogbreedError
 from dogbreed.files import make_folder, read_yaml
 from dogbreed.lifetime import end_with_parent
@@ -78,7 +80,7 @@ def _components(opts: TuneOptions, space: dict[str, Param], base: TrainConfig, w
     return sampler, make_pruner(opts.pruner, max_epochs)
 
 
-def _objective(base: TrainConfig, space: dict[str, Param], objective: str, study_dir: Path):
+def _objective(base: TrainConfig, space: dict[str, Param], objective: str, study_dir: Path, staged: remote.Staged):
     def run_trial(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
         name = f"trial-{trial.number:03d}"
@@ -91,7 +93,7 @@ def _objective(base: TrainConfig, space: dict[str, Param], objective: str, study
                 raise optuna.TrialPruned(f"pruned at epoch {row['epoch']}")
 
         # A trial's checkpoints are only needed while it runs.
-        history = train(cfg, progress=False, on_epoch=report, finish=False, keep_checkpoints=False).history
+        history = train(cfg, staged=staged, progress=False, on_epoch=report, finish=False, keep_checkpoints=False).history
         pick = min if OBJECTIVES[objective] == "minimize" else max
         best = pick(history, key=lambda r: r[objective])
         trial.set_user_attr("epochs_run", len(history))
@@ -104,14 +106,14 @@ def _objective(base: TrainConfig, space: dict[str, Param], objective: str, study
 
 
 def _run_worker(storage: RDBStorage, url: str, opts: TuneOptions, base: TrainConfig, space: dict[str, Param],
-                study_dir: Path, worker: int) -> int:
+                study_dir: Path, staged: remote.Staged, worker: int) -> int:
     sampler, pruner = _components(opts, space, base, worker)
     study = optuna.load_study(study_name=opts.study, storage=storage, sampler=sampler, pruner=pruner)
-    return work(study, storage, _objective(base, space, opts.objective, study_dir), poll_s=min(1.0, opts.heartbeat),
+    return work(study, storage, _objective(base, space, opts.objective, study_dir, staged), poll_s=min(1.0, opts.heartbeat),
                 lock=claim_lock(url))
 
 
-def _worker_process(parent, url, opts, base, space, study_dir, worker, threads) -> None:
+def _worker_process(parent, url, opts, base, space, study_dir, staged, worker, threads) -> None:
     """Entry of a ``--parallel`` worker process (spawned: a fresh interpreter, no inherited threads)."""
     import torch
 
@@ -120,7 +122,7 @@ def _worker_process(parent, url, opts, base, space, study_dir, worker, threads) 
     setup_logging()
     quiet(QUIET_DURING_TRIALS)
     torch.set_num_threads(threads)
-    _run_worker(open_storage(url, opts.heartbeat), url, opts, base, space, study_dir, worker)
+    _run_worker(open_storage(url, opts.heartbeat), url, opts, base, space, study_dir, staged, worker)
 
 
 class _Progress(threading.Thread):
@@ -156,13 +158,14 @@ class _Progress(threading.Thread):
         self.bar.close()
 
 
-def tune(base: TrainConfig, opts: TuneOptions, *, progress: bool = True) -> TuneResult:
+def tune(base: TrainConfig, opts: TuneOptions, *, ranks: Ranks = ALONE, progress: bool = True) -> TuneResult:
     """Run (or join) the study and, when no trial is left anywhere, write its results and train the
     best parameters once more. Under torchrun every rank is a tuning worker of the same study (with
-    its own --parallel processes), and rank 0 alone writes the results and the final run."""
+    its own --parallel processes), and rank 0 alone writes the results and the final run
+    (``ranks``: this worker's place, from ``distributed.session(join=False)``: no process group)."""
     opts.validate()
-    rank, ranks = distributed.rank(), distributed.world_size()  # torchrun's environment: no process group
-    if ranks > 1 and not opts.storage and int(os.environ.get("LOCAL_WORLD_SIZE", ranks)) != ranks:
+    rank = ranks.rank
+    if ranks.world > 1 and not opts.storage and ranks.local_world != ranks.world:
         raise DogbreedError("under torchrun on several machines the ranks share one study through --storage "
                             "postgresql://...; the default SQLite file is one machine's")
     space = load_space(opts.space)
@@ -174,7 +177,8 @@ def tune(base: TrainConfig, opts: TuneOptions, *, progress: bool = True) -> Tune
         if opts.trials > len(points):
             log.info("grid sampler: the grid has %d points, so %d trials instead of %d", len(points), len(points), opts.trials)
             opts = dataclasses.replace(opts, trials=len(points))
-    scan(base.data)  # a missing or misshapen data set is said before any study is made
+    staged = remote.staged(base.data, IMAGE_EXTS, progress=progress)  # staged once, for every trial here
+    scan(staged.root)  # a missing or misshapen data set is said before any study is made
     check_space(space, base, opts.space)
     out = base.out
     if remote.is_s3(out):  # the study runs locally; its final artifact is uploaded
@@ -194,7 +198,7 @@ def tune(base: TrainConfig, opts: TuneOptions, *, progress: bool = True) -> Tune
     if base.uses_feature_cache and not EMBEDDING_KEYS & set(space) and study.get_trials(
             deepcopy=False, states=(TrialState.WAITING,)):
         # Every trial shares these embeddings: compute them once here, with all cores, not in a worker.
-        stats = warm_cache(base, progress=progress)
+        stats = warm_cache(prepare(base, staged=staged), progress=progress)
         log.info("embeddings ready: %d cached, %d computed", stats["hits"], stats["computed"])
     bar = _Progress(study, opts.objective, progress and rank == 0)
     if rank == 0:  # the other ranks' trials show in rank 0's lines too: they share the study
@@ -203,9 +207,9 @@ def tune(base: TrainConfig, opts: TuneOptions, *, progress: bool = True) -> Tune
     try:
         if opts.parallel == 1:
             with quieted(QUIET_DURING_TRIALS):
-                _run_worker(storage, url, opts, base, space, study_dir, first)  # in this process: its one storage
+                _run_worker(storage, url, opts, base, space, study_dir, staged, first)  # in this process: its one storage
         else:
-            _run_processes(url, opts, base, space, study_dir, first)
+            _run_processes(url, opts, base, space, study_dir, staged, first, threads=max(1, ranks.local_cpus() // opts.parallel))
     finally:
         bar.close()
     if rank > 0:  # every trial has ended (a worker returns only then): rank 0 writes what they found
@@ -214,11 +218,13 @@ def tune(base: TrainConfig, opts: TuneOptions, *, progress: bool = True) -> Tune
     return finish(study, opts, base, url, study_dir, progress=progress)
 
 
-def _run_processes(url, opts, base, space, study_dir, first: int = 0) -> None:
+def _run_processes(url, opts, base, space, study_dir, staged, first: int, *, threads: int) -> None:
+    """``--parallel`` worker processes, each of ``threads`` threads (under torchrun: this rank's part
+    of the cores, shared)."""
     ctx = multiprocessing.get_context("spawn")
-    threads = max(1, distributed.local_cpus() // opts.parallel)  # under torchrun: this rank's part of the cores
     # Not daemonic: a trial on images starts DataLoader worker processes of its own.
-    procs = [ctx.Process(target=_worker_process, args=(os.getpid(), url, opts, base, space, study_dir, first + i, threads))
+    procs = [ctx.Process(target=_worker_process, args=(os.getpid(), url, opts, base, space, study_dir, staged, first + i,
+                                                                threads))
              for i in range(opts.parallel)]
     for p in procs:
         p.start()
