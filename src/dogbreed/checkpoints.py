@@ -20,7 +20,6 @@ from torch import nn
 
 from dogbreed import config as cfgmod
 from dogbreed.config import PROFILE_KEYS, TrainConfig
-from dogbreed.data.layout import scan
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_torch_save
 from dogbreed.runtime.loading import load_failure, read_tensors
@@ -105,12 +104,11 @@ def resume_config(run_dir: str | os.PathLike, overrides: dict) -> TrainConfig:
     return cfgmod.resolve(run_dir / "config.yaml", overrides)
 
 
-def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
-    """Refuse, before touching the run, a resume with nothing to do or no data to do it with."""
+def check_resumable(run_dir: Path, epochs: int) -> None:
+    """Refuse, before touching the run, a resume of ``epochs`` in all with nothing left to do."""
     results = run_dir / "results.json"
     if results.is_file():
         done = json.loads(results.read_text(encoding="utf-8")).get("epochs_run", 0)
-        if cfg.epochs <= done:
+        if epochs <= done:
             raise DogbreedError(f"{run_dir} has finished ({done} epochs; its artifact is {run_dir / 'model.tar.gz'}); "
                                 f"to train it further, pass --epochs N with N over {done}")
-    scan(cfg.data)  # a missing data set fails here, not after the run's status was changed

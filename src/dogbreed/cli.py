@@ -110,9 +110,10 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from dogbreed.data.layout import SPLITS, check
+    from dogbreed.data.layout import IMAGE_EXTS, SPLITS, check
+    from dogbreed.remote import staged
 
-    report = check(args.dir, full=not args.quick, progress=_progress(args))
+    report = check(staged(args.dir, IMAGE_EXTS, progress=_progress(args)).root, full=not args.quick, progress=_progress(args))
     if report.layout:
         counts = report.layout.counts()
         names = report.layout.labels.names

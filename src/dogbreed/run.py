@@ -55,12 +55,11 @@ def train(cfg: TrainConfig, *, ranks: Ranks = ALONE, staged: remote.Staged | Non
         # A resumed rank reads the checkpoint too (the run folder is shared, as its config.yaml is).
         return _follow(ctx, cfg, resume, finish)
     if resume:
-        check_resumable(Path(resume), cfg)
+        check_resumable(Path(resume), cfg.epochs)
     if remote.is_s3(cfg.out) and finish:
         remote.check_writable(cfg.out)  # now, not after the training
     staged = staged or remote.staged(cfg.data, IMAGE_EXTS, progress=progress, on_chunk=ranks.tick)
-    if not resume:
-        scan(staged.root)  # a missing or misshapen data set fails before any folder is made
+    scan(staged.root)  # a missing or misshapen data set fails before any folder is made or changed
     run_dir = Path(resume) if resume else new_run_dir(cfg)
     try:
         result = _observed(run_dir, cfg, ranks, staged, resume=bool(resume), progress=progress, on_epoch=on_epoch,
