@@ -262,14 +262,15 @@ def session(cfg, *, join: bool = True, on_fatal: Callable[[str], None] | None = 
     the ranks only know their places: they share a study, not a process group."""
     joining = join and started_by_torchrun()
     ranks = from_environment((SHARE if cfg.uses_feature_cache else DDP) if joining else SINGLE)
+    if joining:
+        from dogbreed.machine import resolve_device
+
+        ranks.join(resolve_device(cfg.device), rank_timeout=cfg.rank_timeout, on_fatal=on_fatal)  # each rank says it joined
     if not ranks.main:
         logging.getLogger("dogbreed").setLevel(logging.WARNING)
     if not joining:
         yield ranks
         return
-    from dogbreed.machine import resolve_device
-
-    ranks.join(resolve_device(cfg.device), rank_timeout=cfg.rank_timeout, on_fatal=on_fatal)
     try:
         yield ranks
     except BaseException as exc:
