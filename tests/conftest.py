@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -91,6 +92,12 @@ def samples() -> Path:
     if not SAMPLES.is_dir():
         pytest.skip(f"sample photos not found at {SAMPLES}")
     return SAMPLES
+
+
+def cache_use(run_dir: Path) -> dict:
+    """What a run's embedding cache did, from its results.json: hits, computed and ranks."""
+    stats = json.loads((run_dir / "results.json").read_text())["feature_cache"]
+    return {key: stats[key] for key in ("hits", "computed", "ranks")}
 
 
 def free_port() -> int:

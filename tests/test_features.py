@@ -11,19 +11,20 @@ from dogbreed.predict import predict_files
 from dogbreed.run import train
 from dogbreed.runtime.pipeline import Options
 
-from .conftest import TINY
+from .conftest import TINY, cache_use
 
 
 def test_second_run_reuses_the_embedding_cache(synth_data, tiny_weights, tmp_path, capsys):
     overrides = {**TINY, "data": str(synth_data), "weights": str(tiny_weights), "out": str(tmp_path), "epochs": 1,
                  "aug_views": 1, "cache_dir": str(tmp_path / "cache")}
     setup_logging()
-    train(config.resolve(overrides=overrides), progress=False)
-    assert "0 hit(s), 3 computed" in capsys.readouterr().out
-    train(config.resolve(overrides={**overrides, "lr": 0.01, "batch_size": 4}), progress=False)
-    assert "3 hit(s), 0 computed" in capsys.readouterr().out  # trials that change the head reuse it
-    train(config.resolve(overrides={**overrides, "image_size": 48}), progress=False)
-    assert "0 hit(s), 3 computed" in capsys.readouterr().out  # a new transform is a new entry
+    first = train(config.resolve(overrides=overrides), progress=False)
+    assert cache_use(first.run_dir) == {"hits": 0, "computed": 3, "ranks": 1}
+    assert "0 hit(s), 3 computed" in capsys.readouterr().out  # the one test of the console line
+    again = train(config.resolve(overrides={**overrides, "lr": 0.01, "batch_size": 4}), progress=False)
+    assert cache_use(again.run_dir) == {"hits": 3, "computed": 0, "ranks": 1}  # trials that change the head reuse it
+    resized = train(config.resolve(overrides={**overrides, "image_size": 48}), progress=False)
+    assert cache_use(resized.run_dir) == {"hits": 0, "computed": 3, "ranks": 1}  # a new transform is a new entry
 
 
 def test_embeddings_from_each_backend_train_heads_whose_test_predictions_agree(synth_data, tiny_weights, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TINY, free_port, one_line_error
+from .conftest import TINY, cache_use, free_port, one_line_error
 
 s3fs = pytest.importorskip("s3fs")
 FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "pretrained"] + [
@@ -94,21 +94,22 @@ def test_train_from_s3_uploads_the_artifact_and_predicts_from_s3(bucket, tmp_pat
 
 def test_the_embedding_cache_keys_s3_objects_not_their_copies(bucket, tmp_path):
     env, fs, url = bucket
-    first = cli(env, tmp_path, "train", "--data", url, "--out", "runs", *FLAGS)
-    assert first.returncode == 0 and "0 hit(s), 3 computed" in first.stdout, first.stderr[-2000:]
+    first = cli(env, tmp_path, "train", "--data", url, "--out", "runs", "--name", "first", *FLAGS)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert cache_use(tmp_path / "runs" / "first") == {"hits": 0, "computed": 3, "ranks": 1}
     shutil.rmtree(tmp_path / "cache" / "s3")  # a new mirror: every file copied again, with new mtimes
-    again = cli(env, tmp_path, "train", "--data", url, "--out", "runs", *FLAGS)
+    again = cli(env, tmp_path, "train", "--data", url, "--out", "runs", "--name", "again", *FLAGS)
     assert again.returncode == 0 and "fetching 64 of 64 images" in again.stdout, again.stderr[-2000:]
-    assert "3 hit(s), 0 computed" in again.stdout
+    assert cache_use(tmp_path / "runs" / "again") == {"hits": 3, "computed": 0, "ranks": 1}
 
     # One test image replaced upstream (new ETag): it alone is fetched, and the test entry recomputed.
     victim = sorted(fs.find("dogs/set/test"))[0]
     original = fs.cat_file(victim)
     try:
         fs.pipe_file(victim, fs.cat_file(sorted(fs.find("dogs/set/test"))[-1]))
-        changed = cli(env, tmp_path, "train", "--data", url, "--out", "runs", *FLAGS)
+        changed = cli(env, tmp_path, "train", "--data", url, "--out", "runs", "--name", "changed", *FLAGS)
         assert changed.returncode == 0 and "fetching 1 of 64 images" in changed.stdout, changed.stderr[-2000:]
-        assert "2 hit(s), 1 computed" in changed.stdout
+        assert cache_use(tmp_path / "runs" / "changed") == {"hits": 2, "computed": 1, "ranks": 1}
     finally:
         fs.pipe_file(victim, original)
 

@@ -3,6 +3,7 @@ import hashlib
 import pytest
 from PIL import Image
 
+from dogbreed.cli import main
 from dogbreed.data.synth import synth
 from dogbreed.errors import DogbreedError
 
@@ -18,6 +19,14 @@ def test_writes_imagefolder_layout_with_split_shares(tmp_path):
     img = Image.open(next((root / "train" / "001.Affenpinscher").glob("*.jpg")))
     assert img.size == (48, 48) and img.mode == "RGB"
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_the_command_writes_the_set_its_flags_ask_for(tmp_path):
+    assert main(["data", "synth", str(tmp_path / "d"), "--classes", "2", "--per-class", "6", "--size", "32",
+                 "--unseen", "1", "--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "d" / "train").iterdir()) == ["001.Affenpinscher", "002.Afghan_hound"]
+    assert sum(1 for _ in (tmp_path / "d").glob("*/*/*.jpg")) == 2 * 6 + 6 // 2  # and one unseen breed, half as many
+    assert Image.open(next((tmp_path / "d" / "unseen").glob("*/*.jpg"))).size == (32, 32)
 
 
 def test_same_seed_same_images_other_seed_other_images(tmp_path):

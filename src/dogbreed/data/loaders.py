@@ -82,8 +82,13 @@ def image_loader(
 def shutdown_workers(loader) -> None:
     """End a loader's persistent worker processes now. Left to the garbage collector, a finished run's
     workers are joined whenever it next runs, which stalled a later run in the same process (the demo,
-    the Python API) for seconds at a time."""
-    iterator = getattr(loader, "_iterator", None)  # where torch keeps the persistent workers' iterator
+    the Python API) for seconds at a time.
+
+    Torch has no public call for this: a DataLoader keeps its persistent workers' iterator in the
+    private ``_iterator``, whose private ``_shutdown_workers`` is what torch itself calls when the
+    iterator is collected. tests/data/test_loaders.py pins both; any other loader (``TensorBatches``)
+    has no workers and is left alone."""
+    iterator = getattr(loader, "_iterator", None)
     if iterator is not None and hasattr(iterator, "_shutdown_workers"):
         iterator._shutdown_workers()
         loader._iterator = None

@@ -42,14 +42,15 @@ def table(study: optuna.Study) -> list[dict]:
 
 
 def format_trial(row: dict, objective: str) -> str:
-    params = " ".join(f"{k[6:]}={_fmt(v)}" for k, v in row.items() if k.startswith("param_"))
+    params = format_params({k[6:]: v for k, v in row.items() if k.startswith("param_")})
     value = f"{objective} {row['value']:.4f}" if row["value"] is not None else f"{objective} -"
     seconds = f"{row['seconds']:.1f}s" if row["seconds"] is not None else "-"
     return f"trial {row['number']:>3}  {row['state']:<8}  {value:<20}  {params}  {seconds}"
 
 
-def _fmt(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+def format_params(params: dict) -> str:
+    """``lr=0.00123 batch_size=32``: a trial's parameters on one line, floats to 3 significant digits."""
+    return " ".join(f"{k}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in params.items())
 
 
 def write_table(rows: list[dict], path: Path) -> None:

@@ -203,23 +203,26 @@ def claim_lock(url: str) -> Path | None:
     return db.with_name(db.name + ".claim.lock") if db else None
 
 
-def claim(study: optuna.Study, lock: Path | None = None) -> int | None:
-    """Atomically take one waiting trial (WAITING -> RUNNING); None if there is none left.
+def claim(study: optuna.Study, storage: RDBStorage, lock: Path | None = None) -> int | None:
+    """Atomically take one waiting trial of ``study`` (kept in ``storage``), WAITING -> RUNNING;
+    returns its trial id, None if there is none left.
 
     The same row-level update ``Study.ask`` relies on, without its fallback of creating a new
     trial when none is waiting (which would run more trials than planned). PostgreSQL locks the
     row (SELECT ... FOR UPDATE); SQLite ignores that, and two processes took the same trial (14 of
     300 in a test), so on SQLite ``lock`` (``claim_lock``, a local file: SQLite workers share a
     machine) serialises the claims."""
-    storage = study._storage  # the study's own (caching) view of the storage, as optuna uses it
+    study_id = storage.get_study_id_from_name(study.study_name)
     with file_lock(lock) if lock else nullcontext():
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            # A trial object keeps its id private; the storage maps (study, number) to it.
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
             try:
-                if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
                     # At once: a running trial with no heartbeat yet is never seen as stale, so a
                     # worker killed before its first beat would leave the others waiting forever.
-                    storage.record_heartbeat(frozen._trial_id)
-                    return frozen._trial_id
+                    storage.record_heartbeat(trial_id)
+                    return trial_id
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
     return None
@@ -232,7 +235,7 @@ def work(study: optuna.Study, storage: RDBStorage, objective: Callable[[optuna.T
     worker = f"{socket.gethostname()}:{os.getpid()}"
     while True:
         fail_stale_trials(study)  # a dead worker's trial becomes FAIL plus a waiting retry
-        trial_id = claim(study, lock)
+        trial_id = claim(study, storage, lock)
         if trial_id is None:
             if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 time.sleep(poll_s)  # others are busy; one may die and leave a retry to pick up

@@ -255,7 +255,7 @@ def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, 
     final_run = artifact = None
     if best is not None:
         log.info("best trial %d: %s %.4f with %s", best["number"], opts.objective, best["value"],
-                 " ".join(f"{k}={results._fmt(v)}" for k, v in best["params"].items()))
+                 results.format_params(best["params"]))
         earlier = _earlier_final(study_dir / "best.json", best)
         if opts.final and earlier:
             log.info("final training already done for trial %d: %s", best["number"], earlier["artifact"])
