@@ -17,6 +17,7 @@ import yaml
 
 from dogbreed.errors import DogbreedError
 from dogbreed.files import read_yaml
+from dogbreed.flags import check_choices
 from dogbreed.flags import option as _opt
 from dogbreed.machine import DEVICES, resolve_device
 from dogbreed.runtime.network import BACKBONES
@@ -74,11 +75,7 @@ class TrainConfig:
     rules: str | None = _opt(None, "YAML file of rule parameters and actions, e.g. `Overfit: {action: stop}` (see docs/profiling.md)")
 
     def validate(self) -> "TrainConfig":
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise DogbreedError(f"{f.name} {value!r} is not valid; choose one of: {', '.join(choices)}")
+        check_choices(self)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
         for key, value in positive.items():
             if not (math.isfinite(value) and value > 0):

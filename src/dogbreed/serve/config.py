@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, fields
 
 from dogbreed.errors import DogbreedError
-from dogbreed.flags import option
+from dogbreed.flags import check_choices, option
 from dogbreed.runtime import backends
 from dogbreed.runtime.pipeline import DEFAULT_MAX_INSTANCES, Options
 from dogbreed.runtime.presets import DEFAULT_MAX_PIXELS
@@ -57,8 +57,7 @@ class ServeConfig:
 
     def validate(self) -> "ServeConfig":
         """Each bad setting is one line naming its flag, before anything loads."""
-        if self.backend not in backends.CHOICES:
-            raise DogbreedError(f"--backend {self.backend!r} is not available; choose one of: {', '.join(backends.CHOICES)}")
+        check_choices(self, as_flags=True, verdict="is not available")
         if not self.backend_budget_s > 0:
             raise DogbreedError("--backend-budget-s must be positive")
         for key in ("max_batch_size", "queue_size", "workers", "max_instances"):
