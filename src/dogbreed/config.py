@@ -21,7 +21,7 @@ from dogbreed.flags import check_choices
 from dogbreed.flags import option as _opt
 from dogbreed.machine import DEVICES, resolve_device
 from dogbreed.runtime.network import BACKBONES
-from dogbreed.runtime.pipeline import DEFAULT_THRESHOLD, Options
+from dogbreed.runtime.pipeline import DEFAULT_KEEP, DEFAULT_THRESHOLD, Options
 from dogbreed.runtime.scores import SCORES
 
 TRAIN_LAYERS = ("head", "layer4", "all")
@@ -64,7 +64,7 @@ class TrainConfig:
     reject: str = _opt("mahalanobis", "the score that says \"not a dog\": mahalanobis (on the embeddings; measured best, "
                                       "benchmarks/RESULTS.md), energy, msp, imagenet (the ImageNet head's dog classes; "
                                       "needs ImageNet weights and --train-layers head), or none", choices=REJECT_SCORES)
-    reject_keep: float = _opt(0.95, "share of the valid images the \"not a dog\" threshold keeps")
+    reject_keep: float = _opt(DEFAULT_KEEP, "share of the valid images the \"not a dog\" threshold keeps")
     calibrate: bool = _opt(True, "fit a temperature on the validation split so that a 0.9 is right 9 times in 10 "
                                  "(applied by every prediction); --no-calibrate to keep raw probabilities")
     profile: bool = _opt(True, "record system and step metrics and debugger tensors, run the rules live and write profile/report.html; --no-profile to skip")
