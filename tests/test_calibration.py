@@ -1,9 +1,11 @@
 """Temperature scaling and the measures of calibration, on logits whose right temperature is known."""
 
+import math
+
 import pytest
 import torch
 
-from dogbreed import calibration
+from dogbreed import calibration, plots
 
 
 def overconfident(n: int, scale: float, seed: int):
@@ -44,7 +46,15 @@ def test_the_report_fits_on_valid_and_judges_on_test():
     assert "temperature 2." in calibration.summary(doc) and "ECE" in calibration.summary(doc)
 
 
+def test_reliability_bins_by_hand():
+    logits = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]]).log()  # softmax gives these back
+    accuracy, share, ece = calibration.reliability(logits, torch.tensor([0, 1, 0, 0]), bins=10)
+    assert accuracy[9] == pytest.approx(0.5) and accuracy[6] == pytest.approx(1.0)
+    assert all(math.isnan(a) for i, a in enumerate(accuracy) if i not in (6, 9))
+    assert list(share) == [0, 0, 0, 0, 0, 0, 0.5, 0, 0, 0.5] and ece == pytest.approx(0.4)
+
+
 def test_the_reliability_diagram_is_a_png(tmp_path):
     logits, targets = overconfident(500, 2.0, seed=4)
-    calibration.plot_reliability(logits, targets, 2.0, tmp_path / "reliability.png")
+    plots.plot_reliability(logits, targets, 2.0, tmp_path / "reliability.png")
     assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from dogbreed.flags import add_flags, given, option
+from dogbreed.errors import DogbreedError
+from dogbreed.flags import add_flags, check_choices, given, option
 
 
 @dataclass
@@ -38,3 +39,17 @@ def test_a_field_without_a_default_is_a_required_flag(capsys):
     with pytest.raises(SystemExit):
         parser().parse_args([])
     assert "the following arguments are required: --path" in capsys.readouterr().err
+
+
+def test_a_switch_that_is_off_by_default_has_no_off_form(capsys):
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--path", "x", "--no-loud"])
+    assert "unrecognized arguments: --no-loud" in capsys.readouterr().err
+
+
+def test_choices_are_checked_naming_the_field_or_its_flag():
+    check_choices(Settings("x", mode="b"))
+    with pytest.raises(DogbreedError, match=r"^mode 'c' is not valid; choose one of: a, b$"):
+        check_choices(Settings("x", mode="c"))
+    with pytest.raises(DogbreedError, match=r"^--mode 'c' is not available; choose one of: a, b$"):
+        check_choices(Settings("x", mode="c"), as_flags=True, verdict="is not available")

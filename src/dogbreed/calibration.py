@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -92,33 +91,15 @@ def summary(doc: dict) -> str:
             f"(95% interval {100 * doc['test_ece_after_ci95'][0]:.1f}-{100 * doc['test_ece_after_ci95'][1]:.1f}%)")
 
 
-def plot_reliability(test_logits: torch.Tensor, test_targets: torch.Tensor, temperature: float, path: Path) -> None:
-    """Accuracy against confidence per bin, before and after the temperature, with each bin's
-    share of images: the diagonal is perfect calibration."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dogbreed.files import atomic_path
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), sharey=True)
-    edges = np.linspace(0, 1, ECE_BINS + 1)
-    for ax, (title, t) in zip(axes, (("before (T = 1)", 1.0), (f"after (T = {temperature:.3g})", temperature))):
-        probs = torch.softmax(test_logits.double() / t, dim=1)
-        confidence, predicted = probs.max(dim=1)
-        correct = (predicted == test_targets).double()
-        which = torch.clamp((confidence * ECE_BINS).long(), max=ECE_BINS - 1).numpy()
-        acc = [correct[torch.from_numpy(which == b)].mean().item() if (which == b).any() else np.nan for b in range(ECE_BINS)]
-        share = np.bincount(which, minlength=ECE_BINS) / max(1, len(which))
-        ax.bar(edges[:-1], acc, width=1 / ECE_BINS, align="edge", color="#4c78a8", edgecolor="white", label="accuracy")
-        ax.bar(edges[:-1], share, width=1 / ECE_BINS, align="edge", color="#f58518", alpha=0.45, label="share of images")
-        ax.plot([0, 1], [0, 1], color="#333", ls="--", lw=1, label="perfect calibration")
-        ax.set(title=f"{title}: ECE {100 * ece(probs, test_targets):.1f}%", xlabel="confidence (top probability)",
-               xlim=(0, 1), ylim=(0, 1))
-    axes[0].set_ylabel("accuracy / share")
-    axes[0].legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+def reliability(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                bins: int = ECE_BINS) -> tuple[list[float], np.ndarray, float]:
+    """Under softmax(logits / T): the accuracy of each equal-width bin of the top probability (NaN
+    where a bin is empty), each bin's share of the images, and the ECE; the reliability diagram
+    draws them (``plots.plot_reliability``)."""
+    probs = torch.softmax(logits.double() / temperature, dim=1)
+    confidence, predicted = probs.max(dim=1)
+    correct = (predicted == targets).double()
+    which = torch.clamp((confidence * bins).long(), max=bins - 1).numpy()
+    accuracy = [correct[torch.from_numpy(which == b)].mean().item() if (which == b).any() else np.nan for b in range(bins)]
+    share = np.bincount(which, minlength=bins) / max(1, len(which))
+    return accuracy, share, ece(probs, targets, bins)

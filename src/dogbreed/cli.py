@@ -51,17 +51,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from dogbreed.artifact import load_artifact
-    from dogbreed.predict import check_flags, expand, format_answer, predict_files
+    from dogbreed.predict import PredictOptions, check_flags, expand, format_answer, predict_files
     from dogbreed.runtime.pipeline import Options
 
-    check_flags(args.topk, args.threshold, args.keep)  # before the artifact loads: a typo fails at once
+    asked = PredictOptions(**given(args, PredictOptions))
+    check_flags(asked.topk, asked.threshold, asked.keep)  # before the artifact loads: a typo fails at once
     files = expand(args.images)
     loaded = load_artifact(args.model)
-    opts = Options.of(loaded).override(args.topk, args.threshold, args.keep)
+    opts = Options.of(loaded).override(asked.topk, asked.threshold, asked.keep)
     failed = 0
     for path, answer in predict_files(loaded, files, opts):
         failed += "error" in answer
-        if args.json:
+        if asked.json:
             print(json.dumps({"file": str(path), **answer}))
         else:
             print(format_answer(path, answer, opts.threshold))
@@ -72,15 +73,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dogbreed.evaluate import run
-    from dogbreed.predict import check_flags
+    from dogbreed.predict import PredictOptions, check_flags
     from dogbreed.runtime.pipeline import Options
 
-    check_flags(None, args.threshold, args.keep)
+    asked = PredictOptions(**given(args, PredictOptions))
+    check_flags(None, asked.threshold, asked.keep)
     options = None
-    if args.threshold is not None or args.keep is not None:
+    if asked.threshold is not None or asked.keep is not None:
         from dogbreed.artifact import load_artifact
 
-        options = Options.of(load_artifact(args.model)).override(None, args.threshold, args.keep)
+        options = Options.of(load_artifact(args.model)).override(None, asked.threshold, asked.keep)
     doc = run(args.model, args.data, ood=args.ood, split=args.split, out=args.out, options=options,
               progress=_progress(args))
     print(f"{doc['split']}: {doc['n']} images; accuracy {100 * doc['accuracy']:.1f}% (95% interval "
@@ -98,13 +100,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from dogbreed.data.synth import synth
+    from dataclasses import asdict
 
-    path = synth(args.dir, classes=args.classes, per_class=args.per_class, size=args.size, seed=args.seed,
-                 progress=_progress(args), unseen=args.unseen)
-    print(f"wrote a synthetic data set: {path} ({args.classes} classes, {args.per_class} images each)")
-    if args.unseen:
-        print(f"and {args.unseen} unseen breeds in {path / 'unseen'} ({args.per_class // 2} images each; in no split): "
+    from dogbreed.data.synth import SynthOptions, synth
+
+    opts = SynthOptions(**given(args, SynthOptions))
+    path = synth(args.dir, **asdict(opts), progress=_progress(args))
+    print(f"wrote a synthetic data set: {path} ({opts.classes} classes, {opts.per_class} images each)")
+    if opts.unseen:
+        print(f"and {opts.unseen} unseen breeds in {path / 'unseen'} ({opts.per_class // 2} images each; in no split): "
               f"try `dogbreed evaluate --model MODEL --data {path} --ood {path / 'unseen'}`")
     return 0
 
@@ -178,10 +182,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dogbreed.export import export
+    from dogbreed.export import ExportOptions, export
 
-    path = export(args.model, args.format, args.out, data=args.data, calibration_images=args.calibration_images,
-                  gate=args.gate, progress=_progress(args))
+    opts = ExportOptions(**given(args, ExportOptions))
+    path = export(args.model, opts.format, opts.out, data=opts.data, calibration_images=opts.calibration_images,
+                  gate=opts.gate, progress=_progress(args))
     print(f"wrote {path}")
     return 0
 
@@ -223,6 +228,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from dogbreed.data.fetch import DATASET_URL
+    from dogbreed.data.synth import SynthOptions
+    from dogbreed.export import ExportOptions
+    from dogbreed.predict import PredictOptions
+    from dogbreed.runtime.backends import GATE
     from dogbreed.serve import ServeConfig
     from dogbreed.tune.options import TuneOptions
 
@@ -256,12 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Write a synthetic ImageFolder data set that a model must learn "
                                         "(class-specific colour, texture and shape). 70/15/15 train/valid/test.")
     p.add_argument("dir", help="folder to create (must not exist or be empty)")
-    p.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
-    p.add_argument("--per-class", type=int, default=40, help="images per class across all splits (default: 40)")
-    p.add_argument("--size", type=int, default=224, help="image side in pixels (default: 224)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--unseen", type=int, default=0, help="also write this many breeds the model never sees, in "
-                   "DIR/unseen/, for testing what it says of them (default: 0)")
+    add_flags(p, SynthOptions)
     p.set_defaults(func=cmd_data_synth)
 
     p = data_sub.add_parser("check", parents=[common], formatter_class=_Formatter, help="validate a data set",
@@ -309,11 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Predict the top-k breeds of images with a trained artifact.")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images; s3://BUCKET/KEY.jpg or s3://BUCKET/PREFIX/")
     p.add_argument("--model", required=True, metavar="model.tar.gz", help="trained artifact (or its unpacked folder)")
-    p.add_argument("--topk", type=int, default=None, help="how many breeds to list (default: the artifact's, 5)")
-    p.add_argument("--threshold", type=float, default=None, help="`unsure` under this top-1 probability (default: the artifact's, 0.8)")
-    p.add_argument("--keep", type=float, default=None, help="share of known-breed images the `not_a_dog` threshold lets "
-                   "through, 0 to 1 (default: the artifact's, 0.95)")
-    p.add_argument("--json", action="store_true", help="one JSON object per image instead of a table (default: table)")
+    add_flags(p, PredictOptions)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", parents=[common], formatter_class=_Formatter, help="serve a model over HTTP (SageMaker's contract)",
@@ -330,18 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(ONNX Runtime's static quantization, calibrated on the validation images).\n"
                                    "With --data, each of them and bf16 is checked against fp32 on the validation\n"
                                    "split and the agreement stored: `dogbreed serve --backend auto` uses bf16 and int8\n"
-                                   "only where top-1 agreed on 99% and top-5 on 99.5% (--gate). model.pt also suits\n"
+                                   f"only where top-1 agreed on {100 * GATE['top1']:g}% and top-5 on {100 * GATE['top5']:g}% "
+                                   "(--gate). model.pt also suits\n"
                                    "SageMaker's default TorchScript loader.")
     p.add_argument("model", metavar="model.tar.gz", help="trained artifact (or its unpacked folder)")
-    p.add_argument("--format", default="torchscript", help="torchscript, onnx, int8, a comma-separated list of them, or all "
-                   "(default: torchscript)")
-    p.add_argument("--data", default=None, metavar="DIR", help="the data set the model was trained on: int8 calibrates on "
-                   "its valid split, and every backend is checked on it (needed for int8; default: none)")
-    p.add_argument("--calibration-images", type=int, default=128, help="validation images int8's ranges are measured on "
-                   "(default: 128)")
-    p.add_argument("--gate", default=None, metavar="TOP1,TOP5", help="the least top-1 and top-5 agreement with fp32 on "
-                   "the validation images for bf16 and int8 to be used (default: 0.99,0.995)")
-    p.add_argument("--out", default=None, help="output path (default: beside the input, named model-FORMATS.tar.gz)")
+    add_flags(p, ExportOptions)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", parents=[common], formatter_class=_Formatter, help="accuracy, calibration and "
@@ -355,9 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="which split to evaluate (default: test)")
     p.add_argument("--ood", default=None, metavar="DIR", help="photos of anything but the model's breeds, e.g. the human "
                    "faces set that shipped with the Udacity project, or `data synth --unseen`'s DIR/unseen (default: none)")
-    p.add_argument("--threshold", type=float, default=None, help="`unsure` under this top-1 probability (default: the artifact's)")
-    p.add_argument("--keep", type=float, default=None, help="share of known-breed images the `not_a_dog` threshold lets "
-                   "through (default: the artifact's)")
+    add_flags(p, PredictOptions, exclude=("topk", "json"))
     p.add_argument("--out", default="evaluation", help="folder for evaluation.json and the plots (default: evaluation)")
     p.set_defaults(func=cmd_evaluate)
 

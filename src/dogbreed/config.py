@@ -17,10 +17,11 @@ import yaml
 
 from dogbreed.errors import DogbreedError
 from dogbreed.files import read_yaml
+from dogbreed.flags import check_choices
 from dogbreed.flags import option as _opt
 from dogbreed.machine import DEVICES, resolve_device
 from dogbreed.runtime.network import BACKBONES
-from dogbreed.runtime.pipeline import DEFAULT_THRESHOLD, Options
+from dogbreed.runtime.pipeline import DEFAULT_KEEP, DEFAULT_THRESHOLD, Options
 from dogbreed.runtime.scores import SCORES
 
 TRAIN_LAYERS = ("head", "layer4", "all")
@@ -63,7 +64,7 @@ class TrainConfig:
     reject: str = _opt("mahalanobis", "the score that says \"not a dog\": mahalanobis (on the embeddings; measured best, "
                                       "benchmarks/RESULTS.md), energy, msp, imagenet (the ImageNet head's dog classes; "
                                       "needs ImageNet weights and --train-layers head), or none", choices=REJECT_SCORES)
-    reject_keep: float = _opt(0.95, "share of the valid images the \"not a dog\" threshold keeps")
+    reject_keep: float = _opt(DEFAULT_KEEP, "share of the valid images the \"not a dog\" threshold keeps")
     calibrate: bool = _opt(True, "fit a temperature on the validation split so that a 0.9 is right 9 times in 10 "
                                  "(applied by every prediction); --no-calibrate to keep raw probabilities")
     profile: bool = _opt(True, "record system and step metrics and debugger tensors, run the rules live and write profile/report.html; --no-profile to skip")
@@ -74,11 +75,7 @@ class TrainConfig:
     rules: str | None = _opt(None, "YAML file of rule parameters and actions, e.g. `Overfit: {action: stop}` (see docs/profiling.md)")
 
     def validate(self) -> "TrainConfig":
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise DogbreedError(f"{f.name} {value!r} is not valid; choose one of: {', '.join(choices)}")
+        check_choices(self)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
         for key, value in positive.items():
             if not (math.isfinite(value) and value > 0):

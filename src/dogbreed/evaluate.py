@@ -14,16 +14,15 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dogbreed import calibration, rejection
+from dogbreed import calibration, plots, rejection
 from dogbreed.artifact import load_artifact
 from dogbreed.data.layout import IMAGE_EXTS, SPLITS, scan
 from dogbreed.errors import DogbreedError
-from dogbreed.files import atomic_path, atomic_write_text, make_folder
+from dogbreed.files import atomic_write_text, make_folder
 from dogbreed.runtime import pipeline, scores
 from dogbreed.runtime.loading import LoadedModel
 from dogbreed.runtime.pipeline import Options, RequestError
@@ -56,8 +55,9 @@ def run(model_path: str, data: str, *, ood: str | None = None, split: str = "tes
     doc: dict = {"model": str(model_path), "data": str(data), "split": split, "n": int(targets.numel()),
                  "unreadable": known["unreadable"], **_quality(probs, targets)}
     doc["selective"] = _selective(probs, targets)
-    calibration.plot_reliability(known["logits"], targets, model.temperature, folder / "reliability.png")
-    _plot_selective(doc["selective"], opts.threshold, probs, folder / "selective.png")
+    plots.plot_reliability(known["logits"], targets, model.temperature, folder / "reliability.png")
+    answered = (probs.max(dim=1).values >= opts.threshold).double().mean().item()
+    plots.plot_selective(doc["selective"], opts.threshold, answered, folder / "selective.png")
     in_scores = _scores(model, known)
     doc["verdicts"] = _verdicts(model, probs, in_scores, opts)
     if ood_files is not None:
@@ -72,7 +72,7 @@ def run(model_path: str, data: str, *, ood: str | None = None, split: str = "tes
                       **rejection.describe(in_scores, other_scores),
                       "verdicts": _verdicts(model, pipeline.probabilities(model, other["logits"]),
                                             other_scores if model.rejection else None, opts)}
-        _plot_scores(in_scores, other_scores, name, folder / "scores.png")
+        plots.plot_scores(in_scores, other_scores, name, folder / "scores.png")
     atomic_write_text(folder / "evaluation.json", json.dumps(doc, indent=1))
     return doc
 
@@ -148,41 +148,3 @@ def _verdicts(model: LoadedModel, probs: torch.Tensor, ood: torch.Tensor | None,
     for i, row in enumerate(probs):
         counts[pipeline.answer(model, row, opts, None if ood is None else float(ood[i]))["verdict"]] += 1
     return {k: round(v / len(probs), 6) for k, v in counts.items()}
-
-
-def _plot_selective(curve: list[dict], threshold: float, probs: torch.Tensor, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    ax.plot([c["coverage"] for c in curve], [c["accuracy"] for c in curve], marker="o", ms=3, color="#4c78a8")
-    answered = (probs.max(dim=1).values >= threshold).double().mean().item()
-    ax.axvline(answered, color="#e45756", ls="--", lw=1, label=f"answered at threshold {threshold:g}")
-    ax.set(xlabel="share of images answered (most confident first)", ylabel="accuracy", xlim=(0, 1.02), ylim=(0, 1.02),
-           title="Selective prediction")
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-
-
-def _plot_scores(in_scores: torch.Tensor, out_scores: torch.Tensor, name: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    both = torch.cat([in_scores, out_scores]).double().numpy()
-    bins = np.linspace(both.min(), both.max(), 40) if both.max() > both.min() else 10
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    ax.hist(in_scores.double().numpy(), bins=bins, alpha=0.6, label="known breeds", color="#4c78a8", density=True)
-    ax.hist(out_scores.double().numpy(), bins=bins, alpha=0.6, label="--ood images", color="#e45756", density=True)
-    ax.set(xlabel=f"{name} score (higher: more like the known breeds)", ylabel="density", title="Known breeds against others")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)

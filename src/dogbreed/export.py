@@ -22,6 +22,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,14 +32,32 @@ from dogbreed.archive import safe_extract_tar
 from dogbreed.artifact import load_artifact, pack
 from dogbreed.data.layout import scan
 from dogbreed.errors import DogbreedError
+from dogbreed.flags import option
 from dogbreed.runtime import backends, loading, pipeline
 from dogbreed.runtime.loading import EXPORT_FORMATS, MODEL_FILE, LoadedModel
 from dogbreed.runtime.pipeline import RequestError
 
 log = logging.getLogger(__name__)
 FORMATS = tuple(EXPORT_FORMATS)
-DEFAULT_CALIBRATION_IMAGES = 128  # validation images int8's activation ranges are measured on
 BATCH = 16
+
+
+def gate_text(gate: dict = backends.GATE) -> str:
+    """A gate as ``--gate`` spells it: ``0.99,0.995``."""
+    return f"{gate['top1']:g},{gate['top5']:g}"
+
+
+@dataclass
+class ExportOptions:
+    """``dogbreed export``'s settings (its flags are generated from these fields)."""
+
+    format: str = option("torchscript", f"{', '.join(FORMATS)}, a comma-separated list of them, or all")
+    data: str | None = option(None, "the data set the model was trained on: int8 calibrates on its valid split, and "
+                                    "every backend is checked on it (needed for int8; default: none)", metavar="DIR")
+    calibration_images: int = option(128, "validation images int8's ranges are measured on")
+    gate: str | None = option(None, "the least top-1 and top-5 agreement with fp32 on the validation images for bf16 "
+                                    f"and int8 to be used (default: {gate_text()})", metavar="TOP1,TOP5")
+    out: str | None = option(None, "output path (default: beside the input, named model-FORMATS.tar.gz)")
 
 
 def parse_formats(text: str | Sequence[str]) -> list[str]:
@@ -62,12 +81,13 @@ def parse_gate(text: str | Sequence[float] | None) -> dict:
     except ValueError:
         values = []
     if len(values) != 2 or not all(0 < v <= 1 for v in values):
-        raise DogbreedError(f"--gate {text!r} is not two agreements in (0, 1], top-1 then top-5: e.g. 0.99,0.995")
+        raise DogbreedError(f"--gate {text!r} is not two agreements in (0, 1], top-1 then top-5: e.g. {gate_text()}")
     return {"top1": values[0], "top5": values[1]}
 
 
-def export(artifact: str | os.PathLike, formats: str | Sequence[str] = "torchscript", out: str | os.PathLike | None = None,
-           *, data: str | os.PathLike | None = None, calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+def export(artifact: str | os.PathLike, formats: str | Sequence[str] = ExportOptions.format,
+           out: str | os.PathLike | None = None, *, data: str | os.PathLike | None = None,
+           calibration_images: int = ExportOptions.calibration_images,
            gate: str | Sequence[float] | None = None, progress: bool = True) -> Path:
     """Write ``out``: ``artifact`` with ``formats`` beside model.pth and, with ``data``, every backend's
     agreement with fp32 on its validation images (bf16 and int8 judged against ``gate``)."""

@@ -1,11 +1,15 @@
-"""Command-line flags generated from a settings dataclass (``TrainConfig``, ``ServeConfig``), so a
-setting is declared once: its type, default, help and choices live on the field."""
+"""Command-line flags generated from a settings dataclass (``TrainConfig``, ``ServeConfig``,
+``TuneOptions``, ``PredictOptions``, ``ExportOptions``, ``SynthOptions``), so a setting is declared
+once: its type, default, help and choices live on the field, and :func:`check_choices` holds it to
+them."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import MISSING, field, fields
 from typing import Any
+
+from dogbreed.errors import DogbreedError
 
 
 def option(default: Any = MISSING, help: str = "", **extra: Any) -> Any:
@@ -27,14 +31,13 @@ def add_flags(group: argparse._ActionsContainer, cls: type, exclude: tuple[str, 
         choices = f.metadata.get("choices")
         if choices and not all(str(c) in help_text for c in choices):
             notes.append(f"one of: {', '.join(map(str, choices))}")
-        if default is not None:
-            notes.append(f"default: {default}")
-        elif not required and "default" not in help_text:  # a help that explains its own default says it better
-            notes.append("default: none")
+        if not required and "default" not in help_text:  # a help that explains its own default says it better
+            notes.append(f"default: {'none' if default is None else default}")
         help_text += f" ({'; '.join(notes)})" if notes else ""
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))  # "int", "float | None"
-        if kind.startswith("bool"):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        if kind.startswith("bool"):  # a switch that is off unless typed needs no --no- form
+            action = argparse.BooleanOptionalAction if default else "store_true"
+            group.add_argument(flag, action=action, default=argparse.SUPPRESS, help=help_text)
             continue
         caster = int if kind.startswith("int") else float if kind.startswith("float") else str
         # Choices are checked by the dataclass's own validation, which names the bad value in one line.
@@ -46,3 +49,14 @@ def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The fields of ``cls`` that were given as flags."""
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in vars(args).items() if k in names}
+
+
+def check_choices(settings: Any, *, as_flags: bool = False, verdict: str = "is not valid") -> None:
+    """Every field declared with ``choices`` holds one of them; else one line naming the field (as
+    its ``--flag`` with ``as_flags``), the value and the choices."""
+    for f in fields(settings):
+        choices = f.metadata.get("choices")
+        value = getattr(settings, f.name)
+        if choices and value not in choices:
+            name = "--" + f.name.replace("_", "-") if as_flags else f.name
+            raise DogbreedError(f"{name} {value!r} {verdict}; choose one of: {', '.join(map(str, choices))}")

@@ -3,20 +3,14 @@ confuses most, the images it got most wrong (a gallery with true and predicted b
 accuracy of each breed, sorted.
 
     runs/<run>/interpretation.json   confused pairs, top losses (file, true, predicted, probability)
-              top_losses.png         the gallery
-              per_class.png          accuracy per breed, worst first
+              top_losses.png         the gallery (drawn by ``plots.plot_top_losses``)
+              per_class.png          accuracy per breed, worst first (``plots.plot_per_class``)
 """
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
-
-from dogbreed.files import atomic_path
-from dogbreed.runtime.presets import ImageDecodeError, load_image
 
 TOP_PAIRS = 10
 TOP_LOSSES = 16
@@ -45,48 +39,3 @@ def top_losses(logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tenso
                      "probability": round(float(probs[i, predicted]), 4),
                      "probability_of_true": round(float(probs[i, targets[i]]), 4), "loss": round(float(losses[i]), 4)})
     return rows
-
-
-def plot_top_losses(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = 4
-    grid = max(1, math.ceil(len(rows) / cols))
-    fig, axes = plt.subplots(grid, cols, figsize=(3.2 * cols, 3.4 * grid), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, row in zip(axes.flat, rows):
-        try:
-            img = load_image(row["file"])
-            img.thumbnail((256, 256))
-            ax.imshow(img)
-        except (ImageDecodeError, OSError):
-            ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
-        ax.set_title(f"true: {row['true']}\npredicted: {row['predicted']} ({row['probability']:.2f})", fontsize=8)
-    fig.suptitle("Top losses on the test split", fontsize=11)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-
-
-def plot_per_class(rows: list[dict], path: Path, show: int = 40) -> None:
-    """Accuracy per breed, worst first (the ``show`` worst where there are more)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ranked = sorted((r for r in rows if r["accuracy"] is not None), key=lambda r: (r["accuracy"], r["display"]))[:show]
-    fig, ax = plt.subplots(figsize=(7, 0.25 * len(ranked) + 1.2))
-    ax.barh([r["display"] for r in ranked][::-1], [r["accuracy"] for r in ranked][::-1], color="#4c78a8")
-    ax.set(xlim=(0, 1), xlabel="test accuracy",
-           title=f"Accuracy per breed, worst first ({len(ranked)} of {len(rows)})")
-    ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)

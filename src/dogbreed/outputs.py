@@ -27,7 +27,7 @@ from dogbreed.data.layout import Labels
 from dogbreed.files import atomic_write_text
 from dogbreed.hooks import NoHooks
 from dogbreed.model import imagenet_head
-from dogbreed.plots import confusion_matrix, plot_confusion, plot_curves
+from dogbreed.plots import confusion_matrix, plot_confusion, plot_curves, plot_per_class, plot_reliability, plot_top_losses
 from dogbreed.runtime.network import get_head
 from dogbreed.train import EvalResult, evaluate
 
@@ -89,7 +89,7 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
     if cfg.calibrate:  # the temperature is fitted on valid and judged on test
         calibrated = calibration.report(valid.logits, valid.targets, test.logits, test.targets)
         log.info(calibration.summary(calibrated))
-        calibration.plot_reliability(test.logits, test.targets, calibrated["temperature"], run_dir / "reliability.png")
+        plot_reliability(test.logits, test.targets, calibrated["temperature"], run_dir / "reliability.png")
     temperature = calibrated["temperature"] if calibrated else 1.0
 
     rejected, tensors = None, None
@@ -108,8 +108,8 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
            "top_losses": interpret.top_losses(test.logits, test.targets, test.indices,
                                               [p for p, _ in data.splits["test"]], labels.display, temperature)}
     atomic_write_text(run_dir / "interpretation.json", json.dumps(why, indent=1))
-    interpret.plot_top_losses(why["top_losses"], run_dir / "top_losses.png")
-    interpret.plot_per_class(per_class, run_dir / "per_class.png")
+    plot_top_losses(why["top_losses"], run_dir / "top_losses.png")
+    plot_per_class(per_class, run_dir / "per_class.png")
 
     accuracy_ci = calibration.bootstrap(lambda p, y: (p.argmax(dim=1) == y).double().mean().item(),
                                         torch.softmax(test.logits, dim=1), test.targets)

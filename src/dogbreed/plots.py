@@ -1,21 +1,29 @@
-"""The run's pictures: learning curves and the test confusion matrix."""
+"""Every picture a run, an evaluation, a study or a report writes, and the one way each is saved
+(:func:`save`): learning curves, the confusion matrix, the reliability diagram, the top losses and
+per-breed accuracy, the selective-prediction curve and the score histograms. The numbers they
+draw come from the modules that compute them (``calibration``, ``evaluate``, ``interpret``)."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # files only: no display, and safe in worker processes
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
+from dogbreed import calibration  # noqa: E402
 from dogbreed.files import atomic_path  # noqa: E402
+from dogbreed.runtime.presets import ImageDecodeError, load_image  # noqa: E402
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def save(fig, path: str | os.PathLike, *, dpi: int = 100, bbox_inches: str | None = None) -> None:
+    """Write ``fig`` as a PNG in one step (a reader never sees half a file) and free it."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches=bbox_inches)
     plt.close(fig)
 
 
@@ -34,7 +42,7 @@ def plot_curves(history: list[dict], path: str | os.PathLike, best_epoch: int | 
             ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
         ax.grid(alpha=0.3)
         ax.legend()
-    _save(fig, path)
+    save(fig, path, dpi=110, bbox_inches="tight")
 
 
 def confusion_matrix(targets, predictions, num_classes: int) -> np.ndarray:
@@ -60,4 +68,81 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: str | os.PathLike
                         ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
                                 color="white" if matrix[i, j] / rows[i, 0] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    _save(fig, path)
+    save(fig, path, dpi=110, bbox_inches="tight")
+
+
+def plot_reliability(test_logits: torch.Tensor, test_targets: torch.Tensor, temperature: float,
+                     path: str | os.PathLike) -> None:
+    """Accuracy against confidence per bin, before and after the temperature, with each bin's
+    share of images: the diagonal is perfect calibration."""
+    bins = calibration.ECE_BINS
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), sharey=True)
+    edges = np.linspace(0, 1, bins + 1)
+    for ax, (title, t) in zip(axes, (("before (T = 1)", 1.0), (f"after (T = {temperature:.3g})", temperature))):
+        accuracy, share, ece = calibration.reliability(test_logits, test_targets, t, bins)
+        ax.bar(edges[:-1], accuracy, width=1 / bins, align="edge", color="#4c78a8", edgecolor="white", label="accuracy")
+        ax.bar(edges[:-1], share, width=1 / bins, align="edge", color="#f58518", alpha=0.45, label="share of images")
+        ax.plot([0, 1], [0, 1], color="#333", ls="--", lw=1, label="perfect calibration")
+        ax.set(title=f"{title}: ECE {100 * ece:.1f}%", xlabel="confidence (top probability)", xlim=(0, 1), ylim=(0, 1))
+    axes[0].set_ylabel("accuracy / share")
+    axes[0].legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def plot_top_losses(rows: list[dict], path: str | os.PathLike) -> None:
+    """The gallery of ``interpret.top_losses``: each image with its true and predicted breed."""
+    cols = 4
+    grid = max(1, math.ceil(len(rows) / cols))
+    fig, axes = plt.subplots(grid, cols, figsize=(3.2 * cols, 3.4 * grid), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, rows):
+        try:
+            img = load_image(row["file"])
+            img.thumbnail((256, 256))
+            ax.imshow(img)
+        except (ImageDecodeError, OSError):
+            ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
+        ax.set_title(f"true: {row['true']}\npredicted: {row['predicted']} ({row['probability']:.2f})", fontsize=8)
+    fig.suptitle("Top losses on the test split", fontsize=11)
+    fig.tight_layout()
+    save(fig, path, dpi=90)
+
+
+def plot_per_class(rows: list[dict], path: str | os.PathLike, show: int = 40) -> None:
+    """Accuracy per breed, worst first (the ``show`` worst where there are more)."""
+    ranked = sorted((r for r in rows if r["accuracy"] is not None), key=lambda r: (r["accuracy"], r["display"]))[:show]
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(ranked) + 1.2))
+    ax.barh([r["display"] for r in ranked][::-1], [r["accuracy"] for r in ranked][::-1], color="#4c78a8")
+    ax.set(xlim=(0, 1), xlabel="test accuracy",
+           title=f"Accuracy per breed, worst first ({len(ranked)} of {len(rows)})")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    save(fig, path, dpi=90)
+
+
+def plot_selective(curve: list[dict], threshold: float, answered: float, path: str | os.PathLike) -> None:
+    """Accuracy against the share of images answered, most confident first, marking the share that
+    ``threshold`` answers."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax.plot([c["coverage"] for c in curve], [c["accuracy"] for c in curve], marker="o", ms=3, color="#4c78a8")
+    ax.axvline(answered, color="#e45756", ls="--", lw=1, label=f"answered at threshold {threshold:g}")
+    ax.set(xlabel="share of images answered (most confident first)", ylabel="accuracy", xlim=(0, 1.02), ylim=(0, 1.02),
+           title="Selective prediction")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def plot_scores(in_scores: torch.Tensor, out_scores: torch.Tensor, name: str, path: str | os.PathLike) -> None:
+    """Histograms of the "not a dog" score of known-breed images and of the others."""
+    both = torch.cat([in_scores, out_scores]).double().numpy()
+    bins = np.linspace(both.min(), both.max(), 40) if both.max() > both.min() else 10
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax.hist(in_scores.double().numpy(), bins=bins, alpha=0.6, label="known breeds", color="#4c78a8", density=True)
+    ax.hist(out_scores.double().numpy(), bins=bins, alpha=0.6, label="--ood images", color="#e45756", density=True)
+    ax.set(xlabel=f"{name} score (higher: more like the known breeds)", ylabel="density", title="Known breeds against others")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save(fig, path)

@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from dogbreed import remote
 from dogbreed.data.layout import IMAGE_EXTS
 from dogbreed.errors import DogbreedError
+from dogbreed.flags import option
 from dogbreed.runtime.loading import LoadedModel
-from dogbreed.runtime.pipeline import Options, RequestError, decode, predict
+from dogbreed.runtime.pipeline import DEFAULT_KEEP, DEFAULT_THRESHOLD, DEFAULT_TOPK, Options, RequestError, decode, predict
 
 BATCH_SIZE = 16
+
+
+@dataclass
+class PredictOptions:
+    """``dogbreed predict``'s settings (its flags are generated from these fields); None: the
+    artifact's own (model.json)."""
+
+    topk: int | None = option(None, f"how many breeds to list (default: the artifact's, {DEFAULT_TOPK})")
+    threshold: float | None = option(None, f"`unsure` under this top-1 probability (default: the artifact's, "
+                                           f"{DEFAULT_THRESHOLD:g})")
+    keep: float | None = option(None, "share of known-breed images the `not_a_dog` threshold lets through, 0 to 1 "
+                                      f"(default: the artifact's, {DEFAULT_KEEP:g})")
+    json: bool = option(False, "one JSON object per image instead of a table (default: table)")
 
 
 def expand(paths: list[str | os.PathLike]) -> list[Path | remote.S3Image]:

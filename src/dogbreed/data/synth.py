@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from dogbreed.errors import DogbreedError
+from dogbreed.flags import option
 
 BREEDS = (
     "Affenpinscher", "Afghan_hound", "Airedale_terrier", "Akita", "Alaskan_malamute",
@@ -32,6 +34,29 @@ BREEDS = (
 SHAPES = ("circle", "square", "triangle", "star", "cross", "hexagon", "diamond", "ring")
 TEXTURES = ("stripes", "checker", "dots", "solid")
 SPLIT_SHARE = (("train", 0.7), ("valid", 0.15), ("test", 0.15))
+
+
+@dataclass
+class SynthOptions:
+    """What ``dogbreed data synth`` writes (its flags are generated from these fields)."""
+
+    classes: int = option(10, "number of classes")
+    per_class: int = option(40, "images per class across all splits")
+    size: int = option(224, "image side in pixels")
+    seed: int = option(0, "random seed")
+    unseen: int = option(0, "also write this many breeds the model never sees, in DIR/unseen/, for testing what it "
+                            "says of them")
+
+    def validate(self) -> "SynthOptions":
+        if self.classes < 2:
+            raise DogbreedError(f"--classes must be at least 2, got {self.classes}")
+        if self.per_class < 6:
+            raise DogbreedError(f"--per-class must be at least 6 (so every split gets an image), got {self.per_class}")
+        if self.size < 32:
+            raise DogbreedError(f"--size must be at least 32, got {self.size}")
+        if self.unseen < 0 or self.unseen > len(BREEDS):
+            raise DogbreedError(f"--unseen must be 0..{len(BREEDS)}, got {self.unseen}")
+        return self
 
 
 def class_names(n: int) -> list[str]:
@@ -133,8 +158,9 @@ def render(style: dict, size: int, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
-def synth(dest: str | os.PathLike, classes: int = 10, per_class: int = 40, size: int = 224, seed: int = 0,
-          progress: bool = True, unseen: int = 0) -> Path:
+def synth(dest: str | os.PathLike, classes: int = SynthOptions.classes, per_class: int = SynthOptions.per_class,
+          size: int = SynthOptions.size, seed: int = SynthOptions.seed, progress: bool = True,
+          unseen: int = SynthOptions.unseen) -> Path:
     """Write ``dest/{train,valid,test}/<NNN.Name>/*.jpg``: ``per_class`` images per class, 70/15/15.
 
     ``unseen`` > 0 also writes ``dest/unseen/<NNN.Name>/*.jpg``: that many more breeds, in no split,
@@ -143,14 +169,7 @@ def synth(dest: str | os.PathLike, classes: int = 10, per_class: int = 40, size:
     resembles known ones: a hue halfway between two known breeds' and a shape and texture that known
     breeds have but never together (while fewer than 32 breeds leave such a pairing free); the
     known breeds are the same as without ``unseen``."""
-    if classes < 2:
-        raise DogbreedError(f"--classes must be at least 2, got {classes}")
-    if per_class < 6:
-        raise DogbreedError(f"--per-class must be at least 6 (so every split gets an image), got {per_class}")
-    if size < 32:
-        raise DogbreedError(f"--size must be at least 32, got {size}")
-    if unseen < 0 or unseen > len(BREEDS):
-        raise DogbreedError(f"--unseen must be 0..{len(BREEDS)}, got {unseen}")
+    SynthOptions(classes, per_class, size, seed, unseen).validate()
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise DogbreedError(f"{dest} exists and is not empty; pick a new folder")

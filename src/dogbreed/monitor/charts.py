@@ -188,12 +188,9 @@ def dead_relu_chart(dead: dict) -> go.Figure | None:
 
 def timeline_png(profile: Profile, path: str | os.PathLike) -> None:
     """The system timeline as a picture, for people without a browser at hand."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dogbreed.files import atomic_path
+    from dogbreed.plots import save
 
     samples = profile.system
     t0 = profile.meta.get("started", samples[0]["t"] if samples else 0.0)
@@ -229,6 +226,4 @@ def timeline_png(profile: Profile, path: str | os.PathLike) -> None:
     axes[-1].set_xlabel("seconds since start   (shaded: " + ", ".join(phases) + " phases; dotted: epoch ends)")
     fig.suptitle(f"{profile.meta.get('run', '')}: system timeline")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save(fig, path)

@@ -44,6 +44,7 @@ IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/x-image", "
 CONTENT_TYPES = (*IMAGE_TYPES, JSON_TYPE)
 DEFAULT_TOPK = 5
 DEFAULT_THRESHOLD = 0.8  # top-1 probability under which an answer is flagged low_confidence
+DEFAULT_KEEP = 0.95  # share of known-breed valid images a trained "not a dog" threshold keeps
 MAX_TOPK = 1000
 DEFAULT_MAX_INSTANCES = 16  # images in one JSON request
 

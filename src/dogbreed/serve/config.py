@@ -8,9 +8,9 @@ import re
 from dataclasses import dataclass, fields
 
 from dogbreed.errors import DogbreedError
-from dogbreed.flags import option
+from dogbreed.flags import check_choices, option
 from dogbreed.runtime import backends
-from dogbreed.runtime.pipeline import DEFAULT_MAX_INSTANCES, Options
+from dogbreed.runtime.pipeline import DEFAULT_KEEP, DEFAULT_MAX_INSTANCES, DEFAULT_THRESHOLD, DEFAULT_TOPK, Options
 from dogbreed.runtime.presets import DEFAULT_MAX_PIXELS
 
 API_KEY_ENV = "DOGBREED_API_KEY"
@@ -33,11 +33,11 @@ class ServeConfig:
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "largest image in pixels, checked before decoding; predict and training use the same")
     max_instances: int = option(DEFAULT_MAX_INSTANCES, "most images in one request (JSON instances or form files)")
     topk: int | None = option(None, "breeds per answer; a request may ask otherwise with the topk= custom attribute "
-                                    "(default: the artifact's, 5)")
+                                    f"(default: the artifact's, {DEFAULT_TOPK})")
     threshold: float | None = option(None, "low_confidence below this top-1 probability; a request may ask otherwise "
-                                           "with threshold= (default: the artifact's, 0.8)")
+                                           f"with threshold= (default: the artifact's, {DEFAULT_THRESHOLD:g})")
     keep: float | None = option(None, "share of known-breed images the not_a_dog threshold lets through; a request may "
-                                      "ask otherwise with keep= (default: the artifact's, 0.95)")
+                                      f"ask otherwise with keep= (default: the artifact's, {DEFAULT_KEEP:g})")
     backend: str = option("auto", "how the network runs: auto times every backend the artifact has at start and takes the "
                                   "fastest; eager (fp32), bf16, torchscript, onnx, int8 force one (all but eager need "
                                   "`dogbreed export`; bf16 and int8 run only where they passed their accuracy gate)",
@@ -57,8 +57,7 @@ class ServeConfig:
 
     def validate(self) -> "ServeConfig":
         """Each bad setting is one line naming its flag, before anything loads."""
-        if self.backend not in backends.CHOICES:
-            raise DogbreedError(f"--backend {self.backend!r} is not available; choose one of: {', '.join(backends.CHOICES)}")
+        check_choices(self, as_flags=True, verdict="is not available")
         if not self.backend_budget_s > 0:
             raise DogbreedError("--backend-budget-s must be positive")
         for key in ("max_batch_size", "queue_size", "workers", "max_instances"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dogbreed.errors import DogbreedError
-from dogbreed.flags import option
+from dogbreed.flags import check_choices, option
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -36,9 +36,7 @@ class TuneOptions:
             raise DogbreedError(f"--trials must be at least 1, got {self.trials}")
         if self.parallel < 1:
             raise DogbreedError(f"--parallel must be at least 1, got {self.parallel}")
-        for key, valid in (("objective", tuple(OBJECTIVES)), ("sampler", SAMPLERS), ("pruner", PRUNERS)):
-            if getattr(self, key) not in valid:
-                raise DogbreedError(f"--{key} {getattr(self, key)!r} is not valid; choose one of: {', '.join(valid)}")
+        check_choices(self, as_flags=True)
         if self.heartbeat < 1:
             raise DogbreedError(f"--heartbeat must be at least 1 second, got {self.heartbeat}")
         return self

@@ -78,12 +78,10 @@ def pruning_savings(study: optuna.Study) -> dict:
 def write_plots(study: optuna.Study, folder: Path) -> list[str]:
     """PNG for each plot, and an HTML version where the plot is interactive (plotly.js written once
     beside them, so the pages open offline)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna import visualization as vis
     from optuna.visualization import matplotlib as vis_mpl
+
+    from dogbreed.plots import save
 
     folder.mkdir(parents=True, exist_ok=True)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -103,9 +101,7 @@ def write_plots(study: optuna.Study, folder: Path) -> list[str]:
                 ax = png_plot(study)
                 fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
                 fig.set_size_inches(9, 5)
-                with atomic_path(folder / f"{name}.png") as tmp:
-                    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-                plt.close(fig)
+                save(fig, folder / f"{name}.png", bbox_inches="tight")
                 html_plot(study).write_html(folder / f"{name}.html", include_plotlyjs="directory")
             written.append(name)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances need 2+ finished trials
