@@ -78,20 +78,55 @@ class Embeddings:
     ok: torch.Tensor  # (N,) bool: False for images that failed to decode
 
 
+class EmbeddingStore:
+    """Entries on disk by key: written atomically, read back with ``weights_only=True``; a damaged
+    entry counts as missing (it is recomputed, never trusted)."""
+
+    def __init__(self, root: str | os.PathLike | None):
+        self.root = Path(root) if root else default_cache_dir()
+        self.hits = 0
+
+    def load(self, key: str) -> Embeddings | None:
+        path = self.root / f"{key}.pt"
+        if not path.exists():
+            return None
+        try:
+            doc = read_tensors(path)
+        except Exception as exc:  # noqa: BLE001 - any damage means the same: recompute
+            log.warning("embedding cache entry %s is unreadable (%s); recomputing", path, exc)
+            return None
+        self.hits += 1
+        return Embeddings(doc["features"], doc["labels"], doc["ok"])
+
+    def first(self, keys: list[str]) -> Embeddings | None:
+        """The first of ``keys`` stored, or None."""
+        return next((emb for key in keys if (emb := self.load(key)) is not None), None)
+
+    def save(self, key: str, emb: Embeddings) -> None:
+        atomic_torch_save({"features": emb.features, "labels": emb.labels, "ok": emb.ok}, self.root / f"{key}.pt")
+
+    def lock(self, key: str):
+        """Held while one process computes ``key``: parallel tuning workers ask for one entry at once."""
+        return file_lock(self.root / f"{key}.lock")
+
+
 class FeatureCache:
+    """The run's embeddings: found in the store by key, or computed on the fastest backend."""
+
     def __init__(self, root: str | os.PathLike | None, extractor: nn.Module, *, device: torch.device,
                  amp_dtype: torch.dtype | None, batch_size: int, workers: int | None, progress: bool = True,
                  hooks: StepHooks = NO_HOOKS, backend: str = "auto", expected: int = 0, ranks: Ranks = ALONE,
                  sources: dict[str, str] | None = None):
         if backend not in EMBED_BACKENDS:
             raise DogbreedError(f"--embed-backend {backend!r} is not one of: {', '.join(EMBED_BACKENDS)}")
-        self.root = Path(root) if root else default_cache_dir()
+        self.store = EmbeddingStore(root)
+        self.root = self.store.root
         self.extractor = extractor.to(device, memory_format=torch.channels_last)
         self.device, self.amp_dtype = device, amp_dtype
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
         self.hooks = hooks  # a profiler times the extraction as the "embed" phase
         self.weights_id = weights_digest(extractor)
-        self.hits = self.misses = 0
+        self.misses = 0
         self.embedded = 0  # images run through the backbone by this cache (misses only)
         self.embed_seconds = 0.0
         self.exchange_seconds = 0.0  # under torchrun: waiting for the other ranks' shares and summing them
@@ -113,24 +148,24 @@ class FeatureCache:
         precision the chosen backend runs first."""
         if self.ranks.shares:
             return self._get_shared(samples, transform, transform_id, view=view, desc=desc)
-        paths = self._paths(samples, transform_id, view)
-        for path in paths:
-            if (emb := self._load(path)) is not None:
+        keys = self._keys(samples, transform_id, view)
+        if (emb := self.store.first(keys)) is not None:
+            return emb
+        with self.store.lock(keys[0]):  # one computes, the others wait and find it
+            if (emb := self.store.first(keys)) is not None:
                 return emb
-        # Parallel tuning workers ask for the same entry at once: one computes, the others wait.
-        with file_lock(paths[0].with_suffix(".lock")):
-            for path in paths:
-                if (emb := self._load(path)) is not None:
-                    return emb
             self.misses += 1
             emb = self.compute(samples, transform, view=view, desc=desc)
-            path = self.root / f"{self.key(samples, transform_id, view, self._precision)}.pt"
-            atomic_torch_save({"features": emb.features, "labels": emb.labels, "ok": emb.ok}, path)
+            self.store.save(self.key(samples, transform_id, view, self._precision), emb)
         return emb
 
-    def _paths(self, samples: list[Sample], transform_id: str, view: int | None) -> list[Path]:
+    @property
+    def hits(self) -> int:
+        return self.store.hits
+
+    def _keys(self, samples: list[Sample], transform_id: str, view: int | None) -> list[str]:
         precisions = list(dict.fromkeys([self._precision, self.amp_dtype, None]))
-        return [self.root / f"{self.key(samples, transform_id, view, p)}.pt" for p in precisions]
+        return [self.key(samples, transform_id, view, p) for p in precisions]
 
     def _get_shared(self, samples: list[Sample], transform, transform_id: str, *, view: int | None,
                     desc: str) -> Embeddings | None:
@@ -139,8 +174,7 @@ class FeatureCache:
         ranks = self.ranks
         found = None
         if ranks.main:
-            found = next((emb for path in self._paths(samples, transform_id, view) if (emb := self._load(path)) is not None),
-                         None)
+            found = self.store.first(self._keys(samples, transform_id, view))
         if ranks.agree(found is not None):
             return found
         self.misses += 1
@@ -154,20 +188,8 @@ class FeatureCache:
         if not ok.any():
             raise DogbreedError(f"no image could be decoded while {desc}; run `dogbreed data check` on the data set")
         emb = Embeddings(features, mine.labels, ok)
-        path = self.root / f"{self.key(samples, transform_id, view, self._precision)}.pt"
-        atomic_torch_save({"features": emb.features, "labels": emb.labels, "ok": emb.ok}, path)
+        self.store.save(self.key(samples, transform_id, view, self._precision), emb)
         return emb
-
-    def _load(self, path: Path) -> Embeddings | None:
-        if not path.exists():
-            return None
-        try:
-            doc = read_tensors(path)
-        except Exception as exc:  # a damaged entry is recomputed, never trusted
-            log.warning("embedding cache entry %s is unreadable (%s); recomputing", path, exc)
-            return None
-        self.hits += 1
-        return Embeddings(doc["features"], doc["labels"], doc["ok"])
 
     def stats(self) -> dict:
         rate = self.embedded / self.embed_seconds if self.embed_seconds else None
