@@ -36,6 +36,7 @@ from dogbreed.data.loaders import ImageDataset, image_loader
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_torch_save, default_cache_dir, file_lock
 from dogbreed.hooks import NO_HOOKS, StepHooks
+from dogbreed.onnx_export import onnx_export
 from dogbreed.runtime.loading import read_tensors
 from dogbreed.runtime.network import OnnxModel, set_head
 
@@ -233,8 +234,6 @@ class FeatureCache:
             reason = "under torchrun every rank embeds on eager, so that their shares are alike"
         elif self.device.type != "cpu":
             reason = f"ONNX Runtime runs on the CPU, the backbone on {self.device}"
-        elif not _onnxruntime():
-            reason = "onnxruntime is not installed"
         elif self.backend == "auto" and not onnx_path.exists() and left / eager_rate < EXPORT_WORTH_S:
             reason = f"{left} images are ~{left / eager_rate:.0f}s of eager work, too few to pay for an ONNX export"
         if reason is None:
@@ -253,8 +252,6 @@ class FeatureCache:
 
     def _export(self, path: Path, images: torch.Tensor) -> float:
         """The backbone as ONNX, once per weights and crop size (kept beside the embeddings); seconds spent."""
-        from dogbreed.export import onnx_export
-
         if path.exists():
             return 0.0
         started = time.perf_counter()
@@ -272,14 +269,6 @@ class FeatureCache:
                     partial.unlink(missing_ok=True)
                     self.extractor.to(memory_format=torch.channels_last)
         return round(time.perf_counter() - started, 2)
-
-
-def _onnxruntime() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 CHUNKS = (8, 16, 32)  # forward batch sizes a CPU tries on the first loader batch (of 64)

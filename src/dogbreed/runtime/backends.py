@@ -85,8 +85,8 @@ def unusable(model_dir: str, meta: dict, name: str, device: torch.device) -> str
     if name in EXPORTED and not os.path.exists(os.path.join(model_dir, BACKENDS[name])):
         return NOT_EXPORTED
     if name in CPU_ONLY:
-        try:
-            import onnxruntime  # noqa: F401
+        try:  # a dogbreed dependency, but not the artifact's (code/requirements.txt): a SageMaker
+            import onnxruntime  # noqa: F401 - container may lack it, and then serves on the others
         except ImportError:
             return "onnxruntime is not installed (pip install onnxruntime)"
     if name in GATED:
