@@ -9,8 +9,9 @@ fastest.
     int8         model.int8.onnx: static int8 quantization calibrated on the validation images
                  (dogbreed export --format int8 --data DIR)
 
-bf16 and int8 change the arithmetic, so they are used only where model.json records that they
-passed the gate: on the validation images their top-1 agreed with fp32's on at least 99% and their
+bf16 runs only where the hardware does it natively (:func:`native_bf16`, which training's precision
+asks too). bf16 and int8 change the arithmetic, so they are used only where model.json records that
+they passed the gate: on the validation images their top-1 agreed with fp32's on at least 99% and their
 top-5 on at least 99.5% (``dogbreed export --data`` measures and stores it). How fast each one is
 depends on the CPU (AVX2, AVX-512, VNNI, AMX give very different orders), so nothing here assumes
 an order: ``auto`` measures.
@@ -44,6 +45,7 @@ EXPORTED = tuple(name for name in BACKENDS if BACKENDS[name] != BACKENDS["eager"
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_BUDGET_S = 10.0  # how long auto may spend timing, in all
 MIN_PASSES = 2  # timed passes per backend and batch size, however slow, after two warm-ups
+BF16_INSTRUCTIONS = ("avx512_bf16", "amx_bf16", "bf16")  # x86's two, Arm's; as torch.cpu.get_capabilities names them
 
 
 def agreement(reference: torch.Tensor, logits: torch.Tensor, k: int = 5) -> dict:
@@ -69,11 +71,22 @@ EXPORT_HINT = "`dogbreed export MODEL --format all --data DIR` adds them"  # for
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` runs bf16 natively (AVX512-BF16 or AMX on a CPU); elsewhere it is emulated
-    and slower than fp32, not worth timing."""
+    """Whether ``device`` runs bf16 natively: a CPU with AVX512-BF16 or AMX (x86) or the BF16
+    extension (Arm), a GPU that torch says supports it. Elsewhere bf16 is emulated and slower than
+    fp32: training keeps fp32 there and ``auto`` does not time bf16. Training and serving both ask here."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return device.type == "cpu" and cpu_bf16()
+
+
+def cpu_bf16() -> bool:
+    """Whether this CPU has bf16 instructions, from torch's public CPU capabilities. The torch an
+    artifact meets in an older SageMaker container may predate them: there, oneDNN's private check,
+    which also says yes on AVX-512 CPUs without them (oneDNN emulates bf16 there)."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is None:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return any(capabilities().get(name) is True for name in BF16_INSTRUCTIONS)
 
 
 def unusable(model_dir: str, meta: dict, name: str, device: torch.device) -> str | None:
