@@ -33,6 +33,7 @@ from dogbreed.artifact import load_artifact, pack
 from dogbreed.data.layout import scan
 from dogbreed.errors import DogbreedError
 from dogbreed.flags import option
+from dogbreed.onnx_export import onnx_export
 from dogbreed.runtime import backends, loading, pipeline
 from dogbreed.runtime.loading import EXPORT_FORMATS, MODEL_FILE, LoadedModel
 from dogbreed.runtime.pipeline import RequestError
@@ -201,30 +202,15 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str) -> No
     onnx_export(_BothOutputs(model).eval(), example, path, ["logits", "features"])
 
 
-def onnx_export(module: torch.nn.Module, example: torch.Tensor, path: str, outputs: list[str]) -> None:
-    """``module`` as ONNX with a dynamic batch size and input ``images`` (torch's dynamo exporter)."""
-    try:
-        import onnxscript  # noqa: F401 - torch's exporter needs it
-    except ImportError:
-        raise DogbreedError("ONNX export needs the onnx, onnxscript and onnxruntime packages: pip install onnx onnxscript onnxruntime") from None
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the exporter's step-by-step chatter
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(module.eval(), (example,), input_names=["images"], output_names=outputs,
-                                    dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
-    program.save(path)
-
-
 def _quantize(model: torch.nn.Module, example: torch.Tensor, loaded: LoadedModel, pixels: list[torch.Tensor],
               calibration_images: int, path: str, tmp: str) -> None:
     """ONNX Runtime's static int8 quantization (QDQ, per-channel weights, uint8 activations with the
     reduced range that keeps AVX2's int8 products from saturating) of the fp32 ONNX graph, its
     activation ranges measured on up to ``calibration_images`` validation images spread over the split."""
-    try:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-    except ImportError:
-        raise DogbreedError("int8 export needs the onnx, onnxscript and onnxruntime packages: pip install onnx onnxscript onnxruntime") from None
+    # imported here: it takes most of a second, and only int8 needs it
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     work = tempfile.mkdtemp(prefix="quantize-", dir=tmp)
     source, prepared = os.path.join(tmp, loading.ONNX_FILE), os.path.join(work, "prepared.onnx")
     if not os.path.exists(source):  # not exported with it (formats run in order: onnx before int8)

@@ -36,6 +36,8 @@ from dogbreed.distributed import ALONE, Ranks
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_torch_save, default_cache_dir, file_lock
 from dogbreed.hooks import NO_HOOKS, StepHooks
+from dogbreed.onnx_export import onnx_export
+from dogbreed.runtime.backends import Selection
 from dogbreed.runtime.loading import read_tensors
 from dogbreed.runtime.network import OnnxModel, set_head
 
@@ -248,11 +250,12 @@ class FeatureCache:
         """Pick the backend and, on a CPU, the forward batch size on the first real batch (``left``:
         the images still to embed), and say so in one line."""
         eager_name = f"eager {'bf16' if self.amp_dtype == torch.bfloat16 else 'fp32' if self.amp_dtype is None else self.amp_dtype}"
-        choice: dict = {"asked": self.backend, "chosen": "eager", "measured": {}, "images": left}
-        run, self._precision, chunk, eager_rate = self._eager, self.amp_dtype, None, None
+        race = Selection(self.backend, "eager", any_batch=True)
+        chunks = {size: images[:size] for size in CHUNKS if size <= len(images)} or {len(images): images}
+        eager_rate = None
         if self.device.type == "cpu":
-            chunk, eager_rate = _fastest(self._eager, images)
-            choice["measured"]["eager"] = {"batch": chunk, "images_per_second": round(eager_rate, 2)}
+            race.measure("eager", self._eager, chunks)
+            eager_rate = race.speed("eager")
         onnx_path = self.root / "onnx" / f"{self.weights_id}-{images.shape[-1]}.onnx"
         reason = None
         if self.backend == "eager":
@@ -261,28 +264,30 @@ class FeatureCache:
             reason = "under torchrun every rank embeds on eager, so that their shares are alike"
         elif self.device.type != "cpu":
             reason = f"ONNX Runtime runs on the CPU, the backbone on {self.device}"
-        elif not _onnxruntime():
-            reason = "onnxruntime is not installed"
         elif self.backend == "auto" and not onnx_path.exists() and left / eager_rate < EXPORT_WORTH_S:
             reason = f"{left} images are ~{left / eager_rate:.0f}s of eager work, too few to pay for an ONNX export"
+        run, export_seconds = self._eager, None
         if reason is None:
-            choice["export_seconds"] = self._export(onnx_path, images)
+            export_seconds = self._export(onnx_path, images)
             onnx = OnnxModel(str(onnx_path))
-            onnx_chunk, onnx_rate = _fastest(onnx, images)
-            choice["measured"]["onnx"] = {"batch": onnx_chunk, "images_per_second": round(onnx_rate, 2)}
-            if self.backend == "onnx" or onnx_rate > eager_rate:
-                run, self._precision, chunk, choice["chosen"] = onnx, None, onnx_chunk, "onnx"
-        choice["why"], choice["batch"] = reason, chunk
-        self.choice = choice
+            if race.measure("onnx", onnx, chunks) or self.backend == "onnx":
+                race.chosen, run = "onnx", onnx
+        else:
+            race.skipped["onnx"] = reason
+        chunk = race.batch(race.chosen) if race.measured else None
+        self._precision = None if race.chosen == "onnx" else self.amp_dtype  # ONNX Runtime runs fp32
+        self.choice = {  # results.json's feature_cache.backend
+            "asked": self.backend, "chosen": race.chosen, "images": left,
+            "measured": {name: {"batch": race.batch(name), "images_per_second": round(race.speed(name), 2)}
+                         for name in race.measured},
+            **({} if export_seconds is None else {"export_seconds": export_seconds}), "why": reason, "batch": chunk}
         self._run = run if chunk is None else (lambda images: _chunked(run, chunk, images))
-        rates = ", ".join(f"{name} {m['images_per_second']:.1f} at batch {m['batch']}" for name, m in choice["measured"].items())
-        log.info("embedding on %s%s%s", eager_name if choice["chosen"] == "eager" else "onnx (ONNX Runtime fp32)",
+        rates = ", ".join(f"{name} {race.speed(name):.1f} at batch {race.batch(name)}" for name in race.measured)
+        log.info("embedding on %s%s%s", eager_name if race.chosen == "eager" else "onnx (ONNX Runtime fp32)",
                  f" (img/s: {rates})" if rates else "", f"; onnx not used: {reason}" if reason else "")
 
     def _export(self, path: Path, images: torch.Tensor) -> float:
         """The backbone as ONNX, once per weights and crop size (kept beside the embeddings); seconds spent."""
-        from dogbreed.export import onnx_export
-
         if path.exists():
             return 0.0
         started = time.perf_counter()
@@ -302,30 +307,7 @@ class FeatureCache:
         return round(time.perf_counter() - started, 2)
 
 
-def _onnxruntime() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 CHUNKS = (8, 16, 32)  # forward batch sizes a CPU tries on the first loader batch (of 64)
-
-
-@torch.inference_mode()
-def _fastest(run, images: torch.Tensor) -> tuple[int, float]:
-    """The forward batch size, of :data:`CHUNKS`, at which ``run`` embeds the most images per second
-    here (a CPU is often fastest at 16, where activations stay in its caches), and that rate: one
-    warm-up and one timed pass at each, on the first images of this batch."""
-    rates = {}
-    for size in [size for size in CHUNKS if size <= len(images)] or [len(images)]:
-        run(images[:size])
-        started = time.perf_counter()
-        run(images[:size])
-        rates[size] = size / (time.perf_counter() - started)
-    best = max(rates, key=rates.get)
-    return best, rates[best]
 
 
 def _chunked(run, size: int, images: torch.Tensor) -> torch.Tensor:

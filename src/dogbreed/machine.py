@@ -1,5 +1,5 @@
-"""What the machine this process runs on offers: usable CPUs, the CPU's instruction sets, bf16,
-the devices a run may ask for.
+"""What the machine this process runs on offers: usable CPUs, the CPU's instruction sets, the
+devices a run may ask for. (Whether it runs bf16 natively: ``runtime.backends.native_bf16``.)
 
 Asked here, and only here, so that data loaders, the server's decode pool, tuning workers, the
 profiler and the benchmarks agree on one answer.
@@ -50,11 +50,6 @@ def cpu_flags() -> frozenset[str]:
 def notable_flags() -> list[str]:
     """Which of :data:`NOTABLE_FLAGS` this CPU has."""
     return [f for f in NOTABLE_FLAGS if f in cpu_flags()]
-
-
-def cpu_has_bf16() -> bool:
-    """Native bf16 arithmetic (AVX512-BF16 or AMX): where bf16 autocast speeds a CPU up."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def cpu_model() -> str:

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from dogbreed import machine
 from dogbreed.checkpoints import Checkpoints, FitState
 from dogbreed.distributed import ALONE, Ranks
 from dogbreed.errors import DogbreedError
 from dogbreed.hooks import NO_HOOKS, StepHooks
+from dogbreed.runtime.backends import native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,7 @@ def amp_dtype_for(device: torch.device, mode: str) -> torch.dtype | None:
         return None
     if mode == "bf16":
         return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if device.type == "cpu" and machine.cpu_has_bf16() else None
+    return torch.bfloat16 if native_bf16(device) else None
 
 
 def _autocast(device: torch.device, amp_dtype: torch.dtype | None):

@@ -9,8 +9,9 @@ fastest.
     int8         model.int8.onnx: static int8 quantization calibrated on the validation images
                  (dogbreed export --format int8 --data DIR)
 
-bf16 and int8 change the arithmetic, so they are used only where model.json records that they
-passed the gate: on the validation images their top-1 agreed with fp32's on at least 99% and their
+bf16 runs only where the hardware does it natively (:func:`native_bf16`, which training's precision
+asks too). bf16 and int8 change the arithmetic, so they are used only where model.json records that
+they passed the gate: on the validation images their top-1 agreed with fp32's on at least 99% and their
 top-5 on at least 99.5% (``dogbreed export --data`` measures and stores it). How fast each one is
 depends on the CPU (AVX2, AVX-512, VNNI, AMX give very different orders), so nothing here assumes
 an order: ``auto`` measures.
@@ -23,8 +24,10 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 
 import torch
 
@@ -43,7 +46,11 @@ CPU_ONLY = ("onnx", "int8")  # ONNX Runtime's CPU provider
 EXPORTED = tuple(name for name in BACKENDS if BACKENDS[name] != BACKENDS["eager"])  # their own file
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_BUDGET_S = 10.0  # how long auto may spend timing, in all
-MIN_PASSES = 2  # timed passes per backend and batch size, however slow, after two warm-ups
+WARM_UPS = 2  # untimed passes first: they build kernels (oneDNN's bf16 ones per shape) and ONNX Runtime's arenas
+MIN_PASSES = 2  # timed passes per candidate and batch size, however slow
+MAX_PASSES = 50
+BF16_INSTRUCTIONS = ("avx512_bf16", "amx_bf16", "bf16")  # x86's two, Arm's; as torch.cpu.get_capabilities names them
+Input = TypeVar("Input")
 
 
 def agreement(reference: torch.Tensor, logits: torch.Tensor, k: int = 5) -> dict:
@@ -69,11 +76,22 @@ EXPORT_HINT = "`dogbreed export MODEL --format all --data DIR` adds them"  # for
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` runs bf16 natively (AVX512-BF16 or AMX on a CPU); elsewhere it is emulated
-    and slower than fp32, not worth timing."""
+    """Whether ``device`` runs bf16 natively: a CPU with AVX512-BF16 or AMX (x86) or the BF16
+    extension (Arm), a GPU that torch says supports it. Elsewhere bf16 is emulated and slower than
+    fp32: training keeps fp32 there and ``auto`` does not time bf16. Training and serving both ask here."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return device.type == "cpu" and cpu_bf16()
+
+
+def cpu_bf16() -> bool:
+    """Whether this CPU has bf16 instructions, from torch's public CPU capabilities. The torch an
+    artifact meets in an older SageMaker container may predate them: there, oneDNN's private check,
+    which also says yes on AVX-512 CPUs without them (oneDNN emulates bf16 there)."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is None:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return any(capabilities().get(name) is True for name in BF16_INSTRUCTIONS)
 
 
 def unusable(model_dir: str, meta: dict, name: str, device: torch.device) -> str | None:
@@ -85,8 +103,8 @@ def unusable(model_dir: str, meta: dict, name: str, device: torch.device) -> str
     if name in EXPORTED and not os.path.exists(os.path.join(model_dir, BACKENDS[name])):
         return NOT_EXPORTED
     if name in CPU_ONLY:
-        try:
-            import onnxruntime  # noqa: F401
+        try:  # a dogbreed dependency, but not the artifact's (code/requirements.txt): a SageMaker
+            import onnxruntime  # noqa: F401 - container may lack it, and then serves on the others
         except ImportError:
             return "onnxruntime is not installed (pip install onnxruntime)"
     if name in GATED:
@@ -100,15 +118,57 @@ def unusable(model_dir: str, meta: dict, name: str, device: torch.device) -> str
     return None
 
 
+def timed(forward: Callable[[Input], object], inputs: Mapping[int, Input], seconds: float = 0.0) -> dict[int, float]:
+    """Images per second of ``forward`` on each of ``inputs`` (batch size -> a batch that size):
+    :data:`WARM_UPS` untimed passes, then timed ones for about ``seconds`` in all (at least
+    :data:`MIN_PASSES`, at most :data:`MAX_PASSES` each); the median. How every race times."""
+    rates = {}
+    for batch, example in inputs.items():
+        for _ in range(WARM_UPS):
+            forward(example)
+        times: list[float] = []
+        deadline = time.perf_counter() + seconds / len(inputs)
+        while len(times) < MIN_PASSES or (time.perf_counter() < deadline and len(times) < MAX_PASSES):
+            started = time.perf_counter()
+            forward(example)
+            times.append(time.perf_counter() - started)
+        rates[batch] = batch / statistics.median(times)
+    return rates
+
+
 @dataclass
 class Selection:
-    """What ``auto`` (or a forced backend) ended up with, and why."""
+    """A backend race and what it ended up with, and why: the server's ``auto`` (or a forced
+    backend) and the embedding cache's choice alike."""
 
     asked: str
     chosen: str
     measured: dict[str, dict[int, float]] = field(default_factory=dict)  # backend -> batch size -> images/s
     skipped: dict[str, str] = field(default_factory=dict)  # backend -> why it was not a candidate
     seconds: float = 0.0  # spent timing
+    # The caller runs at whichever batch size suits the winner (the embedder's chunks): a candidate is
+    # as fast as its best rate. Otherwise (a server takes the batches that come) its rate at the largest.
+    any_batch: bool = False
+
+    def measure(self, name: str, forward: Callable[[Input], object], inputs: Mapping[int, Input],
+                seconds: float = 0.0) -> bool:
+        """Time candidate ``name`` (:func:`timed`); it becomes ``chosen`` if it is faster than every
+        one timed before it (a tie keeps the earlier). Whether it did."""
+        started = time.perf_counter()
+        self.measured[name] = timed(forward, inputs, seconds)
+        self.seconds += time.perf_counter() - started
+        if all(self.speed(name) > self.speed(other) for other in self.measured if other != name):
+            self.chosen = name
+        return self.chosen == name
+
+    def batch(self, name: str) -> int:
+        """The batch size that measures candidate ``name``: its fastest, or the largest."""
+        rates = self.measured[name]
+        return max(rates, key=rates.__getitem__) if self.any_batch else max(rates)
+
+    def speed(self, name: str) -> float:
+        """Candidate ``name``'s images per second, as the race compares them."""
+        return self.measured[name][self.batch(name)]
 
     def line(self) -> str:
         """One line: the backend, what was measured (img/s per batch size, fastest first), and what
@@ -133,24 +193,17 @@ class Selection:
                 "skipped": self.skipped}
 
 
-def throughput(model: LoadedModel, batch_sizes: Sequence[int], seconds: float) -> dict[int, float]:
-    """Images per second of the inference path's forward pass at each batch size: two warm-up passes,
-    then timed passes for about ``seconds`` in all (at least :data:`MIN_PASSES` each); the median."""
+def example_pixels(model: LoadedModel, batch_sizes: Sequence[int]) -> dict[int, list[torch.Tensor]]:
+    """Random uint8 images, the same each time, at each batch size: what the inference path takes."""
     size = model.preset.crop_size
     generator = torch.Generator().manual_seed(0)
-    rates = {}
-    for batch in batch_sizes:
-        pixels = list(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator))
-        for _ in range(2):  # first passes build kernels (oneDNN's bf16 ones per shape) and ONNX Runtime's arenas
-            pipeline.forward(model, pixels)
-        times: list[float] = []
-        deadline = time.perf_counter() + seconds / len(batch_sizes)
-        while len(times) < MIN_PASSES or (time.perf_counter() < deadline and len(times) < 50):
-            started = time.perf_counter()
-            pipeline.forward(model, pixels)
-            times.append(time.perf_counter() - started)
-        rates[batch] = batch / statistics.median(times)
-    return rates
+    return {batch: list(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator))
+            for batch in batch_sizes}
+
+
+def throughput(model: LoadedModel, batch_sizes: Sequence[int], seconds: float) -> dict[int, float]:
+    """Images per second of the inference path's forward pass at each batch size (:func:`timed`)."""
+    return timed(partial(pipeline.forward, model), example_pixels(model, batch_sizes), seconds)
 
 
 def select(model_dir: str, backend: str = AUTO, device: str | torch.device | None = None, *,
@@ -185,14 +238,9 @@ def _race(model_dir: str, device: torch.device, eager: LoadedModel, selection: S
     candidates = [name for name in BACKENDS if name not in selection.skipped]
     if len(candidates) == 1:  # eager alone: nothing to time
         return eager, selection
-    started = time.perf_counter()
-    best, best_rate = eager, -1.0
-    slot = budget_s / len(candidates)
+    best, pixels = eager, example_pixels(eager, batch_sizes)
     for name in candidates:
         model = eager if name == "eager" else load_model_dir(model_dir, device, name)
-        rates = throughput(model, batch_sizes, slot)
-        selection.measured[name] = rates
-        if rates[max(batch_sizes)] > best_rate:
-            best, best_rate, selection.chosen = model, rates[max(batch_sizes)], name
-    selection.seconds = time.perf_counter() - started
+        if selection.measure(name, partial(pipeline.forward, model), pixels, budget_s / len(candidates)):
+            best = model
     return best, selection
