@@ -34,6 +34,7 @@ def test_unknown_recipe_key_names_it_and_lists_valid_keys(tmp_path):
     ("lr: .inf\n", "lr must be a positive number, got inf"),
     ("weight_decay: -0.1\n", "weight_decay must be a number at least 0"),
     ("threshold: 80\n", r"threshold must be in \[0, 1\], got 80"),
+    ("reject_keep: 1.5\n", r"^reject_keep must be in \(0, 1\], got 1.5$"),
     ("train_layers: some\n", "train_layers 'some' is not valid; choose one of: head, layer4, all"),
     ("- a\n- b\n", "must be a mapping"),
     ("lr: [\n", "not valid YAML"),

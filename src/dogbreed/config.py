@@ -20,7 +20,7 @@ from dogbreed.files import read_yaml
 from dogbreed.flags import option as _opt
 from dogbreed.machine import DEVICES, resolve_device
 from dogbreed.runtime.network import BACKBONES
-from dogbreed.runtime.pipeline import DEFAULT_THRESHOLD, Options
+from dogbreed.runtime.pipeline import DEFAULT_THRESHOLD, OptionError, Options
 from dogbreed.runtime.scores import SCORES
 
 TRAIN_LAYERS = ("head", "layer4", "all")
@@ -87,8 +87,8 @@ class TrainConfig:
             raise DogbreedError(f"weight_decay must be a number at least 0, got {self.weight_decay}")
         try:
             Options(threshold=self.threshold, keep=self.reject_keep)
-        except ValueError as exc:
-            raise DogbreedError(str(exc).replace("keep must", "reject_keep must")) from None
+        except OptionError as exc:  # named as the field that set it: Options' keep is reject_keep here
+            raise DogbreedError(f"{'reject_keep' if exc.field == 'keep' else exc.field} {exc.problem}") from None
         if self.image_size < 32:
             raise DogbreedError(f"image_size must be at least 32, got {self.image_size}")
         if self.aug_views < 0 or self.patience < 0 or (self.workers is not None and self.workers < 0):
