@@ -12,6 +12,8 @@ from torchvision import models
 from dogbreed.archive import safe_extract_tar
 from dogbreed.artifact import load_artifact
 from dogbreed.errors import DogbreedError
+from dogbreed.runtime import loading
+from dogbreed.runtime.loading import ModelLoadError
 
 
 def test_artifact_has_sagemakers_pytorch_layout(trained_run):
@@ -74,6 +76,7 @@ def test_weights_of_another_network_do_not_match(trained_run, tmp_path):
     (lambda meta: meta.update(format_version=99), "the artifact has format 99, newer than this code reads .1.; upgrade"),
     (lambda meta: meta.update(threshold=1.5), r"model.json: threshold must be in \[0, 1\], got 1.5"),
     (lambda meta: meta.update(topk="many"), "model.json: invalid literal"),
+    (lambda meta: meta.update(backbone="vgg"), "unknown backbone 'vgg'; valid backbones: "),
 ])
 def test_artifact_with_a_damaged_model_json(trained_run, tmp_path, damage, match):
     safe_extract_tar(trained_run.artifact, tmp_path / "x")
@@ -123,6 +126,24 @@ def test_errors_name_the_artifact_not_the_folder_it_was_unpacked_into(trained_ru
     with pytest.raises(DogbreedError) as caught:
         load_artifact(damaged)
     assert str(caught.value).startswith(f"cannot load model {damaged}: model.pth is unreadable")
+
+
+def test_labels_that_skip_an_index_name_the_artifact(trained_run, tmp_path):
+    safe_extract_tar(trained_run.artifact, tmp_path / "x")
+    path = tmp_path / "x" / "labels.json"
+    doc = json.loads(path.read_text())
+    doc["classes"][0]["index"] = 99
+    path.write_text(json.dumps(doc))
+    damaged = tmp_path / "damaged.tar.gz"
+    with tarfile.open(damaged, "w:gz") as tar:
+        for file in sorted((tmp_path / "x").iterdir()):
+            tar.add(file, arcname=file.name)
+    with pytest.raises(DogbreedError) as caught:
+        load_artifact(damaged)
+    assert str(caught.value) == f"cannot load model {damaged}: labels.json: class indices are not 0..3"
+    with pytest.raises(ModelLoadError) as caught:  # what the runtime raises: the folder and the reason apart
+        loading.load_model_dir(str(tmp_path / "x"))
+    assert (caught.value.path, caught.value.reason) == (str(tmp_path / "x"), "labels.json: class indices are not 0..3")
 
 
 def test_a_forced_backend_that_cannot_run_is_one_warning_and_the_model_still_loads(trained_run, caplog):

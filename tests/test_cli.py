@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dogbreed.cli import build_parser, main
+from dogbreed.cli import build_parser, main, run
 from dogbreed.config import TrainConfig
 from dogbreed.runtime.network import BACKBONES
 
@@ -193,3 +193,12 @@ def test_paths_that_are_files_and_names_that_escape_are_one_line(synth_data, tmp
     one_line_error(run_cli(*TRAIN, "--data", str(synth_data), "--out", str(tmp_path / "runs"), "--name", "../escape"),
                     "name '../escape' must be a plain folder name")
     assert not (tmp_path / "escape").exists() and not (tmp_path / "runs").exists()
+
+
+def test_run_returns_the_error_that_main_prints(capsys):
+    """What the SageMaker entry reads its failure reason from: no parsing of what was printed."""
+    reason = "name a run folder: dogbreed report runs/<run> (or --list-rules)"
+    assert run(["report"]) == (1, reason)
+    assert capsys.readouterr().err == ""
+    assert main(["report"]) == 1
+    assert capsys.readouterr().err == f"error: {reason}\n"

@@ -34,6 +34,7 @@ def test_unknown_recipe_key_names_it_and_lists_valid_keys(tmp_path):
     ("lr: .inf\n", "lr must be a positive number, got inf"),
     ("weight_decay: -0.1\n", "weight_decay must be a number at least 0"),
     ("threshold: 80\n", r"threshold must be in \[0, 1\], got 80"),
+    ("reject_keep: 1.5\n", r"^reject_keep must be in \(0, 1\], got 1.5$"),
     ("train_layers: some\n", "train_layers 'some' is not valid; choose one of: head, layer4, all"),
     ("- a\n- b\n", "must be a mapping"),
     ("lr: [\n", "not valid YAML"),
@@ -51,9 +52,31 @@ def test_saved_config_round_trips(tmp_path):
     assert config.resolve(tmp_path / "c.yaml") == cfg
 
 
-def test_sagemaker_hyperparameter_names_are_accepted():
-    argv = ["train", "--learning_rate", "0.01", "--batch_size=8", "--epochs", "3", "--train_layers", "all"]
-    assert normalize_argv(argv) == ["train", "--lr", "0.01", "--batch-size=8", "--epochs", "3", "--train-layers", "all"]
+@pytest.mark.parametrize("argv, ours", [
+    (["train", "--learning_rate", "0.01", "--batch_size=8", "--epochs", "3", "--train_layers", "all"],
+     ["train", "--lr", "0.01", "--batch-size=8", "--epochs", "3", "--train-layers", "all"]),
+    (["train", "--learning-rate", "0.1", "--model_name", "resnet18"], ["train", "--lr", "0.1", "--backbone", "resnet18"]),
+    # booleans as words, any case, after a space or "="; our own --no- form stays
+    (["train", "--pretrained", "False", "--feature_cache", "true", "--profile=0", "--calibrate", "YES", "--no-profile"],
+     ["train", "--no-pretrained", "--feature-cache", "--no-profile", "--calibrate", "--no-profile"]),
+    (["train", "--pretrained", "--batch_size", "8"], ["train", "--pretrained", "--batch-size", "8"]),  # a plain flag
+    (["train", "--epochs", "2", "--pretrained"], ["train", "--epochs", "2", "--pretrained"]),
+    (["train", "--pretrained", "maybe"], ["train", "--pretrained", "maybe"]),  # left for argparse to refuse
+    # values, positionals and short flags are never renamed
+    (["predict", "a_b.jpg", "-v", "--threshold", "-1", "--json"], ["predict", "a_b.jpg", "-v", "--threshold", "-1", "--json"]),
+    (["train", "--name", "my_run"], ["train", "--name", "my_run"]),
+    (["serve", "--max_batch_size", "8"], ["serve", "--max-batch-size", "8"]),  # every command's flags
+])
+def test_the_argv_normaliser_turns_sagemakers_spelling_into_ours(argv, ours):
+    assert normalize_argv(argv) == ours
+    assert normalize_argv(ours) == ours  # our spelling is left as it is
+
+
+def test_read_argv_keeps_the_spelling_each_flag_was_given_in():
+    words = config.read_argv(["--learning_rate", "0.01", "--batch_size=8", "--profile", "x.jpg"])
+    assert words == [config.Flag("--learning_rate", "lr", "0.01"), config.Flag("--batch_size=8", "batch-size", "8", inline=True),
+                     config.Flag("--profile", "profile", "x.jpg")]
+    assert [w.key for w in words] == ["lr", "batch_size", "profile"]
 
 
 def test_sagemaker_environment_sets_data_and_output(monkeypatch):
@@ -69,10 +92,15 @@ def test_sagemaker_environment_sets_data_and_output(monkeypatch):
     (["--learning_rate", "abc"], "hyperparameter --learning_rate: config key 'lr' expects float, got 'abc'"),
     (["--pretrained", "maybe"], "hyperparameter --pretrained: config key 'pretrained' expects bool, got 'maybe'"),
     (["--epochs"], "hyperparameter --epochs has no value"),
+    (["--epochs", "--lr", "0.1"], "hyperparameter --epochs has no value"),
+    (["--epochs=x"], "hyperparameter --epochs=x: config key 'epochs' expects int, got 'x'"),
+    (["3"], "unknown hyperparameter '3'; training options: data, out"),
     (["--lerning_rate", "0.1"], "unknown hyperparameter '--lerning_rate'; training options: data, out"),
 ])
-def test_sagemaker_entry_names_a_bad_hyperparameter_as_the_job_spelled_it(argv, message, capsys):
+def test_sagemaker_entry_names_a_bad_hyperparameter_as_the_job_spelled_it(argv, message, capsys, monkeypatch, tmp_path):
     from dogbreed.sagemaker import main
 
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
     assert main(argv) == 1
     assert capsys.readouterr().err.strip().startswith(f"error: {message}")
+    assert (tmp_path / "output" / "failure").read_text().startswith(message)  # the job's failure reason

@@ -6,9 +6,10 @@ import logging
 import pytest
 
 from dogbreed.archive import safe_extract_tar
+from dogbreed.artifact import load_artifact
 from dogbreed.cli import main
 from dogbreed.data.synth import synth
-from dogbreed.evaluate import run
+from dogbreed.evaluate import _pass, run
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +73,12 @@ def test_an_older_artifact_without_calibration_or_rejection_still_evaluates(trai
     warnings = " ".join(r.getMessage() for r in caplog.records)
     assert "has no calibration" in warnings and "the top probability stands in" in warnings
     assert doc["ood"]["score"] == "msp" and doc["verdicts"]["not_a_dog"] == 0  # no score: never "not a dog"
+
+
+def test_an_unreadable_image_is_skipped_and_named_by_its_path(trained_run, samples, tmp_path, caplog):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    with caplog.at_level(logging.WARNING):
+        done = _pass(load_artifact(trained_run.artifact), [str(bad), str(samples / "Boxer_02426.jpg")], False, "test")
+    assert done["unreadable"] == 1 and done["kept"] == {str(samples / "Boxer_02426.jpg")}
+    assert f"skipping unreadable image {bad}: cannot decode" in caplog.text

@@ -131,5 +131,7 @@ def _load(model_dir: Path, name, device, backend, batch_sizes, budget_s) -> Load
             model.selection = selection
         Options.of(model)  # its top-k and threshold are valid
         return model
-    except ValueError as exc:
-        raise DogbreedError(f"cannot load model {name}: {str(exc).removeprefix(f'{model_dir}: ')}") from None
+    except loading.ModelLoadError as exc:  # it names model_dir, perhaps a temporary folder: we name ``name``
+        raise DogbreedError(f"cannot load model {name}: {exc.reason}") from None
+    except ValueError as exc:  # Options.of: "model.json: ..."
+        raise DogbreedError(f"cannot load model {name}: {exc}") from None

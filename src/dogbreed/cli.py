@@ -364,22 +364,30 @@ def _progress(args: argparse.Namespace) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = normalize_argv(list(sys.argv[1:] if argv is None else argv))
+def run(argv: list[str]) -> tuple[int, str | None]:
+    """One command, its words in our spelling (``config.normalize_argv``): the exit code and, when
+    it failed in a way the user can fix, the one line that says why (``main`` prints it as
+    ``error: ...``; a SageMaker job also leaves it as its failure reason). argparse's refusals exit
+    as argparse does."""
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
     try:
-        return args.func(args)
+        return args.func(args), None
     except DogbreedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 1, str(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return 130, None
     except OSError as exc:  # a path that is a file, not writable, on a full disk...
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return 1, f"{where}{exc.strerror or exc}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    code, error = run(normalize_argv(list(sys.argv[1:] if argv is None else argv)))
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from dogbreed.flags import check_choices
 from dogbreed.flags import option as _opt
 from dogbreed.machine import DEVICES, resolve_device
 from dogbreed.runtime.network import BACKBONES
-from dogbreed.runtime.pipeline import DEFAULT_KEEP, DEFAULT_THRESHOLD, Options
+from dogbreed.runtime.pipeline import DEFAULT_KEEP, DEFAULT_THRESHOLD, OptionError, Options
 from dogbreed.runtime.scores import SCORES
 
 TRAIN_LAYERS = ("head", "layer4", "all")
@@ -84,8 +84,8 @@ class TrainConfig:
             raise DogbreedError(f"weight_decay must be a number at least 0, got {self.weight_decay}")
         try:
             Options(threshold=self.threshold, keep=self.reject_keep)
-        except ValueError as exc:
-            raise DogbreedError(str(exc).replace("keep must", "reject_keep must")) from None
+        except OptionError as exc:  # named as the field that set it: Options' keep is reject_keep here
+            raise DogbreedError(f"{'reject_keep' if exc.field == 'keep' else exc.field} {exc.problem}") from None
         if self.image_size < 32:
             raise DogbreedError(f"image_size must be at least 32, got {self.image_size}")
         if self.aug_views < 0 or self.patience < 0 or (self.workers is not None and self.workers < 0):
@@ -116,6 +116,7 @@ class TrainConfig:
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 # Settings that change how a run is observed, never what it learns.
 PROFILE_KEYS = {"profile", "profile_interval_ms", "debug_interval", "trace_start", "trace_steps", "rules"}
+TRUTH = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}  # a boolean as a word
 
 
 def coerce(key: str, value: Any) -> Any:
@@ -130,11 +131,7 @@ def coerce(key: str, value: Any) -> Any:
         raise DogbreedError(f"config key {key!r} cannot be empty")
     try:
         if kind.startswith("bool"):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
+            return TRUTH[value.lower()] if isinstance(value, str) else bool(value)
         if kind.startswith("int"):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
@@ -142,7 +139,7 @@ def coerce(key: str, value: Any) -> Any:
         if kind.startswith("float"):
             return float(value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError):
         raise DogbreedError(f"config key {key!r} expects {kind}, got {value!r}") from None
 
 
@@ -170,33 +167,63 @@ def save_yaml(cfg: TrainConfig, path: str | os.PathLike) -> None:
 
 # SageMaker passes hyperparameters as --key value with the names users gave them in the estimator.
 SAGEMAKER_ALIASES = {"learning_rate": "lr", "learning-rate": "lr", "model_name": "backbone"}
+BOOL_FLAGS = {k.replace("_", "-") for k, kind in FIELD_TYPES.items() if kind.startswith("bool")}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One ``--name`` of a command line as SageMaker or a person wrote it, and what it means to us."""
+
+    given: str  # as written, any "=value" included: "--learning_rate", "--batch_size=8"
+    name: str  # our flag's name: "lr", "batch-size"
+    value: str | None  # after "=", or the next word unless that is a flag; None: neither
+    inline: bool = False  # the value came after "="
+
+    @property
+    def key(self) -> str:
+        """The TrainConfig field it names, if it names one: "lr", "batch_size"."""
+        return self.name.replace("-", "_")
+
+    def ours(self) -> list[str]:
+        """Our spelling: ``--lr 0.01``, ``--batch-size=8``; a boolean given as a word, ``--no-pretrained``."""
+        if self.name in BOOL_FLAGS and self.value is not None and self.value.lower() in TRUTH:
+            return [f"--{self.name}" if TRUTH[self.value.lower()] else f"--no-{self.name}"]
+        if self.value is None:
+            return [f"--{self.name}"]
+        return [f"--{self.name}={self.value}"] if self.inline else [f"--{self.name}", self.value]
+
+
+def _is_flag(word: str) -> bool:
+    return word.startswith("--") and len(word) > 2
+
+
+def read_argv(argv: list[str]) -> list[Flag | str]:
+    """The words of a command line: each ``--name[=value]`` with the value that follows it as a
+    :class:`Flag` (SageMaker's ``--learning_rate`` is our ``lr``, ``_`` is ``-``), the rest as they are."""
+    words: list[Flag | str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        i += 1
+        if not _is_flag(word):
+            words.append(word)
+            continue
+        raw, eq, value = word[2:].partition("=")
+        name = SAGEMAKER_ALIASES.get(raw, raw).replace("_", "-")
+        if eq:
+            words.append(Flag(word, name, value, inline=True))
+        elif i < len(argv) and not _is_flag(argv[i]):
+            words.append(Flag(word, name, argv[i]))
+            i += 1
+        else:
+            words.append(Flag(word, name, None))
+    return words
 
 
 def normalize_argv(argv: list[str]) -> list[str]:
     """SageMaker's spelling to ours: ``--learning_rate 0.01`` -> ``--lr 0.01``, ``--batch_size`` ->
     ``--batch-size``, and booleans passed as values, ``--pretrained False`` -> ``--no-pretrained``."""
-    bools = {k.replace("_", "-") for k, kind in FIELD_TYPES.items() if kind.startswith("bool")}
-    truth = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-    out: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        if arg.startswith("--") and len(arg) > 2:
-            name, eq, value = arg[2:].partition("=")
-            name = SAGEMAKER_ALIASES.get(name, name).replace("_", "-")
-            if name in bools:
-                if not eq:
-                    value = next(args, "")
-                    if value.lower() not in truth:  # a plain flag followed by something else
-                        out.append(f"--{name}")
-                        if value:
-                            out.append(value)
-                        continue
-                if value.lower() in truth:
-                    out.append(f"--{name}" if truth[value.lower()] else f"--no-{name}")
-                    continue
-            arg = f"--{name}{eq}{value}"
-        out.append(arg)
-    return out
+    return [w for word in read_argv(argv) for w in (word.ours() if isinstance(word, Flag) else [word])]
 
 
 def apply_sagemaker_env(cfg: TrainConfig, given: set[str]) -> TrainConfig:

@@ -96,11 +96,11 @@ def _pass(model: LoadedModel, paths: list[str], progress: bool, desc: str) -> di
         chunk, pixels = paths[start : start + BATCH], []
         for path in chunk:
             try:
-                pixels.append(pipeline.decode(model, Path(path).read_bytes()))
+                pixels.append(pipeline.decode(model, Path(path).read_bytes(), name=path))
                 kept.add(path)
             except RequestError as exc:
                 unreadable += 1
-                log.warning("skipping unreadable image %s", str(exc).replace("image:", f"{path}:", 1))
+                log.warning("skipping unreadable image %s", exc)
         if pixels:
             z, f = pipeline.forward(model, pixels)
             logits.append(z)

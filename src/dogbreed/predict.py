@@ -12,7 +12,16 @@ from dogbreed.data.layout import IMAGE_EXTS
 from dogbreed.errors import DogbreedError
 from dogbreed.flags import option
 from dogbreed.runtime.loading import LoadedModel
-from dogbreed.runtime.pipeline import DEFAULT_KEEP, DEFAULT_THRESHOLD, DEFAULT_TOPK, Options, RequestError, decode, predict
+from dogbreed.runtime.pipeline import (
+    DEFAULT_KEEP,
+    DEFAULT_THRESHOLD,
+    DEFAULT_TOPK,
+    OptionError,
+    Options,
+    RequestError,
+    decode,
+    predict,
+)
 
 BATCH_SIZE = 16
 
@@ -54,8 +63,8 @@ def check_flags(topk: int | None, threshold: float | None, keep: float | None = 
     """``--topk``, ``--threshold`` and ``--keep`` as typed (None: not given); a bad one is one line."""
     try:
         Options().override(topk, threshold, keep)
-    except ValueError as exc:
-        raise DogbreedError(f"--{exc}") from None
+    except OptionError as exc:
+        raise DogbreedError(f"--{exc.field} {exc.problem}") from None
 
 
 def predict_files(loaded: LoadedModel, files: list[Path], opts: Options | None = None) -> Iterator[tuple[Path, dict]]:
@@ -66,9 +75,9 @@ def predict_files(loaded: LoadedModel, files: list[Path], opts: Options | None =
         decoded = []  # per position: the pixels, or why the file did not decode
         for path in chunk:
             try:
-                decoded.append(decode(loaded, path.read_bytes()))
+                decoded.append(decode(loaded, path.read_bytes(), name=str(path)))
             except RequestError as exc:
-                decoded.append(str(exc).replace("image:", f"{path}:", 1))
+                decoded.append(str(exc))
         pixels = [d for d in decoded if not isinstance(d, str)]
         answers = iter(predict(loaded, pixels, opts) if pixels else [])
         for path, d in zip(chunk, decoded):

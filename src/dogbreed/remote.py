@@ -68,6 +68,8 @@ def s3_errors(url: str):
     except DogbreedError:
         raise
     except FileNotFoundError as exc:
+        # S3's own NoSuchBucket message ("The specified bucket does not exist"), which s3fs turns into
+        # a FileNotFoundError as it does a missing key: third-party text, the one thing that tells them apart
         if "bucket does not exist" in str(exc):
             bucket = url[len(SCHEME):].split("/", 1)[0]
             raise DogbreedError(f"S3 bucket {bucket!r} does not exist (in {url}); check the name and the region, "

@@ -16,30 +16,28 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
-from dogbreed.cli import main as cli_main
-from dogbreed.config import FIELD_TYPES, SAGEMAKER_ALIASES, coerce
+from dogbreed import cli
+from dogbreed.config import FIELD_TYPES, Flag, coerce, read_argv
+from dogbreed.config import write_sagemaker_failure as write_failure
 from dogbreed.errors import DogbreedError
 
 
-def check_hyperparameters(argv: list[str]) -> None:
-    """Each ``--name value`` pair (SageMaker's only form) names a training option and fits its type;
-    the error names the hyperparameter as the job spelled it."""
-    args = iter(argv)
-    for arg in args:
-        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else (arg, "", "")
-        key = SAGEMAKER_ALIASES.get(name, name).replace("-", "_")
-        if not arg.startswith("--") or key not in FIELD_TYPES:
-            raise DogbreedError(f"unknown hyperparameter {arg!r}; training options: {', '.join(FIELD_TYPES)}")
-        if not eq:
-            value = next(args, None)
-            if value is None or value.startswith("--"):
-                raise DogbreedError(f"hyperparameter {arg} has no value (SageMaker passes --name value)")
+def hyperparameters(argv: list[str]) -> list[str]:
+    """The job's flags in our spelling. Each ``--name value`` pair (SageMaker's only form) must name
+    a training option and fit its type; the error names the hyperparameter as the job spelled it."""
+    flags = read_argv(argv)
+    for flag in flags:
+        if not isinstance(flag, Flag) or flag.key not in FIELD_TYPES:
+            given = flag.given if isinstance(flag, Flag) else flag
+            raise DogbreedError(f"unknown hyperparameter {given!r}; training options: {', '.join(FIELD_TYPES)}")
+        if flag.value is None:
+            raise DogbreedError(f"hyperparameter {flag.given} has no value (SageMaker passes --name value)")
         try:
-            coerce(key, value)
+            coerce(flag.key, flag.value)
         except DogbreedError as exc:
-            raise DogbreedError(f"hyperparameter {arg}: {exc}") from None
+            raise DogbreedError(f"hyperparameter {flag.given}: {exc}") from None
+    return [word for flag in flags for word in flag.ours()]
 
 
 RENDEZVOUS_PORT = "7777"
@@ -59,55 +57,31 @@ def cluster_env(env: dict) -> dict:
             "MASTER_PORT": env.get("MASTER_PORT", RENDEZVOUS_PORT)}
 
 
-class _Tee:
-    """stderr as it was, remembering the last ``error: ...`` line (the job's failure reason)."""
-
-    def __init__(self, stream):
-        self.stream, self.last_error = stream, None
-
-    def write(self, text: str) -> int:
-        for line in text.splitlines():
-            if line.startswith("error: "):
-                self.last_error = line.removeprefix("error: ")
-        return self.stream.write(text)
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
-def write_failure(reason: str) -> None:
-    """SageMaker's failure file, in a job only (its output folder exists, or SAGEMAKER_BASE_DIR says where)."""
-    base = os.environ.get("SAGEMAKER_BASE_DIR")
-    output = Path(base or "/opt/ml") / "output"
-    if base or output.is_dir():
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "failure").write_text(reason.strip().splitlines()[0] + "\n", encoding="utf-8")
+def _train(argv: list[str]) -> tuple[int, str | None]:
+    """``dogbreed train`` with the job's hyperparameters: its exit code and its one-line error."""
+    try:
+        flags = hyperparameters(argv)
+        os.environ.update(cluster_env(dict(os.environ)))
+    except DogbreedError as exc:
+        return 1, str(exc)
+    return cli.run(["train", "--no-progress", *flags])
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    tee = _Tee(sys.stderr)
-    sys.stderr = tee
     try:
-        try:
-            check_hyperparameters(argv)
-            os.environ.update(cluster_env(dict(os.environ)))
-        except DogbreedError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            code = 1
-        else:
-            code = cli_main(["train", "--no-progress", *argv])
-    except SystemExit as exc:  # argparse's refusals
+        code, error = _train(argv)
+    except SystemExit as exc:  # argparse's refusals (it has said why on stderr)
         if exc.code:
-            write_failure(tee.last_error or f"dogbreed train exited with status {exc.code}")
+            write_failure(f"dogbreed train exited with status {exc.code}")
         raise
     except BaseException as exc:  # a crash, not a refusal: its type and message are the reason
         write_failure(f"{type(exc).__name__}: {exc}")
         raise
-    finally:
-        sys.stderr = tee.stream
+    if error:
+        print(f"error: {error}", file=sys.stderr)
     if code:
-        write_failure(tee.last_error or f"dogbreed train exited with status {code}")
+        write_failure(error or f"dogbreed train exited with status {code}")
     return code
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from dogbreed.errors import DogbreedError
 from dogbreed.monitor.rules import RULES, RuleSet, validate_rules
+from dogbreed.monitor.rules.base import State, Status
 
 CPU_ONLY = {"hardware": {"cpu_cores": 4, "gpus": []}, "started": 0.0}
 ONE_GPU = {"hardware": {"cpu_cores": 4, "gpus": [{"name": "gpu0"}]}, "started": 0.0}
@@ -46,19 +47,25 @@ def test_low_gpu_utilization_low_fluctuating_and_healthy():
     fired = run("LowGPUUtilization", "system", flapping, ONE_GPU, **p)
     assert fired.triggers and "fluctuating" in fired.messages[0]["message"]
     healthy = run("LowGPUUtilization", "system", [sample(i, util=90) for i in range(30)], ONE_GPU, **p)
-    assert healthy.triggers == 0 and healthy.status() == "no issues found"
+    assert healthy.triggers == 0 and healthy.status() == Status(State.NO_ISSUES)
     waiting = run("LowGPUUtilization", "system", [sample(i, util=30) for i in range(15)], ONE_GPU, **p)
-    assert waiting.triggers == 0 and waiting.status().startswith("no data")
+    assert waiting.triggers == 0 and waiting.status() == Status(State.NO_DATA, "evaluates after 20 samples per GPU")
+    assert str(waiting.status()) == "no data: evaluates after 20 samples per GPU"  # as its result file spells it
 
 
 def test_gpu_rules_are_not_applicable_on_a_cpu_machine():
     ruleset = RuleSet(dict(CPU_ONLY))
     ruleset.feed("system", [sample(i) for i in range(50)])
     ruleset.finish()
-    status = {r["rule"]: r["status"] for r in ruleset.results()}
+    results = ruleset.results()
+    status = {r["rule"]: r["status"] for r in results}
     for rule in ("LowGPUUtilization", "BatchSize", "CPUBottleneck", "IOBottleneck", "GPUMemoryIncrease", "LoadBalancing"):
-        assert status[rule].startswith("not applicable"), rule
-    assert status["OverallSystemUsage"] == "summary"
+        assert status[rule].state is State.NOT_APPLICABLE, rule
+    assert status["LowGPUUtilization"].reason == "no NVIDIA GPU on this machine"
+    assert status["OverallSystemUsage"] == Status(State.SUMMARY)
+    order = [State.TRIGGERED, State.NO_ISSUES, State.NO_DATA, State.SUMMARY, State.NOT_APPLICABLE]
+    states = [r["status"].state for r in results]  # the report lists what decided something first
+    assert states == sorted(states, key=order.index) and states[-1] is State.NOT_APPLICABLE
 
 
 def test_batch_size():
@@ -89,7 +96,7 @@ def test_dataloader_workers_against_cores():
     assert run("Dataloader", "events", [{**loader, "workers": 12}]).triggers == 1  # 300%
     assert run("Dataloader", "events", [{**loader, "workers": 4}]).triggers == 0
     cached = run("Dataloader", "events", [{**loader, "kind": "cached embeddings in memory", "workers": 0}])
-    assert cached.triggers == 0 and cached.status().startswith("no data")
+    assert cached.triggers == 0 and cached.status().state is State.NO_DATA
     unpinned = run("Dataloader", "events", [{**loader, "workers": 4}], ONE_GPU)
     assert "does not pin memory" in unpinned.details["notes"][0]
 
@@ -118,7 +125,7 @@ def test_load_balancing():
     assert run("LoadBalancing", "system", uneven, TWO_GPUS, patience=10).triggers
     even = [sample(i, util=[80 + i % 3, 80 + (i + 1) % 3]) for i in range(20)]
     assert run("LoadBalancing", "system", even, TWO_GPUS, patience=10).triggers == 0
-    assert RULES["LoadBalancing"](dict(ONE_GPU)).status().startswith("not applicable")
+    assert RULES["LoadBalancing"](dict(ONE_GPU)).status().state is State.NOT_APPLICABLE
 
 
 def test_load_balancing_across_torchrun_ranks():
@@ -241,7 +248,7 @@ def test_class_imbalance():
     assert run("ClassImbalance", "events", [epoch(5, 1.0, 1.0)], meta).triggers == 1  # 5 epochs x 105 labels
     balanced = {**CPU_ONLY, "class_counts": [50, 40]}
     few = run("ClassImbalance", "events", [epoch(1, 1.0, 1.0)], {**CPU_ONLY, "class_counts": [20, 2]})
-    assert few.triggers == 0 and few.status().startswith("no data")  # 22 labels < samples=500
+    assert few.triggers == 0 and few.status().state is State.NO_DATA  # 22 labels < samples=500
     assert run("ClassImbalance", "events", [epoch(6, 1.0, 1.0)], balanced).triggers == 0
     per_class = {"t": 9.0, "event": "per_class", "split": "test", "names": ["a", "b"], "n": [10, 10], "correct": [9, 2]}
     fired = run("ClassImbalance", "events", [per_class], balanced)
@@ -255,7 +262,7 @@ def test_dead_relu():
     alive = {"layer1.relu#0": {"var": 1.0, "active": [0.005] * 4 + [0.5] * 6}}  # 0.5% active < 1%: 40% dead
     assert run("DeadRelu", "tensors", [tensors(0, relu=alive)]).triggers == 0
     head_only = RULES["DeadRelu"]({**CPU_ONLY, "tensors": {"relu_modules": 0}})
-    assert head_only.status().startswith("not applicable")
+    assert head_only.status().state is State.NOT_APPLICABLE
 
 
 def test_every_rule_is_listed_with_sagemakers_defaults():
@@ -291,3 +298,15 @@ def test_bad_rules_are_named(doc, fragment):
     with pytest.raises(DogbreedError) as err:
         validate_rules(doc)
     assert fragment in str(err.value)
+
+
+def test_the_report_shows_a_status_as_its_word_and_its_reason():
+    from dogbreed.monitor.report import _rule_rows
+
+    ruleset = RuleSet(dict(CPU_ONLY))
+    ruleset.finish()
+    rows = _rule_rows([r for r in ruleset.results() if r["rule"] in ("Overfit", "LowGPUUtilization")])
+    assert ('<span class="badge nodata" title="no data: nothing to evaluate in this run">no data</span>'
+            "<br><span class='sub'>nothing to evaluate in this run</span>") in rows
+    assert ('<span class="badge na" title="not applicable: no NVIDIA GPU on this machine">not applicable</span>'
+            "<br><span class='sub'>no NVIDIA GPU on this machine</span>") in rows

@@ -11,7 +11,7 @@ from PIL import Image
 from dogbreed.runtime import pipeline
 from dogbreed.runtime.loading import LoadedModel
 from dogbreed.runtime.network import WithFeatures, build_network
-from dogbreed.runtime.pipeline import MAX_TOPK, Options, RequestError
+from dogbreed.runtime.pipeline import MAX_TOPK, OptionError, Options, RequestError
 from dogbreed.runtime.presets import EvalPreset
 
 
@@ -103,15 +103,19 @@ def test_custom_attributes_override_the_defaults():
 @pytest.mark.parametrize("kwargs, message", [({"topk": 0}, "topk must be 1..1000, got 0"),
                                              ({"topk": MAX_TOPK + 1}, "topk must be 1..1000, got 1001"),
                                              ({"threshold": -0.1}, r"threshold must be in \[0, 1\], got -0.1"),
-                                             ({"threshold": float("nan")}, r"threshold must be in \[0, 1\], got nan")])
+                                             ({"threshold": float("nan")}, r"threshold must be in \[0, 1\], got nan"),
+                                             ({"keep": 0.0}, r"keep must be in \(0, 1\], got 0")])
 def test_options_are_checked_in_one_place(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(OptionError, match=f"^{message}$") as caught:
         Options(**kwargs)
+    assert caught.value.field == next(iter(kwargs))  # callers name the field their own way from this
 
 
 def test_a_bad_image_names_its_place_in_a_list(model):
     with pytest.raises(RequestError, match=r"^instance 1: image: cannot decode"):
         pipeline.decode(model, b"GIF89a-not-really", index=1)
+    with pytest.raises(RequestError, match=r"^photos/a.jpg: cannot decode"):  # a caller that read a file names it
+        pipeline.decode(model, b"GIF89a-not-really", name="photos/a.jpg")
     with pytest.raises(RequestError, match=r"^image: 80x60 = 4800 pixels is over the limit of 1000$"):
         pipeline.decode(model, png(), max_pixels=1000)
 

@@ -85,6 +85,17 @@ def test_bad_bytes(data, match):
         load_image(data)
 
 
+def test_a_decode_error_carries_its_source_and_reason(tmp_path):
+    with pytest.raises(ImageDecodeError) as caught:
+        load_image(b"", name="upload.jpg")
+    assert (caught.value.source, caught.value.reason, str(caught.value)) == (
+        "upload.jpg", "empty (0 bytes)", "upload.jpg: empty (0 bytes)")
+    (tmp_path / "x.png").write_text("not an image")
+    with pytest.raises(ImageDecodeError) as caught:
+        load_image(tmp_path / "x.png")
+    assert caught.value.source == str(tmp_path / "x.png") and caught.value.reason.startswith("cannot decode")
+
+
 def test_truncated_jpeg_is_an_error():
     data = _encode(Image.new("RGB", (64, 64), "blue"), "JPEG")
     with pytest.raises(ImageDecodeError, match="cannot decode"):

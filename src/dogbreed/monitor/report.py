@@ -15,6 +15,7 @@ from pathlib import Path
 from dogbreed.files import atomic_write_text
 from dogbreed.monitor import charts
 from dogbreed.monitor.rules import RuleSet, load_rules_file
+from dogbreed.monitor.rules.base import State, Status
 from dogbreed.monitor.streams import STREAMS, Profile, load_profile
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,12 @@ class Report:
 
 
 def triggered(results: list[dict]) -> list[dict]:
-    return [r for r in results if r["status"] == "triggered"]
+    return [r for r in results if r["status"].state is State.TRIGGERED]
 
 
 def evaluated(results: list[dict]) -> list[dict]:
     """The rules that ran and decided: triggered or found no issue (not summaries, not applicable, no data)."""
-    return [r for r in results if r["status"] in ("triggered", "no issues found")]
+    return [r for r in results if r["status"].state in (State.TRIGGERED, State.NO_ISSUES)]
 
 
 def run_rules(profile: Profile, rules_file: str | os.PathLike | None = None) -> list[dict]:
@@ -56,7 +57,8 @@ def write_report(run_dir: str | os.PathLike, rules_file: str | os.PathLike | Non
     rules_dir = profile.folder / "rules"
     rules_dir.mkdir(exist_ok=True)
     for result in results:
-        atomic_write_text(rules_dir / f"{result['rule']}.json", json.dumps(result, indent=1, default=str))
+        atomic_write_text(rules_dir / f"{result['rule']}.json",
+                          json.dumps({**result, "status": str(result["status"])}, indent=1, default=str))
     png = profile.folder / "timeline.png"
     if profile.system:
         charts.timeline_png(profile, png)
@@ -98,11 +100,12 @@ def _secs(s) -> str:
     return f"{s / 60:.1f} min" if s >= 120 else f"{s:.1f} s"
 
 
-def _badge(status: str) -> str:
-    cls = ("triggered" if status == "triggered" else "ok" if status == "no issues found" else "summary" if status == "summary"
-           else "nodata" if status.startswith("no data") else "na")
-    label = status.split(":")[0]
-    return f'<span class="badge {cls}" title="{_e(status)}">{_e(label)}</span>'
+BADGES = {State.TRIGGERED: "triggered", State.NO_ISSUES: "ok", State.SUMMARY: "summary", State.NO_DATA: "nodata",
+          State.NOT_APPLICABLE: "na"}  # state -> CSS class
+
+
+def _badge(status: Status) -> str:
+    return f'<span class="badge {BADGES[status.state]}" title="{_e(status)}">{_e(status.state.value)}</span>'
 
 
 def _table(headers: list[str] | None, rows: list[list], numeric: set[int] = frozenset()) -> str:
@@ -135,7 +138,7 @@ def _rule_rows(results: list[dict]) -> str:
         first = r["first_trigger"] or {}
         where = f"step {first['step']}" if first.get("step") is not None else _when(first.get("t")) if first else ""
         found = f"<br><span class='sub'>{_e(where)}: {_e(first.get('message', ''))}</span>" if first else ""
-        reason = r["status"].partition(": ")[2]
+        reason = r["status"].reason
         detail = (f"<details><summary>{_text(r['description'])}</summary><p><b>Recommendation:</b> {_text(r['recommendation'])}</p>"
                   f"<p><b>Parameters:</b> {_e(params)}; action: {_e(r['action'])}</p>"
                   + (f"<p>Triggers ({r['triggers']}):</p><ul>{messages}</ul>" if messages else "") + "</details>" + found)

@@ -33,10 +33,10 @@ import torch
 
 try:
     from . import pipeline
-    from .loading import BACKENDS, LoadedModel, load_model_dir
+    from .loading import BACKENDS, LoadedModel, ModelLoadError, load_model_dir
 except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
     import pipeline  # type: ignore[no-redef]
-    from loading import BACKENDS, LoadedModel, load_model_dir  # type: ignore[no-redef]
+    from loading import BACKENDS, LoadedModel, ModelLoadError, load_model_dir  # type: ignore[no-redef]
 
 AUTO = "auto"
 CHOICES = (AUTO, *BACKENDS)
@@ -213,9 +213,9 @@ def select(model_dir: str, backend: str = AUTO, device: str | torch.device | Non
     (its file is there, its runtime installed, its gate passed) at ``batch_sizes`` within about
     ``budget_s`` seconds and keeps the one with the most images per second at the largest batch
     size. A backend that is forced but cannot run is one line to ``warn``, and the others compete as
-    under ``auto``: the model always loads, on eager at worst. A damaged file is a ValueError."""
+    under ``auto``: the model always loads, on eager at worst. A damaged file is a ModelLoadError."""
     if backend not in CHOICES:
-        raise ValueError(f"{model_dir}: backend {backend!r} is not available; choose one of: {', '.join(CHOICES)}")
+        raise ModelLoadError(model_dir, f"backend {backend!r} is not available; choose one of: {', '.join(CHOICES)}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     eager = load_model_dir(model_dir, device, "eager")  # checks the artifact; the fallback
     selection = Selection(backend, "eager")

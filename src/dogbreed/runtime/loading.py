@@ -36,6 +36,15 @@ BACKENDS = {"eager": WEIGHTS_FILE, "bf16": WEIGHTS_FILE, "torchscript": TORCHSCR
 EXPORT_FORMATS = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE, "int8": INT8_FILE}  # what `dogbreed export` writes
 
 
+class ModelLoadError(ValueError):
+    """An artifact folder that cannot be loaded: ``path`` is the folder, ``reason`` says why in a
+    line (a caller that unpacked it names the archive instead)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
 @dataclass
 class LoadedModel:
     model: nn.Module  # or a TorchScript module, or an OnnxModel: anything that maps images to logits
@@ -52,13 +61,13 @@ class LoadedModel:
     selection: object | None = None  # backends.Selection: how the backend was chosen, where select() chose it
 
 
-def read_labels(path: str) -> tuple[list[str], list[str]]:
+def read_labels(model_dir: str) -> tuple[list[str], list[str]]:
     """labels.json: ``{"classes": [{"index", "name", "display"}...]}`` -> (names, display names)."""
-    with open(path, encoding="utf-8") as f:
+    with open(os.path.join(model_dir, LABELS_FILE), encoding="utf-8") as f:
         doc = json.load(f)
     classes = sorted(doc["classes"], key=lambda c: c["index"])
     if [c["index"] for c in classes] != list(range(len(classes))):
-        raise ValueError(f"{path}: class indices are not 0..{len(classes) - 1}")
+        raise ModelLoadError(model_dir, f"{LABELS_FILE}: class indices are not 0..{len(classes) - 1}")
     return [c["name"] for c in classes], [c["display"] for c in classes]
 
 
@@ -88,46 +97,50 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
     ``backend="bf16"`` runs it under bf16 autocast; ``"torchscript"``, ``"onnx"`` or ``"int8"``
     loads the exported ``model.pt``, ``model.onnx`` or ``model.int8.onnx`` instead (``dogbreed
     export``). Which of them to trust and which is fastest is ``backends.py``'s business. Every
-    failure is a ValueError whose message starts with ``model_dir``."""
+    failure is a :class:`ModelLoadError`."""
     if backend not in BACKENDS:
-        raise ValueError(f"{model_dir}: backend {backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
+        raise ModelLoadError(model_dir, f"backend {backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         with open(os.path.join(model_dir, MODEL_FILE), encoding="utf-8") as f:
             meta = json.load(f)
         if meta.get("format_version", 1) > FORMAT_VERSION:
-            raise ValueError(f"{model_dir}: the artifact has format {meta['format_version']}, newer than this code "
-                             f"reads ({FORMAT_VERSION}); upgrade dogbreed")
-        labels, display = read_labels(os.path.join(model_dir, LABELS_FILE))
+            raise ModelLoadError(model_dir, f"the artifact has format {meta['format_version']}, newer than this code "
+                                            f"reads ({FORMAT_VERSION}); upgrade dogbreed")
+        labels, display = read_labels(model_dir)
         if len(labels) != meta["num_classes"]:
-            raise ValueError(f"{model_dir}: labels.json has {len(labels)} classes, model.json says {meta['num_classes']}")
+            raise ModelLoadError(model_dir, f"labels.json has {len(labels)} classes, model.json says {meta['num_classes']}")
         preset = EvalPreset.from_dict(meta["preset"])
         network = build_network(meta["backbone"], meta["num_classes"])
         temperature = meta.get("calibration", {}).get("temperature", 1.0)  # older artifacts: none, raw probabilities
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
                 math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"{model_dir}: model.json's calibration temperature must be a positive number, "
-                             f"got {temperature!r}")
+            raise ModelLoadError(model_dir, f"model.json's calibration temperature must be a positive number, "
+                                            f"got {temperature!r}")
         rejection = _rejection(model_dir, meta.get("rejection"))
     except FileNotFoundError as exc:
-        raise ValueError(f"{model_dir}: not a dogbreed model ({os.path.basename(exc.filename)} is missing)") from None
+        raise ModelLoadError(model_dir, f"not a dogbreed model ({os.path.basename(exc.filename)} is missing)") from None
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{model_dir}: model.json or labels.json is malformed ({type(exc).__name__}: {exc})") from None
+        raise ModelLoadError(model_dir, f"model.json or labels.json is malformed ({type(exc).__name__}: {exc})") from None
+    except ModelLoadError:
+        raise
+    except ValueError as exc:  # model.json names an unknown backbone or preset setting
+        raise ModelLoadError(model_dir, str(exc)) from None
     name = BACKENDS[backend]
     path = os.path.join(model_dir, name)
     if not os.path.exists(path):
         if name == WEIGHTS_FILE:
-            raise ValueError(f"{model_dir}: not a dogbreed model ({name} is missing)")
-        raise ValueError(f"{model_dir}: no {name}; make one with `dogbreed export MODEL --format {backend}`")
+            raise ModelLoadError(model_dir, f"not a dogbreed model ({name} is missing)")
+        raise ModelLoadError(model_dir, f"no {name}; make one with `dogbreed export MODEL --format {backend}`")
     if name == WEIGHTS_FILE:
         try:
             state = read_tensors(path)
         except (OSError, ValueError) as exc:
-            raise ValueError(f"{model_dir}: {name} is unreadable ({exc})") from None
+            raise ModelLoadError(model_dir, f"{name} is unreadable ({exc})") from None
         try:
             network.load_state_dict(state)
         except Exception as exc:  # not a state dict, or another network's
-            raise ValueError(f"{model_dir}: {name} does not match model.json ({load_failure(exc)})") from None
+            raise ModelLoadError(model_dir, f"{name} does not match model.json ({load_failure(exc)})") from None
         network = WithFeatures(network, meta["backbone"])  # one pass: the logits and the embedding
         network = network.to(device, memory_format=torch.channels_last).eval()
         if backend == "bf16":
@@ -143,7 +156,7 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
     except ImportError:
         raise
     except Exception as exc:  # each runtime raises its own types for a damaged file
-        raise ValueError(f"{model_dir}: {name} is corrupt ({load_failure(exc)})") from None
+        raise ModelLoadError(model_dir, f"{name} is corrupt ({load_failure(exc)})") from None
     return LoadedModel(network, labels, display, preset, meta, device, backend, temperature, rejection)
 
 
@@ -152,14 +165,14 @@ def _rejection(model_dir: str, doc: dict | None) -> dict | None:
     if not doc:
         return None
     if doc.get("score") not in SCORES or not isinstance(doc.get("quantiles"), list) or len(doc["quantiles"]) < 2:
-        raise ValueError(f"{model_dir}: model.json's rejection is malformed (score {doc.get('score')!r})")
+        raise ModelLoadError(model_dir, f"model.json's rejection is malformed (score {doc.get('score')!r})")
     doc = dict(doc)
     if doc["score"] in TENSORS:
         try:
             tensors = read_tensors(os.path.join(model_dir, REJECTION_FILE))
             doc["tensors"] = prepare(doc["score"], {k: tensors[k].float() for k in TENSORS[doc["score"]]})
         except FileNotFoundError:
-            raise ValueError(f"{model_dir}: not a dogbreed model ({REJECTION_FILE} is missing)") from None
+            raise ModelLoadError(model_dir, f"not a dogbreed model ({REJECTION_FILE} is missing)") from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"{model_dir}: {REJECTION_FILE} is unreadable ({exc})") from None
+            raise ModelLoadError(model_dir, f"{REJECTION_FILE} is unreadable ({exc})") from None
     return doc

@@ -60,6 +60,16 @@ class RequestError(_StatusError):
         return self.message
 
 
+class OptionError(ValueError):
+    """An answer option out of range: ``field`` names it (topk, threshold or keep), ``problem`` says
+    what is wrong with it, so each caller names it its own way (``--keep``, ``reject_keep``, the
+    ``keep=`` custom attribute)."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field} {problem}")
+        self.field, self.problem = field, problem
+
+
 @dataclass(frozen=True)
 class Options:
     """How an answer is shaped: how many breeds; the probability under which it is ``unsure``; the
@@ -71,13 +81,13 @@ class Options:
     keep: float | None = None
 
     def __post_init__(self) -> None:
-        """The one check of every value; callers name the flag or field (``--threshold ...``)."""
+        """The one check of every value."""
         if not 1 <= self.topk <= MAX_TOPK:
-            raise ValueError(f"topk must be 1..{MAX_TOPK}, got {self.topk}")
+            raise OptionError("topk", f"must be 1..{MAX_TOPK}, got {self.topk}")
         if not 0.0 <= self.threshold <= 1.0:  # NaN fails too
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold:g}")
+            raise OptionError("threshold", f"must be in [0, 1], got {self.threshold:g}")
         if self.keep is not None and not 0.0 < self.keep <= 1.0:
-            raise ValueError(f"keep must be in (0, 1], got {self.keep:g}")
+            raise OptionError("keep", f"must be in (0, 1], got {self.keep:g}")
 
     @classmethod
     def of(cls, model: LoadedModel) -> "Options":
@@ -134,8 +144,8 @@ def custom_attributes(header: str | None, defaults: Options) -> Options:
         raise RequestError(f"bad X-Amzn-SageMaker-Custom-Attributes {header!r}; expected topk=N,threshold=X,keep=X") from None
     try:
         return defaults.override(topk, threshold, keep)
-    except ValueError as exc:
-        raise RequestError(f"custom attribute {exc}") from None
+    except OptionError as exc:
+        raise RequestError(f"custom attribute {exc.field} {exc.problem}") from None
 
 
 def _one_image(body: bytes | str, max_instances: int) -> tuple[list[bytes], bool]:
@@ -178,11 +188,12 @@ def payloads(body: bytes | str, ctype: str, max_instances: int = DEFAULT_MAX_INS
 
 
 def decode(model: LoadedModel, data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-           index: int | None = None) -> torch.Tensor:
+           index: int | None = None, name: str | None = None) -> torch.Tensor:
     """Encoded image to the resized, cropped uint8 pixels :func:`predict` takes (PIL work only:
-    it runs on any thread). ``index`` names the image in a list when it fails."""
+    it runs on any thread). When it fails, ``index`` names the image's place in a list and ``name``
+    the image (default: "image"; a file's path, say)."""
     try:
-        return model.preset.load_pixels(data, max_pixels=max_pixels)
+        return model.preset.load_pixels(data, max_pixels=max_pixels, name=name)
     except ImageDecodeError as exc:
         raise RequestError(f"instance {index}: {exc}" if index is not None else str(exc)) from None
 

@@ -24,7 +24,12 @@ MAX_ASPECT = 100
 
 
 class ImageDecodeError(ValueError):
-    """The bytes or file are not an image this code can decode (named in the message)."""
+    """The bytes or file are not an image this code can decode: ``source`` names them (a path, or
+    "image" for bytes), ``reason`` says why."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source, self.reason = source, reason
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -60,17 +65,15 @@ def load_image(
     name = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
-            raise ImageDecodeError(f"{name}: empty (0 bytes)")
+            raise ImageDecodeError(name, "empty (0 bytes)")
         source = io.BytesIO(source)
     try:
         img = Image.open(source)
         width, height = img.size
         if max_pixels is not None and width * height > max_pixels:
-            raise ImageDecodeError(
-                f"{name}: {width}x{height} = {width * height} pixels is over the limit of {max_pixels}"
-            )
+            raise ImageDecodeError(name, f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}")
         if max(width, height) > MAX_ASPECT * min(width, height):
-            raise ImageDecodeError(f"{name}: {width}x{height} is too elongated to classify (aspect ratio over {MAX_ASPECT}:1)")
+            raise ImageDecodeError(name, f"{width}x{height} is too elongated to classify (aspect ratio over {MAX_ASPECT}:1)")
         if min_side is not None and img.format == "JPEG":
             img.draft("RGB", (min_side, min_side))
         img.load()
@@ -79,10 +82,10 @@ def load_image(
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"{name}: {exc}") from None
+        raise ImageDecodeError(name, str(exc)) from None
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as exc:
         reason = "not an image or an unsupported format" if isinstance(exc, Image.UnidentifiedImageError) else str(exc)
-        raise ImageDecodeError(f"{name}: cannot decode ({reason})") from None
+        raise ImageDecodeError(name, f"cannot decode ({reason})") from None
 
 
 def _interpolation(name: str) -> T.InterpolationMode:
@@ -117,9 +120,10 @@ class EvalPreset:
         """The numeric half: uint8 pixels, one image or a batch, to the network's float input."""
         return self._normalize(pixels)
 
-    def load_pixels(self, source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-        """Decode (a JPEG no larger than needed) to the uint8 pixels :meth:`normalize` takes."""
-        return self.pixels(load_image(source, max_pixels=max_pixels, min_side=self.resize_size))
+    def load_pixels(self, source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None) -> torch.Tensor:
+        """Decode (a JPEG no larger than needed) to the uint8 pixels :meth:`normalize` takes
+        (errors name ``name``, as :func:`load_image`'s do)."""
+        return self.pixels(load_image(source, max_pixels=max_pixels, min_side=self.resize_size, name=name))
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from dogbreed.errors import DogbreedError
 from dogbreed.flags import check_choices, option
 from dogbreed.runtime import backends
-from dogbreed.runtime.pipeline import DEFAULT_KEEP, DEFAULT_MAX_INSTANCES, DEFAULT_THRESHOLD, DEFAULT_TOPK, Options
+from dogbreed.runtime.pipeline import DEFAULT_KEEP, DEFAULT_MAX_INSTANCES, DEFAULT_THRESHOLD, DEFAULT_TOPK, OptionError, Options
 from dogbreed.runtime.presets import DEFAULT_MAX_PIXELS
 
 API_KEY_ENV = "DOGBREED_API_KEY"
@@ -75,8 +75,8 @@ class ServeConfig:
             raise DogbreedError("--max-body-mb, --timeout-s and --max-pixels must be positive, --max-delay-ms at least 0")
         try:
             Options().override(self.topk, self.threshold, self.keep)
-        except ValueError as exc:
-            raise DogbreedError(f"--{exc}") from None
+        except OptionError as exc:
+            raise DogbreedError(f"--{exc.field} {exc.problem}") from None
         return self
 
     @property

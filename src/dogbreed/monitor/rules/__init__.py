@@ -15,7 +15,7 @@ import os
 
 from dogbreed.errors import DogbreedError
 from dogbreed.files import read_yaml
-from dogbreed.monitor.rules.base import Rule
+from dogbreed.monitor.rules.base import Rule, State
 from dogbreed.monitor.rules.debugger import (
     ClassImbalance,
     DeadRelu,
@@ -46,6 +46,7 @@ RULES: dict[str, type[Rule]] = {r.name: r for r in (
     ClassImbalance, DeadRelu,
 )}
 ACTIONS = ("log", "stop")
+ORDER = {State.TRIGGERED: 0, State.NO_ISSUES: 1, State.NO_DATA: 2, State.SUMMARY: 3, State.NOT_APPLICABLE: 4}
 
 
 def _coerce(rule: str, key: str, value, default):
@@ -141,6 +142,5 @@ class RuleSet:
 
     def results(self) -> list[dict]:
         """Triggered rules first (most triggers first), then the rest, then those not applicable."""
-        order = {"triggered": 0, "no issues found": 1, "summary": 3}
         return sorted((r.result() for r in self.rules),
-                      key=lambda r: (order.get(r["status"], 2 if r["status"].startswith("no data") else 4), -r["triggers"], r["rule"]))
+                      key=lambda r: (ORDER[r["status"].state], -r["triggers"], r["rule"]))

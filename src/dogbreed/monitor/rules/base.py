@@ -7,12 +7,36 @@ run (fed the recorded files), so the two agree.
 
 from __future__ import annotations
 
+import enum
 import math
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 MAX_MESSAGES = 20  # trigger messages kept per rule (the count keeps going)
+
+
+class State(enum.Enum):
+    """Where a rule stands; the value is the word its result file and the report show."""
+
+    TRIGGERED = "triggered"
+    NO_ISSUES = "no issues found"
+    NO_DATA = "no data"
+    SUMMARY = "summary"
+    NOT_APPLICABLE = "not applicable"
+
+
+@dataclass(frozen=True)
+class Status:
+    """A rule's state and, for no data or not applicable, why."""
+
+    state: State
+    reason: str = ""
+
+    def __str__(self) -> str:
+        """As the rule's result file spells it: ``no data: <reason>``."""
+        return f"{self.state.value}: {self.reason}" if self.reason else self.state.value
 
 
 def num(value) -> float:
@@ -64,7 +88,7 @@ class Rule:
         return self.meta.get("hardware", {}).get("gpus", [])
 
     def no_gpu(self) -> str | None:
-        return None if self.gpus else "not applicable: no NVIDIA GPU on this machine"
+        return None if self.gpus else "no NVIDIA GPU on this machine"
 
     def check(self, condition: bool, record: dict, message: str) -> bool:
         """One evaluation; a trigger when ``condition`` holds."""
@@ -81,18 +105,19 @@ class Rule:
         if len(self.messages) < MAX_MESSAGES:
             self.messages.append(where)
 
-    def status(self) -> str:
+    def status(self) -> Status:
         if reason := self.not_applicable():
-            return reason
+            return Status(State.NOT_APPLICABLE, reason)
         if self.summary_only:
-            return "summary"
+            return Status(State.SUMMARY)
         if self.triggers:
-            return "triggered"
+            return Status(State.TRIGGERED)
         if not self.evaluations:
-            return "no data: " + self.details.get("waiting", "nothing to evaluate in this run")
-        return "no issues found"
+            return Status(State.NO_DATA, self.details.get("waiting", "nothing to evaluate in this run"))
+        return Status(State.NO_ISSUES)
 
     def result(self) -> dict:
+        """Its result file's fields; ``status`` is a :class:`Status` (the file holds ``str(status)``)."""
         return {
             "rule": self.name, "kind": self.kind, "status": self.status(), "description": self.description,
             "recommendation": self.recommendation, "parameters": self.params, "action": self.action,

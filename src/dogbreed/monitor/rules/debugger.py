@@ -211,7 +211,7 @@ class DeadRelu(Rule):
 
     def not_applicable(self) -> str | None:
         if self.meta.get("tensors", {}).get("relu_modules") == 0:
-            return "not applicable: the trained network has no ReLU (the head alone, or another activation)"
+            return "the trained network has no ReLU (the head alone, or another activation)"
         return None
 
     def observe(self, stream: str, record: dict) -> None:

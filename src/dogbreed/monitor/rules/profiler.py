@@ -277,7 +277,7 @@ class LoadBalancing(Rule):
     def not_applicable(self) -> str | None:
         if len(self.gpus) >= 2 or self.meta.get("ranks", 1) >= 2:
             return None
-        return "not applicable: fewer than 2 GPUs on this machine and one rank"
+        return "fewer than 2 GPUs on this machine and one rank"
 
     def observe(self, stream: str, record: dict) -> None:
         if stream == "steps":
