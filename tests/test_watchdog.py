@@ -1,6 +1,8 @@
 """The watchdog's verdict on what every rank posted, and a single process's ranks, without torchrun
 (tests/test_torchrun.py hangs and cuts real ranks)."""
 
+import logging
+
 import torch
 
 from dogbreed.distributed import ALONE, DDP, SHARE, SINGLE, from_environment, session
@@ -60,8 +62,12 @@ def test_a_tuning_worker_under_torchrun_knows_its_place_but_joins_no_group(monke
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    logger = logging.getLogger("dogbreed")
+    before = logger.level
     with session(TrainConfig(), join=False) as ranks:
         assert (ranks.rank, ranks.world, ranks.local_world, ranks.role) == (1, 2, 2, SINGLE)
         assert not ranks.writer and not torch.distributed.is_initialized()
         assert ranks.split_batch(29) == 29  # a trial is one process: its batch is whole
+        assert logger.level == logging.WARNING  # rank 0 alone speaks
+    assert logger.level == before  # and the process's logging is as it was once the session ends
     assert from_environment(SHARE).shares and from_environment(DDP).ddp

@@ -266,20 +266,23 @@ def session(cfg, *, join: bool = True, on_fatal: Callable[[str], None] | None = 
         from dogbreed.machine import resolve_device
 
         ranks.join(resolve_device(cfg.device), rank_timeout=cfg.rank_timeout, on_fatal=on_fatal)  # each rank says it joined
+    logger = logging.getLogger("dogbreed")
+    level = logger.level
     if not ranks.main:
-        logging.getLogger("dogbreed").setLevel(logging.WARNING)
-    if not joining:
-        yield ranks
-        return
+        logger.setLevel(logging.WARNING)
     try:
         yield ranks
     except BaseException as exc:
-        peer = None if isinstance(exc, DogbreedError) else ranks.failed_peer()
-        ranks.close(str(exc) if isinstance(exc, DogbreedError) else peer or f"{type(exc).__name__}: {exc}")
-        if peer:  # this rank's exchange failed because that one ended: say why it did
-            raise DogbreedError(peer) from None
+        if joining:
+            peer = None if isinstance(exc, DogbreedError) else ranks.failed_peer()
+            ranks.close(str(exc) if isinstance(exc, DogbreedError) else peer or f"{type(exc).__name__}: {exc}")
+            if peer:  # this rank's exchange failed because that one ended: say why it did
+                raise DogbreedError(peer) from None
         raise
-    ranks.close()
+    else:
+        ranks.close()
+    finally:
+        logger.setLevel(level)
 
 
 def _placed(tensor: torch.Tensor) -> torch.Tensor:
