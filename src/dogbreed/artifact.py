@@ -80,8 +80,9 @@ def pack(model_dir: str | os.PathLike, tar_path: str | os.PathLike) -> Path:
     """Tar the model dir's contents (no top-level folder, as SageMaker does), atomically."""
     model_dir = Path(model_dir)
     with atomic_path(tar_path) as tmp:
-        # Weights barely compress; level 1 is several times faster than the default 9 for ~1% size.
-        with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
+        # Weights barely compress: level 1 saved 7.5% of a resnet50's 95 MB for 2.5 s of one core, a
+        # tenth of a small first run. Stored blocks (level 0) keep it a gzip, as SageMaker needs.
+        with tarfile.open(tmp, "w:gz", compresslevel=0) as tar:
             for path in sorted(model_dir.rglob("*")):
                 tar.add(path, arcname=str(path.relative_to(model_dir)), recursive=False)
     return Path(tar_path)

@@ -122,11 +122,12 @@ def _quality(probs: torch.Tensor, targets: torch.Tensor) -> dict:
     accuracy = lambda p, y: (p.argmax(dim=1) == y).double().mean().item()  # noqa: E731
     return {
         "accuracy": round(accuracy(probs, targets), 6),
-        "accuracy_ci95": [round(v, 6) for v in calibration.bootstrap(accuracy, probs, targets)],
+        "accuracy_ci95": [round(v, 6) for v in calibration.wilson(int((probs.argmax(dim=1) == targets).sum()),
+                                                                    len(targets))],
         "top5": round((top5 == targets[:, None]).any(dim=1).double().mean().item(), 6),
         "nll": round(F.nll_loss(torch.log(probs.double().clamp_min(1e-12)), targets).item(), 6),
         "ece": round(calibration.ece(probs, targets), 6),
-        "ece_ci95": [round(v, 6) for v in calibration.bootstrap(calibration.ece, probs, targets)],
+        "ece_ci95": [round(v, 6) for v in calibration.ece_interval(probs, targets)],
     }
 
 
