@@ -3,12 +3,15 @@
 import json
 
 import pytest
+import torch
 
 from dogbreed import config
 from dogbreed.artifact import load_artifact
+from dogbreed.features import CHUNKS, Chunks
 from dogbreed.logs import setup_logging
 from dogbreed.predict import predict_files
 from dogbreed.run import train
+from dogbreed.runtime.backends import MIN_PASSES, WARM_UPS
 from dogbreed.runtime.pipeline import Options
 
 from .conftest import TINY, cache_use
@@ -52,3 +55,28 @@ def test_auto_embeds_a_small_job_on_eager_without_exporting(synth_data, tiny_wei
     assert stats["backend"]["asked"] == "auto" and stats["backend"]["chosen"] == "eager"
     assert "too few to pay for an ONNX export" in stats["backend"]["why"] and "eager" in stats["backend"]["measured"]
     assert not (tmp_path / "cache" / "onnx").exists()
+
+
+def test_chunk_sizes_are_timed_on_the_work_itself_without_running_any_image_twice():
+    seen = []
+
+    def run(images):
+        seen.append(len(images))
+        return images.flatten(1).sum(dim=1, keepdim=True)
+
+    chunks = Chunks(run, batch_size=64)
+    batches = [torch.randn(n, 1, 2, 2) for n in (64, 64, 64, 64, 30)]
+    outputs = [chunks(batch) for batch in batches]
+
+    for batch, out in zip(batches, outputs):  # every image's own result, in order
+        assert torch.allclose(out, batch.flatten(1).sum(dim=1, keepdim=True))
+    assert sum(seen) == sum(len(b) for b in batches)  # each image ran once
+    assert chunks.done and set(chunks.rates()) == set(CHUNKS) and chunks.size in CHUNKS
+    passes = WARM_UPS + MIN_PASSES
+    assert seen[:passes * len(CHUNKS)] == [size for size in CHUNKS for _ in range(passes)]  # each size on real images
+
+    def split(n, size):
+        return [size] * (n // size) + ([n % size] if n % size else [])
+
+    planned = passes * sum(CHUNKS)  # then the fastest for the rest of the fourth batch and the fifth
+    assert seen[passes * len(CHUNKS):] == split(4 * 64 - planned, chunks.size) + split(30, chunks.size)

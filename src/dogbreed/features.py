@@ -7,9 +7,10 @@ They are written atomically and read back with ``weights_only=True``.
 
 The backbone runs on the fastest backend where it runs (``--embed-backend auto``): PyTorch at the
 run's precision, or ONNX Runtime fp32 (the backbone exported once per weights, kept in the cache).
-Auto times both on the first real batch, and exports only when the images still to embed would
-keep eager busy for over :data:`EXPORT_WORTH_S` seconds, so that a small job never waits for an
-export. A cache that finds every entry never runs the backbone at all.
+On a CPU the forward batch size is measured on the work itself (:class:`Chunks`: every image is
+embedded once, none run again to time it). Auto exports and times ONNX Runtime only when the
+images still to embed would keep eager busy for over :data:`EXPORT_WORTH_S` seconds, so that a
+small job never waits for an export. A cache that finds every entry never runs the backbone at all.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import copy
 import hashlib
 import logging
 import os
+import statistics
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -37,7 +39,7 @@ from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_torch_save, default_cache_dir, file_lock
 from dogbreed.hooks import NO_HOOKS, StepHooks
 from dogbreed.onnx_export import onnx_export
-from dogbreed.runtime.backends import Selection
+from dogbreed.runtime.backends import MIN_PASSES, WARM_UPS, Selection
 from dogbreed.runtime.loading import read_tensors
 from dogbreed.runtime.network import OnnxModel, set_head
 
@@ -134,9 +136,13 @@ class FeatureCache:
         self.exchange_seconds = 0.0  # under torchrun: waiting for the other ranks' shares and summing them
         self.backend = backend  # asked; ``choice`` says what ran, once the first miss chose it
         self.expected = expected  # images the run will ask for in all, for auto's estimate of the work left
-        self.choice: dict | None = None
-        self._run = None  # images -> embeddings on the chosen backend
-        self._precision = amp_dtype  # of the chosen backend: ONNX Runtime runs fp32
+        self.choice: dict | None = None  # results.json's feature_cache.backend, once decided
+        self._run = None  # images -> embeddings on the backend running
+        self._chunks: Chunks | None = None  # the forward batch sizes being measured on a CPU
+        self._race: Selection | None = None
+        self._onnx_why: str | None = ""  # why ONNX Runtime is not used ("" while undecided, None if it is)
+        self._export_seconds: float | None = None
+        self._precision = amp_dtype  # of the backend running: ONNX Runtime runs fp32
         self.ranks = ranks  # in the share role every rank embeds its share and rank 0 keeps the entries
         self.sources = sources  # staged S3 copies' objects, which key their images
 
@@ -194,6 +200,8 @@ class FeatureCache:
         return emb
 
     def stats(self) -> dict:
+        if self._run is not None and self.choice is None:  # the job ended before every chunk size was timed
+            self._decided()
         rate = self.embedded / self.embed_seconds if self.embed_seconds else None
         return {"hits": self.hits, "computed": self.misses, "images_embedded": self.embedded,
                 "embed_seconds": round(self.embed_seconds, 3), "images_per_second": rate and round(rate, 2),
@@ -216,6 +224,7 @@ class FeatureCache:
         features: torch.Tensor | None = None
         ok = torch.zeros(len(samples), dtype=torch.bool)
         bar = tqdm(total=len(part), desc=desc, unit="img", disable=not self.progress, leave=False)
+        precision = self._precision
         for batch in self.hooks.steps(loader, "embed"):
             self.ranks.tick()
             if batch is None:
@@ -223,8 +232,16 @@ class FeatureCache:
             images, _, index = batch
             images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
             if self._run is None:
-                self._choose(images, left=max(self.expected - self.embedded, len(samples)))
+                self._start(images)
+                precision = self._precision
             out = self._run(images)
+            if self.choice is None:
+                total = self.expected or self.embedded + len(samples)
+                self._choose(images, left=max(total - self.embedded - int(ok.sum()) - len(index), 0))
+            if self._precision != precision:  # ONNX Runtime (fp32) took over from eager bf16: one precision an entry
+                bar.close()
+                self.embed_seconds += time.perf_counter() - started
+                return self.compute(samples, transform, view=view, desc=desc, indices=indices)
             if features is None:
                 features = torch.zeros(len(samples), out.shape[1], dtype=torch.float16)
             features[index] = out.float().cpu().half()
@@ -246,45 +263,70 @@ class FeatureCache:
         with autocast:
             return self.extractor(images)
 
-    def _choose(self, images: torch.Tensor, left: int) -> None:
-        """Pick the backend and, on a CPU, the forward batch size on the first real batch (``left``:
-        the images still to embed), and say so in one line."""
-        eager_name = f"eager {'bf16' if self.amp_dtype == torch.bfloat16 else 'fp32' if self.amp_dtype is None else self.amp_dtype}"
-        race = Selection(self.backend, "eager", any_batch=True)
-        chunks = {size: images[:size] for size in CHUNKS if size <= len(images)} or {len(images): images}
-        eager_rate = None
-        if self.device.type == "cpu":
-            race.measure("eager", self._eager, chunks)
-            eager_rate = race.speed("eager")
-        onnx_path = self.root / "onnx" / f"{self.weights_id}-{images.shape[-1]}.onnx"
-        reason = None
+    def _start(self, images: torch.Tensor) -> None:
+        """Before the first image: what runs it. Eager (on a CPU in measured chunks), unless ONNX
+        Runtime is asked for, which is exported first."""
+        self._race = Selection(self.backend, "eager", any_batch=True)
         if self.backend == "eager":
-            reason = "asked for"
+            self._onnx_why = "asked for"
         elif self.ranks.joined:
-            reason = "under torchrun every rank embeds on eager, so that their shares are alike"
+            self._onnx_why = "under torchrun every rank embeds on eager, so that their shares are alike"
         elif self.device.type != "cpu":
-            reason = f"ONNX Runtime runs on the CPU, the backbone on {self.device}"
-        elif self.backend == "auto" and not onnx_path.exists() and left / eager_rate < EXPORT_WORTH_S:
-            reason = f"{left} images are ~{left / eager_rate:.0f}s of eager work, too few to pay for an ONNX export"
-        run, export_seconds = self._eager, None
-        if reason is None:
-            export_seconds = self._export(onnx_path, images)
-            onnx = OnnxModel(str(onnx_path))
-            if race.measure("onnx", onnx, chunks) or self.backend == "onnx":
-                race.chosen, run = "onnx", onnx
-        else:
-            race.skipped["onnx"] = reason
+            self._onnx_why = f"ONNX Runtime runs on the CPU, the backbone on {self.device}"
+        run = self._eager
+        if self.backend == "onnx" and not self._onnx_why:
+            run, self._onnx_why, self._race.chosen = self._onnx(images), None, "onnx"
+            self._precision = None
+        self._run = self._chunks = Chunks(run, self.batch_size) if self.device.type == "cpu" else None
+        self._run = self._run or run
+
+    def _choose(self, images: torch.Tensor, left: int) -> None:
+        """After each batch until decided: once eager's first chunk size is timed, whether the
+        ``left`` images are worth an ONNX export (and then the faster of the two on this batch);
+        once every size is timed, the batch size. Said in one line."""
+        chunks, race = self._chunks, self._race
+        rates = chunks.rates() if chunks else {}
+        if self._onnx_why == "" and rates:
+            eager_rate = max(rates.values())
+            if self.backend == "auto" and left / eager_rate < EXPORT_WORTH_S:
+                self._onnx_why = f"{left} images are ~{left / eager_rate:.0f}s of eager work, too few to pay for an ONNX export"
+            else:
+                onnx = self._onnx(images)
+                sizes = {size: images[:size] for size in chunks.sizes if size <= len(images)} or {len(images): images}
+                race.record("eager", rates)
+                if race.measure("onnx", onnx, sizes):
+                    self._run, self._chunks, self._precision, self._onnx_why = onnx, None, None, None
+                    self._run = lambda images: _chunked(onnx, race.batch("onnx"), images)
+                    return self._decided()
+                self._onnx_why = "eager measured faster"
+        if chunks is None or chunks.done:
+            self._decided()
+
+    def _decided(self) -> None:
+        race, chunks = self._race, self._chunks
+        if chunks is not None and chunks.rates():
+            race.record(race.chosen, chunks.rates())
+        if self._onnx_why == "":
+            self._onnx_why = "the job ended before eager was timed"
+        if self._onnx_why:
+            race.skipped["onnx"] = self._onnx_why
         chunk = race.batch(race.chosen) if race.measured else None
-        self._precision = None if race.chosen == "onnx" else self.amp_dtype  # ONNX Runtime runs fp32
         self.choice = {  # results.json's feature_cache.backend
-            "asked": self.backend, "chosen": race.chosen, "images": left,
+            "asked": self.backend, "chosen": race.chosen, "images": self.expected,
             "measured": {name: {"batch": race.batch(name), "images_per_second": round(race.speed(name), 2)}
                          for name in race.measured},
-            **({} if export_seconds is None else {"export_seconds": export_seconds}), "why": reason, "batch": chunk}
-        self._run = run if chunk is None else (lambda images: _chunked(run, chunk, images))
+            **({} if self._export_seconds is None else {"export_seconds": self._export_seconds}),
+            "why": self._onnx_why or None, "batch": chunk}
+        eager_name = f"eager {'bf16' if self.amp_dtype == torch.bfloat16 else 'fp32' if self.amp_dtype is None else self.amp_dtype}"
         rates = ", ".join(f"{name} {race.speed(name):.1f} at batch {race.batch(name)}" for name in race.measured)
         log.info("embedding on %s%s%s", eager_name if race.chosen == "eager" else "onnx (ONNX Runtime fp32)",
-                 f" (img/s: {rates})" if rates else "", f"; onnx not used: {reason}" if reason else "")
+                 f" (img/s: {rates})" if rates else "", f"; onnx not used: {self._onnx_why}" if self._onnx_why else "")
+
+    def _onnx(self, images: torch.Tensor) -> OnnxModel:
+        """The backbone in ONNX Runtime, exported first where this cache has no export for its weights."""
+        path = self.root / "onnx" / f"{self.weights_id}-{images.shape[-1]}.onnx"
+        self._export_seconds = self._export(path, images)
+        return OnnxModel(str(path))
 
     def _export(self, path: Path, images: torch.Tensor) -> float:
         """The backbone as ONNX, once per weights and crop size (kept beside the embeddings); seconds spent."""
@@ -307,7 +349,47 @@ class FeatureCache:
         return round(time.perf_counter() - started, 2)
 
 
-CHUNKS = (8, 16, 32)  # forward batch sizes a CPU tries on the first loader batch (of 64)
+CHUNKS = (8, 16, 32)  # forward batch sizes a CPU tries (the loader's batches are larger: 64)
+
+
+class Chunks:
+    """``run`` over each loader batch in chunks, whose size is measured on the work itself: every
+    size of :data:`CHUNKS` up to the batch first runs ``WARM_UPS`` untimed chunks and
+    ``MIN_PASSES`` timed ones (as every race times: runtime/backends.timed), then the fastest runs
+    the rest. Nothing is run twice to time it: timing copies of the first batch at three sizes
+    cost a third of a small job's embedding."""
+
+    def __init__(self, run, batch_size: int):
+        self.run = run
+        self.sizes = [size for size in CHUNKS if size <= batch_size] or [batch_size]
+        self.plan = [(size, n >= WARM_UPS) for size in self.sizes for n in range(WARM_UPS + MIN_PASSES)]
+        self.times: dict[int, list[float]] = {size: [] for size in self.sizes}
+        self.size: int | None = None  # the fastest, once every size is timed
+
+    @property
+    def done(self) -> bool:
+        return not self.plan
+
+    def rates(self) -> dict[int, float]:
+        """Images per second at each size timed so far (the median pass)."""
+        return {size: size / statistics.median(times) for size, times in self.times.items() if times}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        outputs, start = [], 0
+        while start < len(images):
+            size, timing = self.plan[0] if self.plan else (self.size, False)
+            chunk = images[start:start + size]
+            began = time.perf_counter()
+            outputs.append(self.run(chunk))
+            if self.plan and len(chunk) == size:  # a batch's short tail neither warms nor times its size
+                if timing:
+                    self.times[size].append(time.perf_counter() - began)
+                self.plan.pop(0)
+                if not self.plan:
+                    rates = self.rates()
+                    self.size = max(rates, key=rates.__getitem__)
+            start += len(chunk)
+        return torch.cat(outputs)
 
 
 def _chunked(run, size: int, images: torch.Tensor) -> torch.Tensor:

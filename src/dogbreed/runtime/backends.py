@@ -155,8 +155,14 @@ class Selection:
         """Time candidate ``name`` (:func:`timed`); it becomes ``chosen`` if it is faster than every
         one timed before it (a tie keeps the earlier). Whether it did."""
         started = time.perf_counter()
-        self.measured[name] = timed(forward, inputs, seconds)
-        self.seconds += time.perf_counter() - started
+        rates = timed(forward, inputs, seconds)
+        return self.record(name, rates, time.perf_counter() - started)
+
+    def record(self, name: str, rates: dict[int, float], seconds: float = 0.0) -> bool:
+        """Enter candidate ``name`` with its images per second at each batch size, timed as
+        :func:`timed` does (on the work itself, say); whether it is now ``chosen``."""
+        self.measured[name] = rates
+        self.seconds += seconds
         if all(self.speed(name) > self.speed(other) for other in self.measured if other != name):
             self.chosen = name
         return self.chosen == name
