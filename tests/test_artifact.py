@@ -9,10 +9,11 @@ import pytest
 import torch
 from torchvision import models
 
+from dogbreed import gates
 from dogbreed.archive import safe_extract_tar
 from dogbreed.artifact import load_artifact
 from dogbreed.errors import DogbreedError
-from dogbreed.runtime import loading
+from dogbreed.runtime import backends, loading
 from dogbreed.runtime.loading import ModelLoadError
 
 
@@ -151,8 +152,29 @@ def test_a_forced_backend_that_cannot_run_is_one_warning_and_the_model_still_loa
         model = load_artifact(trained_run.artifact, backend="onnx", budget_s=0.1)
     assert [r.getMessage() for r in caplog.records] == [
         f"{trained_run.artifact}: backend onnx cannot run this model: not exported; the fastest of the others is used"]
-    assert model.backend == "eager" and model.selection.skipped["onnx"] == "not exported"  # bf16 was never measured
-    assert model.selection.line().startswith("backend eager (asked for onnx); not used: onnx not exported, bf16 ")
+    assert model.selection.skipped["onnx"] == "not exported"
+    assert model.backend == model.selection.chosen in ("eager", "bf16")  # bf16 where the run's end checked it
+    assert model.selection.line().startswith(f"backend {model.backend} (asked for onnx); ")
+
+
+def test_the_artifact_a_run_writes_serves_on_bf16_where_it_passed_its_gate(trained_run, tmp_path):
+    safe_extract_tar(trained_run.artifact, tmp_path)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    results = json.loads((trained_run.run_dir / "results.json").read_text())
+    model, selection = backends.select(str(tmp_path), "auto", "cpu", budget_s=0.5)
+    if not backends.native_bf16(torch.device("cpu")):  # nothing to check: auto does not time bf16 here
+        assert "backends" not in meta and "bf16" in selection.skipped
+        return
+    record = meta["backends"]["bf16"]
+    assert record["images"] == 8 and set(record) == {"top1", "top5", "images", "passed"}  # the valid split, 4 x 2
+    assert results["backends"] == meta["backends"] and meta["gate"] == backends.GATE
+    assert ("bf16" in selection.measured) == record["passed"] == ("bf16" not in selection.skipped)
+
+
+def test_the_run_ends_check_spreads_its_images_over_the_split():
+    assert gates.spread(list(range(10)), 20) == list(range(10))
+    picked = gates.spread(list(range(1000)), 200)
+    assert len(picked) == 200 and picked[:3] == [0, 5, 10] and picked[-1] == 995
 
 
 def test_the_artifacts_requirements_are_the_packages_own_pins():

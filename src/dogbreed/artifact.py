@@ -69,11 +69,16 @@ def write_model_dir(dest: str | os.PathLike, model: nn.Module, labels: Labels, m
     if card:
         (dest / CARD_FILE).write_text(card, encoding="utf-8")
     labels.write(dest / LABELS_FILE)
-    (dest / MODEL_FILE).write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
+    write_meta(dest, meta)
     for name in CODE_FILES:
         shutil.copyfile(RUNTIME_DIR / name, dest / "code" / name)
     (dest / "code" / "requirements.txt").write_text(REQUIREMENTS, encoding="utf-8")
     return dest
+
+
+def write_meta(model_dir: str | os.PathLike, meta: dict) -> None:
+    """model.json: what the artifact is and how it answers."""
+    (Path(model_dir) / MODEL_FILE).write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
 
 
 def pack(model_dir: str | os.PathLike, tar_path: str | os.PathLike) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -26,21 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from dogbreed import gates
 from dogbreed.archive import safe_extract_tar
-from dogbreed.artifact import load_artifact, pack
+from dogbreed.artifact import load_artifact, pack, write_meta
 from dogbreed.data.layout import scan
 from dogbreed.errors import DogbreedError
 from dogbreed.flags import option
 from dogbreed.onnx_export import onnx_export
-from dogbreed.runtime import backends, loading, pipeline
-from dogbreed.runtime.loading import EXPORT_FORMATS, MODEL_FILE, LoadedModel
-from dogbreed.runtime.pipeline import RequestError
+from dogbreed.runtime import backends, loading
+from dogbreed.runtime.loading import EXPORT_FORMATS, LoadedModel
 
 log = logging.getLogger(__name__)
 FORMATS = tuple(EXPORT_FORMATS)
-BATCH = 16
 
 
 def gate_text(gate: dict = backends.GATE) -> str:
@@ -117,7 +114,7 @@ def export(artifact: str | os.PathLike, formats: str | Sequence[str] = ExportOpt
         else:
             safe_extract_tar(artifact, tmp)
         loaded = load_artifact(tmp, "cpu", name=artifact)
-        pixels = _validation_pixels(loaded, layout, progress) if layout else None
+        pixels = gates.validation_pixels(loaded, [path for path, _ in layout.splits["valid"]], progress) if layout else None
         size = loaded.preset.crop_size
         model = loaded.model.eval().to(memory_format=torch.contiguous_format)
         example = torch.zeros(2, 3, size, size)
@@ -140,51 +137,9 @@ def export(artifact: str | os.PathLike, formats: str | Sequence[str] = ExportOpt
         if pixels is not None:
             meta["gate"] = gate
             checked = (["bf16"] if backends.native_bf16(torch.device("cpu")) else []) + formats
-            meta["backends"] = {**meta.get("backends", {}), **_agreements(tmp, loaded, pixels, checked, gate, progress)}
-        Path(tmp, MODEL_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            meta["backends"] = {**meta.get("backends", {}), **gates.agreements(tmp, loaded, pixels, checked, gate, progress)}
+        write_meta(tmp, meta)
         return pack(tmp, out)
-
-
-def _validation_pixels(model: LoadedModel, layout, progress: bool) -> list[torch.Tensor]:
-    """The validation images, decoded as a request's are (pixels, ready for the forward pass)."""
-    paths = [path for path, _ in layout.splits["valid"]]
-    pixels = []
-    for path in tqdm(paths, desc="reading valid", unit="img", disable=not progress, leave=False):
-        try:
-            pixels.append(pipeline.decode(model, Path(path).read_bytes()))
-        except (OSError, RequestError) as exc:
-            log.warning("skipping unreadable image %s (%s)", path, exc)
-    if not pixels:
-        raise DogbreedError(f"no validation image of {layout.root} could be read; check it with `dogbreed data check`")
-    return pixels
-
-
-def _logits(model: LoadedModel, pixels: list[torch.Tensor], progress: bool, desc: str) -> torch.Tensor:
-    chunks = range(0, len(pixels), BATCH)
-    return torch.cat([pipeline.forward(model, pixels[i:i + BATCH])[0]
-                      for i in tqdm(chunks, desc=desc, unit="batch", disable=not progress, leave=False)])
-
-
-def _agreements(model_dir: str, eager: LoadedModel, pixels: list[torch.Tensor], names: list[str], gate: dict,
-                progress: bool) -> dict:
-    """Each backend's agreement with fp32 on the validation images, and whether it passed the gate;
-    a gated backend that failed it is one line (the artifact keeps its file; serve will not use it)."""
-    reference = _logits(eager, pixels, progress, "fp32 on valid")
-    records = {}
-    for name in names:
-        model = loading.load_model_dir(model_dir, "cpu", name)
-        record = {**backends.agreement(reference, _logits(model, pixels, progress, f"{name} on valid")),
-                  "images": len(pixels)}
-        record["passed"] = backends.passes(record, gate)
-        records[name] = record
-        if name in backends.GATED and not record["passed"]:
-            log.warning("%s failed its accuracy gate on %d validation images (top-1 agreement %.1f%%, top-5 %.1f%%; "
-                        "needs %.1f%% and %.1f%%): it will not be used", name, len(pixels), 100 * record["top1"],
-                        100 * record["top5"], 100 * gate["top1"], 100 * gate["top5"])
-        else:
-            log.info("%s agrees with fp32 on %d validation images: top-1 %.2f%%, top-5 %.2f%%", name, len(pixels),
-                     100 * record["top1"], 100 * record["top5"])
-    return records
 
 
 class _BothOutputs(torch.nn.Module):
@@ -227,13 +182,13 @@ def _quantize(model: torch.nn.Module, example: torch.Tensor, loaded: LoadedModel
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(range(0, len(chosen), BATCH))
+            self.batches = iter(range(0, len(chosen), gates.BATCH))
 
         def get_next(self):
             start = next(self.batches, None)
             if start is None:
                 return None
-            images = loaded.preset.normalize(torch.stack(chosen[start:start + BATCH]))
+            images = loaded.preset.normalize(torch.stack(chosen[start:start + gates.BATCH]))
             return {"images": images.contiguous().numpy()}
 
     with contextlib.redirect_stdout(io.StringIO()):

@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from dogbreed import calibration, interpret, model_card, rejection
+from dogbreed import calibration, gates, interpret, model_card, rejection
 from dogbreed import config as cfgmod
-from dogbreed.artifact import model_meta, write_artifact, write_model_dir
+from dogbreed.artifact import model_meta, pack, write_meta, write_model_dir
 from dogbreed.batches import Batches
 from dogbreed.checkpoints import FitState
 from dogbreed.config import TrainConfig
@@ -136,12 +137,18 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
     files = {"rejection": tensors, "card": model_card.render(meta, results, {s: len(v) for s, v in data.splits.items()},
                                                              str(data.root))}
     model = ctx.model.cpu()  # the head trained in place inside it, on the cached path too
-    artifact = write_artifact(run_dir / "model.tar.gz", model, labels, meta, **files)
-    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
-    if sm_dir := cfgmod.sagemaker_model_dir():
-        write_model_dir(sm_dir, model, labels, meta, **files)
-        shutil.copy(run_dir / "metrics.csv", Path(sm_dir) / "metrics.csv")
-        log.info("SageMaker model dir written: %s", sm_dir)
+    with tempfile.TemporaryDirectory(prefix="dogbreed-artifact-") as tmp:
+        model_dir = write_model_dir(tmp, model, labels, meta, **files)
+        if checked := gates.at_run_end(model_dir, [path for path, _ in data.splits["valid"]]):
+            meta.update(checked)  # bf16 where it passed: serve's auto times it with no export
+            results["backends"] = checked["backends"]
+            write_meta(model_dir, meta)
+        artifact = pack(model_dir, run_dir / "model.tar.gz")
+        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
+        if sm_dir := cfgmod.sagemaker_model_dir():
+            shutil.copytree(model_dir, sm_dir, dirs_exist_ok=True)
+            shutil.copy(run_dir / "metrics.csv", Path(sm_dir) / "metrics.csv")
+            log.info("SageMaker model dir written: %s", sm_dir)
     return RunResult(run_dir, artifact, test_metrics, state.best_epoch, state.history)
 
 
