@@ -13,7 +13,9 @@ measured on synthetic validation images). In one run, on the same machine:
   separate client process: p50/p99 latency at concurrency 1 and throughput at concurrency 16;
 - a plain server that calls the artifact's code/inference.py handlers one request at a time (what
   SageMaker's stock container does per worker), under the same load;
-- the servers' peak RSS.
+- the servers' peak RSS;
+- the artifact ``dogbreed train`` writes on the same data, as it is (no export): served with
+  ``--backend auto`` against eager at concurrency 16.
 
     python benchmarks/serve_bench.py [--requests 48] [--photos ../shared/samples/photos] [--gate 0.99,0.995]
 """
@@ -139,6 +141,40 @@ def measure_server(command, ready_path: str, photos: list[Path], requests: int, 
     finally:
         proc.terminate()
         proc.wait()
+
+
+def from_train(data: Path, folder: Path, photos: list[Path], requests: int, env: dict, rounds: int = 2) -> dict:
+    """The artifact ``dogbreed train`` writes, as it is (no export), served with ``--backend auto``
+    and forced to eager, alternately ``rounds`` times (drift hits both): throughput at concurrency
+    16, and the backend auto chose."""
+    import re
+
+    from dogbreed import config
+    from dogbreed.run import train
+
+    started = time.perf_counter()
+    run = train(config.resolve(overrides={"data": str(data), "out": str(folder / "runs"), "pretrained": False,
+                                          "name": "trained", "cache_dir": str(folder / "cache")}), progress=False)
+    results = json.loads((run.run_dir / "results.json").read_text())
+    out = {"train_s": time.perf_counter() - started, "backends": results.get("backends", {}), "rps": {}, "chosen": None}
+    for _ in range(rounds):
+        for backend in ("auto", "eager"):
+            port = free_port()
+            proc = subprocess.Popen([sys.executable, "-m", "dogbreed", "serve", "--model", str(run.artifact), "--port",
+                                     str(port), "--backend", backend], env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            try:
+                wait_ready(f"http://127.0.0.1:{port}/ping", proc)
+                load(port, "/invocations", 4, 16, photos)  # warm-up
+                out["rps"].setdefault(backend, []).append(load(port, "/invocations", 16, requests * 2, photos)["rps"])
+                if backend == "auto":
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                        metrics = r.read().decode()
+                    out["chosen"] = re.search(r'dogbreed_backend_info\{[^}]*backend="(\w+)"[^}]*\} 1', metrics).group(1)
+            finally:
+                proc.terminate()
+                proc.wait()
+    return out
 
 
 def make_artifact(folder: Path) -> Path:
@@ -268,6 +304,7 @@ def main() -> None:
         }
         results = {name: measure_server(command, "/" if name == "plain handlers" else "/ping", photos, args.requests,
                                         env, base) for name, command in servers.items()}
+        trained = from_train(data, tmp, photos, args.requests, env)
 
     ms = lambda s: f"{1000 * s:.0f} ms"  # noqa: E731
     print(f"\n## serve_bench: resnet50, 133 classes, random weights, cpu ({machine.describe()}), torch {torch.__version__}, "
@@ -305,6 +342,14 @@ def main() -> None:
           f"auto / in-process best = {auto[1]['rps'] / auto[1]['local_rps']:.2f}x (aim >= 0.85); auto / plain handlers = "
           f"{auto[1]['rps'] / plain[1]['rps']:.2f}x. p50 at concurrency 1, auto / in-process best = {auto[2]['ratio']:.2f}x "
           f"interleaved (aim <= 1.3)")
+    auto_rps, eager_rps = (statistics.mean(trained["rps"][name]) for name in ("auto", "eager"))
+    print(f"\nthe artifact straight from `dogbreed train` (resnet50 on the same data, random-init backbone, no export; "
+          f"trained in {trained['train_s']:.0f} s; checked at its end: "
+          f"{json.dumps(trained['backends']) if trained['backends'] else 'nothing (no native bf16 here)'}): auto chose "
+          f"{trained['chosen']}; concurrency 16, {len(trained['rps']['auto'])} rounds each, alternating: auto "
+          f"{'/'.join(f'{r:.1f}' for r in trained['rps']['auto'])} req/s, eager "
+          f"{'/'.join(f'{r:.1f}' for r in trained['rps']['eager'])}: **auto / eager = {auto_rps / eager_rps:.2f}x** "
+          f"(aim >= 1.4)")
     print(f"\ncommand: python {' '.join(sys.argv)}")
 
 

@@ -81,9 +81,23 @@ def test_a_cat_noise_and_unseen_breeds_are_not_answered_as_breeds(honest, sample
 
     assert verdicts["cat"] == ["not_a_dog"], verdicts["cat"]
     assert set(verdicts["noise"]) == {"not_a_dog"}, verdicts["noise"]
-    # known breeds: the threshold keeps 95% of validation images, and the breeds are learnt (measured:
-    # 85 of 90 answered)
-    assert answered("known") >= 0.85, verdicts["known"]
+    # known breeds: the "not a dog" threshold keeps 95% of validation images, and "unsure" is placed on
+    # them for 90% right answers, which a model this good gives without turning good photos away
+    assert answered("known") >= 0.93, verdicts["known"]
     # unseen breeds are made of known breeds' traits, so some pass (benchmarks/RESULTS.md: AUROC
     # about 0.9; measured: 23 of 60 answered); most do not
     assert answered("unseen") <= 0.6, verdicts["unseen"]
+
+
+def test_unsure_is_placed_on_the_validation_split_and_the_artifact_keeps_the_curve(honest, tmp_path):
+    artifact, _ = honest
+    unsure = json.loads((artifact.parent / "results.json").read_text())["unsure"]
+    safe_extract_tar(artifact, tmp_path)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert unsure["chosen"] and meta["threshold"] == unsure["threshold"] == meta["unsure"]["threshold"]
+    assert unsure["valid_answered_accuracy"] >= unsure["accuracy"] == 0.9
+    curve = meta["unsure"]["curve"]  # the curve it was read from, most confident first
+    assert [p["coverage"] for p in curve] == sorted(p["coverage"] for p in curve) and curve[-1]["coverage"] == 1.0
+    test = unsure["test"]  # how the test split's known breeds are answered, with the answers' accuracy
+    assert test["breed"] >= 0.93 and 0 < test["breed_accuracy"] <= 1
+    assert test["breed"] + test["unsure"] + test["not_a_dog"] == pytest.approx(1.0, abs=1e-5)

@@ -1,5 +1,6 @@
 import json
 
+from dogbreed.artifact import load_artifact
 from dogbreed.cli import main
 
 
@@ -17,11 +18,12 @@ def test_table_lists_topk_breeds_with_probabilities(trained_run, samples, capsys
 def test_json_lines_for_a_folder(trained_run, samples, capsys):
     assert main(["predict", str(samples), "--model", str(trained_run.artifact), "--json"]) == 0
     answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    threshold = load_artifact(trained_run.artifact).meta["threshold"]  # chosen on the validation split
     assert len(answers) == len(list(samples.glob("*.jpg")))
     for a in answers:
         assert len(a["topk_labels"]) == len(a["topk_probs"]) == len(a["breeds"]) == 4  # top-5 of 4 classes
         assert a["topk_labels"][0].split(".", 1)[1].replace("_", " ") == a["breeds"][0]
-        assert a["low_confidence"] == (a["topk_probs"][0] < 0.8)
+        assert a["low_confidence"] == (a["topk_probs"][0] < threshold)
 
 
 def test_low_confidence_follows_the_threshold(trained_run, samples, capsys):

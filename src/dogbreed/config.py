@@ -23,6 +23,7 @@ from dogbreed.machine import DEVICES, resolve_device
 from dogbreed.runtime.network import BACKBONES
 from dogbreed.runtime.pipeline import DEFAULT_KEEP, DEFAULT_THRESHOLD, OptionError, Options
 from dogbreed.runtime.scores import SCORES
+from dogbreed.selective import DEFAULT_ACCURACY as DEFAULT_UNSURE_ACCURACY
 
 TRAIN_LAYERS = ("head", "layer4", "all")
 SCHEDULERS = ("cosine", "none")
@@ -60,7 +61,10 @@ class TrainConfig:
     workers: int | None = _opt(None, "data-loader worker processes (default: the machine's cores)")
     rank_timeout: int = _opt(600, "under torchrun: end the job, naming the rank, once a rank has stopped answering, or "
                                   "has made no progress while the others wait for it, for this many seconds")
-    threshold: float = _opt(DEFAULT_THRESHOLD, "top-1 probability under which a prediction is flagged low-confidence")
+    threshold: float | None = _opt(None, "top-1 probability under which an answer says unsure (default: chosen on the "
+                                         "validation split, the lowest that keeps --unsure-accuracy of the answers right)")
+    unsure_accuracy: float = _opt(DEFAULT_UNSURE_ACCURACY, "how often the answers a model gives (not unsure) must be right "
+                                                          "on the validation split, which places the unsure threshold")
     reject: str = _opt("mahalanobis", "the score that says \"not a dog\": mahalanobis (on the embeddings; measured best, "
                                       "benchmarks/RESULTS.md), energy, msp, imagenet (the ImageNet head's dog classes; "
                                       "needs ImageNet weights and --train-layers head), or none", choices=REJECT_SCORES)
@@ -83,9 +87,11 @@ class TrainConfig:
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise DogbreedError(f"weight_decay must be a number at least 0, got {self.weight_decay}")
         try:
-            Options(threshold=self.threshold, keep=self.reject_keep)
+            Options(threshold=DEFAULT_THRESHOLD if self.threshold is None else self.threshold, keep=self.reject_keep)
         except OptionError as exc:  # named as the field that set it: Options' keep is reject_keep here
             raise DogbreedError(f"{'reject_keep' if exc.field == 'keep' else exc.field} {exc.problem}") from None
+        if not 0.0 < self.unsure_accuracy <= 1.0:  # NaN fails too
+            raise DogbreedError(f"unsure_accuracy must be in (0, 1], got {self.unsure_accuracy:g}")
         if self.image_size < 32:
             raise DogbreedError(f"image_size must be at least 32, got {self.image_size}")
         if self.aug_views < 0 or self.patience < 0 or (self.workers is not None and self.workers < 0):

@@ -13,6 +13,18 @@ def _interval(pair: list | None) -> str:
     return "" if not pair else f" (95% interval {100 * pair[0]:.1f}-{100 * pair[1]:.1f}%)"
 
 
+def _unsure(threshold: float, unsure: dict) -> str:
+    line = f"- \"Unsure\": answers whose top probability is under {threshold:.3g} say `unsure`"
+    if unsure.get("chosen"):
+        line += (f", the lowest threshold whose answers were right at least {_pct(unsure['accuracy'])} of the time on "
+                 f"the valid images (it answered {_pct(unsure['valid_answered'])} of them)")
+    test = unsure.get("test")
+    if test:
+        line += (f". On the test split's breeds: {_pct(test['breed'])} answered a breed ({_pct(test['breed_accuracy'])} "
+                 f"of them right), {_pct(test['unsure'])} unsure, {_pct(test['not_a_dog'])} not a dog")
+    return line + "."
+
+
 def render(meta: dict, results: dict, counts: dict[str, int], data: str) -> str:
     cfg = meta.get("config", {})
     calibration = results.get("calibration") or {}
@@ -46,8 +58,9 @@ def render(meta: dict, results: dict, counts: dict[str, int], data: str) -> str:
         lines += [
             f"- \"Not a dog\": the `{rejection['score']}` score below {rejection['threshold']:.4g} answers "
             f"`not_a_dog`; the threshold keeps {_pct(rejection['keep'])} of the valid images (on test: "
-            f"{_pct(rejection.get('test_kept'))}). Answers whose top probability is under {meta['threshold']:g} say `unsure`.",
+            f"{_pct(rejection.get('test_kept'))}).",
         ]
+    lines.append(_unsure(meta["threshold"], results.get("unsure") or {}))
     lines += [
         "",
         "## Intended use",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dogbreed import calibration, gates, interpret, model_card, rejection
+from dogbreed import calibration, gates, interpret, model_card, rejection, selective
 from dogbreed import config as cfgmod
 from dogbreed.artifact import model_meta, pack, write_meta, write_model_dir
 from dogbreed.batches import Batches
@@ -93,17 +93,19 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
         plot_reliability(test.logits, test.targets, calibrated["temperature"], run_dir / "reliability.png")
     temperature = calibrated["temperature"] if calibrated else 1.0
 
-    rejected, tensors = None, None
+    rejected, tensors, dogs = None, None, {}
     if cfg.reject != "none":
         imagenet = imagenet_head(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights) \
             if cfg.reject == "imagenet" else None
-        rejected, tensors = rejection.fit(
+        rejected, tensors, dogs = rejection.fit(
             cfg.reject, cfg.reject_keep, temperature,
             train=(None, train.features, train.targets) if train else (None, None, None),
             valid=(valid.logits, valid.features, valid.targets), test=(test.logits, test.features, test.targets),
             classes=len(labels.names), imagenet_head=imagenet)
         log.info("not a dog: %s score under %.4g (keeps %.0f%% of valid; %.1f%% of test)", cfg.reject,
                  rejected["threshold"], 100 * cfg.reject_keep, 100 * rejected["test_kept"])
+
+    unsure = choose_unsure(cfg, valid, test, temperature, dogs)
 
     why = {"confused_pairs": interpret.confused_pairs(test.targets, test.predictions, labels.display),
            "top_losses": interpret.top_losses(test.logits, test.targets, test.indices,
@@ -125,6 +127,7 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
         "per_class_accuracy": {r["name"]: r["accuracy"] for r in per_class},
         "calibration": calibrated,
         "rejection": {k: v for k, v in rejected.items() if k != "quantiles"} if rejected else None,
+        "unsure": {k: v for k, v in unsure.items() if k != "curve"},
         "most_confused": why["confused_pairs"][:3],
     }
     extra = {}
@@ -132,8 +135,9 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
         extra["calibration"] = {"temperature": calibrated["temperature"]}
     if rejected:
         extra["rejection"] = rejected
-    meta = model_meta(cfg.backbone, labels, ctx.preset, threshold=cfg.threshold, weights=weights_source,
-                      config=cfg.to_dict(), metrics=test_metrics, **extra)
+    meta = model_meta(cfg.backbone, labels, ctx.preset, threshold=unsure["threshold"], weights=weights_source,
+                      config=cfg.to_dict(), metrics=test_metrics, unsure={k: v for k, v in unsure.items() if k != "test"},
+                      **extra)
     files = {"rejection": tensors, "card": model_card.render(meta, results, {s: len(v) for s, v in data.splits.items()},
                                                              str(data.root))}
     model = ctx.model.cpu()  # the head trained in place inside it, on the cached path too
@@ -150,6 +154,35 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
             shutil.copy(run_dir / "metrics.csv", Path(sm_dir) / "metrics.csv")
             log.info("SageMaker model dir written: %s", sm_dir)
     return RunResult(run_dir, artifact, test_metrics, state.best_epoch, state.history)
+
+
+def choose_unsure(cfg: TrainConfig, valid: EvalResult | None, test: EvalResult, temperature: float,
+                  dogs: dict[str, torch.Tensor]) -> dict:
+    """The threshold under which answers say ``unsure``: ``--threshold`` as given, or chosen on the
+    valid images the "not a dog" check lets through (``selective.choose``); with how the test
+    split's known breeds are then answered (``test``), said in one line."""
+    def top(split: EvalResult) -> tuple[torch.Tensor, torch.Tensor]:
+        confidence, predicted = torch.softmax(split.logits.double() / temperature, dim=1).max(dim=1)
+        return confidence, predicted == split.targets
+
+    if cfg.threshold is None:
+        confidence, correct = top(valid)
+        dog = dogs.get("valid", torch.ones(len(confidence), dtype=torch.bool))
+        unsure = selective.choose(confidence[dog], correct[dog], cfg.unsure_accuracy)
+    else:
+        unsure = {"threshold": cfg.threshold, "chosen": False}
+    unsure["test"] = selective.answered(*top(test), unsure["threshold"], dogs.get("test"))
+    how = (f"chosen on valid for {100 * cfg.unsure_accuracy:.0f}% right answers: answers "
+           f"{100 * unsure['valid_answered']:.1f}% of its dogs" if unsure["chosen"] else "as given")
+    accuracy = unsure["test"]["breed_accuracy"]
+    log.info("unsure under a top-1 probability of %.3g (%s); known test breeds: %.1f%% answered a breed%s, %.1f%% "
+             "unsure, %.1f%% not a dog", unsure["threshold"], how, 100 * unsure["test"]["breed"],
+             "" if accuracy is None else f" ({100 * accuracy:.1f}% right)", 100 * unsure["test"]["unsure"],
+             100 * unsure["test"]["not_a_dog"])
+    if unsure["chosen"] and not unsure["valid_answered"]:
+        log.warning("no threshold keeps %.0f%% of valid answers right: every answer will say unsure; lower "
+                    "--unsure-accuracy or pass --threshold", 100 * cfg.unsure_accuracy)
+    return unsure
 
 
 def write_per_class(targets: torch.Tensor, preds: torch.Tensor, labels: Labels, path: Path) -> list[dict]:

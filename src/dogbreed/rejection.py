@@ -54,10 +54,11 @@ def threshold_for(in_scores: torch.Tensor, keep: float = 0.95) -> float:
 
 
 def fit(name: str, keep: float, temperature: float, train: tuple, valid: tuple, test: tuple, classes: int,
-        imagenet_head: dict | None = None) -> tuple[dict, dict | None]:
+        imagenet_head: dict | None = None) -> tuple[dict, dict | None, dict[str, torch.Tensor]]:
     """The rejection an artifact carries: model.json's part (score, keep, threshold, the validation
-    scores' quantiles, the share of test images kept) and, for a score that reads the embedding,
-    its tensors (:func:`tensors_for`). Each split is (logits, embeddings, targets)."""
+    scores' quantiles, the share of test images kept), for a score that reads the embedding its
+    tensors (:func:`tensors_for`), and which valid and test images it lets through. Each split is
+    (logits, embeddings, targets)."""
     tensors = tensors_for(name, train, classes, imagenet_head)
     prepared = prepare(name, tensors)
     valid_scores = score(name, valid[0], valid[1], temperature, prepared)
@@ -66,7 +67,7 @@ def fit(name: str, keep: float, temperature: float, train: tuple, valid: tuple, 
     threshold = threshold_at(q, keep)
     doc = {"score": name, "keep": keep, "threshold": round(threshold, 6), "quantiles": [round(v, 6) for v in q],
            "test_kept": round(float((test_scores >= threshold).double().mean()), 6)}
-    return doc, tensors
+    return doc, tensors, {"valid": valid_scores >= threshold, "test": test_scores >= threshold}
 
 
 def auroc(in_scores: torch.Tensor, out_scores: torch.Tensor) -> float:

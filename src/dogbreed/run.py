@@ -223,7 +223,7 @@ def _run(run_dir: Path | None, cfg: TrainConfig, ctx: RunContext, hooks: NoHooks
     if writer:
         checkpoints.load_best(batches.trainable)
     stepping.broadcast_module(batches.trainable)  # under DDP every rank judges the best epoch, on its shares
-    judged = outputs.judge(ctx, batches, hooks, valid=cfg.calibrate or cfg.reject != "none",
+    judged = outputs.judge(ctx, batches, hooks, valid=cfg.calibrate or cfg.reject != "none" or cfg.threshold is None,
                            train=cfg.reject == "mahalanobis")
     batches.close()
     if not writer:
