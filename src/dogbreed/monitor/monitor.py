@@ -103,7 +103,9 @@ class Monitor(NoHooks):
     def describe_loader(self, phase: str, loader) -> None:
         if isinstance(loader, torch.utils.data.DataLoader):
             info = {"kind": "images", "workers": loader.num_workers, "pin_memory": loader.pin_memory,
-                    "persistent_workers": loader.persistent_workers, "batch_size": loader.batch_size,
+                    "persistent_workers": loader.persistent_workers,
+                    # under DDP the loader deals out global batches: its batch_sampler holds their size
+                    "batch_size": loader.batch_size or getattr(loader.batch_sampler, "batch_size", None),
                     "prefetch_factor": loader.prefetch_factor}
         else:
             info = {"kind": "cached embeddings in memory", "workers": 0, "batch_size": getattr(loader, "batch_size", None)}
