@@ -61,6 +61,9 @@ class Monitor(NoHooks):
                          "trace_start": trace_start, "trace_steps": trace_steps},
         }
         self.meta.update(meta)
+        # The cores this process sizes its loaders by: under torchrun its share of the machine's, not
+        # all of them (each rank decodes with its own workers); what the Dataloader rule counts against.
+        self.meta["rank_cores"] = ranks.local_cpus()
         self.meta["status"] = "running"
         if resume and previous:
             self.meta["resumed"].append(now)
