@@ -125,6 +125,15 @@ def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 300) -> 
         killer.cancel()
 
 
+def blamed(line: str) -> int | None:
+    """The rank a watchdog's verdict ends the job for (its line, with or without ``error: ``), or
+    None. A frozen rank has more than one right verdict ("stopped answering", or "made no progress"
+    when its last beat landed just inside the bound, as under load): tests assert whom it names and
+    that it was said, not which words a race picked."""
+    words = line.removeprefix("error: ").split()
+    return int(words[1]) if len(words) > 1 and words[0] == "rank" and words[1].isdigit() else None
+
+
 def one_line_error(proc, *fragments):
     """A CLI process that exited 1 with exactly one line on stderr, an error holding each fragment."""
     assert proc.returncode == 1, proc.stdout + proc.stderr

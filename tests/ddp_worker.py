@@ -8,6 +8,9 @@ what rank 0 measures written to the JSON file named by argv[1].
    logits, targets and embeddings in the split's order as one process over all 7.
 3. A rank whose part of a batch held no readable image (the loader gives None) still takes the
    step: afterwards every rank holds the same parameters.
+4. Global batches that do not split evenly: 22 images in batches of 7 dealt over 2 ranks (4+3
+   three times, then 1+0) through the loader's ``RankBatches``: every step's gradient, and the
+   parameters after plain SGD, are one process's on the same whole batches.
 """
 
 import copy
@@ -19,6 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from dogbreed import distributed
+from dogbreed.data.loaders import image_loader
+from dogbreed.hooks import NoHooks
 from dogbreed.train import evaluate, train_one_epoch
 
 
@@ -46,6 +51,30 @@ def steps(model: nn.Module, batches: list, epochs: int, ranks: distributed.Ranks
     return model
 
 
+class Gradients(NoHooks):
+    """Each step's gradient as the optimizer gets it (under DDP: after the ranks' exchange)."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.seen = model, []
+
+    def after_backward(self, loss: torch.Tensor) -> None:
+        self.seen.append(torch.cat([p.grad.flatten() for p in self.model.parameters()]).clone())
+
+
+def dealt(data: Dataset, batches: distributed.RankBatches, ranks: distributed.Ranks = distributed.ALONE):
+    """One epoch of plain SGD (a wrongly weighted loss shows in the step, which Adam would hide) over
+    ``batches``: each step's gradient, the parameters after it, and each step's images on this rank."""
+    model = network() if not ranks.joined else ranks.wrap(network(), torch.device("cpu"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    gradients = Gradients(model)
+    batches.set_epoch(1)
+    loader = image_loader(data, 1, shuffle=True, workers=0, device=torch.device("cpu"), batches=batches)
+    train_one_epoch(model, loader, optimizer, scheduler, device=torch.device("cpu"), hooks=gradients, ranks=ranks)
+    return torch.stack(gradients.seen), torch.cat([p.detach().flatten() for p in model.parameters()]), \
+        [len(part) for part in batches]
+
+
 def main(out: str) -> None:
     generator = torch.Generator().manual_seed(1)
     x, y = torch.randn(24, 3, 12, 12, generator=generator), torch.randint(0, 5, (24,), generator=generator)
@@ -56,6 +85,8 @@ def main(out: str) -> None:
     data = Indexed(x[:7], y[:7])
     one = evaluate(model, DataLoader(data, batch_size=3), device=torch.device("cpu"), keep_predictions=True,
                    features_of=model[4])
+    uneven = Indexed(x[:22], y[:22])
+    whole_grads, whole_params, _ = dealt(uneven, distributed.RankBatches(22, 7, rank=0, world=1, seed=5))
 
     group = distributed.from_environment(distributed.DDP)
     group.join(torch.device("cpu"))
@@ -71,8 +102,15 @@ def main(out: str) -> None:
     skipped = steps(group.wrap(network(), torch.device("cpu")), holes, epochs=1, ranks=group).module
     flat = torch.cat([p.detach().flatten() for p in skipped.parameters()])
     every = group.gathered(flat)
+    grads, params_dealt, parts = dealt(uneven, group.train_batches(22, 7, seed=5), group)
+    shares = group.gathered(parts)
     if rank == 0:
         report = {
+            "shares": shares, "uneven_steps": len(grads), "whole_steps": len(whole_grads),
+            "uneven_grad_max_diff": (grads - whole_grads).abs().max().item(),
+            "uneven_grad_size": whole_grads.abs().max().item(),
+            "uneven_param_max_diff": (params_dealt - whole_params).abs().max().item(),
+            "uneven_moved": (whole_params - torch.cat([p.flatten() for p in network().parameters()])).abs().max().item(),
             "skipped_ranks_diff": max((theirs - flat).abs().max().item() for theirs in every),
             "skipped_moved": (flat - torch.cat([p.flatten() for p in network().parameters()])).abs().max().item(),
             "ranks": ranks, "param_max_diff": params, "params_moved": moved,

@@ -18,7 +18,7 @@ from dogbreed.batches import image_batches
 from dogbreed.context import prepare
 from dogbreed.train import evaluate
 
-from .conftest import TINY, cache_use, free_port, run_cli, wait_for_line
+from .conftest import TINY, blamed, cache_use, free_port, run_cli, wait_for_line
 
 FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "pretrained"] + [
     "--no-pretrained", "--epochs=2", "--aug-views=1", "--no-progress", "--no-profile"]
@@ -83,15 +83,21 @@ def test_ddp_steps_and_evaluation_match_one_process(tmp_path):
     assert report["indices"] == list(range(7)) and report["same_targets"]  # gathered in the split's order
     assert report["logits_max_diff"] < 1e-6 and report["features_max_diff"] < 1e-6
     assert report["skipped_moved"] > 1e-2 and report["skipped_ranks_diff"] == 0  # the ranks stayed in step
+    # Batches of 7 dealt unevenly (the last, of 1, leaves rank 1 nothing): one process's gradients and step.
+    assert report["shares"] == [[4, 4, 4, 1], [3, 3, 3, 0]]
+    assert report["uneven_steps"] == report["whole_steps"] == 4
+    assert report["uneven_grad_size"] > 1e-2 and report["uneven_grad_max_diff"] < 1e-5
+    assert report["uneven_moved"] > 1e-2 and report["uneven_param_max_diff"] < 1e-5
 
 
 def test_two_ranks_train_the_network_on_images_and_resume(synth_data, tmp_path):
-    """DDP on the images path: the run folder is one process's kind, --resume continues under
-    torchrun, the profile holds both ranks' steps and system samples, and the test numbers equal
-    one process's evaluation of the same weights."""
+    """DDP on the images path, with a global batch that does not split over the ranks (7: 4 and 3):
+    the run folder is one process's kind, --resume continues under torchrun, the profile holds both
+    ranks' steps and system samples, and the test numbers equal one process's evaluation of the
+    same weights."""
     profiled = [flag for flag in FLAGS if flag != "--no-profile"]
     images = ["train", "--data", str(synth_data), *profiled, "--train-layers=layer4", "--amp=off",
-              "--calibrate", "--reject=mahalanobis"]
+              "--calibrate", "--reject=mahalanobis", "--batch-size=7"]
     one = run_cli(*images, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
     two = torchrun(*images, "--out", str(tmp_path / "two"), "--epochs=1")
@@ -114,7 +120,7 @@ def test_two_ranks_train_the_network_on_images_and_resume(synth_data, tmp_path):
     ranks = {(s.get("rank", 0), s["phase"]) for s in steps}
     assert {(r, p) for r in (0, 1) for p in ("train", "eval", "test")} <= ranks
     train_steps = {r: [s for s in steps if s["phase"] == "train" and s.get("rank", 0) == r] for r in (0, 1)}
-    assert len(train_steps[0]) == len(train_steps[1]) == 2 * 6  # 2 epochs of 48 images in global batches of 8
+    assert len(train_steps[0]) == len(train_steps[1]) == 2 * 7  # 2 epochs of 48 images in global batches of 7
     assert any(json.loads(line).get("rank") == 1 for line in open(profile / "system.jsonl"))
     balance = json.loads((profile / "rules" / "LoadBalancing.json").read_text())  # it compared the two ranks
     assert set(balance["details"]["data_share_by_rank"]) == {"0", "1"} and balance["evaluations"] > 0, balance
@@ -127,6 +133,19 @@ def test_two_ranks_train_the_network_on_images_and_resume(synth_data, tmp_path):
     alone = evaluate(ctx.model, batches.test, device=torch.device("cpu"))
     assert alone.n == results["test_n"] and alone.accuracy == results["test_accuracy"]
     assert abs(alone.loss - results["test_loss"]) < 1e-4
+
+
+def test_a_global_batch_smaller_than_the_ranks_is_one_line_for_the_job(synth_data, tmp_path):
+    """Every rank refuses it alike, before joining: rank 0 alone says so, and nothing is written."""
+    proc = torchrun("train", "--data", str(synth_data), *FLAGS, "--train-layers=layer4", "--batch-size=1",
+                    "--out", str(tmp_path / "runs"))
+    assert proc.returncode != 0
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
+    assert lines == ["error: --batch-size 1 is the global batch, dealt over 2 ranks: pass at least 2 (an image for "
+                     "each rank)"], proc.stderr[-3000:]
+    frames = [line for line in proc.stderr.splitlines() if line.lstrip().startswith("File ")]
+    assert not [line for line in frames if "dogbreed" in line], proc.stderr[-3000:]  # torchrun's own summary aside
+    assert not (tmp_path / "runs").exists()
 
 
 def test_tune_under_torchrun_shares_one_study_and_rank_0_alone_writes(synth_data, tiny_weights, tmp_path):
@@ -194,8 +213,8 @@ def test_a_hung_rank_ends_the_job_within_the_rank_timeout_naming_it(synth_data, 
                 os.kill(victim, signal.SIGKILL)
     assert proc.returncode != 0
     err = (tmp_path / "stderr").read_text()
-    named = [line for line in err.splitlines() if line.startswith("error: rank 1 stopped answering")]
-    assert len(named) == 1 and "--rank-timeout 5" in named[0], err[-3000:]
+    named = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(named) == 1 and blamed(named[0]) == 1 and "--rank-timeout 5" in named[0], err[-3000:]
     assert took < 120  # the watchdog's bound plus torchrun's own shutdown, not a collective's timeout
     assert not list((tmp_path / "runs").glob("*/model.tar.gz"))
 
@@ -279,7 +298,7 @@ def test_a_machine_cut_off_ends_the_job_on_both_sides_naming_it(synth_data, tmp_
     errs = [(tmp_path / f"host{i}.err").read_text() for i in range(2)]
     assert procs[0].returncode == 1, errs[0][-3000:]
     named = [line for line in errs[0].splitlines() if line.startswith("error: ")]
-    assert len(named) == 1 and named[0].startswith("error: rank 1 stopped answering 5 s ago"), errs[0][-3000:]
+    assert len(named) == 1 and blamed(named[0]) == 1 and "(--rank-timeout 5)" in named[0], errs[0][-3000:]
     lost = [line for line in errs[1].splitlines() if line.startswith("error: ")]
     assert len(lost) == 1 and "rank 1 has had no answer from the rendezvous store" in lost[0], errs[1][-3000:]
     assert not list((tmp_path / "runs").glob("*/model.tar.gz"))

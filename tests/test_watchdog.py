@@ -52,7 +52,7 @@ def test_a_single_process_exchanges_nothing(monkeypatch):
     assert ranks.role == SINGLE and ranks.main and ranks.writer and not ranks.joined
     values = torch.tensor([1.0, 2.0])
     assert ranks.all_sum(values) is values and ranks.gathered("x") == ["x"] and ranks.from_main(3) == 3
-    assert ranks.split_batch(29) == 29 and list(ranks.share(3)) == [0, 1, 2]
+    assert ranks.train_batches(48, 29, seed=0) is None and list(ranks.share(3)) == [0, 1, 2]
     assert ALONE.wrap(torch.nn.Linear(2, 2), torch.device("cpu")).__class__ is torch.nn.Linear
 
 
@@ -67,7 +67,7 @@ def test_a_tuning_worker_under_torchrun_knows_its_place_but_joins_no_group(monke
     with session(TrainConfig(), join=False) as ranks:
         assert (ranks.rank, ranks.world, ranks.local_world, ranks.role) == (1, 2, 2, SINGLE)
         assert not ranks.writer and not torch.distributed.is_initialized()
-        assert ranks.split_batch(29) == 29  # a trial is one process: its batch is whole
+        assert ranks.train_batches(48, 29, seed=0) is None  # a trial is one process: its batch is whole
         assert logger.level == logging.WARNING  # rank 0 alone speaks
     assert logger.level == before  # and the process's logging is as it was once the session ends
     assert from_environment(SHARE).shares and from_environment(DDP).ddp

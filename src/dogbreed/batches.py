@@ -109,12 +109,12 @@ def _split_batches(emb, device: torch.device) -> TensorBatches:
 
 def image_batches(ctx: RunContext) -> Batches:
     """Some layers unfrozen (or the cache turned off): every epoch runs the network on images. Under
-    DDP the network steps in DistributedDataParallel, each rank on its part of every global batch,
-    and evaluates on its unpadded share of each split."""
+    DDP the network steps in DistributedDataParallel, each rank on its part of every global batch
+    (``Ranks.train_batches``), and evaluates on its unpadded share of each split."""
     model, device, feed, ranks = ctx.model, ctx.device, ctx.feed, ctx.ranks
     model.to(device, memory_format=torch.channels_last)
     train_preset = TrainPreset.matching(ctx.preset) if feed.aug_views else ctx.preset
-    batch_size = ranks.split_batch(feed.batch_size)
+    share = -(-feed.batch_size // ranks.world)  # the largest part of a global batch a rank holds
 
     # Each rank augments with random numbers of its own (in the loader's workers, which draw their
     # seeds from its generator, or in this process); the order of the images is the sampler's.
@@ -125,9 +125,9 @@ def image_batches(ctx: RunContext) -> Batches:
 
     def loader(split: str, transform, shuffle: bool):
         dataset = ImageDataset(ctx.data.splits[split], transform, min_side=getattr(transform, "resize_size", None))
-        sampler = ranks.train_sampler(dataset, feed.seed) if shuffle else None
-        return image_loader(dataset if shuffle else ranks.shard(dataset), batch_size if shuffle else max(batch_size, 64),
-                            shuffle=shuffle, workers=feed.workers, device=device, seed=seed, sampler=sampler,
+        parts = ranks.train_batches(len(dataset), feed.batch_size, feed.seed) if shuffle else None
+        return image_loader(dataset if shuffle else ranks.shard(dataset), feed.batch_size if shuffle else max(share, 64),
+                            shuffle=shuffle, workers=feed.workers, device=device, seed=seed, batches=parts,
                             persistent=split != "test")  # the test split is read once
 
     return Batches(trainable=model, set_train=lambda: train_mode(model, ctx.frozen),

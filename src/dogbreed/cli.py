@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dogbreed import __version__
 from dogbreed.config import TrainConfig, normalize_argv
-from dogbreed.errors import DogbreedError
+from dogbreed.errors import DogbreedError, JobError
 from dogbreed.flags import add_flags, given
 from dogbreed.logs import setup_logging
 
@@ -373,6 +373,8 @@ def run(argv: list[str]) -> tuple[int, str | None]:
     setup_logging(getattr(args, "verbose", False))
     try:
         return args.func(args), None
+    except JobError as exc:  # every rank of the job met it: rank 0 says it for them all
+        return 1, str(exc) if exc.rank == 0 else None
     except DogbreedError as exc:
         return 1, str(exc)
     except KeyboardInterrupt:

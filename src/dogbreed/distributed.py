@@ -11,9 +11,10 @@ A process is one of:
   expensive part), rank 0 sums the shares into the full embeddings and alone trains the head; the
   other ranks end once their shares are in.
 - ddp (``--train-layers layer4|all``): DistributedDataParallel. ``--batch-size`` is the global
-  batch, split evenly over the ranks; each epoch every rank draws its part of one shuffled order
-  (``DistributedSampler`` with ``set_epoch``); evaluation runs over unpadded shards and sums loss,
-  hits and counts over the ranks, so its numbers are a one-process run's.
+  batch, dealt over the ranks (29 on 2 ranks: 15 and 14; :class:`RankBatches`), and each rank's
+  loss is weighted so that DDP's average of the ranks' gradients is one process's gradient on the
+  whole batch; evaluation runs over unpadded shards and sums loss, hits and counts over the ranks,
+  so its numbers are a one-process run's.
 
 Either way rank 0 alone writes the run folder, checkpoints, artifact and report (``writer``).
 """
@@ -30,9 +31,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset, DistributedSampler, Subset
+from torch.utils.data import Dataset, Sampler, Subset
 
-from dogbreed.errors import DogbreedError
+from dogbreed.errors import DogbreedError, JobError
 from dogbreed.watchdog import Progress, Watchdog
 
 log = logging.getLogger(__name__)
@@ -109,21 +110,12 @@ class Ranks:
         Items keep their index in the whole split (``ImageDataset`` reports it)."""
         return Subset(dataset, self.share(len(dataset))) if self.joined else dataset
 
-    def train_sampler(self, dataset: Dataset, seed: int) -> DistributedSampler | None:
-        """Each rank's part of one shuffled order per epoch (``set_epoch``); padded so that every rank
-        takes the same number of steps. None for one process (the loader shuffles)."""
+    def train_batches(self, count: int, batch_size: int, seed: int) -> RankBatches | None:
+        """This rank's part of every global batch of ``batch_size`` over ``count`` training items,
+        in a new order each epoch (``set_epoch``). None for one process (the loader batches and shuffles)."""
         if not self.joined:
             return None
-        return DistributedSampler(dataset, num_replicas=self.world, rank=self.rank, shuffle=True, seed=seed)
-
-    def split_batch(self, batch_size: int) -> int:
-        """This rank's part of the global ``--batch-size``."""
-        if not self.joined:
-            return batch_size
-        if batch_size % self.world:
-            raise DogbreedError(f"--batch-size {batch_size} is the global batch and does not split evenly over "
-                                f"{self.world} ranks; pass a multiple of {self.world}")
-        return batch_size // self.world
+        return RankBatches(count, batch_size, self.rank, self.world, seed)
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         """``model`` in DistributedDataParallel (gradients averaged over the ranks at every step), or
@@ -237,6 +229,35 @@ class Ranks:
             dist.destroy_process_group()
 
 
+class RankBatches(Sampler[list[int]]):
+    """One rank's part of every global batch (a DataLoader's ``batch_sampler``). Each epoch every
+    rank draws the same shuffled order of the ``count`` items (``seed`` plus the epoch), cuts it
+    into global batches of ``batch_size`` (the last one shorter, as one process's last batch) and
+    takes every ``world``-th item of each from its own rank on: the shares of a batch differ by one
+    item at most, no item is read twice or padded in, and every rank takes one step per global
+    batch. A share can be empty (a last batch smaller than the ranks): the loader then gives None,
+    and the rank steps with nothing to add."""
+
+    def __init__(self, count: int, batch_size: int, rank: int, world: int, seed: int):
+        self.count, self.batch_size, self.rank, self.world, self.seed = count, batch_size, rank, world, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.count // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.count, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        for start in range(0, self.count, self.batch_size):
+            yield order[start : start + self.batch_size][self.rank :: self.world]
+
+    def global_size(self, step: int) -> int:
+        """How many items the whole batch of ``step`` (from 0) holds, over every rank."""
+        return min(self.batch_size, self.count - step * self.batch_size)
+
+
 def from_environment(role: str = SINGLE) -> Ranks:
     """This process's rank as torchrun's environment says, in ``role`` when it is one of several
     (SINGLE: it knows its place but exchanges nothing, as a tuning worker)."""
@@ -262,6 +283,9 @@ def session(cfg, *, join: bool = True, on_fatal: Callable[[str], None] | None = 
     the ranks only know their places: they share a study, not a process group."""
     joining = join and started_by_torchrun()
     ranks = from_environment((SHARE if cfg.uses_feature_cache else DDP) if joining else SINGLE)
+    if ranks.ddp and cfg.batch_size < ranks.world:  # checked before joining: no rank waits on one that left
+        raise JobError(f"--batch-size {cfg.batch_size} is the global batch, dealt over {ranks.world} ranks: pass at "
+                       f"least {ranks.world} (an image for each rank)", rank=ranks.rank)
     if joining:
         from dogbreed.machine import resolve_device
 

@@ -81,6 +81,7 @@ def train_one_epoch(
     """One pass over ``batches``. Under DDP (``ranks.ddp``) every torchrun rank steps on its part of
     each batch, and the epoch's loss and accuracy are summed over the ranks."""
     (set_train or model.train)()
+    whole = _global_sizes(batches, ranks)
     # Running sums stay on the device: one host sync per epoch, not one per step.
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -106,15 +107,16 @@ def train_one_epoch(
         x, y = _to_device(x, device), y.to(device, non_blocking=True)
         with _autocast(device, amp_dtype):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        summed = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing, reduction="sum")
+        loss = summed.detach() / y.numel()  # this batch's mean, what the hooks and the epoch's numbers see
         optimizer.zero_grad(set_to_none=True)
-        (loss * weight).backward()
+        (summed * (weight / whole(step, y.numel()))).backward()
         hooks.after_backward(loss)
         optimizer.step()
         scheduler.step()
         hooks.after_step()
         if weight:
-            loss_sum += loss.detach() * y.numel()
+            loss_sum += summed.detach()
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.numel()
     bar.close()
@@ -125,6 +127,19 @@ def train_one_epoch(
     if seen == 0:
         raise DogbreedError("no training image could be decoded in this epoch; run `dogbreed data check` on the data set")
     return {"loss": loss_total / seen, "accuracy": correct_total / seen}
+
+
+def _global_sizes(batches: Iterable, ranks: Ranks) -> Callable[[int, int], float]:
+    """What a step divides its summed loss by, given the step and how many images this rank holds.
+    One process: the batch's own count (the mean). Under DDP, which averages the ranks' gradients:
+    the whole batch's count over the ranks, so that average is one process's gradient on the whole
+    batch however unevenly it was dealt (15 and 14 of 29 images; ``distributed.RankBatches``). An
+    unreadable image still counts in the whole batch's planned count: it adds a zero to the mean.
+    Batches without that plan are taken as dealt evenly."""
+    plan = getattr(getattr(batches, "batch_sampler", None), "global_size", None) if ranks.ddp else None
+    if plan is None:
+        return lambda step, mine: mine
+    return lambda step, mine: plan(step) / ranks.world
 
 
 @torch.inference_mode()
@@ -260,7 +275,9 @@ def fit(
     shuffle = getattr(train_batches, "generator", None)  # saved with the checkpoint: the same batch order on resume
     state = state or FitState()
     state.history = state.history or []
-    sampler = getattr(train_batches, "sampler", None)
+    # Under DDP a new order each epoch, the same on every rank (the rank's part of the global batches).
+    sampler = next((s for s in (getattr(train_batches, name, None) for name in ("batch_sampler", "sampler"))
+                    if hasattr(s, "set_epoch")), None)
     for epoch in range(state.epoch + 1, epochs + 1):
         stop = hooks.stop_requested
         if ranks.ddp:  # rank 0's rules decide for every rank
@@ -271,7 +288,7 @@ def fit(
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         hooks.epoch_begin(epoch)
-        if hasattr(sampler, "set_epoch"):  # a new order for every epoch, the same on every rank
+        if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         train = train_one_epoch(
             stepped or model, train_batches, optimizer, scheduler, device=device, amp_dtype=amp_dtype,

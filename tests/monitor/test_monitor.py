@@ -203,3 +203,26 @@ def test_a_bad_rules_file_stops_training_before_it_starts(synth_data, tmp_path):
         f"error: rules file {rules}: rule StepOutlier has no parameter 'sigma'; its parameters: stddev, n_outliers, mode, "
         "every, action"]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing half-made
+
+
+def test_a_torchrun_rank_with_its_own_share_of_workers_does_not_trip_the_dataloader_rule(synth_data, tmp_path):
+    """Under torchrun each rank decodes with its share of the machine's cores (dogbreed's own choice
+    when --workers is not given): the Dataloader rule counts its workers against that share."""
+    from dogbreed.context import prepare
+    from dogbreed.data.loaders import ImageDataset, image_loader
+    from dogbreed.distributed import SHARE, Ranks
+    from dogbreed.monitor import Monitor
+    from dogbreed.monitor.report import write_report
+
+    ranks = Ranks(rank=0, world=2, local_world=2, role=SHARE)  # rank 0 of 2 on this machine: it profiles
+    own = {k: v for k, v in TINY.items() if k != "workers"}
+    ctx = prepare(config.resolve(overrides={**own, "data": str(synth_data), "out": str(tmp_path)}), ranks)
+    monitor = Monitor(tmp_path / "run", device=torch.device("cpu"), meta={}, ranks=ranks)
+    dataset = ImageDataset(ctx.data.splits["train"], ctx.preset)
+    monitor.describe_loader("embed", image_loader(dataset, 64, shuffle=False, workers=ctx.feed.workers,
+                                                  device=torch.device("cpu")))
+    monitor.close()
+    write_report(tmp_path / "run")  # the rules, run again over what the profile holds
+    rule = json.loads((tmp_path / "run" / "profile" / "rules" / "Dataloader.json").read_text())
+    assert rule["datapoints"] == 1 and rule["triggers"] == 0, rule
+    assert rule["details"]["loaders"]["embed"]["percent_of_cores"] == 100

@@ -59,18 +59,18 @@ def image_loader(
     device: torch.device,
     seed: int = 0,
     persistent: bool = True,
-    sampler: Sampler | None = None,
+    batches: Sampler[list[int]] | None = None,
 ) -> DataLoader:
     """``persistent``: keep the worker processes between passes (loaders read every epoch); a loader
-    read once lets its workers end with the pass. ``sampler`` (a rank's part, under torchrun)
-    replaces ``shuffle``."""
+    read once lets its workers end with the pass. ``batches`` (a rank's part of each global batch,
+    under torchrun) replaces ``batch_size`` and ``shuffle``."""
     workers = available_cpus() if workers is None else workers
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
+        batch_size=1 if batches is not None else batch_size,
+        shuffle=shuffle and batches is None,
+        batch_sampler=batches,
         num_workers=workers,
         persistent_workers=persistent and workers > 0,
         pin_memory=device.type == "cuda",

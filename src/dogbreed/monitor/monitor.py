@@ -61,6 +61,9 @@ class Monitor(NoHooks):
                          "trace_start": trace_start, "trace_steps": trace_steps},
         }
         self.meta.update(meta)
+        # The cores this process sizes its loaders by: under torchrun its share of the machine's, not
+        # all of them (each rank decodes with its own workers); what the Dataloader rule counts against.
+        self.meta["rank_cores"] = ranks.local_cpus()
         self.meta["status"] = "running"
         if resume and previous:
             self.meta["resumed"].append(now)
@@ -103,7 +106,9 @@ class Monitor(NoHooks):
     def describe_loader(self, phase: str, loader) -> None:
         if isinstance(loader, torch.utils.data.DataLoader):
             info = {"kind": "images", "workers": loader.num_workers, "pin_memory": loader.pin_memory,
-                    "persistent_workers": loader.persistent_workers, "batch_size": loader.batch_size,
+                    "persistent_workers": loader.persistent_workers,
+                    # under DDP the loader deals out global batches: its batch_sampler holds their size
+                    "batch_size": loader.batch_size or getattr(loader.batch_sampler, "batch_size", None),
                     "prefetch_factor": loader.prefetch_factor}
         else:
             info = {"kind": "cached embeddings in memory", "workers": 0, "batch_size": getattr(loader, "batch_size", None)}

@@ -135,7 +135,7 @@ class IOBottleneck(_BottleneckRule):
 
 class Dataloader(Rule):
     name, kind = "Dataloader", "profiler"
-    description = "Checks each image data loader's worker processes against the CPU cores: under min_threshold or over max_threshold percent of the cores is flagged; also reports pinned memory on GPUs."
+    description = "Checks each image data loader's worker processes against the CPU cores this process is given (under torchrun: its rank's share of the machine's): under min_threshold or over max_threshold percent of them is flagged; also reports pinned memory on GPUs."
     recommendation = "Set --workers near the number of cores (the default); on GPUs keep pinned memory on."
     defaults = {"min_threshold": 70, "max_threshold": 200}
     streams = ("events",)
@@ -148,11 +148,13 @@ class Dataloader(Rule):
         if record.get("event") != "loader" or record.get("kind") != "images":
             return
         self.datapoints += 1
-        cores = self.meta.get("hardware", {}).get("cpu_cores") or 1
+        machine = self.meta.get("hardware", {}).get("cpu_cores") or 1
+        cores = self.meta.get("rank_cores") or machine  # a profile written before ranks were counted: the machine's
+        share = f" (this rank's share of {machine})" if cores != machine else ""
         percent = 100.0 * record["workers"] / cores
         self.details.setdefault("loaders", {})[record["phase"]] = {**record, "percent_of_cores": round(percent, 1)}
         self.check(not self.params["min_threshold"] <= percent <= self.params["max_threshold"], record,
-                   f"{record['phase']} loader: {record['workers']} worker(s) on {cores} cores = {percent:.0f}% "
+                   f"{record['phase']} loader: {record['workers']} worker(s) on {cores} cores{share} = {percent:.0f}% "
                    f"(outside {self.params['min_threshold']}-{self.params['max_threshold']}%)")
         if self.gpus and not record.get("pin_memory"):
             self.details.setdefault("notes", []).append(f"{record['phase']} loader does not pin memory on a GPU machine")
