@@ -14,6 +14,11 @@ on the weights' values.
 
     python benchmarks/train_bench.py                      # resnet50, 224 px, 10 classes x 40 images
     python benchmarks/train_bench.py --classes 20 --per-class 60 --backbone resnet18
+    python benchmarks/train_bench.py --before 4b6b659      # the first training: that commit's code against this one's
+
+``--before REV`` measures only the first training (cold cache, default settings) with the code at
+git revision REV and with the working tree's, alternately (``--rounds`` each, every run on its own
+empty cache, in its own process), beside the uncached fp32 run.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +49,52 @@ def timed_run(overrides: dict) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+FIRST_RUN = """
+import json, sys, time
+from dogbreed import config
+from dogbreed.run import train
+started = time.perf_counter()
+result = train(config.resolve(overrides=json.loads(sys.argv[1])), progress=False)
+print(json.dumps({"seconds": time.perf_counter() - started, "accuracy": result.test["test_accuracy"]}))
+"""
+
+
+def first_run(source: Path, overrides: dict) -> dict:
+    """One cold first training with the package at ``source`` (a tree's src/), in its own process."""
+    out = subprocess.run([sys.executable, "-c", FIRST_RUN, json.dumps(overrides)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(source), "TQDM_DISABLE": "1"}, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def before_and_after(rev: str, common: dict, tmp: Path, rounds: int) -> None:
+    """The first training on the code at ``rev`` against the working tree's, alternately."""
+    repo = Path(__file__).resolve().parents[1]
+    old = tmp / "before"
+    subprocess.run(f"git -C {repo} archive {rev} src | tar -x -C {old.parent} --one-top-level={old.name}", shell=True,
+                   check=True)
+    trees = {f"before ({rev})": old / "src", "after (this tree)": repo / "src"}
+    times: dict[str, list[dict]] = {name: [] for name in trees}
+    for i in range(rounds):
+        for name, source in trees.items():
+            times[name].append(first_run(source, {**common, "name": f"{name[:5]}-{i}",
+                                                  "cache_dir": str(tmp / f"cache-{name[:5]}-{i}")}))
+    uncached_s, _ = timed_run({**common, "name": "uncached", "feature_cache": False, "amp": "off"})
+    print(f"\n## train_bench --before {rev}: the first training, cold cache, default settings "
+          f"({common['backbone']}, {common['image_size']} px)")
+    print(f"machine: {machine.describe()}, torch {torch.__version__}\n")
+    print("| code | wall, each round | median | test accuracy | uncached fp32 / this |\n|---|---|---|---|---|")
+    medians = {}
+    for name, runs in times.items():
+        medians[name] = statistics.median(r["seconds"] for r in runs)
+        walls = ", ".join(f"{r['seconds']:.1f} s" for r in runs)
+        accuracies = ", ".join(f"{r['accuracy']:.3f}" for r in runs)
+        print(f"| {name} | {walls} | {medians[name]:.1f} s | {accuracies} | {uncached_s / medians[name]:.1f}x |")
+    before, after = medians.values()
+    print(f"\n- uncached fp32 (the original script's way): {uncached_s:.1f} s")
+    print(f"- **before / after: {before / after:.2f}x**; **uncached / after: {uncached_s / after:.1f}x** (aim >= 12)")
+    print(f"\ncommand: python {' '.join(sys.argv)}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="resnet50")
@@ -50,6 +104,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=9)
     p.add_argument("--aug-views", type=int, default=2)
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"))
+    p.add_argument("--before", metavar="REV", help="measure only the first training, against the code at REV")
+    p.add_argument("--rounds", type=int, default=2, help="with --before: runs of each code, alternating")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -58,6 +114,8 @@ def main() -> None:
         data = synth(tmp / "data", classes=args.classes, per_class=args.per_class, size=args.size, progress=False)
         common = {"data": str(data), "out": str(tmp / "runs"), "backbone": args.backbone, "pretrained": False,
                   "epochs": args.epochs, "image_size": args.size, "aug_views": args.aug_views, "amp": args.amp}
+        if args.before:
+            return before_and_after(args.before, common, tmp, args.rounds)
         counts = {split: sum(c) for split, c in scan(data).counts().items()}
         n_train, n_eval = counts["train"], counts["valid"]  # valid and test are the same size
 

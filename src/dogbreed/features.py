@@ -277,8 +277,8 @@ class FeatureCache:
         if self.backend == "onnx" and not self._onnx_why:
             run, self._onnx_why, self._race.chosen = self._onnx(images), None, "onnx"
             self._precision = None
-        self._run = self._chunks = Chunks(run, self.batch_size) if self.device.type == "cpu" else None
-        self._run = self._run or run
+        self._chunks = Chunks(run, self.batch_size) if self.device.type == "cpu" else None
+        self._run = self._chunks or run
 
     def _choose(self, images: torch.Tensor, left: int) -> None:
         """After each batch until decided: once eager's first chunk size is timed, whether the
@@ -295,7 +295,7 @@ class FeatureCache:
                 sizes = {size: images[:size] for size in chunks.sizes if size <= len(images)} or {len(images): images}
                 race.record("eager", rates)
                 if race.measure("onnx", onnx, sizes):
-                    self._run, self._chunks, self._precision, self._onnx_why = onnx, None, None, None
+                    self._chunks, self._precision, self._onnx_why = None, None, None
                     self._run = lambda images: _chunked(onnx, race.batch("onnx"), images)
                     return self._decided()
                 self._onnx_why = "eager measured faster"
