@@ -2,16 +2,19 @@
 
 ``dogbreed tune --parallel N`` and ``dogbreed serve --workers N`` start worker processes; if the
 command is killed outright (``kill -9``, the OOM killer), nothing runs in it to stop them, and
-they would go on training or holding the port. Each worker calls :func:`end_with_parent` first.
+they would go on training or holding the port. Each worker calls :func:`end_with_parent` first, and
+every DataLoader's workers run :func:`loader_worker_init` (the workers of a worker, as deep as it goes).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 PARENT_ENV = "DOGBREED_PARENT_PID"  # how a worker started by another program (uvicorn) learns its parent
 _PR_SET_PDEATHSIG = 1
@@ -35,3 +38,26 @@ def _watch(parent_pid: int, sig: int) -> None:
     while os.getppid() == parent_pid:
         time.sleep(1.0)
     os.kill(os.getpid(), sig)
+
+
+def loader_worker_init(parent_pid: int) -> Callable[[int], None]:
+    """A DataLoader ``worker_init_fn`` that ends each loader worker with ``parent_pid``, the process
+    iterating the loader.
+
+    torch's workers watch their parent themselves, by comparing ``os.getppid()`` with the pid they
+    read when their loop starts. A spawned worker (a tuning worker's loader starts its workers with
+    ``spawn``) first imports torch for seconds; if its parent dies meanwhile, it reads pid 1, the
+    comparison always holds, and it lives for good. ``worker_init_fn`` is the first code of ours a
+    worker runs, before torch's loop reads its parent: here the kernel is asked to kill the worker
+    when its parent dies (``PR_SET_PDEATHSIG``: nothing to poll, and it works while the worker is
+    blocked), and a parent already gone (``getppid()`` is no longer the pid it was given) ends it
+    now. A process group would not do: a command killed outright signals nobody, and a session's
+    processes outlive its leader. SIGKILL: a loader worker holds nothing to save.
+
+    The kernel ties the signal to the thread that started the worker: dogbreed's loaders start
+    their workers on the thread that trains, which ends them (``Batches.close``) before it ends."""
+    return functools.partial(_end_with, parent_pid)
+
+
+def _end_with(parent_pid: int, worker_id: int) -> None:  # module level: spawned workers unpickle it
+    end_with_parent(parent_pid, signal.SIGKILL)
