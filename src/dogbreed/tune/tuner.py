@@ -128,10 +128,10 @@ def _worker_process(parent, url, opts, base, space, study_dir, staged, worker, t
 class _Progress(threading.Thread):
     """Prints one line per finished trial and a bar over trials, by polling the shared storage."""
 
-    def __init__(self, study: optuna.Study, objective: str, enabled: bool):
+    def __init__(self, study: optuna.Study, objective: str, enabled: bool, finished_before: set[int]):
         super().__init__(daemon=True)
         self.study, self.objective = study, objective
-        self.seen: set[int] = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
+        self.seen = set(finished_before)  # an earlier run's trials: `tune show` lists them
         self.stop = threading.Event()
         total = len(study.get_trials(deepcopy=False))
         self.bar = tqdm(total=total, initial=len(self.seen), desc="trials", unit="trial", disable=not enabled)
@@ -190,7 +190,9 @@ def tune(base: TrainConfig, opts: TuneOptions, *, ranks: Ranks = ALONE, progress
     sampler, pruner = _components(opts, space, base)
     study, created = create_or_load(storage, opts.study, setup=study_setup(base, space, opts.objective),
                                     trials=opts.trials, sampler=sampler, pruner=pruner, points=points)
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    finished = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
+    done = len(finished)
+    finished = _finished_before_the_job(ranks, finished)  # before any trial of this job ran
     log.info("study %s %s in %s: %d trial(s) planned, %d finished; %d local worker(s); objective %s (%s)",
              opts.study, "created" if created else "joined", masked(url), study.user_attrs["planned_trials"], done,
              opts.parallel, opts.objective, OBJECTIVES[opts.objective])
@@ -200,7 +202,7 @@ def tune(base: TrainConfig, opts: TuneOptions, *, ranks: Ranks = ALONE, progress
         # Every trial shares these embeddings: compute them once here, with all cores, not in a worker.
         stats = warm_cache(prepare(base, staged=staged), progress=progress)
         log.info("embeddings ready: %d cached, %d computed", stats["hits"], stats["computed"])
-    bar = _Progress(study, opts.objective, progress and rank == 0)
+    bar = _Progress(study, opts.objective, progress and rank == 0, finished)
     if rank == 0:  # the other ranks' trials show in rank 0's lines too: they share the study
         bar.start()
     first = rank * opts.parallel  # each worker anywhere samples with a seed of its own
@@ -216,6 +218,19 @@ def tune(base: TrainConfig, opts: TuneOptions, *, ranks: Ranks = ALONE, progress
         log.info("rank %d: no trial left in study %s; rank 0 writes the results and the final run", rank, opts.study)
         return TuneResult(study_dir, None, [], None, None)
     return finish(study, opts, base, url, study_dir, progress=progress)
+
+
+def _finished_before_the_job(ranks: Ranks, mine: set[int]) -> set[int]:
+    """The trials that were finished before any rank of this job ran one: those every rank found
+    finished when it joined the study. Rank 0 prints every trial's line, the other ranks' too, and
+    under torchrun another rank may finish trials before rank 0 first looks (it started later, or
+    took longer to load the embeddings): what rank 0 found alone would leave those without a line."""
+    try:
+        looks = ranks.collect("finished trials", sorted(mine))
+    except DogbreedError as exc:
+        log.warning("%s: trials the other ranks finish before rank 0 looks may have no line", exc)
+        return mine
+    return mine if looks is None else mine.intersection(*map(set, looks))
 
 
 def _run_processes(url, opts, base, space, study_dir, staged, first: int, *, threads: int) -> None:
