@@ -1,4 +1,5 @@
-"""A worker that called end_with_parent ends when its parent is killed outright."""
+"""A worker that called end_with_parent ends when its parent is killed outright; a StopRequest
+interrupts once, after the block it holds."""
 
 import signal
 import subprocess
@@ -31,3 +32,25 @@ def test_a_worker_ends_with_its_parent():
             parent.kill()
         if child.is_running():
             child.kill()
+
+
+HELD = textwrap.dedent("""
+    import os, signal
+    from dogbreed.lifetime import StopRequest
+    with StopRequest(signal.SIGTERM) as stop:
+        try:
+            with stop.held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)  # asked again: still one interrupt
+                print("the held block finished", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted after it", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("later requests are ignored", flush=True)
+""")
+
+
+def test_a_stop_request_waits_for_the_held_block_and_interrupts_once():
+    done = subprocess.run([sys.executable, "-c", HELD], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["the held block finished", "interrupted after it", "later requests are ignored"]

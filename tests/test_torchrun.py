@@ -24,9 +24,9 @@ FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "pretra
     "--no-pretrained", "--epochs=2", "--aug-views=1", "--no-progress", "--no-profile"]
 
 
-def torchrun(*args: str, ranks: int = 2) -> subprocess.CompletedProcess:
+def torchrun(*args: str, ranks: int = 2, program: tuple[str, ...] = ("-m", "dogbreed")) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={ranks}",
-               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "-m", "dogbreed", *args]
+               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", *program, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"})
 
@@ -161,6 +161,21 @@ def test_tune_under_torchrun_shares_one_study_and_rank_0_alone_writes(synth_data
     folder = tmp_path / "tune" / "tune-dogbreed"
     assert (folder / "best.json").is_file() and (folder / "best" / "model.tar.gz").is_file()
     assert sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("best")) == ["best"]
+
+
+def test_tune_under_torchrun_prints_every_finished_trial_even_before_rank_0_watches(synth_data, tiny_weights, tmp_path):
+    """Rank 0 prints a line for every trial the job finished, those another rank finished before
+    rank 0 started watching the study too (here its start waits until one has)."""
+    import optuna
+
+    out = tmp_path / "tune"
+    proc = torchrun("tune", "--data", str(synth_data), "--weights", str(tiny_weights), "--out", str(out),
+                    "--cache-dir", str(tmp_path / "cache"), *FLAGS, "--trials=3", "--parallel=1", "--heartbeat=2",
+                    program=(str(Path(__file__).with_name("late_rank0.py")), str(out / "tune.db")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="dogbreed", storage=f"sqlite:///{out / 'tune.db'}")
+    printed = sorted(int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("trial "))
+    assert printed == [t.number for t in study.trials], proc.stdout  # each finished trial's line, once
 
 
 def test_a_killed_rank_ends_the_job_naming_it(synth_data, tiny_weights, tmp_path):

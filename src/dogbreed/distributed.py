@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -194,6 +195,29 @@ class Ranks:
         tensor = _placed(torch.tensor([value]))
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return int(tensor.item())
+
+    def collect(self, name: str, value, *, timeout_s: float = TIMEOUT_S) -> list | None:
+        """Every rank's ``value`` (JSON), in rank order, at rank 0, for ranks outside a process group
+        (tuning's ranks share a study, not a group), through torchrun's rendezvous store: the other
+        ranks post theirs and go on at once (None); rank 0 waits up to ``timeout_s`` for them.
+        Alone: ``[value]``. A store that cannot be reached is one line (DogbreedError)."""
+        if self.world == 1:
+            return [value]
+        try:
+            # env:// connects to the agent's store as torch's own process group would (or, under a
+            # launcher without one, rank 0 hosts it); a restarted job posts afresh.
+            store, _, _ = next(dist.rendezvous("env://", timeout=datetime.timedelta(seconds=timeout_s)))
+            store = dist.PrefixStore(f"dogbreed/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{name}", store)
+            if not self.main:
+                store.set(str(self.rank), json.dumps(value))
+                return None
+            keys = [str(r) for r in range(1, self.world)]
+            store.wait(keys, datetime.timedelta(seconds=timeout_s))
+            return [value, *(json.loads(v) for v in store.multi_get(keys))]
+        except (RuntimeError, ValueError) as exc:  # torch's store errors are RuntimeErrors; a missing variable a ValueError
+            raise DogbreedError(f"rank {self.rank} could not exchange {name} with the other ranks through the "
+                                f"rendezvous store at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} "
+                                f"({exc})") from None
 
     # -- joining and leaving -----------------------------------------------------------------------
 

@@ -2,16 +2,24 @@
 
 ``dogbreed tune --parallel N`` and ``dogbreed serve --workers N`` start worker processes; if the
 command is killed outright (``kill -9``, the OOM killer), nothing runs in it to stop them, and
-they would go on training or holding the port. Each worker calls :func:`end_with_parent` first.
+they would go on training or holding the port. Each worker calls :func:`end_with_parent` first, and
+every DataLoader's workers run :func:`loader_worker_init` (the workers of a worker, as deep as it goes).
+
+Stopped in order (Ctrl-C), a command's workers finish what must not be cut in two first:
+:func:`deaf_to_ctrl_c` keeps the terminal's SIGINT from reaching them directly, and
+:class:`StopRequest` turns the request the command then sends them into one KeyboardInterrupt.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 PARENT_ENV = "DOGBREED_PARENT_PID"  # how a worker started by another program (uvicorn) learns its parent
 _PR_SET_PDEATHSIG = 1
@@ -35,3 +43,88 @@ def _watch(parent_pid: int, sig: int) -> None:
     while os.getppid() == parent_pid:
         time.sleep(1.0)
     os.kill(os.getpid(), sig)
+
+
+def loader_worker_init(parent_pid: int) -> Callable[[int], None]:
+    """A DataLoader ``worker_init_fn`` that ends each loader worker with ``parent_pid``, the process
+    iterating the loader.
+
+    torch's workers watch their parent themselves, by comparing ``os.getppid()`` with the pid they
+    read when their loop starts. A spawned worker (a tuning worker's loader starts its workers with
+    ``spawn``) first imports torch for seconds; if its parent dies meanwhile, it reads pid 1, the
+    comparison always holds, and it lives for good. ``worker_init_fn`` is the first code of ours a
+    worker runs, before torch's loop reads its parent: here the kernel is asked to kill the worker
+    when its parent dies (``PR_SET_PDEATHSIG``: nothing to poll, and it works while the worker is
+    blocked), and a parent already gone (``getppid()`` is no longer the pid it was given) ends it
+    now. A process group would not do: a command killed outright signals nobody, and a session's
+    processes outlive its leader. SIGKILL: a loader worker holds nothing to save.
+
+    The kernel ties the signal to the thread that started the worker: dogbreed's loaders start
+    their workers on the thread that trains, which ends them (``Batches.close``) before it ends."""
+    return functools.partial(_end_with, parent_pid)
+
+
+def _end_with(parent_pid: int, worker_id: int) -> None:  # module level: spawned workers unpickle it
+    end_with_parent(parent_pid, signal.SIGKILL)
+
+
+@contextmanager
+def deaf_to_ctrl_c() -> Iterator[None]:
+    """Processes started in the block ignore SIGINT, and so do the processes they start: an ignored
+    signal stays ignored through ``exec``, and Python then installs no KeyboardInterrupt. A Ctrl-C
+    reaches the terminal's whole process group; this way it interrupts the command alone, which then
+    stops its workers in order, rather than every worker and DataLoader worker at once, wherever each
+    is (a spawned one halfway through importing torch prints a traceback). A Ctrl-C within the
+    block itself (the few milliseconds of starting processes) is lost. No-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class StopRequest:
+    """While installed (``with``), ``signals`` are a request to stop: one KeyboardInterrupt, raised
+    on the main thread where it is, or, inside a :meth:`held` block, when the block ends (what it
+    does, such as claiming a trial in a database, then finishes, and the interrupt never leaves it
+    half done). Later requests are ignored: the clean-up the first one started is not cut short
+    (a sender that cannot wait has SIGKILL). No-op off the main thread, where Python sets no handler."""
+
+    def __init__(self, *signals: signal.Signals):
+        self.signals = signals
+        self.requested = False
+        self._held = 0
+        self._pending = False
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.signals}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.requested:
+            return
+        self.requested = True
+        if self._held:
+            self._pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+        if self._pending and not self._held:
+            self._pending = False
+            raise KeyboardInterrupt

@@ -1,6 +1,7 @@
 """``dogbreed tune`` end to end on its default embedded storage (SQLite) with worker processes."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -223,6 +224,92 @@ def test_workers_end_when_the_command_is_killed_outright(synth_data, tmp_path):
         for p in workers:
             if p.is_running():
                 p.kill()
+
+
+def in_session(sid: int) -> list[psutil.Process]:
+    """Every process of the session ``sid``: all that a command started, even those orphaned since
+    (their parent is then pid 1, so no walk down from the command finds them)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == sid:
+                found.append(proc)
+        except OSError:  # ended while we looked
+            pass
+    return found
+
+
+def test_nothing_outlives_a_tune_killed_while_its_loader_workers_start(synth_data, tmp_path):
+    """`kill -9` as the trials' DataLoader workers start (spawned: they import torch for seconds, and
+    a worker whose parent died meanwhile would take pid 1 for its parent and live on): every process
+    the command started ends, the loader workers and the resource tracker too."""
+    args = tune_args(synth_data, tmp_path, "--trials", "2", "--parallel", "2", "--train-layers", "layer4",
+                     "--workers", "2", "--epochs", "30", "--pruner", "none", "--no-final")
+    tune = subprocess.Popen([sys.executable, "-m", "dogbreed", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # its session: all it starts
+    try:
+        deadline = time.monotonic() + 180
+        loader_workers = []
+        while time.monotonic() < deadline and tune.poll() is None and not loader_workers:
+            try:  # a trial worker's children: the loader workers, the moment they are started
+                loader_workers = [p for p in psutil.Process(tune.pid).children(recursive=True) if p.ppid() != tune.pid]
+            except psutil.NoSuchProcess:
+                pass
+            time.sleep(0.05)
+        assert loader_workers, "no trial started its DataLoader workers"
+        tune.send_signal(signal.SIGKILL)
+        tune.wait()
+        deadline = time.monotonic() + 90
+        while in_session(tune.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = [(p.pid, p.name(), p.ppid()) for p in in_session(tune.pid)]
+        assert not left, f"processes outlived the killed `dogbreed tune`: {left}"
+    finally:  # only what this test started: its session
+        if tune.poll() is None:
+            tune.kill()
+        for p in in_session(tune.pid):
+            p.kill()
+
+
+def test_ctrl_c_fails_the_running_trials_for_the_next_run_and_ends_every_process_quietly(synth_data, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) while both workers train on images: each
+    running trial is FAIL with a waiting retry for the next run, no trial is left RUNNING, every
+    process ends, and no traceback or leaked-semaphore warning is printed."""
+    import optuna
+
+    args = tune_args(synth_data, tmp_path, "--trials", "2", "--parallel", "2", "--train-layers", "layer4",
+                     "--workers", "2", "--epochs", "100", "--pruner", "none", "--no-final")
+    tune = subprocess.Popen([sys.executable, "-m", "dogbreed", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # its own process group, as a terminal's job
+    try:
+        deadline = time.monotonic() + 180
+        training = set()  # the workers whose loaders' workers run (named so once they started)
+        while time.monotonic() < deadline and tune.poll() is None and len(training) < 2:
+            try:
+                training = {p.ppid() for p in psutil.Process(tune.pid).children(recursive=True)
+                            if p.name() == "pt_data_worker"}
+            except psutil.Error:  # a process ended while we looked
+                pass
+            time.sleep(0.2)
+        assert len(training) == 2, "the two workers did not start training"
+        os.killpg(tune.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        _, err = tune.communicate(timeout=180)
+        deadline = time.monotonic() + 60
+        while in_session(tune.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not in_session(tune.pid), "processes outlived the interrupted `dogbreed tune`"
+    finally:
+        if tune.poll() is None:
+            tune.kill()
+        for p in in_session(tune.pid):
+            p.kill()
+    assert tune.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    assert "Traceback" not in err and "leaked" not in err, err
+    trials = optuna.load_study(study_name="dogbreed", storage=f"sqlite:///{tmp_path / 'tune.db'}").trials
+    states = [t.state.name for t in trials]
+    assert sorted(states) == ["FAIL", "FAIL", "WAITING", "WAITING"], states
+    retried = sorted(t.system_attrs["failed_trial"] for t in trials if t.state.name == "WAITING")
+    assert retried == sorted(t.number for t in trials if t.state.name == "FAIL")
 
 
 def test_a_final_run_killed_before_its_artifact_is_resumed_in_place(synth_data, tiny_weights, tmp_path, capsys):

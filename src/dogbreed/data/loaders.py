@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from dogbreed.data.layout import Sample
+from dogbreed.lifetime import loader_worker_init
 from dogbreed.machine import available_cpus
 from dogbreed.runtime.presets import ImageDecodeError, load_image
 
@@ -63,7 +65,8 @@ def image_loader(
 ) -> DataLoader:
     """``persistent``: keep the worker processes between passes (loaders read every epoch); a loader
     read once lets its workers end with the pass. ``batches`` (a rank's part of each global batch,
-    under torchrun) replaces ``batch_size`` and ``shuffle``."""
+    under torchrun) replaces ``batch_size`` and ``shuffle``. The workers end with this process,
+    however it ends (``loader_worker_init``)."""
     workers = available_cpus() if workers is None else workers
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
@@ -76,6 +79,7 @@ def image_loader(
         pin_memory=device.type == "cuda",
         collate_fn=collate_skipping_bad,
         generator=generator,
+        worker_init_fn=loader_worker_init(os.getpid()) if workers > 0 else None,
     )
 
 

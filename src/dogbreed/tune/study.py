@@ -19,7 +19,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import optuna
@@ -229,39 +229,67 @@ def claim(study: optuna.Study, storage: RDBStorage, lock: Path | None = None) ->
 
 
 def work(study: optuna.Study, storage: RDBStorage, objective: Callable[[optuna.Trial], float], *,
-         poll_s: float = 1.0, lock: Path | None = None) -> int:
-    """Run trials until none is waiting or running anywhere; returns how many this worker ran."""
+         poll_s: float = 1.0, lock: Path | None = None,
+         held: Callable[[], AbstractContextManager] = nullcontext) -> int:
+    """Run trials until none is waiting or running anywhere; returns how many this worker ran.
+
+    Interrupted (KeyboardInterrupt), the worker fails its running trial, as Optuna's own loop does,
+    and plans it again for the next run of the command, then lets the interrupt go on. ``held``
+    (``StopRequest.held``) keeps an interrupt out of claiming and telling: it comes after them, so a
+    trial is never left running in the database by a worker that is gone."""
     ran = 0
     worker = f"{socket.gethostname()}:{os.getpid()}"
     while True:
-        fail_stale_trials(study)  # a dead worker's trial becomes FAIL plus a waiting retry
-        trial_id = claim(study, storage, lock)
-        if trial_id is None:
-            if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                time.sleep(poll_s)  # others are busy; one may die and leave a retry to pick up
-                continue
-            return ran
-        trial = optuna.Trial(study, trial_id)
-        trial.set_user_attr("worker", worker)
-        ran += 1
-        interval = storage.get_heartbeat_interval() or 10
-        with Heartbeat(storage, trial_id, interval):
-            try:
+        trial_id = None
+        try:
+            with held():
+                fail_stale_trials(study)  # a dead worker's trial becomes FAIL plus a waiting retry
+                trial_id = claim(study, storage, lock)
+                if trial_id is not None:
+                    trial = optuna.Trial(study, trial_id)
+                    trial.set_user_attr("worker", worker)
+            if trial_id is None:
+                if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    time.sleep(poll_s)  # others are busy; one may die and leave a retry to pick up
+                    continue
+                return ran
+            ran += 1
+            interval = storage.get_heartbeat_interval() or 10
+            with Heartbeat(storage, trial_id, interval):
                 try:
-                    value = objective(trial)
-                except optuna.TrialPruned:
-                    study.tell(trial, state=TrialState.PRUNED)
+                    try:
+                        value = objective(trial)
+                    except optuna.TrialPruned:
+                        with held():
+                            study.tell(trial, state=TrialState.PRUNED)
+                    except optuna.exceptions.UpdateFinishedTrialError:
+                        raise
+                    except Exception as exc:
+                        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                        with held():
+                            trial.set_user_attr("error", reason)
+                            study.tell(trial, state=TrialState.FAIL)
+                        log.warning("trial %d failed: %s", trial.number, reason, exc_info=log.isEnabledFor(logging.DEBUG))
+                    else:
+                        with held():
+                            study.tell(trial, value)
                 except optuna.exceptions.UpdateFinishedTrialError:
-                    raise
-                except Exception as exc:
-                    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    trial.set_user_attr("error", reason)
-                    study.tell(trial, state=TrialState.FAIL)
-                    log.warning("trial %d failed: %s", trial.number, reason, exc_info=log.isEnabledFor(logging.DEBUG))
-                else:
-                    study.tell(trial, value)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                # Another worker saw no heartbeat from this one for 3 intervals (a stalled or
-                # overloaded machine) and failed the trial; its retry runs as a new trial.
-                log.warning("trial %d was failed by another worker while it ran (no heartbeat for %d s); "
-                            "a retry of it runs instead", trial.number, 3 * interval)
+                    # Another worker saw no heartbeat from this one for 3 intervals (a stalled or
+                    # overloaded machine) and failed the trial; its retry runs as a new trial.
+                    log.warning("trial %d was failed by another worker while it ran (no heartbeat for %d s); "
+                                "a retry of it runs instead", trial.number, 3 * interval)
+        except KeyboardInterrupt:
+            if trial_id is not None:
+                _interrupted(study, storage, trial_id)
+            raise
+
+
+def _interrupted(study: optuna.Study, storage: RDBStorage, trial_id: int) -> None:
+    """The interrupted trial FAIL, with a waiting copy of it (its parameters, and the grid point it
+    was planned with) that the next run of the command claims; one told before the interrupt stays."""
+    try:
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return
+    # The retry a dead worker's trial gets, with no limit: an interrupt is not the trial's fault.
+    RetryStale(max_retry=None)(study, storage.get_trial(trial_id))

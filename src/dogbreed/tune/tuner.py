@@ -13,7 +13,10 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import threading
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +34,7 @@ from dogbreed.data.layout import IMAGE_EXTS, scan
 from dogbreed.distributed import ALONE, Ranks
 from dogbreed.errors import DogbreedError
 from dogbreed.files import make_folder, read_yaml
-from dogbreed.lifetime import end_with_parent
+from dogbreed.lifetime import StopRequest, deaf_to_ctrl_c, end_with_parent
 from dogbreed.logs import quiet, quieted, setup_logging
 from dogbreed.run import LOCAL_OUT, RunResult, train
 from dogbreed.tune import results
@@ -51,6 +54,7 @@ from dogbreed.tune.study import (
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 QUIET_DURING_TRIALS = ("dogbreed.run", "dogbreed.train", "dogbreed.features")
+STOP_WAIT_S = 60  # how long interrupted workers get to fail their trials and end their loaders
 
 
 @dataclass
@@ -106,32 +110,40 @@ def _objective(base: TrainConfig, space: dict[str, Param], objective: str, study
 
 
 def _run_worker(storage: RDBStorage, url: str, opts: TuneOptions, base: TrainConfig, space: dict[str, Param],
-                study_dir: Path, staged: remote.Staged, worker: int) -> int:
+                study_dir: Path, staged: remote.Staged, worker: int, held=nullcontext) -> int:
     sampler, pruner = _components(opts, space, base, worker)
     study = optuna.load_study(study_name=opts.study, storage=storage, sampler=sampler, pruner=pruner)
     return work(study, storage, _objective(base, space, opts.objective, study_dir, staged), poll_s=min(1.0, opts.heartbeat),
-                lock=claim_lock(url))
+                lock=claim_lock(url), held=held)
 
 
 def _worker_process(parent, url, opts, base, space, study_dir, staged, worker, threads) -> None:
-    """Entry of a ``--parallel`` worker process (spawned: a fresh interpreter, no inherited threads)."""
+    """Entry of a ``--parallel`` worker process (spawned: a fresh interpreter, no inherited threads).
+    SIGTERM, what ``tune`` sends its workers when interrupted, stops it in order: its running trial
+    fails and is planned again, its loaders' workers end. The death of ``tune`` kills it outright
+    (nobody is left to wait for it; its running trial is retried by the next run)."""
     import torch
 
-    end_with_parent(parent)  # a `dogbreed tune` killed outright takes its workers with it
+    end_with_parent(parent, signal.SIGKILL)
     os.environ["TQDM_DISABLE"] = "1"
     setup_logging()
     quiet(QUIET_DURING_TRIALS)
     torch.set_num_threads(threads)
-    _run_worker(open_storage(url, opts.heartbeat), url, opts, base, space, study_dir, staged, worker)
+    with StopRequest(signal.SIGTERM) as stop:
+        try:
+            _run_worker(open_storage(url, opts.heartbeat), url, opts, base, space, study_dir, staged, worker,
+                        held=stop.held)
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None  # stopped as asked: no traceback
 
 
 class _Progress(threading.Thread):
     """Prints one line per finished trial and a bar over trials, by polling the shared storage."""
 
-    def __init__(self, study: optuna.Study, objective: str, enabled: bool):
+    def __init__(self, study: optuna.Study, objective: str, enabled: bool, finished_before: set[int]):
         super().__init__(daemon=True)
         self.study, self.objective = study, objective
-        self.seen: set[int] = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
+        self.seen = set(finished_before)  # an earlier run's trials: `tune show` lists them
         self.stop = threading.Event()
         total = len(study.get_trials(deepcopy=False))
         self.bar = tqdm(total=total, initial=len(self.seen), desc="trials", unit="trial", disable=not enabled)
@@ -190,7 +202,9 @@ def tune(base: TrainConfig, opts: TuneOptions, *, ranks: Ranks = ALONE, progress
     sampler, pruner = _components(opts, space, base)
     study, created = create_or_load(storage, opts.study, setup=study_setup(base, space, opts.objective),
                                     trials=opts.trials, sampler=sampler, pruner=pruner, points=points)
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    finished = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
+    done = len(finished)
+    finished = _finished_before_the_job(ranks, finished)  # before any trial of this job ran
     log.info("study %s %s in %s: %d trial(s) planned, %d finished; %d local worker(s); objective %s (%s)",
              opts.study, "created" if created else "joined", masked(url), study.user_attrs["planned_trials"], done,
              opts.parallel, opts.objective, OBJECTIVES[opts.objective])
@@ -200,14 +214,14 @@ def tune(base: TrainConfig, opts: TuneOptions, *, ranks: Ranks = ALONE, progress
         # Every trial shares these embeddings: compute them once here, with all cores, not in a worker.
         stats = warm_cache(prepare(base, staged=staged), progress=progress)
         log.info("embeddings ready: %d cached, %d computed", stats["hits"], stats["computed"])
-    bar = _Progress(study, opts.objective, progress and rank == 0)
+    bar = _Progress(study, opts.objective, progress and rank == 0, finished)
     if rank == 0:  # the other ranks' trials show in rank 0's lines too: they share the study
         bar.start()
     first = rank * opts.parallel  # each worker anywhere samples with a seed of its own
     try:
         if opts.parallel == 1:
-            with quieted(QUIET_DURING_TRIALS):
-                _run_worker(storage, url, opts, base, space, study_dir, staged, first)  # in this process: its one storage
+            with quieted(QUIET_DURING_TRIALS), StopRequest(signal.SIGINT) as stop:  # Ctrl-C fails the trial in order
+                _run_worker(storage, url, opts, base, space, study_dir, staged, first, held=stop.held)  # its one storage
         else:
             _run_processes(url, opts, base, space, study_dir, staged, first, threads=max(1, ranks.local_cpus() // opts.parallel))
     finally:
@@ -218,6 +232,19 @@ def tune(base: TrainConfig, opts: TuneOptions, *, ranks: Ranks = ALONE, progress
     return finish(study, opts, base, url, study_dir, progress=progress)
 
 
+def _finished_before_the_job(ranks: Ranks, mine: set[int]) -> set[int]:
+    """The trials that were finished before any rank of this job ran one: those every rank found
+    finished when it joined the study. Rank 0 prints every trial's line, the other ranks' too, and
+    under torchrun another rank may finish trials before rank 0 first looks (it started later, or
+    took longer to load the embeddings): what rank 0 found alone would leave those without a line."""
+    try:
+        looks = ranks.collect("finished trials", sorted(mine))
+    except DogbreedError as exc:
+        log.warning("%s: trials the other ranks finish before rank 0 looks may have no line", exc)
+        return mine
+    return mine if looks is None else mine.intersection(*map(set, looks))
+
+
 def _run_processes(url, opts, base, space, study_dir, staged, first: int, *, threads: int) -> None:
     """``--parallel`` worker processes, each of ``threads`` threads (under torchrun: this rank's part
     of the cores, shared)."""
@@ -226,15 +253,24 @@ def _run_processes(url, opts, base, space, study_dir, staged, first: int, *, thr
     procs = [ctx.Process(target=_worker_process, args=(os.getpid(), url, opts, base, space, study_dir, staged, first + i,
                                                                 threads))
              for i in range(opts.parallel)]
-    for p in procs:
-        p.start()
+    with deaf_to_ctrl_c():  # a Ctrl-C interrupts this process alone, which then stops them in order
+        for p in procs:
+            p.start()
     try:
         for p in procs:
             p.join()
+    except KeyboardInterrupt:
+        log.info("interrupted: stopping the workers; their running trials fail and are retried by the next run")
+        for p in procs:
+            p.terminate()  # SIGTERM: each worker's StopRequest
+        deadline = time.monotonic() + STOP_WAIT_S
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        raise
     finally:
         for p in procs:
             if p.is_alive():
-                p.terminate()
+                p.kill()
     failed = [p.exitcode for p in procs if p.exitcode]
     if failed:
         log.warning("%d worker process(es) exited with an error (codes %s)", len(failed), failed)
