@@ -257,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", default="data", help="folder that receives the zip and the extracted data set (default: data)")
     p.add_argument("--url", default=DATASET_URL, help=f"where to download from (default: {DATASET_URL})")
     p.add_argument("--zip", default=None, metavar="PATH", help="extract this local copy of the zip instead of downloading (default: none)")
-    p.add_argument("--sha256", default=None, help="expected SHA-256 of the zip, checked after download (default: none; "
-                                                  "size and the server's MD5 ETag are always checked)")
+    p.add_argument("--sha256", default=None, help="expected SHA-256 of the zip (downloaded or --zip), checked before "
+                                                  "anything is extracted (default: none; a download's size and the server's MD5 ETag are always checked)")
     p.set_defaults(func=cmd_data_fetch)
 
     p = data_sub.add_parser("synth", parents=[common], formatter_class=_Formatter, help="write a synthetic data set",
