@@ -83,6 +83,16 @@ def test_a_failed_job_leaves_its_reason_in_the_failure_file(tmp_path):
     assert reason.count("\n") == 1 and str(tmp_path / "missing") in reason, reason
 
 
+def test_a_failure_file_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path):
+    env = {**os.environ, **job_env(tmp_path, tmp_path / "missing"), "SAGEMAKER_BASE_DIR": "/proc/nope"}
+    bad = subprocess.run([sys.executable, "-m", "dogbreed.sagemaker", "--learning_rate", "fast"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr
+    reason, failure = bad.stderr.strip().splitlines()
+    assert reason.startswith("error: hyperparameter --learning_rate")
+    assert failure == "error: could not write SageMaker's failure file /proc/nope/output/failure: No such file or directory"
+
+
 def test_a_host_that_fails_ends_the_job_on_every_host_with_its_reason(synth_data, tmp_path):
     """The second host's data channel is missing: it fails in one line, and the first host, which
     would otherwise fail on gloo's closed connection with a traceback, ends saying why rank 1 did."""

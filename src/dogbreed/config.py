@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -243,9 +244,14 @@ def sagemaker_model_dir() -> str | None:
 
 def write_sagemaker_failure(reason: str) -> None:
     """SageMaker's failure file (shown as the job's failure reason), in a job only: its output
-    folder exists, or SAGEMAKER_BASE_DIR says where."""
+    folder exists, or SAGEMAKER_BASE_DIR says where. One that cannot be written is one line on
+    stderr: the job is failing already, and its reason was said there."""
     base = os.environ.get("SAGEMAKER_BASE_DIR")
     output = Path(base or "/opt/ml") / "output"
     if base or output.is_dir():
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "failure").write_text(reason.strip().splitlines()[0] + "\n", encoding="utf-8")
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "failure").write_text(reason.strip().splitlines()[0] + "\n", encoding="utf-8")
+        except OSError as exc:
+            print(f"error: could not write SageMaker's failure file {output / 'failure'}: "
+                  f"{exc.strerror or type(exc).__name__}", file=sys.stderr)
