@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from dogbreed import calibration, plots, rejection
 from dogbreed.artifact import load_artifact
-from dogbreed.data.layout import IMAGE_EXTS, SPLITS, scan
+from dogbreed.data.layout import IMAGE_EXTS, SPLITS, model_index, scan
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_write_text, make_folder
 from dogbreed.runtime import pipeline, scores
@@ -42,11 +42,7 @@ def run(model_path: str, data: str, *, ood: str | None = None, split: str = "tes
     if "calibration" not in model.meta:
         log.warning("%s has no calibration (an older artifact, or trained with --no-calibrate): its probabilities are "
                     "the softmax as trained", model_path)
-    index = {name: i for i, name in enumerate(model.labels)}
-    unknown = sorted(set(layout.labels.names) - set(index))
-    if unknown:
-        raise DogbreedError(f"{data} has breeds the model does not know ({', '.join(unknown[:3])}); evaluate it on "
-                            f"data with the model's classes (labels.json)")
+    index = model_index(layout, model.labels, data)
     samples = [(path, index[layout.labels.names[label]]) for path, label in layout.splits[split]]
     known = _pass(model, [p for p, _ in samples], progress, f"evaluating {split}")
     targets = torch.tensor([y for (p, y) in samples if p in known["kept"]])
