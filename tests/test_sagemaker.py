@@ -102,6 +102,15 @@ def test_one_hyperparameter_set_twice_to_different_values_is_refused(tmp_path, m
     assert (tmp_path / "output" / "failure").read_text() == reason + "\n"
 
 
+def test_a_job_without_its_training_channel_names_the_variable(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SM_CHANNEL_TRAINING", raising=False)
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+    assert sagemaker.main(HYPERPARAMETERS) == 1
+    reason = (tmp_path / "output" / "failure").read_text()
+    assert reason.startswith("SM_CHANNEL_TRAINING is not set: the job has no 'training' input channel"), reason
+    assert capsys.readouterr().err.strip() == f"error: {reason.strip()}"
+
+
 def test_a_failure_file_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path):
     env = {**os.environ, **job_env(tmp_path, tmp_path / "missing"), "SAGEMAKER_BASE_DIR": "/proc/nope"}
     bad = subprocess.run([sys.executable, "-m", "dogbreed.sagemaker", "--learning_rate", "fast"], capture_output=True,

@@ -68,6 +68,10 @@ def _train(argv: list[str]) -> tuple[int, str | None]:
     """``dogbreed train`` with the job's hyperparameters: its exit code and its one-line error."""
     try:
         flags = hyperparameters(argv)
+        if not os.environ.get("SM_CHANNEL_TRAINING") and "data" not in {f.key for f in read_argv(flags) if isinstance(f, Flag)}:
+            # where a job's data comes from: "pass --data" would name a flag the job never sees
+            raise DogbreedError("SM_CHANNEL_TRAINING is not set: the job has no 'training' input channel; give it one "
+                                "(estimator.fit({'training': 's3://BUCKET/PREFIX/'})) or a data hyperparameter")
         os.environ.update(cluster_env(dict(os.environ)))
     except DogbreedError as exc:
         return 1, str(exc)
