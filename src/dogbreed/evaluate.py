@@ -57,7 +57,9 @@ def run(model_path: str, data: str, *, ood: str | None = None, split: str = "tes
     in_scores = _scores(model, known)
     doc["verdicts"] = _verdicts(model, probs, in_scores, opts)
     if ood_files is not None:
-        other = _pass(model, ood_files, progress, "evaluating --ood")
+        other = _pass(model, ood_files, progress, "evaluating --ood",
+                      hint=f"--ood {ood} needs photos of anything but the model's breeds, in a format they open in "
+                           f"(JPEG, PNG, WebP, ...); the warnings above say what is wrong with each")
         other_scores = _scores(model, other)
         name = model.rejection["score"] if in_scores is not None and model.rejection else "msp"
         if in_scores is None:
@@ -84,8 +86,10 @@ def _ood_files(folder: str) -> list[str]:
     return files
 
 
-def _pass(model: LoadedModel, paths: list[str], progress: bool, desc: str) -> dict:
-    """Every image through the inference path: logits and embeddings of those that decode."""
+def _pass(model: LoadedModel, paths: list[str], progress: bool, desc: str,
+          hint: str = "check the data set with `dogbreed data check`") -> dict:
+    """Every image through the inference path: logits and embeddings of those that decode; none
+    decoding is one line ending with ``hint``, what to do about these images."""
     logits, features, kept, unreadable = [], [], set(), 0
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
     for start in range(0, len(paths), BATCH):
@@ -104,7 +108,7 @@ def _pass(model: LoadedModel, paths: list[str], progress: bool, desc: str) -> di
         bar.update(len(chunk))
     bar.close()
     if not logits:
-        raise DogbreedError(f"no image could be read ({unreadable} unreadable); check the folder with `dogbreed data check`")
+        raise DogbreedError(f"no image could be read ({unreadable} unreadable); {hint}")
     return {"logits": torch.cat(logits), "features": None if features[0] is None else torch.cat(features), "kept": kept,
             "unreadable": unreadable}
 
