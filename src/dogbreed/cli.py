@@ -51,13 +51,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from dogbreed.artifact import load_artifact
-    from dogbreed.predict import PredictOptions, check_flags, expand, format_answer, predict_files
+    from dogbreed.predict import PredictOptions, check_flags, expand, format_answer, predict_files, warn_unused_keep
     from dogbreed.runtime.pipeline import Options
 
     asked = PredictOptions(**given(args, PredictOptions))
     check_flags(asked.topk, asked.threshold, asked.keep)  # before the artifact loads: a typo fails at once
     files = expand(args.images)
     loaded = load_artifact(args.model)
+    warn_unused_keep(loaded, asked.keep, args.model)
     opts = Options.of(loaded).override(asked.topk, asked.threshold, asked.keep)
     failed = 0
     for path, answer in predict_files(loaded, files, opts):
@@ -73,7 +74,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dogbreed.evaluate import run
-    from dogbreed.predict import PredictOptions, check_flags
+    from dogbreed.predict import PredictOptions, check_flags, warn_unused_keep
     from dogbreed.runtime.pipeline import Options
 
     asked = PredictOptions(**given(args, PredictOptions))
@@ -82,7 +83,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if asked.threshold is not None or asked.keep is not None:
         from dogbreed.artifact import load_artifact
 
-        options = Options.of(load_artifact(args.model)).override(None, asked.threshold, asked.keep)
+        loaded = load_artifact(args.model)
+        warn_unused_keep(loaded, asked.keep, args.model)
+        options = Options.of(loaded).override(None, asked.threshold, asked.keep)
     doc = run(args.model, args.data, ood=args.ood, split=args.split, out=args.out, options=options,
               progress=_progress(args))
     print(f"{doc['split']}: {doc['n']} images; accuracy {100 * doc['accuracy']:.1f}% (95% interval "
