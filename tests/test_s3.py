@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from .conftest import TINY, cache_use, free_port, one_line_error
+from .serve.conftest import running_server
+from .serve.test_routes import invoke
 
 s3fs = pytest.importorskip("s3fs")
 FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "pretrained"] + [
@@ -146,3 +148,52 @@ def test_a_key_that_would_leave_the_mirror_is_refused(bucket, tmp_path):
     proc = cli(env, tmp_path, "train", "--data", "s3://dogs/escape/", *FLAGS)
     one_line_error(proc, "'..'", "escaped.jpg")
     assert not list(tmp_path.rglob("escaped.jpg"))  # nothing fetched, inside the mirror or out of it
+
+
+@pytest.fixture(scope="module")
+def s3_model(bucket, tmp_path_factory):
+    """A model trained on the bucket's data set with --out s3://: its artifact's URL."""
+    env, fs, url = bucket
+    where = tmp_path_factory.mktemp("s3-model")
+    trained = cli(env, where, "train", "--data", url, "--out", "s3://dogs/models/", "--name", "m", *FLAGS)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    return "s3://dogs/models/m/model.tar.gz"
+
+
+def test_evaluate_predict_and_serve_take_the_model_data_and_ood_from_s3(bucket, s3_model, tmp_path):
+    """Every path evaluate, predict and serve take may be s3://: inputs staged, evaluate's results
+    uploaded, and never a local folder named `s3:`."""
+    env, fs, url = bucket
+    evaluated = cli(env, tmp_path, "evaluate", "--model", s3_model, "--data", url, "--ood", "s3://dogs/set/valid/",
+                    "--out", "s3://dogs/eval/")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "results: s3://dogs/eval/evaluation.json (and selective.png, reliability.png, scores.png)" in evaluated.stdout
+    assert {Path(p).name for p in fs.ls("dogs/eval")} == {"evaluation.json", "selective.png", "reliability.png",
+                                                          "scores.png"}
+    doc = json.loads(fs.cat_file("dogs/eval/evaluation.json"))
+    assert (doc["model"], doc["data"], doc["n"], doc["ood"]["folder"], doc["ood"]["out_n"]) == (
+        s3_model, url, 8, "s3://dogs/set/valid/", 8)
+
+    predicted = cli(env, tmp_path, "predict", "--model", s3_model, "--json", "s3://dogs/set/test/001.Affenpinscher/")
+    assert predicted.returncode == 0 and len(predicted.stdout.splitlines()) == 2, predicted.stderr[-2000:]
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    with running_server(s3_model, "--backend", "eager", env={**clean, **env, "DOGBREED_CACHE": str(tmp_path / "cache")},
+                        output=(said := [])) as served:
+        status, _, body = invoke(served, fs.cat_file(sorted(fs.find("dogs/set/test"))[0]))
+    assert status == 200 and json.loads(body)["verdict"] in ("breed", "unsure", "not_a_dog")
+    assert any(f"serving {s3_model} on" in line for line in said), said
+    assert not (tmp_path / "s3:").exists()
+
+
+def test_evaluate_s3_failures_are_one_line_each_before_any_work(bucket, s3_model, tmp_path):
+    env, fs, url = bucket
+    one_line_error(cli(env, tmp_path, "evaluate", "--model", "s3://dogs/models/m/nothing.tar.gz", "--data", url),
+                   "s3://dogs/models/m/nothing.tar.gz does not exist on S3")
+    one_line_error(cli(env, tmp_path, "evaluate", "--model", "s3://dogs/models/m/", "--data", url),
+                   "is a prefix, not an object")
+    one_line_error(cli(env, tmp_path, "evaluate", "--model", s3_model, "--data", url, "--out", "s3://no-such-bucket/ev/"),
+                   "no-such-bucket", "does not exist")
+    one_line_error(cli(env, tmp_path, "evaluate", "--model", s3_model, "--data", url, "--ood", "s3://dogs/nothing/"),
+                   "s3://dogs/nothing/ holds no images; pass a folder of photos of anything but the model's breeds")
+    assert not (tmp_path / "evaluation").exists() and not (tmp_path / "s3:").exists()

@@ -6,15 +6,17 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
-from dogbreed import __version__
+from dogbreed import __version__, remote
 from dogbreed.config import TrainConfig, normalize_argv
 from dogbreed.errors import DogbreedError
 from dogbreed.flags import add_flags, given
 from dogbreed.logs import setup_logging
 
 log = logging.getLogger("dogbreed")
+
+
+MODEL_HELP = "trained artifact (or its unpacked folder), or s3://BUCKET/KEY.tar.gz"
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -50,14 +52,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from dogbreed.artifact import load_artifact
     from dogbreed.predict import PredictOptions, check_flags, expand, format_answer, predict_files, warn_unused_keep
     from dogbreed.runtime.pipeline import Options
 
     asked = PredictOptions(**given(args, PredictOptions))
     check_flags(asked.topk, asked.threshold, asked.keep)  # before the artifact loads: a typo fails at once
     files = expand(args.images)
-    loaded = load_artifact(args.model)
+    loaded = _load_model(args.model, _progress(args))
     warn_unused_keep(loaded, asked.keep, args.model)
     opts = Options.of(loaded).override(asked.topk, asked.threshold, asked.keep)
     failed = 0
@@ -81,9 +82,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_flags(None, asked.threshold, asked.keep)
     options = None
     if asked.threshold is not None or asked.keep is not None:
-        from dogbreed.artifact import load_artifact
-
-        loaded = load_artifact(args.model)
+        loaded = _load_model(args.model, _progress(args))
         warn_unused_keep(loaded, asked.keep, args.model)
         options = Options.of(loaded).override(None, asked.threshold, asked.keep)
     doc = run(args.model, args.data, ood=args.ood, split=args.split, out=args.out, options=options,
@@ -97,7 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         o = doc["ood"]
         print(f"--ood ({o['out_n']} images): {o['score']} score AUROC {o['auroc']:.3f}, FPR at 95% TPR "
               f"{100 * o['fpr_at_95_tpr']:.1f}%; verdicts: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in o["verdicts"].items()))
-    print(f"results: {Path(args.out) / 'evaluation.json'} (and selective.png, reliability.png"
+    print(f"results: {remote.join(args.out, 'evaluation.json')} (and selective.png, reliability.png"
           + (", scores.png)" if "ood" in doc else ")"))
     return 0
 
@@ -315,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", parents=[common], formatter_class=_Formatter, help="top-k breeds for images",
                        description="Predict the top-k breeds of images with a trained artifact.")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images; s3://BUCKET/KEY.jpg or s3://BUCKET/PREFIX/")
-    p.add_argument("--model", required=True, metavar="model.tar.gz", help="trained artifact (or its unpacked folder)")
+    p.add_argument("--model", required=True, metavar="model.tar.gz", help=MODEL_HELP)
     add_flags(p, PredictOptions)
     p.set_defaults(func=cmd_predict)
 
@@ -346,13 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "requests: accuracy, top-5, NLL, ECE, the selective-prediction curve and, with --ood (a\n"
                                    "folder of non-dog photos, or of breeds the model never saw), how well its score tells\n"
                                    "those apart (AUROC, FPR at 95% TPR).")
-    p.add_argument("--model", required=True, metavar="model.tar.gz", help="trained artifact (or its unpacked folder)")
-    p.add_argument("--data", required=True, metavar="DIR", help="data set root with DIR/<split>/<breed>/*.jpg")
+    p.add_argument("--model", required=True, metavar="model.tar.gz", help=MODEL_HELP)
+    p.add_argument("--data", required=True, metavar="DIR", help="data set root with DIR/<split>/<breed>/*.jpg, or "
+                   "s3://BUCKET/PREFIX/")
     p.add_argument("--split", default="test", help="which split to evaluate (default: test)")
     p.add_argument("--ood", default=None, metavar="DIR", help="photos of anything but the model's breeds, e.g. the human "
-                   "faces set that shipped with the Udacity project, or `data synth --unseen`'s DIR/unseen (default: none)")
+                   "faces set that shipped with the Udacity project, or `data synth --unseen`'s DIR/unseen; or s3://BUCKET/PREFIX/ "
+                   "(default: none)")
     add_flags(p, PredictOptions, exclude=("topk", "json"))
-    p.add_argument("--out", default="evaluation", help="folder for evaluation.json and the plots (default: evaluation)")
+    p.add_argument("--out", default="evaluation", help="folder for evaluation.json and the plots, or s3://BUCKET/PREFIX/ "
+                   "to upload them there (default: evaluation)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", parents=[common], formatter_class=_Formatter, help="the whole workflow offline, on synthetic data",
@@ -360,6 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo", help="folder for the demo's data and runs (default: demo)")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _load_model(path: str, progress: bool):
+    """An artifact to predict with, from a local path or ``s3://`` (staged: fetched again only when changed)."""
+    from dogbreed.artifact import load_artifact
+
+    return load_artifact(remote.staged_file(path, progress=progress), name=path)
 
 
 def _progress(args: argparse.Namespace) -> bool:
