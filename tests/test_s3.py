@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -197,3 +198,22 @@ def test_evaluate_s3_failures_are_one_line_each_before_any_work(bucket, s3_model
     one_line_error(cli(env, tmp_path, "evaluate", "--model", s3_model, "--data", url, "--ood", "s3://dogs/nothing/"),
                    "s3://dogs/nothing/ holds no images; pass a folder of photos of anything but the model's breeds")
     assert not (tmp_path / "evaluation").exists() and not (tmp_path / "s3:").exists()
+
+
+def test_export_reads_the_artifact_and_data_from_s3_and_writes_there(bucket, s3_model, tmp_path):
+    env, fs, url = bucket
+    exported = cli(env, tmp_path, "export", s3_model, "--format", "onnx", "--data", url,
+                   "--out", "s3://dogs/exports/m-onnx.tar.gz")
+    assert exported.returncode == 0 and "wrote s3://dogs/exports/m-onnx.tar.gz" in exported.stdout, exported.stderr[-2000:]
+    fs.get("dogs/exports/m-onnx.tar.gz", str(tmp_path / "m-onnx.tar.gz"))
+    with tarfile.open(tmp_path / "m-onnx.tar.gz") as tar:
+        meta = json.load(tar.extractfile("model.json"))
+        assert "model.onnx" in tar.getnames()
+    assert meta["backends"]["onnx"]["images"] == 8  # checked on the valid split staged from S3
+
+    beside = cli(env, tmp_path, "export", s3_model)  # no --out: beside the artifact, on S3 as it is
+    assert beside.returncode == 0 and "wrote s3://dogs/models/m/model-torchscript.tar.gz" in beside.stdout, beside.stderr
+    assert fs.exists("dogs/models/m/model-torchscript.tar.gz")
+    one_line_error(cli(env, tmp_path, "export", s3_model, "--out", s3_model), "is the artifact being exported")
+    one_line_error(cli(env, tmp_path, "export", s3_model, "--out", "s3://dogs/exports/"), "names a prefix, not an object")
+    assert not (tmp_path / "s3:").exists() and not list((tmp_path / "cache" / "s3-objects").rglob("*-torchscript*"))

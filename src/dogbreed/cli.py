@@ -184,12 +184,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from dogbreed.data.layout import IMAGE_EXTS
     from dogbreed.export import ExportOptions, export
 
     opts = ExportOptions(**given(args, ExportOptions))
-    path = export(args.model, opts.format, opts.out, data=opts.data, calibration_images=opts.calibration_images,
-                  gate=opts.gate, progress=_progress(args))
-    print(f"wrote {path}")
+    if remote.is_s3(args.model) and opts.out == args.model:
+        raise DogbreedError(f"{opts.out} is the artifact being exported, which the export would overwrite; "
+                            f"pass --out with another path")
+    progress = _progress(args)
+    with remote.written_file(opts.out, "--out") as out:  # an s3:// --out: written here, then uploaded
+        path = export(remote.staged_file(args.model, progress=progress), opts.format, out,
+                      data=remote.staged(opts.data, IMAGE_EXTS, progress=progress).root if opts.data else None,
+                      calibration_images=opts.calibration_images, gate=opts.gate, progress=progress)
+    target = opts.out or path
+    if remote.is_s3(args.model) and not opts.out:  # beside an artifact on S3, as beside a local one
+        target = f"{args.model.rsplit('/', 1)[0]}/{path.name}"
+        remote.upload_file(path, target)
+        path.unlink()
+    print(f"wrote {target}")
     return 0
 
 
@@ -334,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "split and the agreement stored: `dogbreed serve --backend auto` uses bf16 and int8\n"
                                    f"only where top-1 agreed on {100 * GATE['top1']:g}% and top-5 on {100 * GATE['top5']:g}% "
                                    "(--gate). model.pt also suits\n"
-                                   "SageMaker's default TorchScript loader.")
-    p.add_argument("model", metavar="model.tar.gz", help="trained artifact (or its unpacked folder)")
+                                   "SageMaker's default TorchScript loader. The artifact, --data and --out may be on S3 (s3://).")
+    p.add_argument("model", metavar="model.tar.gz", help=MODEL_HELP)
     add_flags(p, ExportOptions)
     p.set_defaults(func=cmd_export)
 

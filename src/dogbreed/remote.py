@@ -259,6 +259,11 @@ def _put(files: dict[Path, str], url: str) -> None:
     log.info("uploaded %d file(s) to %s", len(files), url)
 
 
+def upload_file(path: Path, url: str) -> None:
+    """One local file to the object ``url``."""
+    _put({path: _split(url)}, url)
+
+
 @contextlib.contextmanager
 def written_folder(out: str | os.PathLike, what: str) -> Iterator[Path]:
     """The folder a command writes its results into: ``out`` itself (made if missing; ``what``
@@ -289,7 +294,7 @@ def written_file(out: str | os.PathLike | None, what: str) -> Iterator[Path | No
     with tempfile.TemporaryDirectory(prefix="dogbreed-upload-") as tmp:
         path = Path(tmp) / key.rsplit("/", 1)[1]
         yield path
-        _put({path: key}, out)
+        upload_file(path, out)
 
 
 def upload_run(run_dir: Path, url: str, name: str | None = None) -> str:
