@@ -1,5 +1,6 @@
 """Data, predictions and artifacts on S3, against a real S3 server process on loopback (moto's)."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import TINY, cache_use, free_port, one_line_error
+from .data.test_fetch import dataset_zip
 from .serve.conftest import running_server
 from .serve.test_routes import invoke
 
@@ -217,3 +219,28 @@ def test_export_reads_the_artifact_and_data_from_s3_and_writes_there(bucket, s3_
     one_line_error(cli(env, tmp_path, "export", s3_model, "--out", s3_model), "is the artifact being exported")
     one_line_error(cli(env, tmp_path, "export", s3_model, "--out", "s3://dogs/exports/"), "names a prefix, not an object")
     assert not (tmp_path / "s3:").exists() and not list((tmp_path / "cache" / "s3-objects").rglob("*-torchscript*"))
+
+
+def test_data_synth_uploads_to_s3_and_data_fetch_reads_its_zip_there(bucket, synth_data, tmp_path):
+    env, fs, _ = bucket
+    made = cli(env, tmp_path, "data", "synth", "s3://dogs/synth/", "--classes", "2", "--per-class", "6", "--size", "32",
+               "--unseen", "1", "--no-progress")
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert "wrote a synthetic data set: s3://dogs/synth/ (2 classes" in made.stdout
+    assert "--ood s3://dogs/synth/unseen`" in made.stdout
+    keys = fs.find("dogs/synth")
+    assert len(keys) == 2 * 6 + 3 and {k.split("/")[2] for k in keys} == {"train", "valid", "test", "unseen"}
+    one_line_error(cli(env, tmp_path, "data", "synth", "s3://dogs/synth/"), "s3://dogs/synth/ already holds objects")
+
+    body = dataset_zip(synth_data)
+    fs.pipe("dogs/zips/dogImages.zip", body)
+    digest = hashlib.sha256(body).hexdigest()
+    for flag, value in (("--zip", "s3://dogs/zips/dogImages.zip"), ("--url", "s3://dogs/zips/dogImages.zip")):
+        dest = tmp_path / flag.strip("-")
+        fetched = cli(env, tmp_path, "data", "fetch", "--dest", str(dest), flag, value, "--sha256", digest, "--no-progress")
+        assert fetched.returncode == 0 and f"data set ready: {dest / 'dogImages'}" in fetched.stdout, fetched.stderr
+    one_line_error(cli(env, tmp_path, "data", "fetch", "--dest", str(tmp_path / "w"), "--zip",
+                       "s3://dogs/zips/dogImages.zip", "--sha256", "0" * 64), "does not match --sha256")
+    one_line_error(cli(env, tmp_path, "data", "fetch", "--dest", "s3://dogs/fetched/"),
+                   "the data set is extracted on this machine; pass a local folder")
+    assert not (tmp_path / "s3:").exists() and not (tmp_path / "w").exists()

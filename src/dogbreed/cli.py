@@ -110,8 +110,9 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     path = synth(args.dir, **asdict(opts), progress=_progress(args))
     print(f"wrote a synthetic data set: {path} ({opts.classes} classes, {opts.per_class} images each)")
     if opts.unseen:
-        print(f"and {opts.unseen} unseen breeds in {path / 'unseen'} ({opts.per_class // 2} images each; in no split): "
-              f"try `dogbreed evaluate --model MODEL --data {path} --ood {path / 'unseen'}`")
+        unseen = remote.join(path, "unseen")
+        print(f"and {opts.unseen} unseen breeds in {unseen} ({opts.per_class // 2} images each; in no split): "
+              f"try `dogbreed evaluate --model MODEL --data {path} --ood {unseen}`")
     return 0
 
 
@@ -268,9 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = data_sub.add_parser("fetch", parents=[common], formatter_class=_Formatter, help="download and extract dogImages.zip",
                             description="Download the dogImages data set (about 1.1 GB; 133 breeds), resuming a partial "
                                         "download, verify it and extract it safely.")
-    p.add_argument("--dest", default="data", help="folder that receives the zip and the extracted data set (default: data)")
-    p.add_argument("--url", default=DATASET_URL, help=f"where to download from (default: {DATASET_URL})")
-    p.add_argument("--zip", default=None, metavar="PATH", help="extract this local copy of the zip instead of downloading (default: none)")
+    p.add_argument("--dest", default="data", help="local folder that receives the zip and the extracted data set (default: data)")
+    p.add_argument("--url", default=DATASET_URL, help=f"where to download from: https://... or s3://BUCKET/KEY.zip (default: {DATASET_URL})")
+    p.add_argument("--zip", default=None, metavar="PATH", help="extract this copy of the zip (a local file or s3://BUCKET/KEY.zip) "
+                   "instead of downloading (default: none)")
     p.add_argument("--sha256", default=None, help="expected SHA-256 of the zip (downloaded or --zip), checked before "
                                                   "anything is extracted (default: none; a download's size and the server's MD5 ETag are always checked)")
     p.set_defaults(func=cmd_data_fetch)
@@ -278,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = data_sub.add_parser("synth", parents=[common], formatter_class=_Formatter, help="write a synthetic data set",
                             description="Write a synthetic ImageFolder data set that a model must learn "
                                         "(class-specific colour, texture and shape). 70/15/15 train/valid/test.")
-    p.add_argument("dir", help="folder to create (must not exist or be empty)")
+    p.add_argument("dir", help="folder to create (must not exist or be empty), or an empty s3://BUCKET/PREFIX/ to upload it to")
     add_flags(p, SynthOptions)
     p.set_defaults(func=cmd_data_synth)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dogbreed import remote
 from dogbreed.archive import safe_extract_zip
 from dogbreed.data.layout import SPLITS
 from dogbreed.errors import DogbreedError
@@ -166,11 +167,19 @@ def extract_dataset(zip_path: str | os.PathLike, dest: str | os.PathLike, name: 
 
 def fetch(dest: str | os.PathLike = "data", *, url: str = DATASET_URL, zip_path: str | os.PathLike | None = None,
           sha256: str | None = None, progress: bool = True) -> Path:
-    """Download (unless ``zip_path`` is given) and extract; returns the data-set root. ``sha256``
+    """Download (unless ``zip_path`` is given) and extract; returns the data-set root. ``url`` or
+    ``zip_path`` may be an ``s3://`` object (staged, not downloaded by HTTP). ``sha256``
     is checked on whatever zip is extracted: a download, an earlier one found in ``dest``, or
     ``zip_path``."""
     if sha256 is not None and not SHA256.fullmatch(sha256):
         raise DogbreedError(f"--sha256 {sha256!r} is not a SHA-256 digest (64 hex digits, as `sha256sum` prints)")
+    if remote.is_s3(dest):
+        raise DogbreedError(f"--dest {dest}: the data set is extracted on this machine; pass a local folder, then "
+                            f"`aws s3 sync DEST/dogImages {dest}` to put it on S3")
+    if zip_path is None and remote.is_s3(url):
+        zip_path = url  # a zip on S3 is read as a local copy would be
+    if remote.is_s3(zip_path):
+        zip_path = remote.staged_file(zip_path, progress=progress)
     dest = Path(dest)
     unchecked = sha256  # a download checks its own digest: not hashed twice
     if zip_path is None:
