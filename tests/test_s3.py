@@ -244,3 +244,34 @@ def test_data_synth_uploads_to_s3_and_data_fetch_reads_its_zip_there(bucket, syn
     one_line_error(cli(env, tmp_path, "data", "fetch", "--dest", "s3://dogs/fetched/"),
                    "the data set is extracted on this machine; pass a local folder")
     assert not (tmp_path / "s3:").exists() and not (tmp_path / "w").exists()
+
+
+def test_train_reads_its_recipe_rules_and_weights_from_s3_and_local_only_paths_say_so(bucket, tmp_path):
+    env, fs, url = bucket
+    fs.pipe("dogs/conf/recipe.yaml", b"name: from-s3\nlabel_smoothing: 0.1\n")
+    fs.pipe("dogs/conf/rules.yaml", b"Overfit: {ratio_threshold: 2}\n")
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
+    fs.put(str(tmp_path / "resnet18.pth"), "dogs/conf/resnet18.pth")
+    trained = cli(env, tmp_path, "train", "--config", "s3://dogs/conf/recipe.yaml", "--rules", "s3://dogs/conf/rules.yaml",
+                  "--weights", "s3://dogs/conf/resnet18.pth", "--data", url,
+                  *[f for f in FLAGS if f != "--no-profile"], "--trace-steps=0")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    run = tmp_path / "runs" / "from-s3"
+    assert "label_smoothing: 0.1" in (run / "config.yaml").read_text()
+    assert "weights: s3://dogs/conf/resnet18.pth" in (run / "config.yaml").read_text()  # a resume stages it again
+    assert "file:resnet18.pth" in trained.stdout
+    assert (run / "profile" / "rules.yaml").read_bytes() == fs.cat_file("dogs/conf/rules.yaml")
+    one_line_error(cli(env, tmp_path, "train", "--config", "s3://dogs/conf/nothing.yaml", "--data", url),
+                   "s3://dogs/conf/nothing.yaml does not exist on S3")
+
+    # Where only a path on this machine will do, one line says why.
+    for args, why in ((["train", "--resume", "s3://dogs/runs/r"], "a run continues from its checkpoints"),
+                      (["train", "--data", url, "--cache-dir", "s3://dogs/cache/"], "the embedding cache is a folder"),
+                      (["report", "s3://dogs/runs/r"], "the report reads the run's profile"),
+                      (["tune", "show", "dogbreed", "--out", "s3://dogs/tuning/"], "the study's tune.db is a file"),
+                      (["demo", "--out", "s3://dogs/demo/"], "written on this machine")):
+        one_line_error(cli(env, tmp_path, *args), why, "pass a path on this machine")
+    assert not (tmp_path / "s3:").exists()

@@ -34,6 +34,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dogbreed.run import train
 
     overrides = given(args, TrainConfig)
+    remote.local_only(args.resume, "--resume", "a run continues from its checkpoints, which stay in its folder on the "
+                                               "machine that trained it (--out s3:// uploads only the artifact and results)")
     if args.resume:
         if args.config:
             raise DogbreedError("--resume uses the run's own config.yaml; drop --config")
@@ -158,6 +160,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from dogbreed.tune.tuner import default_storage, tune
 
     if args.tune_command == "show":
+        remote.local_only(args.out, "--out", "the study's tune.db is a file on this machine (`tune --out s3://...` keeps "
+                                             "it in runs/), or name its database with --storage URL")
         rows, best, objective = show(args.name, args.storage or default_storage(args.out, create=False))
         for row in rows:
             print(format_trial(row, objective))
@@ -216,6 +220,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     if not args.run:
         raise DogbreedError("name a run folder: dogbreed report runs/<run> (or --list-rules)")
+    remote.local_only(args.run, "RUN", "the report reads the run's profile in its folder on the machine that trained "
+                                       "it (--out s3:// uploads only the artifact and results)")
     from dogbreed.monitor.report import evaluated, triggered, write_report
 
     report = write_report(args.run, args.rules)
@@ -234,6 +240,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from dogbreed.demo import run_demo
 
+    remote.local_only(args.out, "--out", "the demo's data, runs and tuning study are written on this machine")
     run_demo(args.out, progress=_progress(args))
     return 0
 

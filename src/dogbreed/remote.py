@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_write_text, default_cache_dir, make_folder
+from dogbreed.files import read_yaml as read_local_yaml
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,17 @@ def _sync(fs, url: str, root: str, objects: dict[str, dict], local: Path, noun: 
     return wanted
 
 
+def read_yaml(path: str | os.PathLike, what: str):
+    """``files.read_yaml`` of a local file or an ``s3://`` object (staged), named as given."""
+    return read_local_yaml(staged_file(path), what, name=path)
+
+
+def local_only(path: str | os.PathLike | None, flag: str, why: str) -> None:
+    """One line for an ``s3://`` path where only one on this machine will do (``why``: what it is for)."""
+    if is_s3(path):
+        raise DogbreedError(f"{flag} {path}: {why}; pass a path on this machine")
+
+
 def mirrored_name(key: str, root: str, url: str) -> str:
     """Where the object ``key`` (under ``root``) goes in the mirror, relative to it; a key that would
     land outside the mirror (a ``..`` part) is refused."""
@@ -252,11 +264,11 @@ def join(base: str | os.PathLike, name: str) -> str:
     return f"{str(base).rstrip('/')}/{name}" if is_s3(base) else str(Path(base) / name)
 
 
-def _put(files: dict[Path, str], url: str) -> None:
+def _put(keys: dict[Path, str], url: str) -> None:
     """Local files to their keys (``bucket/key``), any failure one line naming ``url``."""
     with s3_errors(url):
-        filesystem().put([str(f) for f in files], list(files.values()))
-    log.info("uploaded %d file(s) to %s", len(files), url)
+        filesystem().put([str(f) for f in keys], list(keys.values()))
+    log.info("uploaded %d file(s) to %s", len(keys), url)
 
 
 def upload_file(path: Path, url: str) -> None:
@@ -274,8 +286,8 @@ def written_folder(out: str | os.PathLike, what: str) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="dogbreed-upload-") as tmp:
         yield Path(tmp)
-        files = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
-        _put({f: f"{_split(out)}/{f.relative_to(tmp).as_posix()}" for f in files}, out)
+        written = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
+        _put({f: f"{_split(out)}/{f.relative_to(tmp).as_posix()}" for f in written}, out)
 
 
 @contextlib.contextmanager
