@@ -53,6 +53,20 @@ def test_a_bad_ood_folder_is_one_line(trained_run, synth_data, tmp_path, capsys,
     assert not (tmp_path / "ev").exists()  # nothing written
 
 
+def test_an_ood_folder_of_unreadable_files_says_what_an_ood_folder_needs(trained_run, synth_data, tmp_path, capsys):
+    """Not `data check`'s advice: that checks a data set's train/valid/test, which an --ood folder is not."""
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (junk / name).write_text("not an image")
+    assert main(["evaluate", "--model", str(trained_run.artifact), "--data", str(synth_data), "--ood", str(junk),
+                 "--out", str(tmp_path / "ev")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(":")[0] for line in err] == ["warning", "warning", "error"]  # each file named, then why
+    assert err[-1].startswith(f"error: no image could be read (2 unreadable); --ood {junk} needs photos of anything "
+                              f"but the model's breeds") and "data check" not in err[-1]
+
+
 def test_a_threshold_or_keep_out_of_range_is_one_line(trained_run, synth_data, tmp_path, capsys):
     for flag, value, message in (("--threshold", "2", "--threshold must be in [0, 1], got 2"),
                                  ("--keep", "0", "--keep must be in (0, 1], got 0")):

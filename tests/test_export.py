@@ -65,3 +65,18 @@ def test_export_never_overwrites_its_input_nor_stacks_suffixes(trained_run, tmp_
     again = run_cli("export", str(tmp_path / "model-torchscript.tar.gz"), "--format", "onnx")
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "model-onnx.tar.gz").is_file() and not list(tmp_path.glob("*-torchscript-*"))
+
+
+def test_export_refuses_data_with_breeds_the_model_does_not_know_as_evaluate_does(trained_run, data_copy, tmp_path,
+                                                                                  capsys):
+    for split in ("train", "valid", "test"):  # one breed renamed: a data set of another problem
+        (data_copy / split / "004.Akita").rename(data_copy / split / "099.Unknown_breed")
+    out = tmp_path / "exported.tar.gz"
+    assert main(["export", str(trained_run.artifact), "--data", str(data_copy), "--out", str(out)]) == 1
+    refused = capsys.readouterr().err.strip()
+    assert refused == (f"error: {data_copy} has breeds the model does not know (099.Unknown_breed); use data with the "
+                       f"model's classes (its labels.json)")
+    assert not out.exists() and not list(tmp_path.glob(".exported*"))  # nothing written, not even half
+    assert main(["evaluate", "--model", str(trained_run.artifact), "--data", str(data_copy),
+                 "--out", str(tmp_path / "ev")]) == 1
+    assert capsys.readouterr().err.strip() == refused  # the same check, word for word

@@ -1,5 +1,6 @@
 import json
 
+from dogbreed.archive import safe_extract_tar
 from dogbreed.artifact import load_artifact
 from dogbreed.cli import main
 
@@ -107,3 +108,23 @@ def test_the_table_says_each_verdict_in_words():
         photo, {**base, "low_confidence": True, "verdict": "unsure"}, 0.8)
     plain = format_answer(photo, {**base, "topk_probs": [0.9], "low_confidence": False, "verdict": "breed"}, 0.8)
     assert plain.splitlines() == ["dog.jpg", f"  1. {'Akita':<32}  0.900  {'█' * 18}"]
+
+
+def test_keep_on_a_model_without_a_not_a_dog_score_is_said_to_do_nothing(trained_run, samples, tmp_path, capsys):
+    """A model trained with --reject none: --keep cannot change an answer. The answers go on (they are
+    right for that model); one warning line says the flag did nothing."""
+    folder = tmp_path / "no-reject"
+    safe_extract_tar(trained_run.artifact, folder)  # as --reject none writes it: no rejection in model.json
+    meta = json.loads((folder / "model.json").read_text())
+    del meta["rejection"]
+    (folder / "model.json").write_text(json.dumps(meta))
+    (folder / "rejection.pth").unlink()
+    photo = str(samples / "Beagle_01125.jpg")
+    assert main(["predict", photo, "--model", str(folder), "--keep", "0.5", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["verdict"] != "not_a_dog"
+    assert captured.err.strip() == (f"warning: --keep 0.5 has no effect: {folder} has no \"not a dog\" score (trained "
+                                    f"with --reject none), so no answer is not_a_dog")
+    assert main(["predict", photo, "--model", str(folder)]) == 0 and capsys.readouterr().err == ""
+    assert main(["predict", photo, "--model", str(trained_run.artifact), "--keep", "0.5"]) == 0
+    assert capsys.readouterr().err == ""  # a model with a score: --keep does something

@@ -1,16 +1,21 @@
 """Data, predictions and artifacts on S3, against a real S3 server process on loopback (moto's)."""
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
 from .conftest import TINY, cache_use, free_port, one_line_error
+from .data.test_fetch import dataset_zip
+from .serve.conftest import running_server
+from .serve.test_routes import invoke
 
 s3fs = pytest.importorskip("s3fs")
 FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "pretrained"] + [
@@ -146,3 +151,127 @@ def test_a_key_that_would_leave_the_mirror_is_refused(bucket, tmp_path):
     proc = cli(env, tmp_path, "train", "--data", "s3://dogs/escape/", *FLAGS)
     one_line_error(proc, "'..'", "escaped.jpg")
     assert not list(tmp_path.rglob("escaped.jpg"))  # nothing fetched, inside the mirror or out of it
+
+
+@pytest.fixture(scope="module")
+def s3_model(bucket, tmp_path_factory):
+    """A model trained on the bucket's data set with --out s3://: its artifact's URL."""
+    env, fs, url = bucket
+    where = tmp_path_factory.mktemp("s3-model")
+    trained = cli(env, where, "train", "--data", url, "--out", "s3://dogs/models/", "--name", "m", *FLAGS)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    return "s3://dogs/models/m/model.tar.gz"
+
+
+def test_evaluate_predict_and_serve_take_the_model_data_and_ood_from_s3(bucket, s3_model, tmp_path):
+    """Every path evaluate, predict and serve take may be s3://: inputs staged, evaluate's results
+    uploaded, and never a local folder named `s3:`."""
+    env, fs, url = bucket
+    evaluated = cli(env, tmp_path, "evaluate", "--model", s3_model, "--data", url, "--ood", "s3://dogs/set/valid/",
+                    "--out", "s3://dogs/eval/")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "results: s3://dogs/eval/evaluation.json (and selective.png, reliability.png, scores.png)" in evaluated.stdout
+    assert {Path(p).name for p in fs.ls("dogs/eval")} == {"evaluation.json", "selective.png", "reliability.png",
+                                                          "scores.png"}
+    doc = json.loads(fs.cat_file("dogs/eval/evaluation.json"))
+    assert (doc["model"], doc["data"], doc["n"], doc["ood"]["folder"], doc["ood"]["out_n"]) == (
+        s3_model, url, 8, "s3://dogs/set/valid/", 8)
+
+    predicted = cli(env, tmp_path, "predict", "--model", s3_model, "--json", "s3://dogs/set/test/001.Affenpinscher/")
+    assert predicted.returncode == 0 and len(predicted.stdout.splitlines()) == 2, predicted.stderr[-2000:]
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    with running_server(s3_model, "--backend", "eager", env={**clean, **env, "DOGBREED_CACHE": str(tmp_path / "cache")},
+                        output=(said := [])) as served:
+        status, _, body = invoke(served, fs.cat_file(sorted(fs.find("dogs/set/test"))[0]))
+    assert status == 200 and json.loads(body)["verdict"] in ("breed", "unsure", "not_a_dog")
+    assert any(f"serving {s3_model} on" in line for line in said), said
+    assert not (tmp_path / "s3:").exists()
+
+
+def test_evaluate_s3_failures_are_one_line_each_before_any_work(bucket, s3_model, tmp_path):
+    env, fs, url = bucket
+    one_line_error(cli(env, tmp_path, "evaluate", "--model", "s3://dogs/models/m/nothing.tar.gz", "--data", url),
+                   "s3://dogs/models/m/nothing.tar.gz does not exist on S3")
+    one_line_error(cli(env, tmp_path, "evaluate", "--model", "s3://dogs/models/m/", "--data", url),
+                   "is a prefix, not an object")
+    one_line_error(cli(env, tmp_path, "evaluate", "--model", s3_model, "--data", url, "--out", "s3://no-such-bucket/ev/"),
+                   "no-such-bucket", "does not exist")
+    one_line_error(cli(env, tmp_path, "evaluate", "--model", s3_model, "--data", url, "--ood", "s3://dogs/nothing/"),
+                   "s3://dogs/nothing/ holds no images; pass a folder of photos of anything but the model's breeds")
+    assert not (tmp_path / "evaluation").exists() and not (tmp_path / "s3:").exists()
+
+
+def test_export_reads_the_artifact_and_data_from_s3_and_writes_there(bucket, s3_model, tmp_path):
+    env, fs, url = bucket
+    exported = cli(env, tmp_path, "export", s3_model, "--format", "onnx", "--data", url,
+                   "--out", "s3://dogs/exports/m-onnx.tar.gz")
+    assert exported.returncode == 0 and "wrote s3://dogs/exports/m-onnx.tar.gz" in exported.stdout, exported.stderr[-2000:]
+    fs.get("dogs/exports/m-onnx.tar.gz", str(tmp_path / "m-onnx.tar.gz"))
+    with tarfile.open(tmp_path / "m-onnx.tar.gz") as tar:
+        meta = json.load(tar.extractfile("model.json"))
+        assert "model.onnx" in tar.getnames()
+    assert meta["backends"]["onnx"]["images"] == 8  # checked on the valid split staged from S3
+
+    beside = cli(env, tmp_path, "export", s3_model)  # no --out: beside the artifact, on S3 as it is
+    assert beside.returncode == 0 and "wrote s3://dogs/models/m/model-torchscript.tar.gz" in beside.stdout, beside.stderr
+    assert fs.exists("dogs/models/m/model-torchscript.tar.gz")
+    one_line_error(cli(env, tmp_path, "export", s3_model, "--out", s3_model), "is the artifact being exported")
+    one_line_error(cli(env, tmp_path, "export", s3_model, "--out", "s3://dogs/exports/"), "names a prefix, not an object")
+    assert not (tmp_path / "s3:").exists() and not list((tmp_path / "cache" / "s3-objects").rglob("*-torchscript*"))
+
+
+def test_data_synth_uploads_to_s3_and_data_fetch_reads_its_zip_there(bucket, synth_data, tmp_path):
+    env, fs, _ = bucket
+    made = cli(env, tmp_path, "data", "synth", "s3://dogs/synth/", "--classes", "2", "--per-class", "6", "--size", "32",
+               "--unseen", "1", "--no-progress")
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert "wrote a synthetic data set: s3://dogs/synth/ (2 classes" in made.stdout
+    assert "--ood s3://dogs/synth/unseen`" in made.stdout
+    keys = fs.find("dogs/synth")
+    assert len(keys) == 2 * 6 + 3 and {k.split("/")[2] for k in keys} == {"train", "valid", "test", "unseen"}
+    one_line_error(cli(env, tmp_path, "data", "synth", "s3://dogs/synth/"), "s3://dogs/synth/ already holds objects")
+
+    body = dataset_zip(synth_data)
+    fs.pipe("dogs/zips/dogImages.zip", body)
+    digest = hashlib.sha256(body).hexdigest()
+    for flag, value in (("--zip", "s3://dogs/zips/dogImages.zip"), ("--url", "s3://dogs/zips/dogImages.zip")):
+        dest = tmp_path / flag.strip("-")
+        fetched = cli(env, tmp_path, "data", "fetch", "--dest", str(dest), flag, value, "--sha256", digest, "--no-progress")
+        assert fetched.returncode == 0 and f"data set ready: {dest / 'dogImages'}" in fetched.stdout, fetched.stderr
+    one_line_error(cli(env, tmp_path, "data", "fetch", "--dest", str(tmp_path / "w"), "--zip",
+                       "s3://dogs/zips/dogImages.zip", "--sha256", "0" * 64), "does not match --sha256")
+    one_line_error(cli(env, tmp_path, "data", "fetch", "--dest", "s3://dogs/fetched/"),
+                   "the data set is extracted on this machine; pass a local folder")
+    assert not (tmp_path / "s3:").exists() and not (tmp_path / "w").exists()
+
+
+def test_train_reads_its_recipe_rules_and_weights_from_s3_and_local_only_paths_say_so(bucket, tmp_path):
+    env, fs, url = bucket
+    fs.pipe("dogs/conf/recipe.yaml", b"name: from-s3\nlabel_smoothing: 0.1\n")
+    fs.pipe("dogs/conf/rules.yaml", b"Overfit: {ratio_threshold: 2}\n")
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
+    fs.put(str(tmp_path / "resnet18.pth"), "dogs/conf/resnet18.pth")
+    trained = cli(env, tmp_path, "train", "--config", "s3://dogs/conf/recipe.yaml", "--rules", "s3://dogs/conf/rules.yaml",
+                  "--weights", "s3://dogs/conf/resnet18.pth", "--data", url,
+                  *[f for f in FLAGS if f != "--no-profile"], "--trace-steps=0")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    run = tmp_path / "runs" / "from-s3"
+    assert "label_smoothing: 0.1" in (run / "config.yaml").read_text()
+    assert "weights: s3://dogs/conf/resnet18.pth" in (run / "config.yaml").read_text()  # a resume stages it again
+    assert "file:resnet18.pth" in trained.stdout
+    assert (run / "profile" / "rules.yaml").read_bytes() == fs.cat_file("dogs/conf/rules.yaml")
+    one_line_error(cli(env, tmp_path, "train", "--config", "s3://dogs/conf/nothing.yaml", "--data", url),
+                   "s3://dogs/conf/nothing.yaml does not exist on S3")
+
+    # Where only a path on this machine will do, one line says why.
+    for args, why in ((["train", "--resume", "s3://dogs/runs/r"], "a run continues from its checkpoints"),
+                      (["train", "--data", url, "--cache-dir", "s3://dogs/cache/"], "the embedding cache is a folder"),
+                      (["report", "s3://dogs/runs/r"], "the report reads the run's profile"),
+                      (["tune", "show", "dogbreed", "--out", "s3://dogs/tuning/"], "the study's tune.db is a file"),
+                      (["demo", "--out", "s3://dogs/demo/"], "written on this machine")):
+        one_line_error(cli(env, tmp_path, *args), why, "pass a path on this machine")
+    assert not (tmp_path / "s3:").exists()

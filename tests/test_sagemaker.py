@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 
+from dogbreed import sagemaker
+
 from .conftest import blamed, free_port, wait_for_line
 
 
@@ -38,6 +40,12 @@ def job_env(base, data) -> dict:
 
 HYPERPARAMETERS = ["--batch_size", "8", "--epochs", "1", "--backbone", "resnet18", "--pretrained", "False",
                    "--image_size", "64", "--workers", "0", "--aug_views", "1", "--profile", "False"]
+
+
+def changed(**values: str) -> list[str]:
+    """HYPERPARAMETERS with these set otherwise (not given twice: the entry refuses that)."""
+    pairs = dict(zip(HYPERPARAMETERS[::2], HYPERPARAMETERS[1::2])) | {f"--{k}": v for k, v in values.items()}
+    return [word for pair in pairs.items() for word in pair]
 
 
 def start_hosts(base, hyperparameters: list[str], data: dict) -> dict[str, subprocess.Popen]:
@@ -83,6 +91,36 @@ def test_a_failed_job_leaves_its_reason_in_the_failure_file(tmp_path):
     assert reason.count("\n") == 1 and str(tmp_path / "missing") in reason, reason
 
 
+def test_one_hyperparameter_set_twice_to_different_values_is_refused(tmp_path, monkeypatch, capsys):
+    """SageMaker's --learning_rate and our --lr are one option: two values for it are a mistake, not a
+    later one that wins. The same value twice is harmless."""
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+    assert sagemaker.hyperparameters(["--lr", "0.01", "--learning_rate", "1e-2"]) == ["--lr", "0.01", "--lr", "1e-2"]
+    assert sagemaker.main(["--lr", "0.01", "--epochs", "1", "--learning_rate", "0.02"]) == 1
+    reason = "hyperparameters --lr 0.01 and --learning_rate 0.02 both set lr; keep one"
+    assert capsys.readouterr().err.strip() == f"error: {reason}"
+    assert (tmp_path / "output" / "failure").read_text() == reason + "\n"
+
+
+def test_a_job_without_its_training_channel_names_the_variable(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SM_CHANNEL_TRAINING", raising=False)
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+    assert sagemaker.main(HYPERPARAMETERS) == 1
+    reason = (tmp_path / "output" / "failure").read_text()
+    assert reason.startswith("SM_CHANNEL_TRAINING is not set: the job has no 'training' input channel"), reason
+    assert capsys.readouterr().err.strip() == f"error: {reason.strip()}"
+
+
+def test_a_failure_file_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path):
+    env = {**os.environ, **job_env(tmp_path, tmp_path / "missing"), "SAGEMAKER_BASE_DIR": "/proc/nope"}
+    bad = subprocess.run([sys.executable, "-m", "dogbreed.sagemaker", "--learning_rate", "fast"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr
+    reason, failure = bad.stderr.strip().splitlines()
+    assert reason.startswith("error: hyperparameter --learning_rate")
+    assert failure == "error: could not write SageMaker's failure file /proc/nope/output/failure: No such file or directory"
+
+
 def test_a_host_that_fails_ends_the_job_on_every_host_with_its_reason(synth_data, tmp_path):
     """The second host's data channel is missing: it fails in one line, and the first host, which
     would otherwise fail on gloo's closed connection with a traceback, ends saying why rank 1 did."""
@@ -107,7 +145,7 @@ def test_a_host_that_fails_ends_the_job_on_every_host_with_its_reason(synth_data
 def test_a_host_that_stops_answering_is_named_in_the_failure_file(synth_data, tmp_path):
     """The second host freezes in mid-training: the first host's watchdog ends the job within
     --rank_timeout and its one line is the job's failure reason, though it ends the process at once."""
-    procs = start_hosts(tmp_path, [*HYPERPARAMETERS, "--epochs", "20", "--train_layers", "layer4", "--rank_timeout", "5"],
+    procs = start_hosts(tmp_path, [*changed(epochs="20"), "--train_layers", "layer4", "--rank_timeout", "5"],
                       {"algo-1": synth_data, "algo-2": synth_data})
     first, second = procs["algo-1"], procs["algo-2"]
     try:

@@ -6,15 +6,17 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
-from dogbreed import __version__
+from dogbreed import __version__, remote
 from dogbreed.config import TrainConfig, normalize_argv
 from dogbreed.errors import DogbreedError, JobError
 from dogbreed.flags import add_flags, given
 from dogbreed.logs import setup_logging
 
 log = logging.getLogger("dogbreed")
+
+
+MODEL_HELP = "trained artifact (or its unpacked folder), or s3://BUCKET/KEY.tar.gz"
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -32,6 +34,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dogbreed.run import train
 
     overrides = given(args, TrainConfig)
+    remote.local_only(args.resume, "--resume", "a run continues from its checkpoints, which stay in its folder on the "
+                                               "machine that trained it (--out s3:// uploads only the artifact and results)")
     if args.resume:
         if args.config:
             raise DogbreedError("--resume uses the run's own config.yaml; drop --config")
@@ -50,14 +54,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from dogbreed.artifact import load_artifact
-    from dogbreed.predict import PredictOptions, check_flags, expand, format_answer, predict_files
+    from dogbreed.predict import PredictOptions, check_flags, expand, format_answer, predict_files, warn_unused_keep
     from dogbreed.runtime.pipeline import Options
 
     asked = PredictOptions(**given(args, PredictOptions))
     check_flags(asked.topk, asked.threshold, asked.keep)  # before the artifact loads: a typo fails at once
     files = expand(args.images)
-    loaded = load_artifact(args.model)
+    loaded = _load_model(args.model, _progress(args))
+    warn_unused_keep(loaded, asked.keep, args.model)
     opts = Options.of(loaded).override(asked.topk, asked.threshold, asked.keep)
     failed = 0
     for path, answer in predict_files(loaded, files, opts):
@@ -73,16 +77,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dogbreed.evaluate import run
-    from dogbreed.predict import PredictOptions, check_flags
+    from dogbreed.predict import PredictOptions, check_flags, warn_unused_keep
     from dogbreed.runtime.pipeline import Options
 
     asked = PredictOptions(**given(args, PredictOptions))
     check_flags(None, asked.threshold, asked.keep)
     options = None
     if asked.threshold is not None or asked.keep is not None:
-        from dogbreed.artifact import load_artifact
-
-        options = Options.of(load_artifact(args.model)).override(None, asked.threshold, asked.keep)
+        loaded = _load_model(args.model, _progress(args))
+        warn_unused_keep(loaded, asked.keep, args.model)
+        options = Options.of(loaded).override(None, asked.threshold, asked.keep)
     doc = run(args.model, args.data, ood=args.ood, split=args.split, out=args.out, options=options,
               progress=_progress(args))
     print(f"{doc['split']}: {doc['n']} images; accuracy {100 * doc['accuracy']:.1f}% (95% interval "
@@ -94,7 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         o = doc["ood"]
         print(f"--ood ({o['out_n']} images): {o['score']} score AUROC {o['auroc']:.3f}, FPR at 95% TPR "
               f"{100 * o['fpr_at_95_tpr']:.1f}%; verdicts: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in o["verdicts"].items()))
-    print(f"results: {Path(args.out) / 'evaluation.json'} (and selective.png, reliability.png"
+    print(f"results: {remote.join(args.out, 'evaluation.json')} (and selective.png, reliability.png"
           + (", scores.png)" if "ood" in doc else ")"))
     return 0
 
@@ -108,8 +112,9 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     path = synth(args.dir, **asdict(opts), progress=_progress(args))
     print(f"wrote a synthetic data set: {path} ({opts.classes} classes, {opts.per_class} images each)")
     if opts.unseen:
-        print(f"and {opts.unseen} unseen breeds in {path / 'unseen'} ({opts.per_class // 2} images each; in no split): "
-              f"try `dogbreed evaluate --model MODEL --data {path} --ood {path / 'unseen'}`")
+        unseen = remote.join(path, "unseen")
+        print(f"and {opts.unseen} unseen breeds in {unseen} ({opts.per_class // 2} images each; in no split): "
+              f"try `dogbreed evaluate --model MODEL --data {path} --ood {unseen}`")
     return 0
 
 
@@ -155,6 +160,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from dogbreed.tune.tuner import default_storage, tune
 
     if args.tune_command == "show":
+        remote.local_only(args.out, "--out", "the study's tune.db is a file on this machine (`tune --out s3://...` keeps "
+                                             "it in runs/), or name its database with --storage URL")
         rows, best, objective = show(args.name, args.storage or default_storage(args.out, create=False))
         for row in rows:
             print(format_trial(row, objective))
@@ -182,12 +189,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from dogbreed.data.layout import IMAGE_EXTS
     from dogbreed.export import ExportOptions, export
 
     opts = ExportOptions(**given(args, ExportOptions))
-    path = export(args.model, opts.format, opts.out, data=opts.data, calibration_images=opts.calibration_images,
-                  gate=opts.gate, progress=_progress(args))
-    print(f"wrote {path}")
+    if remote.is_s3(args.model) and opts.out == args.model:
+        raise DogbreedError(f"{opts.out} is the artifact being exported, which the export would overwrite; "
+                            f"pass --out with another path")
+    progress = _progress(args)
+    with remote.written_file(opts.out, "--out") as out:  # an s3:// --out: written here, then uploaded
+        path = export(remote.staged_file(args.model, progress=progress), opts.format, out,
+                      data=remote.staged(opts.data, IMAGE_EXTS, progress=progress).root if opts.data else None,
+                      calibration_images=opts.calibration_images, gate=opts.gate, progress=progress)
+    target = opts.out or path
+    if remote.is_s3(args.model) and not opts.out:  # beside an artifact on S3, as beside a local one
+        target = f"{args.model.rsplit('/', 1)[0]}/{path.name}"
+        remote.upload_file(path, target)
+        path.unlink()
+    print(f"wrote {target}")
     return 0
 
 
@@ -201,6 +220,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     if not args.run:
         raise DogbreedError("name a run folder: dogbreed report runs/<run> (or --list-rules)")
+    remote.local_only(args.run, "RUN", "the report reads the run's profile in its folder on the machine that trained "
+                                       "it (--out s3:// uploads only the artifact and results)")
     from dogbreed.monitor.report import evaluated, triggered, write_report
 
     report = write_report(args.run, args.rules)
@@ -219,6 +240,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from dogbreed.demo import run_demo
 
+    remote.local_only(args.out, "--out", "the demo's data, runs and tuning study are written on this machine")
     run_demo(args.out, progress=_progress(args))
     return 0
 
@@ -254,17 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = data_sub.add_parser("fetch", parents=[common], formatter_class=_Formatter, help="download and extract dogImages.zip",
                             description="Download the dogImages data set (about 1.1 GB; 133 breeds), resuming a partial "
                                         "download, verify it and extract it safely.")
-    p.add_argument("--dest", default="data", help="folder that receives the zip and the extracted data set (default: data)")
-    p.add_argument("--url", default=DATASET_URL, help=f"where to download from (default: {DATASET_URL})")
-    p.add_argument("--zip", default=None, metavar="PATH", help="extract this local copy of the zip instead of downloading (default: none)")
-    p.add_argument("--sha256", default=None, help="expected SHA-256 of the zip, checked after download (default: none; "
-                                                  "size and the server's MD5 ETag are always checked)")
+    p.add_argument("--dest", default="data", help="local folder that receives the zip and the extracted data set (default: data)")
+    p.add_argument("--url", default=DATASET_URL, help=f"where to download from: https://... or s3://BUCKET/KEY.zip (default: {DATASET_URL})")
+    p.add_argument("--zip", default=None, metavar="PATH", help="extract this copy of the zip (a local file or s3://BUCKET/KEY.zip) "
+                   "instead of downloading (default: none)")
+    p.add_argument("--sha256", default=None, help="expected SHA-256 of the zip (downloaded or --zip), checked before "
+                                                  "anything is extracted (default: none; a download's size and the server's MD5 ETag are always checked)")
     p.set_defaults(func=cmd_data_fetch)
 
     p = data_sub.add_parser("synth", parents=[common], formatter_class=_Formatter, help="write a synthetic data set",
                             description="Write a synthetic ImageFolder data set that a model must learn "
                                         "(class-specific colour, texture and shape). 70/15/15 train/valid/test.")
-    p.add_argument("dir", help="folder to create (must not exist or be empty)")
+    p.add_argument("dir", help="folder to create (must not exist or be empty), or an empty s3://BUCKET/PREFIX/ to upload it to")
     add_flags(p, SynthOptions)
     p.set_defaults(func=cmd_data_synth)
 
@@ -312,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", parents=[common], formatter_class=_Formatter, help="top-k breeds for images",
                        description="Predict the top-k breeds of images with a trained artifact.")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images; s3://BUCKET/KEY.jpg or s3://BUCKET/PREFIX/")
-    p.add_argument("--model", required=True, metavar="model.tar.gz", help="trained artifact (or its unpacked folder)")
+    p.add_argument("--model", required=True, metavar="model.tar.gz", help=MODEL_HELP)
     add_flags(p, PredictOptions)
     p.set_defaults(func=cmd_predict)
 
@@ -332,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "split and the agreement stored: `dogbreed serve --backend auto` uses bf16 and int8\n"
                                    f"only where top-1 agreed on {100 * GATE['top1']:g}% and top-5 on {100 * GATE['top5']:g}% "
                                    "(--gate). model.pt also suits\n"
-                                   "SageMaker's default TorchScript loader.")
-    p.add_argument("model", metavar="model.tar.gz", help="trained artifact (or its unpacked folder)")
+                                   "SageMaker's default TorchScript loader. The artifact, --data and --out may be on S3 (s3://).")
+    p.add_argument("model", metavar="model.tar.gz", help=MODEL_HELP)
     add_flags(p, ExportOptions)
     p.set_defaults(func=cmd_export)
 
@@ -343,13 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "requests: accuracy, top-5, NLL, ECE, the selective-prediction curve and, with --ood (a\n"
                                    "folder of non-dog photos, or of breeds the model never saw), how well its score tells\n"
                                    "those apart (AUROC, FPR at 95% TPR).")
-    p.add_argument("--model", required=True, metavar="model.tar.gz", help="trained artifact (or its unpacked folder)")
-    p.add_argument("--data", required=True, metavar="DIR", help="data set root with DIR/<split>/<breed>/*.jpg")
+    p.add_argument("--model", required=True, metavar="model.tar.gz", help=MODEL_HELP)
+    p.add_argument("--data", required=True, metavar="DIR", help="data set root with DIR/<split>/<breed>/*.jpg, or "
+                   "s3://BUCKET/PREFIX/")
     p.add_argument("--split", default="test", help="which split to evaluate (default: test)")
     p.add_argument("--ood", default=None, metavar="DIR", help="photos of anything but the model's breeds, e.g. the human "
-                   "faces set that shipped with the Udacity project, or `data synth --unseen`'s DIR/unseen (default: none)")
+                   "faces set that shipped with the Udacity project, or `data synth --unseen`'s DIR/unseen; or s3://BUCKET/PREFIX/ "
+                   "(default: none)")
     add_flags(p, PredictOptions, exclude=("topk", "json"))
-    p.add_argument("--out", default="evaluation", help="folder for evaluation.json and the plots (default: evaluation)")
+    p.add_argument("--out", default="evaluation", help="folder for evaluation.json and the plots, or s3://BUCKET/PREFIX/ "
+                   "to upload them there (default: evaluation)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", parents=[common], formatter_class=_Formatter, help="the whole workflow offline, on synthetic data",
@@ -357,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo", help="folder for the demo's data and runs (default: demo)")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _load_model(path: str, progress: bool):
+    """An artifact to predict with, from a local path or ``s3://`` (staged: fetched again only when changed)."""
+    from dogbreed.artifact import load_artifact
+
+    return load_artifact(remote.staged_file(path, progress=progress), name=path)
 
 
 def _progress(args: argparse.Namespace) -> bool:

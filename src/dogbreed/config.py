@@ -9,14 +9,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from dogbreed import remote
 from dogbreed.errors import DogbreedError
-from dogbreed.files import read_yaml
 from dogbreed.flags import check_choices
 from dogbreed.flags import option as _opt
 from dogbreed.machine import DEVICES, resolve_device
@@ -39,7 +40,7 @@ class TrainConfig:
     name: str | None = _opt(None, "run folder name (default: the date, time and backbone)")
     backbone: str = _opt("resnet50", "network: " + ", ".join(BACKBONES), choices=tuple(BACKBONES))
     pretrained: bool = _opt(True, "start from ImageNet weights (downloaded once, cached by torchvision); --no-pretrained for random init")
-    weights: str | None = _opt(None, "local file with the backbone's ImageNet weights (a torchvision state dict), for offline use")
+    weights: str | None = _opt(None, "file (or s3://BUCKET/KEY) with the backbone's ImageNet weights (a torchvision state dict), for offline use")
     train_layers: str = _opt("head", "what to train: head (backbone frozen, fast cached path), layer4 (last stage + head) or all", choices=TRAIN_LAYERS)
     epochs: int = _opt(9, "training epochs")
     batch_size: int = _opt(29, "images per batch (under torchrun on images: the global batch, split over the ranks)")
@@ -101,6 +102,8 @@ class TrainConfig:
         if min(self.debug_interval, self.trace_start, self.trace_steps) < 0 or self.profile_interval_ms < 50:
             raise DogbreedError("debug_interval, trace_start and trace_steps cannot be negative; profile_interval_ms is at least 50")
         resolve_device(self.device)  # a device this machine has, or one line saying which it has
+        remote.local_only(self.cache_dir, "cache_dir", "the embedding cache is a folder on this machine (an S3 data "
+                                                       "set is mirrored under it)")
         if self.name is not None and (self.name in ("", ".", "..") or "/" in self.name or os.sep in self.name):
             raise DogbreedError(f"name {self.name!r} must be a plain folder name (no '/', not '.' or '..'): "
                                 f"the run's folder is made inside --out")
@@ -150,7 +153,7 @@ def coerce(key: str, value: Any) -> Any:
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    doc = read_yaml(path, "config file") or {}
+    doc = remote.read_yaml(path, "config file") or {}
     if not isinstance(doc, dict):
         raise DogbreedError(f"config file {path} must be a mapping of key: value")
     return {key: coerce(key, value) for key, value in doc.items()}
@@ -249,9 +252,14 @@ def sagemaker_model_dir() -> str | None:
 
 def write_sagemaker_failure(reason: str) -> None:
     """SageMaker's failure file (shown as the job's failure reason), in a job only: its output
-    folder exists, or SAGEMAKER_BASE_DIR says where."""
+    folder exists, or SAGEMAKER_BASE_DIR says where. One that cannot be written is one line on
+    stderr: the job is failing already, and its reason was said there."""
     base = os.environ.get("SAGEMAKER_BASE_DIR")
     output = Path(base or "/opt/ml") / "output"
     if base or output.is_dir():
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "failure").write_text(reason.strip().splitlines()[0] + "\n", encoding="utf-8")
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "failure").write_text(reason.strip().splitlines()[0] + "\n", encoding="utf-8")
+        except OSError as exc:
+            print(f"error: could not write SageMaker's failure file {output / 'failure'}: "
+                  f"{exc.strerror or type(exc).__name__}", file=sys.stderr)

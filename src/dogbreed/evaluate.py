@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dogbreed import calibration, plots, rejection
+from dogbreed import calibration, plots, rejection, remote
 from dogbreed.artifact import load_artifact
-from dogbreed.data.layout import IMAGE_EXTS, SPLITS, scan
+from dogbreed.data.layout import IMAGE_EXTS, SPLITS, model_index, scan
 from dogbreed.errors import DogbreedError
-from dogbreed.files import atomic_write_text, make_folder
+from dogbreed.files import atomic_write_text
 from dogbreed.runtime import pipeline, scores
 from dogbreed.runtime.loading import LoadedModel
 from dogbreed.runtime.pipeline import Options, RequestError
@@ -35,61 +35,67 @@ def run(model_path: str, data: str, *, ood: str | None = None, split: str = "tes
         options: Options | None = None, progress: bool = True) -> dict:
     if split not in SPLITS:
         raise DogbreedError(f"--split {split!r} is not a split; choose one of: {', '.join(SPLITS)}")
-    ood_files = _ood_files(ood) if ood else None  # a bad --ood is one line before anything loads
-    layout = scan(data)
-    model = load_artifact(model_path)
+    remote.check_writable(out)  # an s3:// --out: now, not after the work
+    ood_files = _ood_files(ood, progress) if ood else None  # a bad --ood is one line before anything loads
+    layout = scan(remote.staged(data, IMAGE_EXTS, progress=progress).root)
+    model = load_artifact(remote.staged_file(model_path, progress=progress), name=model_path)
     opts = options or Options.of(model)
     if "calibration" not in model.meta:
         log.warning("%s has no calibration (an older artifact, or trained with --no-calibrate): its probabilities are "
                     "the softmax as trained", model_path)
-    index = {name: i for i, name in enumerate(model.labels)}
-    unknown = sorted(set(layout.labels.names) - set(index))
-    if unknown:
-        raise DogbreedError(f"{data} has breeds the model does not know ({', '.join(unknown[:3])}); evaluate it on "
-                            f"data with the model's classes (labels.json)")
+    index = model_index(layout, model.labels, data)
     samples = [(path, index[layout.labels.names[label]]) for path, label in layout.splits[split]]
     known = _pass(model, [p for p, _ in samples], progress, f"evaluating {split}")
     targets = torch.tensor([y for (p, y) in samples if p in known["kept"]])
     probs = pipeline.probabilities(model, known["logits"])
-    folder = make_folder(out, "--out")
-    doc: dict = {"model": str(model_path), "data": str(data), "split": split, "n": int(targets.numel()),
-                 "unreadable": known["unreadable"], **_quality(probs, targets)}
-    doc["selective"] = _selective(probs, targets)
-    plots.plot_reliability(known["logits"], targets, model.temperature, folder / "reliability.png")
-    answered = (probs.max(dim=1).values >= opts.threshold).double().mean().item()
-    plots.plot_selective(doc["selective"], opts.threshold, answered, folder / "selective.png")
-    in_scores = _scores(model, known)
-    doc["verdicts"] = _verdicts(model, probs, in_scores, opts)
-    if ood_files is not None:
-        other = _pass(model, ood_files, progress, "evaluating --ood")
-        other_scores = _scores(model, other)
-        name = model.rejection["score"] if in_scores is not None and model.rejection else "msp"
-        if in_scores is None:
-            log.warning("%s has no \"not a dog\" score: the top probability stands in for one", model_path)
-            in_scores = scores.msp(known["logits"], model.temperature)
-            other_scores = scores.msp(other["logits"], model.temperature)
-        doc["ood"] = {"folder": str(ood), "score": name, "unreadable": other["unreadable"],
-                      **rejection.describe(in_scores, other_scores),
-                      "verdicts": _verdicts(model, pipeline.probabilities(model, other["logits"]),
-                                            other_scores if model.rejection else None, opts)}
-        plots.plot_scores(in_scores, other_scores, name, folder / "scores.png")
-    atomic_write_text(folder / "evaluation.json", json.dumps(doc, indent=1))
+    # an s3:// --out: written in a temporary folder, uploaded once whole (as `train --out s3://` uploads a run)
+    with remote.written_folder(out, "--out") as folder:
+        doc: dict = {"model": str(model_path), "data": str(data), "split": split, "n": int(targets.numel()),
+                     "unreadable": known["unreadable"], **_quality(probs, targets)}
+        doc["selective"] = _selective(probs, targets)
+        plots.plot_reliability(known["logits"], targets, model.temperature, folder / "reliability.png")
+        answered = (probs.max(dim=1).values >= opts.threshold).double().mean().item()
+        plots.plot_selective(doc["selective"], opts.threshold, answered, folder / "selective.png")
+        in_scores = _scores(model, known)
+        doc["verdicts"] = _verdicts(model, probs, in_scores, opts)
+        if ood_files is not None:
+            other = _pass(model, ood_files, progress, "evaluating --ood",
+                          hint=f"--ood {ood} needs photos of anything but the model's breeds, in a format they open in "
+                               f"(JPEG, PNG, WebP, ...); the warnings above say what is wrong with each")
+            other_scores = _scores(model, other)
+            name = model.rejection["score"] if in_scores is not None and model.rejection else "msp"
+            if in_scores is None:
+                log.warning("%s has no \"not a dog\" score: the top probability stands in for one", model_path)
+                in_scores = scores.msp(known["logits"], model.temperature)
+                other_scores = scores.msp(other["logits"], model.temperature)
+            doc["ood"] = {"folder": str(ood), "score": name, "unreadable": other["unreadable"],
+                          **rejection.describe(in_scores, other_scores),
+                          "verdicts": _verdicts(model, pipeline.probabilities(model, other["logits"]),
+                                                other_scores if model.rejection else None, opts)}
+            plots.plot_scores(in_scores, other_scores, name, folder / "scores.png")
+        atomic_write_text(folder / "evaluation.json", json.dumps(doc, indent=1))
     return doc
 
 
-def _ood_files(folder: str) -> list[str]:
-    root = Path(folder)
+def _ood_files(folder: str, progress: bool) -> list[str]:
+    wanted = "pass a folder of photos of anything but the model's breeds"
+    if remote.is_s3(folder):  # staged as a data set is: fetched once, then only what changed
+        root = remote.stage(folder, IMAGE_EXTS, progress=progress, empty=wanted).root
+    else:
+        root = Path(folder)
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
-        raise DogbreedError(f"--ood {folder} {what}; pass a folder of photos of anything but the model's breeds")
+        raise DogbreedError(f"--ood {folder} {what}; {wanted}")
     files = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
     if not files:
-        raise DogbreedError(f"--ood {folder} holds no images; pass a folder of photos of anything but the model's breeds")
+        raise DogbreedError(f"--ood {folder} holds no images; {wanted}")
     return files
 
 
-def _pass(model: LoadedModel, paths: list[str], progress: bool, desc: str) -> dict:
-    """Every image through the inference path: logits and embeddings of those that decode."""
+def _pass(model: LoadedModel, paths: list[str], progress: bool, desc: str,
+          hint: str = "check the data set with `dogbreed data check`") -> dict:
+    """Every image through the inference path: logits and embeddings of those that decode; none
+    decoding is one line ending with ``hint``, what to do about these images."""
     logits, features, kept, unreadable = [], [], set(), 0
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
     for start in range(0, len(paths), BATCH):
@@ -108,7 +114,7 @@ def _pass(model: LoadedModel, paths: list[str], progress: bool, desc: str) -> di
         bar.update(len(chunk))
     bar.close()
     if not logits:
-        raise DogbreedError(f"no image could be read ({unreadable} unreadable); check the folder with `dogbreed data check`")
+        raise DogbreedError(f"no image could be read ({unreadable} unreadable); {hint}")
     return {"logits": torch.cat(logits), "features": None if features[0] is None else torch.cat(features), "kept": kept,
             "unreadable": unreadable}
 

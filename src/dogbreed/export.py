@@ -29,7 +29,7 @@ import torch
 from dogbreed import gates
 from dogbreed.archive import safe_extract_tar
 from dogbreed.artifact import load_artifact, pack, write_meta
-from dogbreed.data.layout import scan
+from dogbreed.data.layout import model_index, scan
 from dogbreed.errors import DogbreedError
 from dogbreed.flags import option
 from dogbreed.onnx_export import onnx_export
@@ -114,6 +114,8 @@ def export(artifact: str | os.PathLike, formats: str | Sequence[str] = ExportOpt
         else:
             safe_extract_tar(artifact, tmp)
         loaded = load_artifact(tmp, "cpu", name=artifact)
+        if layout:  # calibrated and gated on the breeds it answers, as evaluate measures it
+            model_index(layout, loaded.labels, data)
         pixels = gates.validation_pixels(loaded, [path for path, _ in layout.splits["valid"]], progress) if layout else None
         size = loaded.preset.crop_size
         model = loaded.model.eval().to(memory_format=torch.contiguous_format)

@@ -66,15 +66,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def read_yaml(path: str | os.PathLike, what: str):
+def read_yaml(path: str | os.PathLike, what: str, name: str | os.PathLike | None = None):
     """The YAML document in ``path``; a missing or malformed file is one line naming it (``what``:
-    "config file", "space file", "rules file")."""
+    "config file", "space file", "rules file"; ``name``: as the user gave it, if not ``path``)."""
+    name = name or path
     try:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DogbreedError(f"{what} {path} does not exist") from None
+        raise DogbreedError(f"{what} {name} does not exist") from None
     except yaml.YAMLError as exc:
-        raise DogbreedError(f"{what} {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise DogbreedError(f"{what} {name} is not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def default_cache_dir() -> Path:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torchvision import models
 
+from dogbreed import remote
 from dogbreed.errors import DogbreedError
 from dogbreed.runtime import network
 from dogbreed.runtime.loading import read_tensors
@@ -71,7 +72,7 @@ def download_weights(weights: models.WeightsEnum) -> Path:
 def load_backbone_weights(model: nn.Module, backbone: str, path: str | os.PathLike) -> None:
     """Load a torchvision state dict into the 1000-way model; the head is replaced afterwards."""
     try:
-        state = read_tensors(path)
+        state = read_tensors(remote.staged_file(path))
     except FileNotFoundError:
         raise DogbreedError(f"weights file {path} does not exist") from None
     except (OSError, ValueError) as exc:
@@ -96,7 +97,7 @@ def imagenet_head(backbone: str, *, pretrained: bool = True, weights: str | None
         return None
     path = weights or download_weights(weights_enum(backbone))
     head = registered(backbone).head
-    state = read_tensors(path)
+    state = read_tensors(remote.staged_file(path))
     try:
         found = {"weight": state[f"{head}.weight"], "bias": state[f"{head}.bias"]}
     except (KeyError, TypeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from dogbreed.runtime.pipeline import (
 )
 
 BATCH_SIZE = 16
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,6 +67,15 @@ def check_flags(topk: int | None, threshold: float | None, keep: float | None = 
         Options().override(topk, threshold, keep)
     except OptionError as exc:
         raise DogbreedError(f"--{exc.field} {exc.problem}") from None
+
+
+def warn_unused_keep(loaded: LoadedModel, keep: float | None, name: str) -> None:
+    """``--keep`` on a model without a "not a dog" score (trained with ``--reject none``) has nothing
+    to move: said in one warning line, as a setting with no effect is elsewhere; the answers are
+    still this model's answers, so they go on."""
+    if keep is not None and loaded.rejection is None:
+        log.warning("--keep %g has no effect: %s has no \"not a dog\" score (trained with --reject none), so no answer "
+                    "is not_a_dog", keep, name)
 
 
 def predict_files(loaded: LoadedModel, files: list[Path], opts: Options | None = None) -> Iterator[tuple[Path, dict]]:

@@ -8,8 +8,13 @@ one's own). No S3 request is written here by hand.
   touch s3fs (which is not fork-safe), and the embedding cache keys each image by its S3 object
   (bucket/key, ETag, size) rather than by where its copy lies.
 - ``predict s3://bucket/key.jpg`` or ``s3://bucket/prefix/``: read object by object.
+- ``--model s3://bucket/key.tar.gz`` (any one file to read): staged as one object, fetched again
+  only when its ETag or size changed.
 - ``--out s3://bucket/prefix/``: the run is written locally as usual, then its artifact and
-  results are uploaded to ``s3://bucket/prefix/<run>/``.
+  results are uploaded to ``s3://bucket/prefix/<run>/``; other commands' results are written in a
+  temporary folder (or file) and uploaded once whole.
+
+An ``s3://`` string never goes through ``Path``, which would make it ``s3:/``, a local folder.
 
 Every S3 failure a user can cause (no such bucket or key, no credentials, access denied, no
 endpoint) is one line that says what to do.
@@ -22,14 +27,16 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
 from dogbreed.errors import DogbreedError
-from dogbreed.files import atomic_write_text, default_cache_dir
+from dogbreed.files import atomic_write_text, default_cache_dir, make_folder
+from dogbreed.files import read_yaml as read_local_yaml
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +110,14 @@ def mirror_root() -> Path:
     return default_cache_dir() / "s3"
 
 
-def stage(url: str, suffixes: set[str], *, progress: bool = False, on_chunk: Callable[[], None] | None = None) -> Staged:
+def stage(url: str, suffixes: set[str], *, progress: bool = False, on_chunk: Callable[[], None] | None = None,
+          empty: str | None = None) -> Staged:
     """The local mirror of the data set under ``url``, brought up to date: objects new or changed
     (ETag, size) since the last call are fetched, files whose objects are gone are removed. Safe
     for several processes at once (torchrun ranks, tuning workers): one stages, the others wait and
-    find it done. Only objects with these file ``suffixes`` (images) are staged. Returns the
-    mirror's folder, which has the data set's layout."""
+    find it done. Only objects with these file ``suffixes`` (images) are staged; none is one line
+    ending with ``empty``, what the prefix should hold (default: a data set). Returns the mirror's
+    folder, which has the data set's layout."""
     root = _split(url)
     fs = filesystem()
     with s3_errors(url):
@@ -119,9 +128,38 @@ def stage(url: str, suffixes: set[str], *, progress: bool = False, on_chunk: Cal
         if not listing:
             with s3_errors(url):
                 fs.ls(root.split("/", 1)[0])  # a missing bucket says so; an empty prefix below
-        raise DogbreedError(f"{url} holds no images; upload a data set with train/, valid/ and test/ folders of "
-                            f"one folder of images per breed (`aws s3 sync dogImages {url}`)")
+        raise DogbreedError(f"{url} holds no images; " + (empty or f"upload a data set with train/, valid/ and test/ "
+                            f"folders of one folder of images per breed (`aws s3 sync dogImages {url}`)"))
     local = mirror_root() / root
+    wanted = _sync(fs, url, root, objects, local, "images", progress=progress, on_chunk=on_chunk)
+    return Staged(local, {str(local / rel): f"{SCHEME}{root}/{rel}|{etag}|{size}" for rel, (etag, size) in wanted.items()})
+
+
+def staged_file(path: str | os.PathLike, *, progress: bool = False) -> Path:
+    """The file at ``path`` ready to read: a local one as it is, an ``s3://`` object (an artifact,
+    a zip) copied into a mirror folder of its own, and fetched again only when its ETag or size
+    changed. The copy keeps the object's name."""
+    if not is_s3(path):
+        return Path(path)
+    key = _split(path)
+    fs = filesystem()
+    with s3_errors(path):
+        info = fs.info(key)
+    if info.get("type") != "file":
+        raise DogbreedError(f"{path} is a prefix, not an object; pass the object's whole key (s3://BUCKET/KEY)")
+    if ".." in PurePosixPath(key).parts:
+        raise DogbreedError(f"S3 key {key!r} has a '..' part and would be copied outside its mirror; rename that object")
+    parent, _, name = key.rpartition("/")
+    local = default_cache_dir() / "s3-objects" / key  # not in a data set's mirror, whose staging would drop it
+    _sync(fs, path, parent, {name: info}, local, "object", progress=progress)
+    return local / name
+
+
+def _sync(fs, url: str, root: str, objects: dict[str, dict], local: Path, noun: str, *, progress: bool,
+          on_chunk: Callable[[], None] | None = None) -> dict[str, list]:
+    """``local`` made to hold ``objects`` (relative name under the key ``root`` -> its S3 info):
+    what changed is fetched, what is gone removed, under a lock (``noun``: what the log line calls
+    them). Returns each name's [ETag, size]."""
     local.mkdir(parents=True, exist_ok=True)
     with open(local / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the next process to stage waits here, then finds nothing to fetch
@@ -133,8 +171,8 @@ def stage(url: str, suffixes: set[str], *, progress: bool = False, on_chunk: Cal
             del manifest[rel]
         todo = sorted(rel for rel, tag in wanted.items() if manifest.get(rel) != tag or not (local / rel).is_file())
         if todo:
-            log.info("staging %s: fetching %d of %d images into %s", url, len(todo), len(wanted), local)
-        bar = tqdm(total=len(todo), desc="fetching from S3", unit="img", disable=not progress or not todo, leave=False)
+            log.info("staging %s: fetching %d of %d %s into %s", url, len(todo), len(wanted), noun, local)
+        bar = tqdm(total=len(todo), desc="fetching from S3", unit="file", disable=not progress or not todo, leave=False)
         for start in range(0, len(todo), FETCH_CHUNK):
             chunk = todo[start : start + FETCH_CHUNK]
             for rel in chunk:
@@ -149,7 +187,18 @@ def stage(url: str, suffixes: set[str], *, progress: bool = False, on_chunk: Cal
             bar.update(len(chunk))
         bar.close()
         atomic_write_text(manifest_path, json.dumps(manifest))
-    return Staged(local, {str(local / rel): f"{SCHEME}{root}/{rel}|{etag}|{size}" for rel, (etag, size) in wanted.items()})
+    return wanted
+
+
+def read_yaml(path: str | os.PathLike, what: str):
+    """``files.read_yaml`` of a local file or an ``s3://`` object (staged), named as given."""
+    return read_local_yaml(staged_file(path), what, name=path)
+
+
+def local_only(path: str | os.PathLike | None, flag: str, why: str) -> None:
+    """One line for an ``s3://`` path where only one on this machine will do (``why``: what it is for)."""
+    if is_s3(path):
+        raise DogbreedError(f"{flag} {path}: {why}; pass a path on this machine")
 
 
 def mirrored_name(key: str, root: str, url: str) -> str:
@@ -195,12 +244,69 @@ def images(url: str, suffixes: set[str]) -> list[S3Image]:
     return [S3Image(SCHEME + k) for k in keys]
 
 
-def check_writable(url: str) -> None:
-    """Fail now, not after training, when ``--out`` cannot be written: the bucket must exist and
-    these credentials must reach it."""
+def check_writable(url: str | os.PathLike, *, empty: bool = False) -> None:
+    """Fail now, not after the work, when an ``s3://`` output cannot be written: the bucket must
+    exist and these credentials must reach it (and with ``empty``, nothing may be under the prefix
+    yet). A local output says its problems when it is made."""
+    if not is_s3(url):
+        return
     path = _split(url)
+    fs = filesystem()
     with s3_errors(url):
-        filesystem().ls(path.split("/", 1)[0])
+        fs.ls(path.split("/", 1)[0])
+        taken = empty and fs.find(path, maxdepth=1, withdirs=True)
+    if taken:
+        raise DogbreedError(f"{url} already holds objects; pick a new prefix")
+
+
+def join(base: str | os.PathLike, name: str) -> str:
+    """``name`` inside ``base``, a folder or an ``s3://`` prefix (which ``Path`` would cut to ``s3:/``)."""
+    return f"{str(base).rstrip('/')}/{name}" if is_s3(base) else str(Path(base) / name)
+
+
+def _put(keys: dict[Path, str], url: str) -> None:
+    """Local files to their keys (``bucket/key``), any failure one line naming ``url``."""
+    with s3_errors(url):
+        filesystem().put([str(f) for f in keys], list(keys.values()))
+    log.info("uploaded %d file(s) to %s", len(keys), url)
+
+
+def upload_file(path: Path, url: str) -> None:
+    """One local file to the object ``url``."""
+    _put({path: _split(url)}, url)
+
+
+@contextlib.contextmanager
+def written_folder(out: str | os.PathLike, what: str) -> Iterator[Path]:
+    """The folder a command writes its results into: ``out`` itself (made if missing; ``what``
+    names it in errors, "--out"), or for an ``s3://`` prefix a temporary one whose files are
+    uploaded under it when the block ends without an error, as ``train --out s3://`` uploads a run."""
+    if not is_s3(out):
+        yield make_folder(out, what)
+        return
+    with tempfile.TemporaryDirectory(prefix="dogbreed-upload-") as tmp:
+        yield Path(tmp)
+        written = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
+        _put({f: f"{_split(out)}/{f.relative_to(tmp).as_posix()}" for f in written}, out)
+
+
+@contextlib.contextmanager
+def written_file(out: str | os.PathLike | None, what: str) -> Iterator[Path | None]:
+    """The path a command writes one file at: ``out`` itself (None stays None: the command's
+    default), or for an ``s3://`` key a temporary file of the same name, uploaded there when the
+    block ends without an error."""
+    if not is_s3(out):
+        yield None if out is None else Path(out)
+        return
+    key = _split(out)
+    if out.endswith("/") or "/" not in key:
+        raise DogbreedError(f"{what} {out} names a prefix, not an object; give the file's whole key, "
+                            f"s3://BUCKET/PREFIX/NAME")
+    check_writable(out)
+    with tempfile.TemporaryDirectory(prefix="dogbreed-upload-") as tmp:
+        path = Path(tmp) / key.rsplit("/", 1)[1]
+        yield path
+        upload_file(path, out)
 
 
 def upload_run(run_dir: Path, url: str, name: str | None = None) -> str:

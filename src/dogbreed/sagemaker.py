@@ -25,8 +25,11 @@ from dogbreed.errors import DogbreedError
 
 def hyperparameters(argv: list[str]) -> list[str]:
     """The job's flags in our spelling. Each ``--name value`` pair (SageMaker's only form) must name
-    a training option and fit its type; the error names the hyperparameter as the job spelled it."""
+    a training option and fit its type, and set it once: ``--lr 0.01 --learning_rate 0.02`` is two
+    answers to one question, not a later one that wins. The error names the hyperparameter as the
+    job spelled it."""
     flags = read_argv(argv)
+    first: dict[str, tuple[Flag, object]] = {}
     for flag in flags:
         if not isinstance(flag, Flag) or flag.key not in FIELD_TYPES:
             given = flag.given if isinstance(flag, Flag) else flag
@@ -34,9 +37,13 @@ def hyperparameters(argv: list[str]) -> list[str]:
         if flag.value is None:
             raise DogbreedError(f"hyperparameter {flag.given} has no value (SageMaker passes --name value)")
         try:
-            coerce(flag.key, flag.value)
+            value = coerce(flag.key, flag.value)
         except DogbreedError as exc:
             raise DogbreedError(f"hyperparameter {flag.given}: {exc}") from None
+        earlier, seen = first.setdefault(flag.key, (flag, value))
+        if seen != value:
+            raise DogbreedError(f"hyperparameters {earlier.given} {earlier.value} and {flag.given} {flag.value} both set "
+                                f"{flag.key}; keep one")
     return [word for flag in flags for word in flag.ours()]
 
 
@@ -61,6 +68,10 @@ def _train(argv: list[str]) -> tuple[int, str | None]:
     """``dogbreed train`` with the job's hyperparameters: its exit code and its one-line error."""
     try:
         flags = hyperparameters(argv)
+        if not os.environ.get("SM_CHANNEL_TRAINING") and "data" not in {f.key for f in read_argv(flags) if isinstance(f, Flag)}:
+            # where a job's data comes from: "pass --data" would name a flag the job never sees
+            raise DogbreedError("SM_CHANNEL_TRAINING is not set: the job has no 'training' input channel; give it one "
+                                "(estimator.fit({'training': 's3://BUCKET/PREFIX/'})) or a data hyperparameter")
         os.environ.update(cluster_env(dict(os.environ)))
     except DogbreedError as exc:
         return 1, str(exc)

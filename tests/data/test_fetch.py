@@ -168,3 +168,27 @@ def test_a_bad_local_zip_leaves_no_folder_behind(tmp_path, capsys):
     assert main(["data", "fetch", "--dest", str(tmp_path / "d"), "--zip", str(local), "--no-progress"]) == 1
     assert "not a readable zip archive" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_sha256_is_checked_on_a_local_zip_and_on_an_earlier_download(synth_data, tmp_path, capsys):
+    local = tmp_path / "dogImages.zip"
+    local.write_bytes(dataset_zip(synth_data))
+    wrong = "0" * 64
+    for digest, message in (("abc", "is not a SHA-256 digest"), (wrong, f"does not match --sha256 {wrong}")):
+        assert main(["data", "fetch", "--dest", str(tmp_path / "d"), "--zip", str(local), "--sha256", digest,
+                     "--no-progress"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
+        assert not (tmp_path / "d").exists()  # nothing extracted, no folder made
+    # A zip an earlier `data fetch` downloaded into --dest is extracted without a download: checked all the same.
+    (tmp_path / "earlier").mkdir()
+    earlier = tmp_path / "earlier" / "dogImages.zip"
+    earlier.write_bytes(local.read_bytes())
+    assert main(["data", "fetch", "--dest", str(earlier.parent), "--url", "http://127.0.0.1:9/dogImages.zip",
+                 "--sha256", wrong, "--no-progress"]) == 1
+    assert "does not match --sha256" in capsys.readouterr().err
+    assert [p.name for p in earlier.parent.iterdir()] == ["dogImages.zip"]
+    good = hashlib.sha256(local.read_bytes()).hexdigest().upper()  # as some tools print it
+    assert main(["data", "fetch", "--dest", str(tmp_path / "d"), "--zip", str(local), "--sha256", good,
+                 "--no-progress"]) == 0
+    assert (tmp_path / "d" / "dogImages" / "valid" / "004.Akita").is_dir()

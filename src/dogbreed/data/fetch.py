@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dogbreed import remote
 from dogbreed.archive import safe_extract_zip
 from dogbreed.data.layout import SPLITS
 from dogbreed.errors import DogbreedError
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 DATASET_URL = "https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip"
 CHUNK = 1 << 20
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def _file_digest(path: Path, algo: str) -> str:
@@ -134,11 +136,16 @@ def _dataset_root(folder: Path) -> Path:
     raise DogbreedError("the archive holds no train/ valid/ test/ folders")
 
 
-def extract_dataset(zip_path: str | os.PathLike, dest: str | os.PathLike, name: str = "dogImages") -> Path:
-    """Safely extract a data-set zip into ``dest/name``; nothing is left behind if it fails."""
+def extract_dataset(zip_path: str | os.PathLike, dest: str | os.PathLike, name: str = "dogImages", *,
+                    sha256: str | None = None) -> Path:
+    """Safely extract a data-set zip into ``dest/name``, once it matches ``sha256`` if given;
+    nothing is left behind if it fails."""
     zip_path, dest = Path(zip_path), Path(dest)
     if not zip_path.is_file():
         raise DogbreedError(f"zip file {zip_path} does not exist")
+    if sha256 and (actual := _file_digest(zip_path, "sha256")) != sha256.lower():
+        raise DogbreedError(f"zip file {zip_path} does not match --sha256 {sha256}: its SHA-256 is {actual}; "
+                            f"nothing was extracted (check that it is the file you meant)")
     target = dest / name
     if target.exists():
         raise DogbreedError(f"{target} already exists; remove it to extract again")
@@ -160,11 +167,25 @@ def extract_dataset(zip_path: str | os.PathLike, dest: str | os.PathLike, name: 
 
 def fetch(dest: str | os.PathLike = "data", *, url: str = DATASET_URL, zip_path: str | os.PathLike | None = None,
           sha256: str | None = None, progress: bool = True) -> Path:
-    """Download (unless ``zip_path`` is given) and extract; returns the data-set root."""
+    """Download (unless ``zip_path`` is given) and extract; returns the data-set root. ``url`` or
+    ``zip_path`` may be an ``s3://`` object (staged, not downloaded by HTTP). ``sha256``
+    is checked on whatever zip is extracted: a download, an earlier one found in ``dest``, or
+    ``zip_path``."""
+    if sha256 is not None and not SHA256.fullmatch(sha256):
+        raise DogbreedError(f"--sha256 {sha256!r} is not a SHA-256 digest (64 hex digits, as `sha256sum` prints)")
+    if remote.is_s3(dest):
+        raise DogbreedError(f"--dest {dest}: the data set is extracted on this machine; pass a local folder, then "
+                            f"`aws s3 sync DEST/dogImages {dest}` to put it on S3")
+    if zip_path is None and remote.is_s3(url):
+        zip_path = url  # a zip on S3 is read as a local copy would be
+    if remote.is_s3(zip_path):
+        zip_path = remote.staged_file(zip_path, progress=progress)
     dest = Path(dest)
+    unchecked = sha256  # a download checks its own digest: not hashed twice
     if zip_path is None:
         zip_path = dest / Path(url).name
         if not zip_path.exists():
+            unchecked = None
             made_dest = not dest.exists()
             try:
                 download(url, zip_path, sha256=sha256, progress=progress)
@@ -174,4 +195,4 @@ def fetch(dest: str | os.PathLike = "data", *, url: str = DATASET_URL, zip_path:
                 if made_dest and dest.is_dir() and not any(dest.iterdir()):
                     dest.rmdir()
                 raise
-    return extract_dataset(zip_path, dest, Path(zip_path).stem if Path(zip_path).stem else "dogImages")
+    return extract_dataset(zip_path, dest, Path(zip_path).stem if Path(zip_path).stem else "dogImages", sha256=unchecked)

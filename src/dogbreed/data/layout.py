@@ -89,6 +89,18 @@ def _images(paths) -> list[str]:
     return [str(p) for p in paths if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
 
 
+def model_index(layout: Layout, model_labels: list[str], data: str | os.PathLike) -> dict[str, int]:
+    """Each class folder's index among a model's ``model_labels``. A data set (``data``, as the user
+    named it) with a breed the model does not know is one line: every measure taken on it (evaluate's
+    accuracy, export's int8 calibration and accuracy gates) would be about another problem."""
+    index = {name: i for i, name in enumerate(model_labels)}
+    unknown = sorted(set(layout.labels.names) - set(index))
+    if unknown:
+        raise DogbreedError(f"{data} has breeds the model does not know ({', '.join(unknown[:3])}); use data with "
+                            f"the model's classes (its labels.json)")
+    return index
+
+
 def scan(root: str | os.PathLike | None) -> Layout:
     """Read the layout; raise DogbreedError (one line) for anything training cannot start with."""
     if not root:

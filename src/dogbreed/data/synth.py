@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from dogbreed import remote
 from dogbreed.errors import DogbreedError
 from dogbreed.flags import option
 
@@ -160,7 +161,7 @@ def render(style: dict, size: int, rng: np.random.Generator) -> Image.Image:
 
 def synth(dest: str | os.PathLike, classes: int = SynthOptions.classes, per_class: int = SynthOptions.per_class,
           size: int = SynthOptions.size, seed: int = SynthOptions.seed, progress: bool = True,
-          unseen: int = SynthOptions.unseen) -> Path:
+          unseen: int = SynthOptions.unseen) -> Path | str:
     """Write ``dest/{train,valid,test}/<NNN.Name>/*.jpg``: ``per_class`` images per class, 70/15/15.
 
     ``unseen`` > 0 also writes ``dest/unseen/<NNN.Name>/*.jpg``: that many more breeds, in no split,
@@ -168,8 +169,14 @@ def synth(dest: str | os.PathLike, classes: int = SynthOptions.classes, per_clas
     (``dogbreed evaluate --ood DIR/unseen``). Each is made of known breeds' traits, as a new breed
     resembles known ones: a hue halfway between two known breeds' and a shape and texture that known
     breeds have but never together (while fewer than 32 breeds leave such a pairing free); the
-    known breeds are the same as without ``unseen``."""
+    known breeds are the same as without ``unseen``. An ``s3://`` ``dest`` (an empty prefix) gets
+    the same objects, and is returned as given."""
     SynthOptions(classes, per_class, size, seed, unseen).validate()
+    if remote.is_s3(dest):  # written here, then uploaded, as `train --out s3://` uploads a run
+        remote.check_writable(dest, empty=True)
+        with remote.written_folder(dest, "data set") as local:
+            synth(local, classes, per_class, size, seed, progress, unseen)
+        return dest
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise DogbreedError(f"{dest} exists and is not empty; pick a new folder")

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dogbreed import remote
 from dogbreed.distributed import ALONE, Ranks
 from dogbreed.hooks import NoHooks
 from dogbreed.monitor.probes import FLUSH_EVERY, TensorProbe, TraceWindow
@@ -45,7 +46,7 @@ class Monitor(NoHooks):
         self.folder.mkdir(parents=True, exist_ok=True)
         if rules:  # the run keeps its own copy: `dogbreed report` reruns the same rules
             settings = load_rules_file(rules)
-            shutil.copyfile(rules, self.folder / "rules.yaml")
+            shutil.copyfile(remote.staged_file(rules), self.folder / "rules.yaml")
         else:
             settings = load_rules_file(self.folder / "rules.yaml") if (self.folder / "rules.yaml").exists() else {}
         self.device, self.interval = device, max(0.05, interval_ms / 1000)

@@ -20,7 +20,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 @dataclass
 class ServeConfig:
-    model: str = option(help="trained artifact (or its unpacked folder)", metavar="model.tar.gz")
+    model: str = option(help="trained artifact (or its unpacked folder), or s3://BUCKET/KEY.tar.gz", metavar="model.tar.gz")
     name: str = option("dogbreed", "endpoint name /endpoints/NAME/invocations answers to")
     host: str = option("127.0.0.1", "address to bind; 0.0.0.0 exposes the server to the network")
     port: int = option(8080, "port; SageMaker's containers use 8080; 0 picks any free port and says which")

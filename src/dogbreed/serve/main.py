@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 
+from dogbreed import remote
 from dogbreed.errors import DogbreedError
 from dogbreed.lifetime import PARENT_ENV, end_with_parent
 from dogbreed.serve.config import ServeConfig
@@ -32,6 +33,9 @@ def serve(cfg: ServeConfig) -> None:
 
     cfg.validate()
     sock = listen_socket(cfg.host, cfg.port)
+    shown = cfg.model
+    if remote.is_s3(cfg.model):  # staged once, here: each worker loads the local copy
+        cfg = dataclasses.replace(cfg, model=str(remote.staged_file(cfg.model)))
     if cfg.exposed and not cfg.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this address can use the model", cfg.host)
     port = sock.getsockname()[1]  # --port 0: the one the system chose
@@ -43,9 +47,9 @@ def serve(cfg: ServeConfig) -> None:
         # fail here, in one line, not in each worker; and choose the backend once, here, for all of them
         # (workers timing at once would measure each other)
         model = load_artifact(cfg.model, device="cpu", backend=cfg.backend, budget_s=cfg.backend_budget_s,
-                              batch_sizes=tuple(sorted({1, cfg.max_batch_size})))
+                              batch_sizes=tuple(sorted({1, cfg.max_batch_size})), name=shown)
         cfg = dataclasses.replace(cfg, backend=model.backend)
-        log.info("serving %s on %s, %d workers; each says when it is ready; %s)", cfg.model, where, cfg.workers,
+        log.info("serving %s on %s, %d workers; each says when it is ready; %s)", shown, where, cfg.workers,
                  describe(model))
         os.environ[CONFIG_ENV] = json.dumps(cfg.to_dict())
         os.environ[PARENT_ENV] = str(os.getpid())
@@ -56,7 +60,7 @@ def serve(cfg: ServeConfig) -> None:
         return
     server = Server(cfg)
     model = server.load()  # the model is loaded once, on the thread that will run it
-    log.info("serving %s on %s; %s)", cfg.model, where, describe(model))
+    log.info("serving %s on %s; %s)", shown, where, describe(model))
     runner = uvicorn.Server(uvicorn.Config(create_app(cfg, server), **http))
     runner.run(sockets=[sock])
     if not runner.started:

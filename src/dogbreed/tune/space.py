@@ -15,9 +15,9 @@ from typing import Any
 
 import optuna
 
+from dogbreed import remote
 from dogbreed.config import FIELD_TYPES, PROFILE_KEYS, TrainConfig, coerce
 from dogbreed.errors import DogbreedError
-from dogbreed.files import read_yaml
 
 NOT_TUNABLE = {"data", "out", "name", "cache_dir", "device", "workers", "resume", *PROFILE_KEYS}
 KINDS = ("float", "int", "categorical")
@@ -111,7 +111,7 @@ def _param(name: str, spec: Any, where: str) -> Param:
 def load_space(path: str | os.PathLike | None) -> dict[str, Param]:
     if path is None:
         return dict(DEFAULT_SPACE)
-    doc = read_yaml(path, "space file")
+    doc = remote.read_yaml(path, "space file")
     if not isinstance(doc, dict) or not doc:
         raise DogbreedError(f"space file {path} must map parameter names to ranges")
     return {name: _param(name, spec, str(path)) for name, spec in doc.items()}

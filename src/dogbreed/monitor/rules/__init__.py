@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 
+from dogbreed import remote
 from dogbreed.errors import DogbreedError
-from dogbreed.files import read_yaml
 from dogbreed.monitor.rules.base import Rule, State
 from dogbreed.monitor.rules.debugger import (
     ClassImbalance,
@@ -101,7 +101,7 @@ def validate_rules(doc, source: str = "rules file") -> dict[str, dict | None]:
 def load_rules_file(path: str | os.PathLike | None) -> dict[str, dict | None]:
     if not path:
         return {}
-    return validate_rules(read_yaml(path, "rules file"), f"rules file {path}")
+    return validate_rules(remote.read_yaml(path, "rules file"), f"rules file {path}")
 
 
 class RuleSet:
