@@ -45,7 +45,8 @@ class ServeConfig:
                                   "fastest; eager (fp32), bf16, torchscript, onnx, int8 force one (all but eager need "
                                   "`dogbreed export`; bf16 and int8 run only where they passed their accuracy gate)",
                           choices=backends.CHOICES)
-    backend_budget_s: float = option(backends.DEFAULT_BUDGET_S, "seconds --backend auto may spend timing backends at start")
+    backend_budget_s: float = option(backends.DEFAULT_BUDGET_S, "seconds --backend auto may spend choosing at start: "
+                                                                "loading, warming up and timing the backends, all counted")
     api_key: str | None = option(None, "require Authorization: Bearer KEY on everything but /ping and the page "
                                        f"(default: ${API_KEY_ENV}, else none)")
 
