@@ -20,7 +20,9 @@ def test_the_demo_runs_end_to_end_offline(tmp_path):
     assert artifact.is_file()
     exported = Path(re.search(r"exported: +(\S+model-all\.tar\.gz)", text)[1])
     assert Path(re.search(r"serve it: +dogbreed serve --model (\S+)", text)[1]) == exported and exported.is_file()
-    assert re.search(r"model-all\.tar\.gz: backend \w+ \(auto\); img/s at batch 1/8: ", text)  # auto timed the exports
+    # auto raced the exports within the demo's 4 s budget (on a busy machine perhaps none had time)
+    assert re.search(r"model-all\.tar\.gz: backend \w+ \(auto\); (img/s at batch 1/8: |.*not timed within the 4s budget)",
+                     text)
     assert text.count("  1. ") == 5  # top-5 tables: three test images, an unseen breed, an image of no dog
     assert "unseen/" in text and "not-a-dog.png" in text
     assert "dogbreed evaluate --model" in text

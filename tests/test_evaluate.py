@@ -4,12 +4,13 @@ import json
 import logging
 
 import pytest
+import torch
 
 from dogbreed.archive import safe_extract_tar
 from dogbreed.artifact import load_artifact
 from dogbreed.cli import main
 from dogbreed.data.synth import synth
-from dogbreed.evaluate import _pass, run
+from dogbreed.evaluate import _pass, _quality, _selective, run
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def test_measures_plots_and_the_ood_part(trained_run, synth_data, unseen, tmp_pa
     curve = doc["selective"]
     assert curve[-1]["coverage"] == 1.0 and curve[-1]["accuracy"] == pytest.approx(doc["accuracy"])
     assert [c["coverage"] for c in curve] == sorted(c["coverage"] for c in curve)
+    assert len(curve) <= doc["n"] and len({json.dumps(c) for c in curve}) == len(curve)
     assert sum(doc["verdicts"].values()) == pytest.approx(1.0)
     ood = doc["ood"]
     assert ood["score"] == "mahalanobis" and ood["out_n"] == 16 and ood["in_n"] == 8 and 0 <= ood["auroc"] <= 1
@@ -96,3 +98,22 @@ def test_an_unreadable_image_is_skipped_and_named_by_its_path(trained_run, sampl
         done = _pass(load_artifact(trained_run.artifact), [str(bad), str(samples / "Boxer_02426.jpg")], False, "test")
     assert done["unreadable"] == 1 and done["kept"] == {str(samples / "Boxer_02426.jpg")}
     assert f"skipping unreadable image {bad}: cannot decode" in caplog.text
+
+
+def test_a_perfect_score_on_60_images_still_has_an_interval_below_100():
+    """A percentile bootstrap of 60 successes resamples only successes: 100-100%."""
+    targets = torch.arange(60) % 4
+    doc = _quality(torch.nn.functional.one_hot(targets, 4).double() * 0.9 + 0.025, targets)
+    assert doc["accuracy"] == 1.0
+    assert doc["accuracy_ci95"][1] == 1.0 and doc["accuracy_ci95"][0] == pytest.approx(0.9398, abs=1e-3)  # Wilson
+
+
+def test_the_selective_curve_has_one_point_per_distinct_threshold():
+    """Images of equal confidence are answered together: 5 images at 3 confidences are 3 points."""
+    confidence = torch.tensor([0.875, 0.625, 0.875, 0.625, 0.75], dtype=torch.float64)
+    probs = torch.stack([confidence, 1 - confidence], dim=1)  # every image's answer is class 0
+    targets = torch.tensor([0, 0, 1, 1, 1])
+    curve = _selective(probs, targets)
+    assert curve == [{"coverage": 0.4, "accuracy": 0.5, "min_confidence": 0.875},
+                     {"coverage": 0.6, "accuracy": round(1 / 3, 6), "min_confidence": 0.75},
+                     {"coverage": 1.0, "accuracy": 0.4, "min_confidence": 0.625}]

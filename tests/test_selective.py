@@ -3,17 +3,10 @@
 import torch
 
 from dogbreed import selective
+from dogbreed.stats import selective_curve
 
 CONFIDENCE = torch.tensor([0.9, 0.8, 0.8, 0.6, 0.3])
 CORRECT = torch.tensor([True, True, False, True, False])
-
-
-def test_the_curve_has_one_point_per_distinct_confidence_most_confident_first():
-    assert selective.curve(CONFIDENCE, CORRECT) == [
-        {"threshold": 0.9, "coverage": 0.2, "accuracy": 1.0},
-        {"threshold": 0.8, "coverage": 0.6, "accuracy": 0.666667},  # the two 0.8s are answered together
-        {"threshold": 0.6, "coverage": 0.8, "accuracy": 0.75},
-        {"threshold": 0.3, "coverage": 1.0, "accuracy": 0.6}]
 
 
 def test_the_threshold_is_the_lowest_that_keeps_the_answers_at_the_accuracy_asked():
@@ -36,6 +29,6 @@ def test_the_verdicts_of_known_breeds_add_up_and_count_the_not_a_dog_check():
 
 
 def test_a_long_curve_is_thinned_evenly_keeping_both_ends_and_the_chosen_point():
-    points = selective.curve(torch.linspace(1, 0.01, 500), torch.ones(500, dtype=torch.bool))
+    points = selective_curve(torch.linspace(1, 0.01, 500), torch.ones(500, dtype=torch.bool))
     kept = selective.thin(points, 50, keep=points[123])
     assert len(kept) <= 51 and kept[0] is points[0] and kept[-1] is points[-1] and points[123] in kept

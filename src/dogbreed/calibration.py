@@ -10,7 +10,6 @@ measures it.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable
 
 import numpy as np
@@ -84,19 +83,6 @@ def bootstrap(statistic: Callable[..., torch.Tensor], *columns: torch.Tensor, ro
     values -= values.mean() - statistic(*(column[None] for column in columns)).item()
     tail = (1 - level) / 2
     return max(0.0, float(np.quantile(values, tail))), float(np.quantile(values, 1 - tail))
-
-
-def wilson(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson's score interval for a share of ``correct`` out of ``n``: unlike a bootstrap it is
-    not empty at 0% or 100% (60 right of 60 is 94.0-100%), and it keeps its coverage on small
-    splits. The closed form: scipy is not a dependency for one formula."""
-    if n == 0:
-        return 0.0, 1.0
-    z = statistics.NormalDist().inv_cdf(1 - (1 - level) / 2)
-    share = correct / n
-    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
-    return max(0.0, round(centre - half, 12)), min(1.0, round(centre + half, 12))
 
 
 def ece_interval(probs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dogbreed import calibration, plots, rejection, remote
+from dogbreed import calibration, plots, rejection, remote, stats
 from dogbreed.artifact import load_artifact
 from dogbreed.data.layout import IMAGE_EXTS, SPLITS, model_index, scan
 from dogbreed.errors import DogbreedError
@@ -125,11 +125,10 @@ def _scores(model: LoadedModel, passed: dict) -> torch.Tensor | None:
 
 def _quality(probs: torch.Tensor, targets: torch.Tensor) -> dict:
     top5 = probs.topk(min(5, probs.shape[1]), dim=1).indices
-    accuracy = lambda p, y: (p.argmax(dim=1) == y).double().mean().item()  # noqa: E731
+    right = int((probs.argmax(dim=1) == targets).sum())
     return {
-        "accuracy": round(accuracy(probs, targets), 6),
-        "accuracy_ci95": [round(v, 6) for v in calibration.wilson(int((probs.argmax(dim=1) == targets).sum()),
-                                                                    len(targets))],
+        "accuracy": round(right / targets.numel(), 6),
+        "accuracy_ci95": [round(v, 6) for v in stats.wilson(right, targets.numel())],
         "top5": round((top5 == targets[:, None]).any(dim=1).double().mean().item(), 6),
         "nll": round(F.nll_loss(torch.log(probs.double().clamp_min(1e-12)), targets).item(), 6),
         "ece": round(calibration.ece(probs, targets), 6),
@@ -137,16 +136,9 @@ def _quality(probs: torch.Tensor, targets: torch.Tensor) -> dict:
     }
 
 
-def _selective(probs: torch.Tensor, targets: torch.Tensor, points: int = 20) -> list[dict]:
-    """Accuracy of the most confident ``coverage`` share of the images, for coverage 5%..100%."""
+def _selective(probs: torch.Tensor, targets: torch.Tensor) -> list[dict]:
     confidence, predicted = probs.max(dim=1)
-    correct = (predicted == targets)[confidence.argsort(descending=True)].double()
-    curve = []
-    for k in range(1, points + 1):
-        n = max(1, round(len(correct) * k / points))
-        curve.append({"coverage": round(n / len(correct), 4), "accuracy": round(correct[:n].mean().item(), 6),
-                      "min_confidence": round(float(confidence.sort(descending=True).values[n - 1]), 6)})
-    return curve
+    return stats.selective_curve(confidence, predicted == targets)
 
 
 def _verdicts(model: LoadedModel, probs: torch.Tensor, ood: torch.Tensor | None, opts: Options) -> dict:

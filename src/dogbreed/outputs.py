@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dogbreed import calibration, gates, interpret, model_card, rejection, selective
+from dogbreed import calibration, gates, interpret, model_card, rejection, selective, stats
 from dogbreed import config as cfgmod
 from dogbreed.artifact import model_meta, pack, write_meta, write_model_dir
 from dogbreed.batches import Batches
@@ -114,7 +114,7 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
     plot_top_losses(why["top_losses"], run_dir / "top_losses.png")
     plot_per_class(per_class, run_dir / "per_class.png")
 
-    accuracy_ci = calibration.wilson(int((test.predictions == test.targets).sum()), test.n)
+    accuracy_ci = stats.wilson(int((test.predictions == test.targets).sum()), test.targets.numel())
     results = {
         **test_metrics,
         "test_accuracy_ci95": [round(v, 6) for v in accuracy_ci],

@@ -107,4 +107,6 @@ def format_answer(path: Path, answer: dict, threshold: float) -> str:
         lines.append("   not a dog, or not a breed this model knows: it looks unlike every breed it was trained on")
     elif answer["low_confidence"]:
         lines.append(f"   not sure (low confidence): top-1 probability under {threshold:g}; try another photo")
+    elif verdict == "breed":
+        lines.append(f"   breed: {answer['breeds'][0]} (top-1 probability {answer['topk_probs'][0]:.3f}, at least {threshold:g})")
     return "\n".join(lines)

@@ -6,31 +6,18 @@ A fixed threshold means different things for different models: 0.8 turned away 7
 model's known-breed photos that it answered rightly. The threshold chosen is the lowest that keeps
 the answers at a stated accuracy (``--unsure-accuracy``, 90% by default) on the validation images
 the "not a dog" check lets through: a strong model answers nearly everything, a weak one says
-``unsure`` where its answers would too often be wrong. A few lines of tensor code: no library
-offers this choice on a given curve.
+``unsure`` where its answers would too often be wrong. The curve is ``stats.selective_curve``,
+which ``evaluate`` draws too; no library offers this choice on it.
 """
 
 from __future__ import annotations
 
 import torch
 
+from dogbreed.stats import selective_curve
+
 DEFAULT_ACCURACY = 0.9
 CURVE_POINTS = 50  # kept in model.json: enough to draw it and to re-read another accuracy from it
-
-
-def curve(confidence: torch.Tensor, correct: torch.Tensor) -> list[dict]:
-    """One point per distinct confidence, most confident first: answering the images whose top-1
-    probability is at least ``threshold`` answers ``coverage`` of them, ``accuracy`` of those rightly.
-    At most one point an image, none twice (images of equal confidence are answered together)."""
-    if not len(confidence):
-        return []
-    order = confidence.double().argsort(descending=True)
-    ranked, hits = confidence.double()[order], correct.double()[order].cumsum(0)
-    last = torch.ones(len(ranked), dtype=torch.bool)  # the last image of each run of equal confidences
-    last[:-1] = ranked[:-1] != ranked[1:]
-    n = len(ranked)
-    return [{"threshold": round(float(ranked[i]), 6), "coverage": round((i + 1) / n, 6),
-             "accuracy": round(float(hits[i]) / (i + 1), 6)} for i in last.nonzero().flatten().tolist()]
 
 
 def thin(points: list[dict], most: int = CURVE_POINTS, keep: dict | None = None) -> list[dict]:
@@ -46,7 +33,7 @@ def choose(confidence: torch.Tensor, correct: torch.Tensor, accuracy: float = DE
     images: 0 when all of them are, halfway between the last image answered and the first turned
     away otherwise; 1 when not even the most confident reach it (every answer is then unsure). With
     the coverage and accuracy it gives here and the curve it was read from (model.json's ``unsure``)."""
-    points = curve(confidence, correct)
+    points = selective_curve(confidence, correct)
     reaching = [i for i, p in enumerate(points) if p["accuracy"] >= accuracy]
     chosen = points[reaching[-1]] if reaching else None
     if chosen is None:
@@ -54,7 +41,7 @@ def choose(confidence: torch.Tensor, correct: torch.Tensor, accuracy: float = DE
     elif chosen is points[-1]:
         threshold = 0.0
     else:
-        threshold = (chosen["threshold"] + points[reaching[-1] + 1]["threshold"]) / 2
+        threshold = (chosen["min_confidence"] + points[reaching[-1] + 1]["min_confidence"]) / 2
     return {"accuracy": accuracy, "threshold": round(threshold, 6), "chosen": True,
             "valid_answered": chosen["coverage"] if chosen else 0.0,
             "valid_answered_accuracy": chosen["accuracy"] if chosen else None,

@@ -2,6 +2,7 @@
 bf16 test, on candidates whose cost is known: a fake clock that each forward pass moves on."""
 
 import platform
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -58,12 +59,49 @@ def test_a_caller_that_picks_its_batch_size_races_each_candidate_at_its_fastest(
 
 def test_a_time_budget_buys_more_timed_passes_up_to_the_most(clock):
     passes: list = []
-    rates = backends.timed(candidate(clock, lambda n: 0.012, passes), {1: [0], 2: [0, 0]}, seconds=0.1)
-    assert passes == [1] * (backends.WARM_UPS + 5) + [2] * (backends.WARM_UPS + 5)  # 0.05 s each: five passes
-    assert rates == {1: pytest.approx(1 / 0.012), 2: pytest.approx(2 / 0.012)}
+    rates = backends.timed(candidate(clock, lambda n: 0.01, passes), {1: [0], 2: [0, 0]}, seconds=0.16)
+    # 0.08 s each, warm-ups included: 2 + 6 passes (the 8th starts at 0.07 s)
+    assert passes == [1] * (backends.WARM_UPS + 6) + [2] * (backends.WARM_UPS + 6)
+    assert rates == {1: pytest.approx(1 / 0.01), 2: pytest.approx(2 / 0.01)}
     passes.clear()
     backends.timed(candidate(clock, lambda n: 1e-6, passes), {1: [0]}, seconds=1.0)  # far from its deadline
     assert len(passes) == backends.WARM_UPS + backends.MAX_PASSES
+
+
+def test_no_pass_starts_after_the_deadline_and_a_candidate_without_its_least_passes_is_out_of_time(clock):
+    passes: list = []
+    slow = candidate(clock, lambda n: 0.3, passes)
+    # a generous share, a deadline at 1 s: warm-ups at 0 and 0.3, timed passes at 0.6 and 0.9, none at 1.2
+    assert backends.timed(slow, {1: [0]}, seconds=10, deadline=1.0) == {1: pytest.approx(1 / 0.3)}
+    assert len(passes) == backends.WARM_UPS + backends.MIN_PASSES and clock[0] == pytest.approx(1.2)
+    passes.clear()
+    with pytest.raises(backends.OutOfTime):  # batch 1 takes 1.2 s of the 1 s left: batch 8 cannot start
+        backends.timed(slow, {1: [0], 8: [0] * 8}, seconds=10, deadline=clock[0] + 1.0)
+    assert passes == [1] * (backends.WARM_UPS + backends.MIN_PASSES)  # and started nothing after the deadline
+
+
+def test_torchscript_is_timed_only_after_the_jit_optimised_it_at_every_batch_size(clock):
+    """The profiling executor runs a graph instrumented first and builds its optimised plan on the next run."""
+    profiled = torch._C._jit_get_num_profiled_runs()
+    assert backends.warm_ups("torchscript") >= profiled + 2 and backends.warm_ups("onnx") == backends.WARM_UPS
+    passes: list = []
+    backends.Selection("auto", "eager").measure("torchscript", candidate(clock, lambda n: 0.01, passes),
+                                                {1: [0], 8: [0] * 8})
+    each = backends.warm_ups("torchscript") + backends.MIN_PASSES
+    assert passes == [1] * each + [8] * each
+
+
+def test_the_warm_ups_leave_the_real_jit_running_its_optimised_plan():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated": export still writes it
+        traced = torch.jit.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval(),
+                                 torch.rand(1, 3, 8, 8))
+    with torch.inference_mode():
+        for batch in (1, 8):
+            for _ in range(backends.warm_ups("torchscript")):
+                traced(torch.rand(batch, 3, 8, 8))
+            traced(torch.rand(batch, 3, 8, 8))  # the first timed pass
+            assert "prim::profile" not in str(torch.jit.last_executed_optimized_graph()), batch
 
 
 def test_one_bf16_answer_for_training_and_serving_that_agrees_with_the_cpus_flags(monkeypatch):

@@ -13,8 +13,9 @@ from dogbreed.serve import ServeConfig
     (["--threshold", "80"], "--threshold must be in [0, 1], got 80"),
     (["--topk", "1001"], "--topk must be 1..1000, got 1001"),
     (["--backend", "tensorrt"], "--backend 'tensorrt' is not available; choose one of: auto, eager, bf16, torchscript, onnx, int8"),
-    (["--max-instances", "300"], "--max-instances 300 is over --queue-size 256: a request of that many images could "
-                                 "never be queued; raise --queue-size or lower --max-instances"),
+    (["--max-instances", "300", "--queue-size", "256"], "--max-instances 300 is over --queue-size 256: a request of that "
+                                                        "many images could never be queued; raise --queue-size or lower "
+                                                        "--max-instances"),
     (["--max-batch-size", "0"], "--max-batch-size must be at least 1"),
     (["--port", "99999"], "--port must be 0..65535 (0: any free port), got 99999"),
     (["--name", ""], "--name '' is not an endpoint name: 1 to 63 letters, digits and hyphens"),
@@ -47,3 +48,16 @@ def test_the_api_key_may_come_from_the_environment(monkeypatch):
     assert ServeConfig.from_flags({"model": "m", "api_key": "typed"}).api_key == "typed"
     with pytest.raises(DogbreedError, match="--queue-size must be at least 1"):
         ServeConfig.from_flags({"model": "m", "queue_size": 0})
+
+
+@pytest.mark.parametrize("flags, queue, instances", [
+    (["--queue-size", "4"], 4, 4),  # the default --max-instances 16 would not fit: it follows
+    (["--queue-size", "1000"], 1000, 16),
+    (["--max-instances", "300"], 300, 300),  # the default --queue-size 256 would not hold it: it follows
+    (["--max-instances", "8"], 256, 8),
+    (["--queue-size", "4", "--max-instances", "2"], 4, 2),
+])
+def test_one_of_queue_size_and_max_instances_given_alone_fits_the_other_to_it(flags, queue, instances):
+    args = build_parser().parse_args(["serve", "--model", "m.tar.gz", *flags])
+    cfg = ServeConfig.from_flags({k: v for k, v in vars(args).items() if k in {f.name for f in fields(ServeConfig)}})
+    assert (cfg.queue_size, cfg.max_instances) == (queue, instances)

@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 
+from .conftest import running_server
 from .test_routes import invoke
 
 
@@ -60,3 +61,32 @@ def test_the_api_page_lists_the_routes_offline(server, browser):
     assert {"/ping", "/invocations", "/endpoints/{name}/invocations", "/predict", "/metrics"} <= paths
     assert browser.find_element(By.ID, "error").text == ""
     assert "curl -F image=@dog.jpg " + server + "/predict" in browser.find_element(By.TAG_NAME, "body").text
+
+
+def test_the_api_key_is_kept_for_the_tab_only(trained_run, samples, browser):
+    """Asked for once a request gets 401, then remembered in the tab's sessionStorage, not in
+    localStorage, which outlives the browser session on the disk."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def upload(photo, wanted: str):
+        browser.execute_script("document.getElementById('results').replaceChildren()")
+        field = browser.find_element(By.ID, "file")
+        browser.execute_script("arguments[0].hidden = false", field)
+        field.send_keys(str(photo))
+        return WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, f"#results {wanted}")))
+
+    with running_server(trained_run.artifact, "--api-key", "s3cret-key") as url:
+        browser.get(url + "/")
+        assert "API key" in upload(samples / "Beagle_01125.jpg", ".error").text
+        WebDriverWait(browser, 10).until(ec.visibility_of_element_located((By.ID, "key"))).send_keys("s3cret-key")
+        upload(samples / "Boxer_02426.jpg", ".row")
+        stored = "return [sessionStorage.getItem('dogbreed-key'), localStorage.getItem('dogbreed-key')]"
+        assert browser.execute_script(stored) == ["s3cret-key", None]
+        browser.refresh()  # the same tab: still known
+        assert browser.find_element(By.ID, "key").get_attribute("value") == "s3cret-key"
+        browser.switch_to.new_window("tab")  # another tab starts without it
+        browser.get(url + "/")
+        assert browser.find_element(By.ID, "key").get_attribute("value") == ""
+        assert browser.execute_script(stored) == [None, None]

@@ -42,6 +42,21 @@ def test_ping_is_503_before_the_model_is_loaded(trained_run):
     assert client.get("/ping").status_code == 503
 
 
+def test_the_api_spec_gives_every_operation_its_own_id():
+    """FastAPI warns "Duplicate Operation ID" into the server's log when /docs reads a spec with one."""
+    import warnings
+
+    from dogbreed.serve import ServeConfig
+    from dogbreed.serve.routes import create_app
+
+    app = create_app(ServeConfig(model="model.tar.gz"))  # the spec needs no model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spec = app.openapi()
+    ids = [operation["operationId"] for path in spec["paths"].values() for operation in path.values()]
+    assert len(ids) == len(set(ids)) and {"get", "head"} <= set(spec["paths"]["/ping"])
+
+
 def test_invocations_answers_with_the_seeds_field_names(server, samples):
     status, headers, body = invoke(server, (samples / "Beagle_01125.jpg").read_bytes())
     assert status == 200 and headers["content-type"] == "application/json"

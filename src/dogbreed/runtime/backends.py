@@ -45,8 +45,12 @@ GATE = {"top1": 0.99, "top5": 0.995}  # the least agreement with fp32 on the val
 CPU_ONLY = ("onnx", "int8")  # ONNX Runtime's CPU provider
 EXPORTED = tuple(name for name in BACKENDS if BACKENDS[name] != BACKENDS["eager"])  # their own file
 DEFAULT_BATCH_SIZES = (1, 8)
-DEFAULT_BUDGET_S = 10.0  # how long auto may spend timing, in all
+DEFAULT_BUDGET_S = 10.0  # how long auto may spend choosing, in all: loading, warming up and timing candidates
 WARM_UPS = 2  # untimed passes first: they build kernels (oneDNN's bf16 ones per shape) and ONNX Runtime's arenas
+# TorchScript's profiling executor runs a graph instrumented for its first runs (1 by default), then
+# builds the optimised plan on the next one: those runs come on top of the warm-ups every backend
+# gets, at each batch size, so that no timed pass pays for the JIT's work.
+JIT_WARM_UPS = getattr(torch._C, "_jit_get_num_profiled_runs", lambda: 1)() + WARM_UPS
 MIN_PASSES = 2  # timed passes per candidate and batch size, however slow
 MAX_PASSES = 50
 BF16_INSTRUCTIONS = ("avx512_bf16", "amx_bf16", "bf16")  # x86's two, Arm's; as torch.cpu.get_capabilities names them
@@ -118,22 +122,48 @@ def unusable(model_dir: str, meta: dict, name: str, device: torch.device) -> str
     return None
 
 
-def timed(forward: Callable[[Input], object], inputs: Mapping[int, Input], seconds: float = 0.0) -> dict[int, float]:
+class OutOfTime(Exception):
+    """A candidate that reached the race's deadline before its least timed passes: unmeasured."""
+
+
+def warm_ups(name: str) -> int:
+    """Untimed passes that candidate ``name`` makes at each batch size before it is timed."""
+    return JIT_WARM_UPS if name == "torchscript" else WARM_UPS
+
+
+def timed(forward: Callable[[Input], object], inputs: Mapping[int, Input], seconds: float = 0.0, *,
+          warm: int = WARM_UPS, deadline: float | None = None) -> dict[int, float]:
     """Images per second of ``forward`` on each of ``inputs`` (batch size -> a batch that size):
-    :data:`WARM_UPS` untimed passes, then timed ones for about ``seconds`` in all (at least
-    :data:`MIN_PASSES`, at most :data:`MAX_PASSES` each); the median. How every race times."""
+    ``warm`` untimed passes, then timed ones (at least :data:`MIN_PASSES`, at most
+    :data:`MAX_PASSES`); the median. How every race times.
+
+    ``seconds`` is what it may spend in all, warm-ups included, shared evenly over the batch sizes
+    (what one leaves goes to the next); only the least passes may take longer. ``deadline`` (a
+    ``time.perf_counter()`` reading) is a hard stop: no pass starts after it, so it is overrun by one
+    pass at most, and a batch size without its least timed passes by then raises :class:`OutOfTime`."""
     rates = {}
-    for batch, example in inputs.items():
-        for _ in range(WARM_UPS):
+    end = time.perf_counter() + seconds
+    for i, (batch, example) in enumerate(inputs.items()):
+        until = time.perf_counter() + max(0.0, end - time.perf_counter()) / (len(inputs) - i)
+        for _ in range(warm):
+            if _past(deadline):
+                raise OutOfTime
             forward(example)
         times: list[float] = []
-        deadline = time.perf_counter() + seconds / len(inputs)
-        while len(times) < MIN_PASSES or (time.perf_counter() < deadline and len(times) < MAX_PASSES):
+        while len(times) < MIN_PASSES or (time.perf_counter() < until and len(times) < MAX_PASSES):
+            if _past(deadline):
+                if len(times) < MIN_PASSES:
+                    raise OutOfTime
+                break
             started = time.perf_counter()
             forward(example)
             times.append(time.perf_counter() - started)
         rates[batch] = batch / statistics.median(times)
     return rates
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() >= deadline
 
 
 @dataclass
@@ -145,18 +175,22 @@ class Selection:
     chosen: str
     measured: dict[str, dict[int, float]] = field(default_factory=dict)  # backend -> batch size -> images/s
     skipped: dict[str, str] = field(default_factory=dict)  # backend -> why it was not a candidate
-    seconds: float = 0.0  # spent timing
+    seconds: float = 0.0  # spent choosing: timing and, in the server's race, loading the candidates too
     # The caller runs at whichever batch size suits the winner (the embedder's chunks): a candidate is
     # as fast as its best rate. Otherwise (a server takes the batches that come) its rate at the largest.
     any_batch: bool = False
 
     def measure(self, name: str, forward: Callable[[Input], object], inputs: Mapping[int, Input],
-                seconds: float = 0.0) -> bool:
-        """Time candidate ``name`` (:func:`timed`); it becomes ``chosen`` if it is faster than every
-        one timed before it (a tie keeps the earlier). Whether it did."""
+                seconds: float = 0.0, deadline: float | None = None) -> bool:
+        """Time candidate ``name`` (:func:`timed`, after :func:`warm_ups` of its own); it becomes
+        ``chosen`` if it is faster than every one timed before it (a tie keeps the earlier). Whether
+        it did. :class:`OutOfTime` where ``deadline`` came first."""
         started = time.perf_counter()
-        rates = timed(forward, inputs, seconds)
-        return self.record(name, rates, time.perf_counter() - started)
+        try:
+            rates = timed(forward, inputs, seconds, warm=warm_ups(name), deadline=deadline)
+        finally:
+            self.seconds += time.perf_counter() - started
+        return self.record(name, rates)
 
     def record(self, name: str, rates: dict[int, float], seconds: float = 0.0) -> bool:
         """Enter candidate ``name`` with its images per second at each batch size, timed as
@@ -216,14 +250,17 @@ def select(model_dir: str, backend: str = AUTO, device: str | torch.device | Non
            batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, budget_s: float = DEFAULT_BUDGET_S,
            warn: Callable[[str], None] | None = None) -> tuple[LoadedModel, Selection]:
     """Load the artifact on the backend asked for. ``auto`` times every backend that can run it here
-    (its file is there, its runtime installed, its gate passed) at ``batch_sizes`` within about
-    ``budget_s`` seconds and keeps the one with the most images per second at the largest batch
-    size. A backend that is forced but cannot run is one line to ``warn``, and the others compete as
-    under ``auto``: the model always loads, on eager at worst. A damaged file is a ModelLoadError."""
+    (its file is there, its runtime installed, its gate passed) at ``batch_sizes`` and keeps the one
+    with the most images per second at the largest batch size, all within ``budget_s`` seconds from
+    the start (:func:`_race`). A backend that is forced but cannot run is one line to ``warn``, and
+    the others compete as under ``auto``: the model always loads, on eager at worst. A damaged file
+    is a ModelLoadError."""
     if backend not in CHOICES:
         raise ModelLoadError(model_dir, f"backend {backend!r} is not available; choose one of: {', '.join(CHOICES)}")
+    started = time.perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     eager = load_model_dir(model_dir, device, "eager")  # checks the artifact; the fallback
+    loaded_s = time.perf_counter() - started
     selection = Selection(backend, "eager")
     if backend != AUTO:
         why = unusable(model_dir, eager.meta, backend, device)
@@ -236,17 +273,43 @@ def select(model_dir: str, backend: str = AUTO, device: str | torch.device | Non
     for name in BACKENDS:
         if name not in selection.skipped and (why := unusable(model_dir, eager.meta, name, device)) is not None:
             selection.skipped[name] = why
-    return _race(model_dir, device, eager, selection, batch_sizes, budget_s)
+    return _race(model_dir, device, eager, selection, batch_sizes, budget_s, started, loaded_s)
 
 
-def _race(model_dir: str, device: torch.device, eager: LoadedModel, selection: Selection,
-          batch_sizes: Sequence[int], budget_s: float) -> tuple[LoadedModel, Selection]:
+def out_of_time(budget_s: float) -> str:
+    """Why a candidate was not timed: the race's budget was spent (a :attr:`Selection.skipped` reason)."""
+    return f"not timed within the {budget_s:g}s budget"
+
+
+def _race(model_dir: str, device: torch.device, eager: LoadedModel, selection: Selection, batch_sizes: Sequence[int],
+          budget_s: float, started: float, loaded_s: float) -> tuple[LoadedModel, Selection]:
+    """Time the candidates in turn, each loading, warming up and timing within an even share of what
+    is left of ``budget_s`` since ``started``. A candidate starts only if what is left covers what the
+    costliest one so far needed to load and make its least passes (``loaded_s``: eager's load), and
+    no pass starts after the deadline, so the race overruns it by one pass at most. The candidates it
+    could not time are ``skipped`` as :func:`out_of_time`."""
     candidates = [name for name in BACKENDS if name not in selection.skipped]
     if len(candidates) == 1:  # eager alone: nothing to time
         return eager, selection
+    deadline = started + budget_s
     best, pixels = eager, example_pixels(eager, batch_sizes)
-    for name in candidates:
+    least = 0.0  # seconds the costliest candidate so far took to load, warm up and make its least passes
+    for i, name in enumerate(candidates):
+        begun = time.perf_counter()
+        if deadline - begun <= least:
+            continue
         model = eager if name == "eager" else load_model_dir(model_dir, device, name)
-        if selection.measure(name, partial(pipeline.forward, model), pixels, budget_s / len(candidates)):
-            best = model
+        load_s = loaded_s if name == "eager" else time.perf_counter() - begun
+        share = (deadline - begun) / (len(candidates) - i) - (time.perf_counter() - begun)
+        try:
+            if selection.measure(name, partial(pipeline.forward, model), pixels, max(0.0, share), deadline):
+                best = model
+        except OutOfTime:
+            continue
+        passes = (warm_ups(name) + MIN_PASSES) * sum(b / rate for b, rate in selection.measured[name].items())
+        least = max(least, load_s + passes)
+    for name in candidates:
+        if name not in selection.measured and name != selection.chosen:  # eager is the fallback, timed or not
+            selection.skipped[name] = out_of_time(budget_s)
+    selection.seconds = time.perf_counter() - started
     return best, selection

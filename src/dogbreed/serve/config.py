@@ -16,6 +16,7 @@ from dogbreed.runtime.presets import DEFAULT_MAX_PIXELS
 API_KEY_ENV = "DOGBREED_API_KEY"
 ENDPOINT_NAME = re.compile(r"[A-Za-z0-9](-*[A-Za-z0-9]){0,62}")  # SageMaker's EndpointName pattern
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DEFAULT_QUEUE_SIZE = 256
 
 
 @dataclass
@@ -27,11 +28,13 @@ class ServeConfig:
     workers: int = option(1, "server processes, each with its own model copy")
     max_batch_size: int = option(8, "most images run through the model at once; 8 is fastest on CPU, try more on GPU")
     max_delay_ms: float = option(5.0, "how long the first image of a batch waits for others")
-    queue_size: int = option(256, "images that may wait; past it requests get 503 + Retry-After")
+    queue_size: int = option(DEFAULT_QUEUE_SIZE, "images that may wait; past it requests get 503 + Retry-After (given "
+                                                 "alone, it lowers --max-instances to fit)")
     timeout_s: float = option(30.0, "a request waiting longer gets 504")
     max_body_mb: float = option(6.0, "largest request body, in MB; larger gets 413 (6 is SageMaker's limit)")
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "largest image in pixels, checked before decoding; predict and training use the same")
-    max_instances: int = option(DEFAULT_MAX_INSTANCES, "most images in one request (JSON instances or form files)")
+    max_instances: int = option(DEFAULT_MAX_INSTANCES, "most images in one request (JSON instances or form files; "
+                                                       "given alone, it raises --queue-size to fit)")
     topk: int | None = option(None, "breeds per answer; a request may ask otherwise with the topk= custom attribute "
                                     f"(default: the artifact's, {DEFAULT_TOPK})")
     threshold: float | None = option(None, "low_confidence below this top-1 probability; a request may ask otherwise "
@@ -42,7 +45,8 @@ class ServeConfig:
                                   "fastest; eager (fp32), bf16, torchscript, onnx, int8 force one (all but eager need "
                                   "`dogbreed export`; bf16 and int8 run only where they passed their accuracy gate)",
                           choices=backends.CHOICES)
-    backend_budget_s: float = option(backends.DEFAULT_BUDGET_S, "seconds --backend auto may spend timing backends at start")
+    backend_budget_s: float = option(backends.DEFAULT_BUDGET_S, "seconds --backend auto may spend choosing at start: "
+                                                                "loading, warming up and timing the backends, all counted")
     api_key: str | None = option(None, "require Authorization: Bearer KEY on everything but /ping and the page "
                                        f"(default: ${API_KEY_ENV}, else none)")
 
@@ -53,6 +57,12 @@ class ServeConfig:
         values = dict(given)
         if values.get("api_key") is None:
             values["api_key"] = os.environ.get(API_KEY_ENV) or None
+        # A request must fit in the queue: one of the two given alone moves the other's default, so
+        # that only two typed values can contradict each other.
+        if "queue_size" in given and "max_instances" not in given:
+            values["max_instances"] = min(DEFAULT_MAX_INSTANCES, given["queue_size"])
+        elif "max_instances" in given and "queue_size" not in given:
+            values["queue_size"] = max(DEFAULT_QUEUE_SIZE, given["max_instances"])
         return cls(**values).validate()
 
     def validate(self) -> "ServeConfig":

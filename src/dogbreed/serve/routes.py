@@ -53,7 +53,10 @@ def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
         server.metrics.latency.labels(path).observe(time.perf_counter() - started)
         return response
 
-    @app.api_route("/ping", methods=["GET", "HEAD"], summary="Health: 200 once the model is loaded and warmed, 503 before")
+    # One route per method: a route's operation id is its function and path, so one route answering
+    # GET and HEAD gave the spec the same id twice (and a "Duplicate Operation ID" warning).
+    @app.get("/ping", summary="Health: 200 once the model is loaded and warmed, 503 before")
+    @app.head("/ping", summary="Health, without a body (load balancers' checks)")
     async def ping():
         if not server.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
