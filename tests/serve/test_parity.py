@@ -17,7 +17,7 @@ from dogbreed.runtime.presets import load_image
 from ..toolkit import run_handlers
 
 # The server fixture's limits (tests/serve/conftest.py), given to the handlers the SageMaker way.
-HANDLER_ENV = {"DOGBREED_MAX_PIXELS": "1000000", "DOGBREED_MAX_INSTANCES": "4"}
+HANDLER_ENV = {"DOGBREED_MAX_PIXELS": "1000000", "DOGBREED_MAX_INSTANCES": "4", "DOGBREED_BACKEND": "eager"}
 
 
 def post(url: str, body: bytes, headers: dict) -> tuple[int, dict, bytes]:
