@@ -48,11 +48,11 @@ def ece(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> flo
     """Top-label expected calibration error: over equal-width bins of the top probability, the
     gap between that confidence and the accuracy, weighted by the share of images in the bin
     (that is, the sum over bins of |sum of confidences - number correct| / all images)."""
-    confidence, correct = _top(probs, targets)
+    confidence, correct = top(probs, targets)
     return binned_ece(confidence, correct, bins).item()
 
 
-def _top(probs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def top(probs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each image's top probability and whether its top breed is right (1.0 or 0.0)."""
     confidence, predicted = probs.double().max(dim=1)
     return confidence, (predicted == targets).double()
@@ -87,7 +87,7 @@ def bootstrap(statistic: Callable[..., torch.Tensor], *columns: torch.Tensor, ro
 
 def ece_interval(probs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
     """A 95% bootstrap interval for :func:`ece`."""
-    return bootstrap(binned_ece, *_top(probs, targets))
+    return bootstrap(binned_ece, *top(probs, targets))
 
 
 def nll_interval(probs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
@@ -123,7 +123,7 @@ def reliability(logits: torch.Tensor, targets: torch.Tensor, temperature: float 
     where a bin is empty), each bin's share of the images, and the ECE; the reliability diagram
     draws them (``plots.plot_reliability``)."""
     probs = torch.softmax(logits.double() / temperature, dim=1)
-    confidence, correct = _top(probs, targets)
+    confidence, correct = top(probs, targets)
     which = torch.clamp((confidence * bins).long(), max=bins - 1).numpy()
     accuracy = [correct[torch.from_numpy(which == b)].mean().item() if (which == b).any() else np.nan for b in range(bins)]
     share = np.bincount(which, minlength=bins) / max(1, len(which))

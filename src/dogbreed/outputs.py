@@ -162,8 +162,7 @@ def choose_unsure(cfg: TrainConfig, valid: EvalResult | None, test: EvalResult, 
     valid images the "not a dog" check lets through (``selective.choose``); with how the test
     split's known breeds are then answered (``test``), said in one line."""
     def top(split: EvalResult) -> tuple[torch.Tensor, torch.Tensor]:
-        confidence, predicted = torch.softmax(split.logits.double() / temperature, dim=1).max(dim=1)
-        return confidence, predicted == split.targets
+        return calibration.top(torch.softmax(split.logits.double() / temperature, dim=1), split.targets)
 
     if cfg.threshold is None:
         confidence, correct = top(valid)
