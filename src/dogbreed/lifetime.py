@@ -7,7 +7,8 @@ every DataLoader's workers run :func:`loader_worker_init` (the workers of a work
 
 Stopped in order (Ctrl-C), a command's workers finish what must not be cut in two first:
 :func:`deaf_to_ctrl_c` keeps the terminal's SIGINT from reaching them directly, and
-:class:`StopRequest` turns the request the command then sends them into one KeyboardInterrupt.
+:class:`StopRequest` turns the request the command then sends them into one KeyboardInterrupt,
+which waits for the end of a block that must finish (:meth:`StopRequest.held`, :func:`uninterrupted`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 PARENT_ENV = "DOGBREED_PARENT_PID"  # how a worker started by another program (uvicorn) learns its parent
 _PR_SET_PDEATHSIG = 1
+_installed: list["StopRequest"] = []  # the stop requests installed now, innermost last (main thread only)
 
 
 def end_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
@@ -86,6 +88,14 @@ def deaf_to_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def uninterrupted() -> AbstractContextManager:
+    """The block is not cut in two by the :class:`StopRequest` installed now, if any: a request
+    arriving in it is raised when the block ends. For what an interrupt would leave half built, such
+    as a DataLoader starting its worker processes: interrupted there, torch's half-made iterator
+    prints a traceback when it is collected, and a worker spawned halfway reads an empty pipe."""
+    return _installed[-1].held() if _installed else nullcontext()
+
+
 class StopRequest:
     """While installed (``with``), ``signals`` are a request to stop: one KeyboardInterrupt, raised
     on the main thread where it is, or, inside a :meth:`held` block, when the block ends (what it
@@ -103,11 +113,14 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.signals}
+            _installed.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
+        if self in _installed:
+            _installed.remove(self)
 
     def _on_signal(self, signum, frame) -> None:
         if self.requested:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from dogbreed.data.layout import Sample
-from dogbreed.lifetime import loader_worker_init
+from dogbreed.lifetime import loader_worker_init, uninterrupted
 from dogbreed.machine import available_cpus
 from dogbreed.runtime.presets import ImageDecodeError, load_image
 
@@ -52,6 +52,16 @@ def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch
     return default_collate(batch) if batch else None
 
 
+class _Loader(DataLoader):
+    """A DataLoader whose new iterator, which starts the worker processes, a stop request (Ctrl-C of
+    ``tune``) never cuts in two: the request is raised once the iterator is whole, which then ends its
+    workers in order."""
+
+    def __iter__(self):
+        with uninterrupted():
+            return super().__iter__()
+
+
 def image_loader(
     dataset: ImageDataset,
     batch_size: int,
@@ -69,7 +79,7 @@ def image_loader(
     however it ends (``loader_worker_init``)."""
     workers = available_cpus() if workers is None else workers
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
+    return _Loader(
         dataset,
         batch_size=1 if batches is not None else batch_size,
         shuffle=shuffle and batches is None,
