@@ -15,7 +15,9 @@ measured on synthetic validation images). In one run, on the same machine:
   SageMaker's stock container does per worker), under the same load;
 - the servers' peak RSS;
 - the artifact ``dogbreed train`` writes on the same data, as it is (no export): served with
-  ``--backend auto`` against eager at concurrency 16.
+  ``--backend auto`` against eager at concurrency 16. Its backbone is a resnet50 first trained on
+  the synthetic breeds (:func:`trained_weights`), standing in for ImageNet's: the run-end bf16
+  check needs answers with a trained network's margins (``--from-train-only`` runs this part alone).
 
     python benchmarks/serve_bench.py [--requests 48] [--photos ../shared/samples/photos] [--gate 0.99,0.995]
 """
