@@ -1,5 +1,6 @@
 """The frozen-backbone embedding cache."""
 
+import copy
 import json
 
 import pytest
@@ -7,11 +8,13 @@ import torch
 
 from dogbreed import config
 from dogbreed.artifact import load_artifact
-from dogbreed.features import CHUNKS, Chunks
+from dogbreed.features import CHUNKS, Chunks, feature_extractor
 from dogbreed.logs import setup_logging
+from dogbreed.model import build_model
 from dogbreed.predict import predict_files
 from dogbreed.run import train
 from dogbreed.runtime.backends import MIN_PASSES, WARM_UPS
+from dogbreed.runtime.network import set_head
 from dogbreed.runtime.pipeline import Options
 
 from .conftest import TINY, cache_use
@@ -80,3 +83,28 @@ def test_chunk_sizes_are_timed_on_the_work_itself_without_running_any_image_twic
 
     planned = passes * sum(CHUNKS)  # then the fastest for the rest of the fourth batch and the fifth
     assert seen[passes * len(CHUNKS):] == split(4 * 64 - planned, chunks.size) + split(30, chunks.size)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_v2_s"])
+def test_the_extractor_folds_every_batchnorm_and_embeds_what_the_network_computes(backbone):
+    """Folded into their convolutions, the BatchNorms leave the extractor, which still outputs the
+    head's input as the network in eval mode computes it; the model itself is left untouched."""
+    torch.manual_seed(0)
+    model, _ = build_model(backbone, 5, pretrained=False)
+    for module in model.modules():  # statistics other than the initial ones, so that folding them shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    extractor = feature_extractor(model, backbone)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in extractor.modules())
+    assert not any(p.requires_grad for p in extractor.parameters())
+
+    unfolded = copy.deepcopy(model).eval()
+    set_head(unfolded, backbone, torch.nn.Identity())
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = unfolded(images), extractor(images)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
