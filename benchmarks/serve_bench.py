@@ -200,7 +200,7 @@ def trained_weights(data: Path, path: Path, side: int = 112, epochs: int = 6, se
         normalize]))
     net = models.resnet50(num_classes=len(small.classes))
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    steps = epochs * len(torch.utils.data.DataLoader(small, batch_size=32, drop_last=True))
+    steps = epochs * (len(small) // 32)  # full batches of 32 each epoch (drop_last)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=steps)
     amp = amp_dtype_for(torch.device("cpu"), "auto")
     net.train()
