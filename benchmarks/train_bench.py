@@ -18,7 +18,9 @@ on the weights' values.
 
 ``--before REV`` measures only the first training (cold cache, default settings) with the code at
 git revision REV and with the working tree's, alternately (``--rounds`` each, every run on its own
-empty cache, in its own process), beside the uncached fp32 run.
+empty cache, in its own process), beside the uncached fp32 run. Those processes set the allocator
+as every ``dogbreed`` command does (``machine.keep_freed_memory``); the uncached stand-in for the
+original script runs in this process with glibc's defaults, as that script did.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ def timed_run(overrides: dict) -> tuple[float, object]:
 
 FIRST_RUN = """
 import json, sys, time
-from dogbreed import config
+from dogbreed import config, machine
 from dogbreed.run import train
+getattr(machine, "keep_freed_memory", lambda: None)()  # as the command does (code before it did not)
 started = time.perf_counter()
 result = train(config.resolve(overrides=json.loads(sys.argv[1])), progress=False)
 print(json.dumps({"seconds": time.perf_counter() - started, "accuracy": result.test["test_accuracy"]}))

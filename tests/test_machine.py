@@ -1,6 +1,8 @@
 """What the machine offers: usable CPUs, CPU flags, and the devices a run may ask for."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -59,3 +61,27 @@ def test_each_torchrun_rank_on_a_machine_takes_the_gpu_of_its_local_rank(monkeyp
     assert rank_gpu(cuda, gpus=1) == torch.device("cuda", 0)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one rank a machine (SageMaker's hosts): the device as asked
     assert rank_gpu(torch.device("cuda", 3), gpus=4) == torch.device("cuda", 3)
+
+
+FREE_A_BLOCK = """
+import sys, psutil, torch
+from dogbreed import machine
+kept = sys.argv[1] == "keep" and machine.keep_freed_memory()
+rss = psutil.Process().memory_info().rss
+block = torch.ones(32 * 2**20)  # 128 MB, every page touched
+del block
+print(int(kept), (psutil.Process().memory_info().rss - rss) // 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.parametrize("mode", ["keep", "default", "opted-out"])
+def test_freed_memory_is_kept_for_the_next_batch_only_when_asked(mode):
+    """A forward pass's large activations are freed every batch: kept, the next batch reuses their
+    pages; by default glibc unmaps them (and the next batch faults them in again)."""
+    env = {**os.environ, "DOGBREED_KEEP_FREED_MEMORY": "0" if mode == "opted-out" else "1"}
+    out = subprocess.run([sys.executable, "-c", FREE_A_BLOCK, "default" if mode == "default" else "keep"],
+                         capture_output=True, text=True, env=env, timeout=120, check=True)
+    kept, grown_mb = map(int, out.stdout.split())
+    assert kept == (mode == "keep")
+    assert (grown_mb >= 120) if mode == "keep" else (grown_mb < 32)

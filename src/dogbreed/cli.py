@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from dogbreed import __version__, remote
+from dogbreed import __version__, machine, remote
 from dogbreed.config import TrainConfig, normalize_argv
 from dogbreed.errors import DogbreedError, JobError
 from dogbreed.flags import add_flags, given
@@ -404,6 +404,7 @@ def run(argv: list[str]) -> tuple[int, str | None]:
     as argparse does."""
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
+    machine.keep_freed_memory()  # every batch's activations reuse the last one's pages
     try:
         return args.func(args), None
     except JobError as exc:  # every rank of the job met it: rank 0 says it for them all

@@ -25,7 +25,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from dogbreed import remote
+from dogbreed import machine, remote
 from dogbreed.batches import EMBEDDING_KEYS, warm_cache
 from dogbreed.checkpoints import RESUME_OVERRIDABLE, resume_config
 from dogbreed.config import TrainConfig, coerce
@@ -125,6 +125,7 @@ def _worker_process(parent, url, opts, base, space, study_dir, staged, worker, t
     import torch
 
     end_with_parent(parent, signal.SIGKILL)
+    machine.keep_freed_memory()  # a fresh interpreter: the parent's allocator setting is not inherited
     os.environ["TQDM_DISABLE"] = "1"
     setup_logging()
     quiet(QUIET_DURING_TRIALS)
