@@ -61,7 +61,7 @@ def agreements(model_dir: str, eager: LoadedModel, pixels: list[torch.Tensor], n
     reference = logits(eager, pixels, progress, "fp32 on valid")
     records = {}
     for name in names:
-        model = loading.load_model_dir(model_dir, "cpu", name)
+        model = loading.load_model_dir(model_dir, "cpu", name, fused=True)  # as serving runs it
         record = {**backends.agreement(reference, logits(model, pixels, progress, f"{name} on valid")),
                   "images": len(pixels)}
         record["passed"] = backends.passes(record, gate)
@@ -84,7 +84,7 @@ def at_run_end(model_dir: str | Path, valid: Sequence[str | Path], progress: boo
     cpu = torch.device("cpu")
     if not valid or not backends.native_bf16(cpu):
         return {}
-    eager = loading.load_model_dir(str(model_dir), cpu, "eager")
+    eager = loading.load_model_dir(str(model_dir), cpu, "eager", fused=True)
     try:
         pixels = validation_pixels(eager, spread(valid, RUN_END_IMAGES), progress)
     except DogbreedError as exc:

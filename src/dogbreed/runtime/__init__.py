@@ -4,6 +4,7 @@
     pipeline.py   the one inference path: content type -> images -> probabilities -> answers -> JSON
     loading.py    an unpacked artifact (model.json, labels.json, weights) -> LoadedModel
     network.py    the backbone registry and the network builder
+    fusion.py     the frozen network made fast for the CPU (BatchNorms folded, convolutions fused)
     presets.py    image decoding and the train/eval transforms
 
 These modules import only torch, torchvision, numpy and Pillow (never the rest of dogbreed),

@@ -259,14 +259,14 @@ def select(model_dir: str, backend: str = AUTO, device: str | torch.device | Non
         raise ModelLoadError(model_dir, f"backend {backend!r} is not available; choose one of: {', '.join(CHOICES)}")
     started = time.perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    eager = load_model_dir(model_dir, device, "eager")  # checks the artifact; the fallback
+    eager = load_model_dir(model_dir, device, "eager", fused=True)  # checks the artifact; the fallback
     loaded_s = time.perf_counter() - started
     selection = Selection(backend, "eager")
     if backend != AUTO:
         why = unusable(model_dir, eager.meta, backend, device)
         if why is None:
             selection.chosen = backend
-            return (eager if backend == "eager" else load_model_dir(model_dir, device, backend)), selection
+            return (eager if backend == "eager" else load_model_dir(model_dir, device, backend, fused=True)), selection
         selection.skipped[backend] = why
         if warn:
             warn(f"backend {backend} cannot run this model: {why}; the fastest of the others is used")
@@ -298,7 +298,7 @@ def _race(model_dir: str, device: torch.device, eager: LoadedModel, selection: S
         begun = time.perf_counter()
         if deadline - begun <= least:
             continue
-        model = eager if name == "eager" else load_model_dir(model_dir, device, name)
+        model = eager if name == "eager" else load_model_dir(model_dir, device, name, fused=True)
         load_s = loaded_s if name == "eager" else time.perf_counter() - begun
         share = (deadline - begun) / (len(candidates) - i) - (time.perf_counter() - begun)
         try:

@@ -15,10 +15,12 @@ import torch
 from torch import nn
 
 try:
+    from .fusion import ForCpu
     from .network import Autocast, OnnxModel, WithFeatures, build_network
     from .presets import EvalPreset
     from .scores import SCORES, TENSORS, prepare
 except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
+    from fusion import ForCpu  # type: ignore[no-redef]
     from network import Autocast, OnnxModel, WithFeatures, build_network  # type: ignore[no-redef]
     from presets import EvalPreset  # type: ignore[no-redef]
     from scores import SCORES, TENSORS, prepare  # type: ignore[no-redef]
@@ -92,12 +94,15 @@ def load_failure(exc: Exception) -> str:
     return reason if len(reason) <= 300 else reason[:297] + "..."
 
 
-def load_model_dir(model_dir: str, device: str | torch.device | None = None, backend: str = "eager") -> LoadedModel:
+def load_model_dir(model_dir: str, device: str | torch.device | None = None, backend: str = "eager",
+                   fused: bool = False) -> LoadedModel:
     """Rebuild the network from model.json and load model.pth (tensors only, never pickled code).
     ``backend="bf16"`` runs it under bf16 autocast; ``"torchscript"``, ``"onnx"`` or ``"int8"``
     loads the exported ``model.pt``, ``model.onnx`` or ``model.int8.onnx`` instead (``dogbreed
     export``). Which of them to trust and which is fastest is ``backends.py``'s business. Every
-    failure is a :class:`ModelLoadError`."""
+    failure is a :class:`ModelLoadError`. ``fused``: on a CPU, eager and bf16 run the backbone with
+    its BatchNorms folded and its convolutions fused (``fusion.py``), as serving does; what exports
+    or reads the network's layers loads it as trained."""
     if backend not in BACKENDS:
         raise ModelLoadError(model_dir, f"backend {backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -143,6 +148,8 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
             raise ModelLoadError(model_dir, f"{name} does not match model.json ({load_failure(exc)})") from None
         network = WithFeatures(network, meta["backbone"])  # one pass: the logits and the embedding
         network = network.to(device, memory_format=torch.channels_last).eval()
+        if fused and device.type == "cpu":
+            network.body = ForCpu(network.body, torch.bfloat16 if backend == "bf16" else torch.float32)
         if backend == "bf16":
             network = Autocast(network, torch.bfloat16).eval()
         return LoadedModel(network, labels, display, preset, meta, device, backend, temperature, rejection)

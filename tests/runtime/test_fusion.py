@@ -1,0 +1,82 @@
+"""The frozen network fused for the CPU: the same function, every convolution one oneDNN call."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from dogbreed.runtime import fusion
+
+pytestmark = pytest.mark.skipif(not fusion.available(), reason="this torch has no oneDNN pointwise convolution")
+
+
+def trained_looking(name: str) -> nn.Module:
+    """A torchvision network with random weights and BatchNorm statistics other than the initial
+    ones (folding the initial ones changes almost nothing, so would prove little)."""
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(name, weights=None, num_classes=7).eval()
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return net
+
+
+def relative(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got.float() - expected).norm() / expected.norm()).item()
+
+
+@pytest.mark.parametrize("name, activations", [("resnet18", nn.ReLU), ("efficientnet_v2_s", nn.SiLU)])
+def test_every_convolution_is_fused_with_what_follows_and_computes_what_the_network_does(name, activations):
+    net = trained_looking(name)
+    fused = fusion.pointwise(fusion.fold_batchnorms(net), torch.float32)
+    kinds = [m for m in fused.modules() if isinstance(m, fusion.PointwiseConv)]
+    assert not any(isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) for m in fused.modules())
+    assert any(m.unary for m in kinds)
+    if name == "resnet18":  # each block ends conv -> add -> relu: 8 blocks, each its sum fused
+        assert sum(m.add for m in kinds) == 8
+        assert not any(isinstance(m, activations) for m in fused.modules())  # every ReLU went into a convolution
+    images = torch.randn(3, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected, got = net(images), fused(images)
+    assert got.shape == expected.shape
+    assert relative(got, expected) < 1e-5
+
+
+def test_bf16_fused_is_as_close_to_fp32_as_autocast_is():
+    net = trained_looking("resnet18")
+    images = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    fast = fusion.ForCpu(net, torch.bfloat16)
+    with torch.inference_mode():
+        expected = net(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast, got = net(images), fast(images)
+    assert got.dtype == torch.bfloat16
+    assert relative(got, expected) < max(3 * relative(autocast, expected), 1e-3)
+    assert fast.proven and fast.plain is None  # the folded copy was let go after the first fused pass
+
+
+def test_a_network_whose_fused_pass_fails_runs_folded_for_good(monkeypatch):
+    net = trained_looking("resnet18")
+    fast = fusion.ForCpu(net)
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("could not create a primitive")
+
+    monkeypatch.setattr(fast.fused, "forward", refused)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected, got = net(images), fast(images)
+    assert fast.fused is None
+    assert relative(got, expected) < 1e-5
+
+
+def test_folding_leaves_the_model_as_it_was():
+    net = trained_looking("resnet18").train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    folded = fusion.fold_batchnorms(net)
+    assert net.training and any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
