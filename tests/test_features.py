@@ -108,3 +108,22 @@ def test_the_extractor_folds_every_batchnorm_and_embeds_what_the_network_compute
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_on_a_cpu_the_embedding_decodes_on_the_cpus_torchs_threads_leave_free(tmp_path):
+    """Worker processes beside torch's threads only take turns with them (``FeatureCache._decoders``);
+    ``--workers`` and a GPU keep theirs."""
+    from dogbreed.features import FeatureCache
+    from dogbreed.machine import available_cpus
+
+    model, _ = build_model("resnet18", 3, pretrained=False)
+
+    def cache(workers, device="cpu"):
+        made = FeatureCache(tmp_path, feature_extractor(model, "resnet18"), device=torch.device("cpu"), amp_dtype=None,
+                            batch_size=8, workers=workers, progress=False)
+        made.device = torch.device(device)  # as a GPU's cache would be, where none is
+        return made
+
+    assert cache(None)._decoders() == max(available_cpus() - torch.get_num_threads(), 0)
+    assert cache(3)._decoders() == 3
+    assert cache(None, "cuda")._decoders() is None  # the loader's own default: every CPU

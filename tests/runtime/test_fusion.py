@@ -80,3 +80,23 @@ def test_folding_leaves_the_model_as_it_was():
     assert net.training and any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_serving_runs_the_artifact_fused_with_the_answers_it_has_as_trained(trained_run):
+    """What ``serve``, the handlers and the run-end check load (``fused=True``) answers as the
+    network loaded as trained does, in fp32 to float precision; exports read the latter."""
+    from dogbreed.artifact import extracted
+    from dogbreed.runtime import backends, pipeline
+    from dogbreed.runtime.loading import load_model_dir
+
+    torch.manual_seed(0)
+    pixels = [torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8) for _ in range(4)]
+    with extracted(trained_run.artifact) as model_dir:
+        trained = load_model_dir(str(model_dir), "cpu", "eager")
+        fused = load_model_dir(str(model_dir), "cpu", "eager", fused=True)
+        served, _ = backends.select(str(model_dir), "eager", "cpu")
+        with torch.inference_mode():
+            (expected, features), (got, got_features) = pipeline.forward(trained, pixels), pipeline.forward(fused, pixels)
+    assert not isinstance(trained.model.body, fusion.ForCpu)
+    assert isinstance(fused.model.body, fusion.ForCpu) and isinstance(served.model.body, fusion.ForCpu)
+    assert relative(got, expected) < 1e-5 and relative(got_features, features) < 1e-5
