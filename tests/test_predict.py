@@ -109,6 +109,8 @@ def test_the_table_says_each_verdict_in_words():
     plain = format_answer(photo, {**base, "topk_probs": [0.9], "low_confidence": False, "verdict": "breed"}, 0.8)
     assert plain.splitlines() == ["dog.jpg", f"  1. {'Akita':<32}  0.900  {'█' * 18}",
                                   "   breed: Akita (top-1 probability 0.900, at least 0.8)"]
+    unbarred = format_answer(photo, {**base, "low_confidence": False, "verdict": "breed"}, 0.0)
+    assert unbarred.splitlines()[-1] == "   breed: Akita (top-1 probability 0.400)"  # "at least 0" would say nothing
 
 
 def test_keep_on_a_model_without_a_not_a_dog_score_is_said_to_do_nothing(trained_run, samples, tmp_path, capsys):

@@ -46,6 +46,7 @@ from dogbreed.runtime.loading import read_tensors
 from dogbreed.runtime.network import OnnxModel, set_head
 
 log = logging.getLogger(__name__)
+IN_PROCESS = "torch's threads take every CPU, so the images are decoded between the backbone's batches"
 EXPORT_WORTH_S = 60.0  # auto exports the backbone only when eager would still be embedding for longer than this
 
 
@@ -223,9 +224,10 @@ class FeatureCache:
         # their index in ``samples`` in a share too, and with it their augmentation's seed.
         dataset = ImageDataset(samples, transform, view=view, min_side=getattr(transform, "resize_size", None))
         part = dataset if indices is None else Subset(dataset, list(indices))
-        loader = image_loader(part, self.batch_size, shuffle=False, workers=self._decoders(), device=self.device,
+        workers = self._decoders()
+        loader = image_loader(part, self.batch_size, shuffle=False, workers=workers, device=self.device,
                               persistent=False)
-        self.hooks.describe_loader("embed", loader)
+        self.hooks.describe_loader("embed", loader, in_process=IN_PROCESS if workers == 0 and self.workers is None else None)
         features: torch.Tensor | None = None
         ok = torch.zeros(len(samples), dtype=torch.bool)
         bar = tqdm(total=len(part), desc=desc, unit="img", disable=not self.progress, leave=False)

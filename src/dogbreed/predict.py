@@ -108,5 +108,6 @@ def format_answer(path: Path, answer: dict, threshold: float) -> str:
     elif answer["low_confidence"]:
         lines.append(f"   not sure (low confidence): top-1 probability under {threshold:g}; try another photo")
     elif verdict == "breed":
-        lines.append(f"   breed: {answer['breeds'][0]} (top-1 probability {answer['topk_probs'][0]:.3f}, at least {threshold:g})")
+        least = f", at least {threshold:g}" if threshold > 0 else ""  # a threshold of 0 bars nothing
+        lines.append(f"   breed: {answer['breeds'][0]} (top-1 probability {answer['topk_probs'][0]:.3f}{least})")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from dogbreed import config
@@ -226,3 +227,27 @@ def test_a_torchrun_rank_with_its_own_share_of_workers_does_not_trip_the_dataloa
     rule = json.loads((tmp_path / "run" / "profile" / "rules" / "Dataloader.json").read_text())
     assert rule["datapoints"] == 1 and rule["triggers"] == 0, rule
     assert rule["details"]["loaders"]["embed"]["percent_of_cores"] == 100
+
+
+@pytest.mark.parametrize("by_design", [True, False])
+def test_a_loader_that_decodes_in_the_process_by_design_does_not_trip_the_dataloader_rule(synth_data, tmp_path,
+                                                                                         by_design):
+    """The CPU embedding decodes between the backbone's batches where torch's threads take every
+    core (``FeatureCache._decoders``): its loader has no workers by design, which the rule notes and
+    does not flag. A loader left without workers otherwise (``--workers 0``) is still flagged."""
+    from dogbreed.context import prepare
+    from dogbreed.data.loaders import ImageDataset, image_loader
+    from dogbreed.features import IN_PROCESS
+    from dogbreed.monitor import Monitor
+    from dogbreed.monitor.report import write_report
+
+    ctx = prepare(config.resolve(overrides={**TINY, "data": str(synth_data), "out": str(tmp_path)}))
+    monitor = Monitor(tmp_path / "run", device=torch.device("cpu"), meta={})
+    loader = image_loader(ImageDataset(ctx.data.splits["train"], ctx.preset), 64, shuffle=False, workers=0,
+                          device=torch.device("cpu"))
+    monitor.describe_loader("embed", loader, in_process=IN_PROCESS if by_design else None)
+    monitor.close()
+    write_report(tmp_path / "run")
+    rule = json.loads((tmp_path / "run" / "profile" / "rules" / "Dataloader.json").read_text())
+    assert rule["datapoints"] == 1 and rule["triggers"] == (0 if by_design else 1), rule
+    assert any(IN_PROCESS in note for note in rule["details"].get("notes", [])) == by_design

@@ -104,13 +104,16 @@ class Monitor(NoHooks):
         self.meta.update(classes=classes, class_counts=train_counts)
         write_meta(self.folder, self.meta)
 
-    def describe_loader(self, phase: str, loader) -> None:
+    def describe_loader(self, phase: str, loader, in_process: str | None = None) -> None:
+        """``in_process``: why a loader without workers decodes in this process by design (the
+        Dataloader rule then does not flag it)."""
         if isinstance(loader, torch.utils.data.DataLoader):
             info = {"kind": "images", "workers": loader.num_workers, "pin_memory": loader.pin_memory,
                     "persistent_workers": loader.persistent_workers,
                     # under DDP the loader deals out global batches: its batch_sampler holds their size
                     "batch_size": loader.batch_size or getattr(loader.batch_sampler, "batch_size", None),
-                    "prefetch_factor": loader.prefetch_factor}
+                    "prefetch_factor": loader.prefetch_factor,
+                    **({"in_process": in_process} if in_process and not loader.num_workers else {})}
         else:
             info = {"kind": "cached embeddings in memory", "workers": 0, "batch_size": getattr(loader, "batch_size", None)}
         self.meta["loaders"][phase] = info

@@ -135,7 +135,7 @@ class IOBottleneck(_BottleneckRule):
 
 class Dataloader(Rule):
     name, kind = "Dataloader", "profiler"
-    description = "Checks each image data loader's worker processes against the CPU cores this process is given (under torchrun: its rank's share of the machine's): under min_threshold or over max_threshold percent of them is flagged; also reports pinned memory on GPUs."
+    description = "Checks each image data loader's worker processes against the CPU cores this process is given (under torchrun: its rank's share of the machine's): under min_threshold or over max_threshold percent of them is flagged, except a loader that decodes in the process by design (the CPU embedding where torch's threads take every core); also reports pinned memory on GPUs."
     recommendation = "Set --workers near the number of cores (the default); on GPUs keep pinned memory on."
     defaults = {"min_threshold": 70, "max_threshold": 200}
     streams = ("events",)
@@ -153,6 +153,10 @@ class Dataloader(Rule):
         share = f" (this rank's share of {machine})" if cores != machine else ""
         percent = 100.0 * record["workers"] / cores
         self.details.setdefault("loaders", {})[record["phase"]] = {**record, "percent_of_cores": round(percent, 1)}
+        if record.get("in_process"):  # no workers by design: the process's own threads decode
+            self.details.setdefault("notes", []).append(f"{record['phase']} loader decodes in the process: "
+                                                        f"{record['in_process']}")
+            return
         self.check(not self.params["min_threshold"] <= percent <= self.params["max_threshold"], record,
                    f"{record['phase']} loader: {record['workers']} worker(s) on {cores} cores{share} = {percent:.0f}% "
                    f"(outside {self.params['min_threshold']}-{self.params['max_threshold']}%)")
