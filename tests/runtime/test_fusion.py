@@ -100,3 +100,25 @@ def test_serving_runs_the_artifact_fused_with_the_answers_it_has_as_trained(trai
     assert not isinstance(trained.model.body, fusion.ForCpu)
     assert isinstance(fused.model.body, fusion.ForCpu) and isinstance(served.model.body, fusion.ForCpu)
     assert relative(got, expected) < 1e-5 and relative(got_features, features) < 1e-5
+
+
+class ShiftedConv(nn.Module):
+    """A convolution followed by a sum with a constant, not a residual: left to the network."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) + 1.0)
+
+
+def test_a_sum_with_a_constant_is_not_taken_for_a_residual():
+    torch.manual_seed(0)
+    net = ShiftedConv().eval()
+    fused = fusion.pointwise(fusion.fold_batchnorms(net), torch.float32)
+    [conv] = [m for m in fused.modules() if isinstance(m, fusion.PointwiseConv)]
+    assert not conv.add and conv.unary is None
+    images = torch.randn(2, 3, 16, 16)
+    with torch.inference_mode():
+        assert relative(fused(images), net(images)) < 1e-6

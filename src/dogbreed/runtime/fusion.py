@@ -86,7 +86,7 @@ def pointwise(model: nn.Module, dtype: torch.dtype) -> fx.GraphModule:
             continue
         user = _only_user(node)
         add = user is not None and user.op == "call_function" and user.target in ADDS and not user.kwargs \
-            and len(user.args) == 2 and node in user.args and user.args[0] is not user.args[1]
+            and len(user.args) == 2 and all(isinstance(a, fx.Node) for a in user.args) and user.args[0] is not user.args[1]
         end = _only_user(user) if add else user
         unary = _unary(gm, end)
         if add:
@@ -150,7 +150,7 @@ class ForCpu(nn.Module):
         if self.fused is not None:
             try:
                 out = self.fused(x)
-            except (RuntimeError, TypeError) as exc:  # this CPU's oneDNN, or this torch's operator, refused it
+            except Exception as exc:  # noqa: BLE001 (this CPU's oneDNN, or this torch's operator, refused it)
                 if self.proven:
                     raise
                 log.debug("running without fused convolutions: %s", exc)
