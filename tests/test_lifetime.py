@@ -86,3 +86,32 @@ def test_a_stop_request_never_cuts_a_loaders_new_iterator_in_two():
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["interrupted once the iterator was whole"]
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+HANDOFF = textwrap.dedent("""
+    import os, sys, threading
+    from dogbreed.lifetime import loader_worker_init
+    loader_worker_init(os.getppid())(0)  # what a loader worker runs first
+
+    def hand_over(error):  # multiprocessing's resource_sharer reports a failed handoff so
+        try:
+            raise error
+        except BaseException:
+            sys.excepthook(*sys.exc_info())
+
+    for error in (ConnectionResetError(104, "Connection reset by peer"), BrokenPipeError(32, "Broken pipe"),
+                  ValueError("a real fault")):
+        thread = threading.Thread(target=hand_over, args=(error,))
+        thread.start()
+        thread.join()
+""")
+
+
+def test_a_loader_worker_is_quiet_when_its_batchs_taker_left_mid_handoff():
+    """Ctrl-C of ``tune`` may stop a trial while it takes a batch's tensors from a spawned loader
+    worker: the worker's handoff then fails with the connection reset, which is the stop in order,
+    not a fault to print. Any other error still prints."""
+    out = subprocess.run([sys.executable, "-c", HANDOFF], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ValueError: a real fault" in out.stderr
+    assert "ConnectionResetError" not in out.stderr and "BrokenPipeError" not in out.stderr, out.stderr

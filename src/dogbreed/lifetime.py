@@ -17,6 +17,7 @@ import ctypes
 import functools
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -68,6 +69,20 @@ def loader_worker_init(parent_pid: int) -> Callable[[int], None]:
 
 def _end_with(parent_pid: int, worker_id: int) -> None:  # module level: spawned workers unpickle it
     end_with_parent(parent_pid, signal.SIGKILL)
+    sys.excepthook = functools.partial(_quiet_when_the_taker_left, sys.excepthook)
+
+
+PEER_GONE = (ConnectionResetError, BrokenPipeError, EOFError)
+
+
+def _quiet_when_the_taker_left(default, kind, value, traceback) -> None:
+    """A loader worker's uncaught errors, less those of a batch's taker gone mid-handoff. A spawned
+    worker hands each batch's tensors over by file descriptor from a thread of multiprocessing's
+    ``resource_sharer``, which prints any failure through ``sys.excepthook``; when Ctrl-C stops the
+    process iterating the loader while it takes one, the connection resets and the worker printed a
+    traceback for a stop that is in order (the worker is ended next)."""
+    if not issubclass(kind, PEER_GONE):
+        default(kind, value, traceback)
 
 
 @contextmanager
