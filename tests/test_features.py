@@ -127,3 +127,28 @@ def test_on_a_cpu_the_embedding_decodes_on_the_cpus_torchs_threads_leave_free(tm
     assert cache(None)._decoders() == max(available_cpus() - torch.get_num_threads(), 0)
     assert cache(3)._decoders() == 3
     assert cache(None, "cuda")._decoders() is None  # the loader's own default: every CPU
+
+
+@pytest.mark.parametrize("workers", [None, 0])
+def test_the_embedding_tells_the_monitor_when_it_decodes_in_process_by_design(synth_data, tmp_path, monkeypatch,
+                                                                             workers):
+    """What keeps the Dataloader rule quiet on the default CPU embedding (``features.IN_PROCESS``):
+    said only when the cache chose no workers, never for a ``--workers 0`` the user asked for."""
+    from dogbreed.data.layout import scan
+    from dogbreed.features import IN_PROCESS, FeatureCache
+    from dogbreed.hooks import NoHooks
+    from dogbreed.runtime.presets import EvalPreset
+
+    described = []
+
+    class Recorder(NoHooks):
+        def describe_loader(self, phase, loader, in_process=None):
+            described.append((phase, loader.num_workers, in_process))
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 10_000)  # torch's threads take every CPU
+    model, _ = build_model("resnet18", 3, pretrained=False)
+    samples = scan(synth_data).splits["valid"][:4]
+    made = FeatureCache(tmp_path, feature_extractor(model, "resnet18"), device=torch.device("cpu"), amp_dtype=None,
+                        batch_size=8, workers=workers, progress=False, hooks=Recorder(), backend="eager")
+    made.get(samples, EvalPreset(crop_size=64, resize_size=72), "eval64", view=None, desc="embedding valid")
+    assert described == [("embed", 0, IN_PROCESS if workers is None else None)]

@@ -60,7 +60,8 @@ def loader_worker_init(parent_pid: int) -> Callable[[int], None]:
     when its parent dies (``PR_SET_PDEATHSIG``: nothing to poll, and it works while the worker is
     blocked), and a parent already gone (``getppid()`` is no longer the pid it was given) ends it
     now. A process group would not do: a command killed outright signals nobody, and a session's
-    processes outlive its leader. SIGKILL: a loader worker holds nothing to save.
+    processes outlive its leader. SIGKILL: a loader worker holds nothing to save. The worker also
+    stays quiet when the process taking a batch leaves mid-handoff (:func:`_quiet_when_the_taker_left`).
 
     The kernel ties the signal to the thread that started the worker: dogbreed's loaders start
     their workers on the thread that trains, which ends them (``Batches.close``) before it ends."""

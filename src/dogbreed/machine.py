@@ -33,8 +33,8 @@ def keep_freed_memory() -> bool:
     A network's forward pass allocates its activations afresh every batch (a resnet50's first
     ones are 26 MB at batch 16 in bf16, 51 MB in fp32). glibc serves blocks that large with
     ``mmap`` and unmaps them when freed, so every batch faults every page of them in again and
-    zeroes it: measured on an Intel Xeon with AMX (2 CPUs), resnet50 in bf16 at batch 16 ran
-    73 img/s so, and 95 img/s once freed memory is kept (``benchmarks/RESULTS.md``). The usual cure
+    zeroes it: measured on an Intel Xeon with AMX (2 CPUs), resnet50 folded in bf16 at batch 16 ran
+    72.6 img/s so, and 90.0 img/s once freed memory is kept (``benchmarks/cpu_forward_bench.py``). The usual cure
     is another allocator preloaded (jemalloc, tcmalloc), which needs a system package and a
     launcher; glibc does the same with two of its own settings, made here through ``mallopt``
     (no Python library exposes them): no ``mmap`` for large blocks, and no trimming of the heap

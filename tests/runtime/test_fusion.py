@@ -73,12 +73,14 @@ def test_a_network_whose_fused_pass_fails_runs_folded_for_good(monkeypatch):
     assert relative(got, expected) < 1e-5
 
 
-def test_folding_leaves_the_model_as_it_was():
+def test_folding_and_fusing_leave_the_model_as_it_was():
     net = trained_looking("resnet18").train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     folded = fusion.fold_batchnorms(net)
+    fusion.pointwise(folded, torch.bfloat16)
     assert net.training and any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.Conv2d) for m in folded.modules())  # fusing built its own modules
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
@@ -99,6 +101,7 @@ def test_serving_runs_the_artifact_fused_with_the_answers_it_has_as_trained(trai
             (expected, features), (got, got_features) = pipeline.forward(trained, pixels), pipeline.forward(fused, pixels)
     assert not isinstance(trained.model.body, fusion.ForCpu)
     assert isinstance(fused.model.body, fusion.ForCpu) and isinstance(served.model.body, fusion.ForCpu)
+    assert fused.model.body.proven  # it ran fused, not the folded fallback
     assert relative(got, expected) < 1e-5 and relative(got_features, features) < 1e-5
 
 

@@ -4,9 +4,9 @@ and each convolution fused with the activation (and the residual sum) after it, 
 Measured on resnet50 at batch 16 in bf16 (Intel Xeon with AMX, 2 CPUs): the convolutions took 93
 of the forward pass's 197 ms, and the ReLUs (49 of them, 48 ms) and residual sums (16, 33 ms) most
 of the rest, each a pass over activations in memory. oneDNN applies both to a convolution's output
-while it is still in registers ("post-ops"): the forward pass then runs 140 img/s against 89 under
-autocast, at the same distance from fp32 (relative error 0.0046 both), and fp32 runs 31.6 img/s
-against 30.
+while it is still in registers ("post-ops"): the forward pass then runs 140.9 img/s against 90.0
+folded under autocast, at the same distance from fp32 (relative error 0.0046 both), and fp32 runs
+31.9 img/s against 30.9 (``benchmarks/cpu_forward_bench.py``).
 
 What does this elsewhere: ``torch.compile`` (inductor with freezing applies these same fusions,
 through the same oneDNN operator), which costs tens of seconds of compiling on a small CPU before a
@@ -75,10 +75,12 @@ def available() -> bool:
 def pointwise(model: nn.Module, dtype: torch.dtype) -> fx.GraphModule:
     """``model`` (BatchNorms folded already) with every plain ``Conv2d`` fused with what follows it
     where the graph allows: a ReLU or SiLU that only it feeds, or a residual add (then maybe a ReLU).
-    Its weights are cast to ``dtype``. Raises where the network cannot be traced or fused."""
+    Its weights are cast to ``dtype``. Raises where the network cannot be traced or fused. ``model``
+    is left as it was: the traced module holds its own modules' tree, and each fused convolution
+    new buffers (in fp32 the same storage as ``model``'s weights, which nothing writes)."""
     if not available():
         raise RuntimeError("this torch has no oneDNN pointwise convolution")
-    gm = fx.symbolic_trace(copy.deepcopy(model))
+    gm = fx.symbolic_trace(model)
     graph, fused = gm.graph, 0
     for node in list(graph.nodes):
         conv = _conv(gm, node)
