@@ -1,8 +1,10 @@
 """Data, predictions and artifacts on S3, against a real S3 server process on loopback (moto's)."""
 
+import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -181,11 +183,20 @@ def test_evaluate_predict_and_serve_take_the_model_data_and_ood_from_s3(bucket, 
     assert predicted.returncode == 0 and len(predicted.stdout.splitlines()) == 2, predicted.stderr[-2000:]
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    with running_server(s3_model, "--backend", "eager", env={**clean, **env, "DOGBREED_CACHE": str(tmp_path / "cache")},
-                        output=(said := [])) as served:
-        status, _, body = invoke(served, fs.cat_file(sorted(fs.find("dogs/set/test"))[0]))
-    assert status == 200 and json.loads(body)["verdict"] in ("breed", "unsure", "not_a_dog")
+    photo = fs.cat_file(sorted(fs.find("dogs/set/test"))[0])
+    with running_server(s3_model, "--backend", "eager", "--capture", "s3://dogs/capture/",
+                        env={**clean, **env, "DOGBREED_CACHE": str(tmp_path / "cache")}, output=(said := [])) as served:
+        answers = [invoke(served, photo) for _ in range(3)]
+    assert [status for status, _, _ in answers] == [200] * 3
+    assert json.loads(answers[0][2])["verdict"] in ("breed", "unsure", "not_a_dog")
     assert any(f"serving {s3_model} on" in line for line in said), said
+    # the capture files were uploaded when the server stopped, in SageMaker's layout
+    fs.invalidate_cache()
+    keys = fs.find("dogs/capture")
+    assert keys and all(re.fullmatch(r"dogs/capture/dogbreed/AllTraffic/\d{4}/\d\d/\d\d/\d\d/[\w-]+\.jsonl", k) for k in keys)
+    docs = [json.loads(line) for k in keys for line in fs.cat_file(k).decode().splitlines()]
+    assert sorted(d["eventMetadata"]["eventId"] for d in docs) == sorted(h["x-dogbreed-event-id"] for _, h, _ in answers)
+    assert all(base64.b64decode(d["captureData"]["endpointInput"]["data"]) == photo for d in docs)
     assert not (tmp_path / "s3:").exists()
 
 

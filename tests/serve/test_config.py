@@ -21,6 +21,10 @@ from dogbreed.serve import ServeConfig
     (["--name", ""], "--name '' is not an endpoint name: 1 to 63 letters, digits and hyphens"),
     (["--name", "a/b"], "--name 'a/b' is not an endpoint name"),
     (["--host", "no.such.host.invalid"], "--host 'no.such.host.invalid' is not an address of this machine"),
+    (["--capture-percent", "50"], "--capture-percent needs --capture DEST (where to write the records)"),
+    (["--capture", "cap", "--capture-percent", "101"], "--capture-percent must be 0 to 100, got 101"),
+    (["--capture", "cap", "--capture-mode", "body"], "--capture-mode 'body' is not a capture mode; use input, output or input,output"),
+    (["--capture", "cap", "--capture-max-disk", "0"], "--capture-max-disk must be over 0 and at most 100, got 0"),
     (["--max-body-mb", "0"], "--max-body-mb, --timeout-s and --max-pixels must be positive, --max-delay-ms at least 0"),
 ])
 def test_serve_refuses_bad_settings_before_loading(tmp_path, capsys, flags, message):

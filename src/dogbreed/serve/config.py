@@ -7,6 +7,7 @@ import os
 import re
 from dataclasses import dataclass, fields
 
+from dogbreed.capture.writer import parse_modes
 from dogbreed.errors import DogbreedError
 from dogbreed.flags import check_choices, option
 from dogbreed.runtime import backends
@@ -47,6 +48,13 @@ class ServeConfig:
                           choices=backends.CHOICES)
     backend_budget_s: float = option(backends.DEFAULT_BUDGET_S, "seconds --backend auto may spend choosing at start: "
                                                                 "loading, warming up and timing the backends, all counted")
+    capture: str | None = option(None, "record requests and answers in SageMaker Data Capture's files under this folder "
+                                       "or s3://BUCKET/PREFIX: DEST/NAME/AllTraffic/yyyy/mm/dd/hh/*.jsonl "
+                                       "(read by `dogbreed monitor run`)", metavar="DEST")
+    capture_percent: float = option(100.0, "share of requests --capture records, 0 to 100")
+    capture_mode: str = option("input,output", "what a captured record holds: input, output, or input,output")
+    capture_max_disk: float = option(75.0, "percent of the capture disk's space past which records are dropped "
+                                           "(and counted in /metrics) instead of written")
     api_key: str | None = option(None, "require Authorization: Bearer KEY on everything but /ping and the page "
                                        f"(default: ${API_KEY_ENV}, else none)")
 
@@ -63,6 +71,9 @@ class ServeConfig:
             values["max_instances"] = min(DEFAULT_MAX_INSTANCES, given["queue_size"])
         elif "max_instances" in given and "queue_size" not in given:
             values["queue_size"] = max(DEFAULT_QUEUE_SIZE, given["max_instances"])
+        unused = [k for k in given if k.startswith("capture_")] if not values.get("capture") else []
+        if unused:
+            raise DogbreedError(f"--{unused[0].replace('_', '-')} needs --capture DEST (where to write the records)")
         return cls(**values).validate()
 
     def validate(self) -> "ServeConfig":
@@ -83,6 +94,14 @@ class ServeConfig:
                                 f"starting and ending with a letter or digit (SageMaker's rule)")
         if not self.max_body_mb > 0 or not self.timeout_s > 0 or self.max_pixels < 1 or not self.max_delay_ms >= 0:
             raise DogbreedError("--max-body-mb, --timeout-s and --max-pixels must be positive, --max-delay-ms at least 0")
+        if not 0 <= self.capture_percent <= 100:
+            raise DogbreedError(f"--capture-percent must be 0 to 100, got {self.capture_percent:g}")
+        if not 0 < self.capture_max_disk <= 100:
+            raise DogbreedError(f"--capture-max-disk must be over 0 and at most 100, got {self.capture_max_disk:g}")
+        try:
+            parse_modes(self.capture_mode)
+        except ValueError as exc:
+            raise DogbreedError(f"--capture-mode {exc}") from None
         try:
             Options().override(self.topk, self.threshold, self.keep)
         except OptionError as exc:

@@ -12,6 +12,7 @@ import socket
 
 from dogbreed import remote
 from dogbreed.errors import DogbreedError
+from dogbreed.files import make_folder
 from dogbreed.lifetime import PARENT_ENV, end_with_parent
 from dogbreed.serve.config import ServeConfig
 
@@ -32,6 +33,10 @@ def serve(cfg: ServeConfig) -> None:
     from dogbreed.serve.server import Server
 
     cfg.validate()
+    if remote.is_s3(cfg.capture):  # a destination that cannot be written is one line now, not a warning per record
+        remote.check_writable(cfg.capture)
+    elif cfg.capture:
+        make_folder(cfg.capture, "--capture")
     sock = listen_socket(cfg.host, cfg.port)
     shown = cfg.model
     if remote.is_s3(cfg.model):  # staged once, here: each worker loads the local copy
@@ -43,6 +48,8 @@ def serve(cfg: ServeConfig) -> None:
     http = {"host": cfg.host, "port": port, "log_level": "warning", "http": "h11",
             "h11_max_incomplete_event_size": MAX_HEADER_BYTES}
     where = f"http://{cfg.host}:{port} (endpoint name {cfg.name!r}"
+    if cfg.capture:
+        where += f", capturing {cfg.capture_percent:g}% of requests to {cfg.capture}"
     if cfg.workers > 1:
         # fail here, in one line, not in each worker; and choose the backend once, here, for all of them
         # (workers timing at once would measure each other)

@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from dogbreed.capture import records
 from dogbreed.runtime import pipeline
+from dogbreed.runtime.pipeline import RequestError
 from dogbreed.serve.config import ServeConfig
 from dogbreed.serve.errors import ClientError, add_error_handlers, error_response
 from dogbreed.serve.requests import authorized, read_body
@@ -68,10 +72,12 @@ def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
         media_type = pipeline.negotiate(request.headers.get("accept"))
         ctype = pipeline.content_type(request.headers.get("content-type"))
         options = pipeline.custom_attributes(request.headers.get(ATTRIBUTES_HEADER), server.defaults)
+        inference_id = caller_inference_id(request)
         body = await read_body(request, cfg.max_body_bytes)
-        images, many = pipeline.payloads(body, ctype, cfg.max_instances)
-        answers = await server.answer(images, many, options)
-        return Response(pipeline.render(answers, many), media_type=media_type)
+        with captured(server, inference_id, (body, request.headers.get("content-type") or ctype)) as exchange:
+            images, many = pipeline.payloads(body, ctype, cfg.max_instances)
+            answers = await server.answer(images, many, options)
+            return exchange.answered(Response(pipeline.render(answers, many), media_type=media_type))
 
     @app.post("/invocations", summary="SageMaker container contract: raw image bytes (or JSON instances) in, top-k out")
     async def invocations(request: Request):
@@ -103,8 +109,13 @@ def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
             raise ClientError(400, "no file in the form field 'image'; send -F image=@photo.jpg")
         images = [await u.read() for u in uploads]
         options = pipeline.custom_attributes(request.headers.get(ATTRIBUTES_HEADER), server.defaults)
-        answers = await server.answer(images, len(images) > 1, options)
-        return answers if len(answers) > 1 else answers[0]
+        # captured as what /invocations would have been sent: the image itself, or JSON instances
+        sent = ((images[0], uploads[0].content_type or "application/octet-stream") if len(images) == 1 else
+                (json.dumps({"instances": [{"b64": base64.b64encode(i).decode()} for i in images]}).encode(),
+                 pipeline.JSON_TYPE))
+        with captured(server, caller_inference_id(request), sent) as exchange:
+            answers = await server.answer(images, len(images) > 1, options)
+            return exchange.answered(JSONResponse(answers if len(answers) > 1 else answers[0]))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -119,3 +130,67 @@ def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def caller_inference_id(request: Request) -> str | None:
+    """The caller's ``X-Amzn-SageMaker-Inference-Id`` (boto3's ``InferenceId=``), which a captured
+    record keeps for joining ground truth later: 1 to 64 printable characters, as SageMaker allows."""
+    value = request.headers.get(records.INFERENCE_ID_HEADER)
+    if value is None:
+        return None
+    if not 0 < len(value) <= records.MAX_INFERENCE_ID or not value.isprintable() or value[0].isspace():
+        raise ClientError(400, f"{records.INFERENCE_ID_HEADER} must be 1 to {records.MAX_INFERENCE_ID} printable "
+                               f"characters, not starting with a space", kind="validation")
+    return value
+
+
+class Exchange:
+    """One request on its way to the capture writer: :meth:`answered` records the answer (and tells
+    the client the record's event id); a refusal of the request itself is recorded as its error."""
+
+    def __init__(self, server: Server, event_id: str, inference_id: str | None, sent: tuple[bytes, str]):
+        self.server, self.event_id, self.inference_id, self.sent = server, event_id, inference_id, sent
+
+    def answered(self, response: Response) -> Response:
+        self._submit(bytes(response.body), response.media_type or pipeline.JSON_TYPE)
+        response.headers[records.EVENT_ID_HEADER] = self.event_id
+        return response
+
+    def refused(self, exc: ClientError) -> None:
+        self._submit(json.dumps({"error": exc.message}).encode(), pipeline.JSON_TYPE)
+        exc.headers[records.EVENT_ID_HEADER] = self.event_id
+
+    def _submit(self, body: bytes, media_type: str) -> None:
+        self.server.capture.submit(self.event_id, inference_id=self.inference_id, request=self.sent,
+                                   response=(body, media_type))
+
+
+@contextmanager
+def captured(server: Server, inference_id: str | None, sent: tuple[bytes, str]):
+    """The block that answers a request, captured when capture is on and samples this request.
+    Requests the model refuses (a bad image, too many pixels) are captured with their error, so a
+    monitor sees unreadable inputs; refusals that are the server's (busy, timed out) are not."""
+    event_id = server.capture.sample() if server.capture else None
+    if event_id is None:
+        yield _NOT_CAPTURED
+        return
+    exchange = Exchange(server, event_id, inference_id, sent)
+    try:
+        yield exchange
+    except RequestError as exc:
+        refusal = ClientError(exc.status_code, exc.message)
+        exchange.refused(refusal)
+        raise refusal from None
+    except ClientError as exc:
+        if exc.kind == "model":
+            exchange.refused(exc)
+        raise
+
+
+class _NotCaptured:
+    @staticmethod
+    def answered(response: Response) -> Response:
+        return response
+
+
+_NOT_CAPTURED = _NotCaptured()

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dogbreed import machine
 from dogbreed.artifact import load_artifact
+from dogbreed.capture.writer import RESULTS, CaptureWriter, parse_modes
 from dogbreed.runtime import pipeline
 from dogbreed.runtime.loading import LoadedModel
 from dogbreed.runtime.pipeline import Options
@@ -43,6 +44,8 @@ class Metrics:
         self.load = Gauge("dogbreed_model_load_seconds", "Model load and warm-up time", registry=self.registry)
         self.backend = Gauge("dogbreed_backend_info", "The backend the model runs on (1), and the one asked for",
                              ["backend", "asked"], registry=self.registry)
+        self.capture = Counter("dogbreed_capture_records", "Data capture records by result: captured, not_sampled, "
+                               "dropped_queue_full, dropped_disk_full, failed", ["result"], registry=self.registry)
         self.backend_rate = Gauge("dogbreed_backend_images_per_second", "What --backend auto measured at start",
                                   ["backend", "batch_size"], registry=self.registry)
 
@@ -64,6 +67,13 @@ class Server:
         self.decode_pool = ThreadPoolExecutor(max_workers=machine.available_cpus(), thread_name_prefix="decode")
         self.load_seconds = 0.0
         self.ready = False
+        self.capture: CaptureWriter | None = None
+        if cfg.capture:
+            self.capture = CaptureWriter(cfg.capture, cfg.name, percent=cfg.capture_percent,
+                                         modes=parse_modes(cfg.capture_mode), max_disk_percent=cfg.capture_max_disk,
+                                         on_result=lambda result, n: self.metrics.capture.labels(result).inc(n))
+            for result in RESULTS:  # every count shows in /metrics from the start, at 0
+                self.metrics.capture.labels(result)
 
     def load(self) -> LoadedModel:
         """Load the artifact on the model thread, waiting for it (``dogbreed serve`` calls this before
@@ -90,6 +100,8 @@ class Server:
                                on_batch=self.metrics.batch.observe)
         self.metrics.queue.set_function(lambda: self.batcher.depth)
         self.batcher.start()
+        if self.capture:
+            self.capture.start()
         seconds = self.load_seconds + time.perf_counter() - started
         self.metrics.load.set(seconds)
         self.ready = True
@@ -100,6 +112,8 @@ class Server:
         self.ready = False
         if self.batcher:
             await self.batcher.stop()
+        if self.capture:  # what is queued is written (and uploaded) before the process ends
+            await asyncio.get_running_loop().run_in_executor(None, self.capture.close)
         self.model_thread.shutdown(wait=False, cancel_futures=True)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
