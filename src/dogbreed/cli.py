@@ -237,6 +237,41 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monitor_baseline(args: argparse.Namespace) -> int:
+    from dogbreed.drift.baseline import from_data
+
+    baseline = from_data(args.model, args.data, args.out, split=args.split, progress=_progress(args))
+    images = baseline.statistics["dataset"]["item_count"]
+    print(f"baseline of {args.model} on {images} {args.split} images: {remote.join(args.out, 'statistics.json')}, "
+          f"constraints.json, sketch.npz")
+    return 0
+
+
+def cmd_monitor_run(args: argparse.Namespace) -> int:
+    from dogbreed.drift import execute
+
+    kwargs = dict(capture=args.capture, baseline=args.baseline, model=args.model, ground_truth=args.ground_truth,
+                  out=args.out, alpha=args.alpha, backend=args.backend, progress=_progress(args))
+    if args.metrics_port is not None and not args.every:
+        raise DogbreedError("--metrics-port serves the last execution's gauges while --every runs; add --every")
+    if args.every:
+        if args.start or args.end:
+            raise DogbreedError("--every runs over each period as it ends; drop --start and --end")
+        execute.parse_period(args.every)
+        execute.every(args.every, metrics_port=args.metrics_port, **kwargs)
+        return 0
+    done = execute.run(start=args.start, end=args.end, **kwargs)
+    print(f"{done.images} captured images from {done.requests} requests: {len(done.violations)} violation(s)")
+    for check in done.checks:
+        print(f"  {'VIOLATION' if check.violated else 'ok':9} {check.name}: {check.description}")
+    if done.quality and "multiclass_classification_metrics" in done.quality:
+        accuracy = done.quality["multiclass_classification_metrics"]["accuracy"]["value"]
+        print(f"accuracy on the {done.quality['dataset']['item_count']} images with ground truth: {100 * accuracy:.1f}%")
+    print(f"results: {done.folder} (constraint_violations.json, statistics.json, checks.json); report: "
+          f"{done.folder.parents[1] / 'report.html'}")
+    return execute.VIOLATIONS_EXIT if done.violations else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from dogbreed.demo import run_demo
 
@@ -377,6 +412,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="evaluation", help="folder for evaluation.json and the plots, or s3://BUCKET/PREFIX/ "
                    "to upload them there (default: evaluation)")
     p.set_defaults(func=cmd_evaluate)
+
+    monitor = sub.add_parser("monitor", help="watch a deployed model: baselines, drift and accuracy from captured requests",
+                             formatter_class=_Formatter,
+                             description="Model Monitor on one machine: compare what `dogbreed serve --capture` recorded with\n"
+                                         "the baseline every artifact keeps (its validation split), in SageMaker's files.")
+    monitor_sub = monitor.add_subparsers(dest="monitor_command", metavar="ACTION", required=True)
+    p = monitor_sub.add_parser("baseline", parents=[common], formatter_class=_Formatter,
+                               help="the baseline of an artifact from a data set's split",
+                               description="Write statistics.json, constraints.json and sketch.npz for an artifact from the\n"
+                                           "images of a data set's split (artifacts trained by this version keep one already).")
+    p.add_argument("--model", required=True, metavar="model.tar.gz", help=MODEL_HELP)
+    p.add_argument("--data", required=True, metavar="DIR", help="data set root with DIR/<split>/<breed>/*.jpg, or s3://BUCKET/PREFIX/")
+    p.add_argument("--split", default="valid", help="which split the baseline describes (default: valid)")
+    p.add_argument("--out", default="baseline", help="folder to write, or s3://BUCKET/PREFIX/ (default: baseline)")
+    p.set_defaults(func=cmd_monitor_baseline)
+    p = monitor_sub.add_parser("run", parents=[common], formatter_class=_Formatter,
+                               help="one monitoring execution over a window of captured requests",
+                               description="Re-embed the window's captured images, test them against the baseline (embedding\n"
+                                           "drift, breed shares, \"not a dog\" and \"unsure\" shares, confidence, image size and\n"
+                                           "brightness, unreadable inputs) and, with --ground-truth, measure accuracy.\n"
+                                           "Writes constraint_violations.json, statistics.json and an HTML report.\n"
+                                           f"Exit status: 0 no violation, {3} violations found, 1 an error.")
+    p.add_argument("--capture", required=True, metavar="DEST", help="the folder (or s3://BUCKET/PREFIX) `serve --capture` wrote")
+    p.add_argument("--baseline", required=True, metavar="A", help="the serving artifact (it keeps its baseline), its run "
+                   "folder, or a folder from `monitor baseline`")
+    p.add_argument("--model", default=None, metavar="model.tar.gz", help="the artifact that re-embeds the images (default: "
+                   "--baseline's, when it is an artifact or run folder)")
+    p.add_argument("--ground-truth", default=None, metavar="DIR", help="SageMaker ground-truth records (groundTruthData lines "
+                   "in yyyy/mm/dd/hh folders), joined on inferenceId, else eventId (default: none)")
+    p.add_argument("--start", default=None, help="window start, ISO 8601 UTC, e.g. 2026-12-07T03:00:00Z (default: the first record)")
+    p.add_argument("--end", default=None, help="window end, exclusive (default: now)")
+    p.add_argument("--every", default=None, metavar="PERIOD", help="run at the end of each period (30m, 1h, 1d) over the "
+                   "period just ended, until interrupted (default: once)")
+    p.add_argument("--metrics-port", type=int, default=None, help="with --every: serve the last execution's results as "
+                   "Prometheus gauges on 127.0.0.1:PORT/metrics (default: none)")
+    p.add_argument("--alpha", type=float, default=None, help="the chance that a window like the baseline raises a false "
+                   "violation, shared by the tests (default: the baseline's constraints.json, 0.01)")
+    p.add_argument("--backend", default="auto", help="how the network runs, as for serve (default: auto, the fastest)")
+    p.add_argument("--out", default="monitoring", help="folder for the executions' results and report.html (default: monitoring)")
+    p.set_defaults(func=cmd_monitor_run)
 
     p = sub.add_parser("demo", parents=[common], formatter_class=_Formatter, help="the whole workflow offline, on synthetic data",
                        description="Synthesize data, train (profiled), tune, write the artifact and predict, offline, in about\na minute and a half on 2 CPU cores.")

@@ -66,6 +66,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def read_yaml(path: str | os.PathLike, what: str, name: str | os.PathLike | None = None):
     """The YAML document in ``path``; a missing or malformed file is one line naming it (``what``:
     "config file", "space file", "rules file"; ``name``: as the user gave it, if not ``path``)."""

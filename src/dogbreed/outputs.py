@@ -4,6 +4,7 @@ its model card.
 
     runs/<run>/results.json  per_class.csv  curves.png  confusion.png  reliability.png
               per_class.png  top_losses.png  interpretation.json  model.tar.gz
+              baseline/  (statistics.json, constraints.json, sketch.npz: also inside the artifact)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dogbreed.checkpoints import FitState
 from dogbreed.config import TrainConfig
 from dogbreed.context import RunContext
 from dogbreed.data.layout import Labels
+from dogbreed.drift import baseline as drift
 from dogbreed.files import atomic_write_text
 from dogbreed.hooks import NoHooks
 from dogbreed.model import imagenet_head
@@ -143,6 +145,11 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
     model = ctx.model.cpu()  # the head trained in place inside it, on the cached path too
     with tempfile.TemporaryDirectory(prefix="dogbreed-artifact-") as tmp:
         model_dir = write_model_dir(tmp, model, labels, meta, **files)
+        # what `dogbreed monitor run` compares captured requests with, in the artifact and the run folder
+        baseline = drift.at_run_end(model_dir, valid.logits, valid.features, [path for path, _ in data.splits["valid"]],
+                                    valid.accuracy)
+        baseline.write(model_dir / drift.FOLDER)
+        baseline.write(run_dir / drift.FOLDER)
         if checked := gates.at_run_end(model_dir, [path for path, _ in data.splits["valid"]]):
             meta.update(checked)  # bf16 where it passed: serve's auto times it with no export
             results["backends"] = checked["backends"]

@@ -223,8 +223,8 @@ def _run(run_dir: Path | None, cfg: TrainConfig, ctx: RunContext, hooks: NoHooks
     if writer:
         checkpoints.load_best(batches.trainable)
     stepping.broadcast_module(batches.trainable)  # under DDP every rank judges the best epoch, on its shares
-    judged = outputs.judge(ctx, batches, hooks, valid=cfg.calibrate or cfg.reject != "none" or cfg.threshold is None,
-                           train=cfg.reject == "mahalanobis")
+    # valid always: calibration, the "not a dog" threshold, "unsure" and the monitor's baseline are fitted on it
+    judged = outputs.judge(ctx, batches, hooks, valid=True, train=cfg.reject == "mahalanobis")
     batches.close()
     if not writer:
         return RunResult(None, None, {}, state.best_epoch, state.history)

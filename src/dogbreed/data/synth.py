@@ -7,6 +7,7 @@ classes borrow dog-breed folder names so the outputs look like the real data set
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import shutil
@@ -206,3 +207,56 @@ def synth(dest: str | os.PathLike, classes: int = SynthOptions.classes, per_clas
     bar.close()
     os.replace(work, dest)
     return dest
+
+
+DRIFTS = ("none", "dark", "blur", "breeds", "unseen", "not_dog")
+
+
+def requests(n: int, *, classes: int = SynthOptions.classes, size: int = SynthOptions.size, seed: int = SynthOptions.seed,
+             draw: int = 0, drift: str = "none") -> list[tuple[bytes, str]]:
+    """``n`` JPEG images as an endpoint might be sent them after a model trained on ``synth(classes=,
+    seed=)`` is deployed, with each image's true class name (or "" for none): ``draw`` picks the
+    images (draws never repeat the data set's own), ``drift`` how the world moved since training:
+
+    ``none`` the training distribution; ``dark`` the same scenes at 40% brightness; ``blur`` out
+    of focus; ``breeds`` the first breed only; ``unseen`` breeds the model never saw
+    (``synth(unseen=)``'s); ``not_dog`` scenes without any breed's shape."""
+    if drift not in DRIFTS:
+        raise DogbreedError(f"drift {drift!r} is not one of: {', '.join(DRIFTS)}")
+    from PIL import ImageEnhance, ImageFilter
+
+    names = class_names(classes)
+    rng = np.random.default_rng([seed, draw, 1_000_003])
+    out = []
+    for i in range(n):
+        label = 0 if drift == "breeds" else int(rng.integers(classes))
+        if drift == "unseen":
+            style, name = _class_style(label, classes, seed + 1, hue_offset=0.5, traits=_unseen_traits(label, classes)), ""
+        else:
+            style, name = _class_style(label, classes, seed), names[label]
+        if drift == "not_dog":
+            img, name = _scene(size, rng), ""
+        else:
+            img = render(style, size, rng)
+        if drift == "dark":
+            img = ImageEnhance.Brightness(img).enhance(0.4)
+        elif drift == "blur":
+            img = img.filter(ImageFilter.GaussianBlur(radius=size / 40))
+        buffer = io.BytesIO()
+        img.save(buffer, format="JPEG", quality=int(rng.integers(60, 96)))
+        out.append((buffer.getvalue(), name))
+    return out
+
+
+def _scene(size: int, rng: np.random.Generator) -> Image.Image:
+    """A scene with no breed in it: a background ramp, two soft blobs and noise."""
+    bg_a, bg_b = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    ramp = (xx * rng.uniform(0.3, 1) + yy * rng.uniform(0, 0.7))[..., None]
+    pixels = bg_a * (1 - ramp) + bg_b * ramp
+    for _ in range(2):
+        cx, cy, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.1, 0.3)
+        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))[..., None]
+        pixels = pixels * (1 - blob) + rng.uniform(0, 255, 3) * blob
+    pixels += rng.normal(0, rng.uniform(3, 14), pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
