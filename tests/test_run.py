@@ -21,7 +21,7 @@ def _rows(path):
 def test_a_run_writes_every_file_and_metrics_that_mean_what_they_say(trained_run, synth_data):
     run = trained_run.run_dir
     names = sorted(p.name for p in run.iterdir())
-    assert names == ["checkpoints", "config.yaml", "confusion.png", "curves.png", "interpretation.json", "labels.json",
+    assert names == ["baseline", "checkpoints", "config.yaml", "confusion.png", "curves.png", "interpretation.json", "labels.json",
                      "metrics.csv", "model.tar.gz", "per_class.csv", "per_class.png", "profile", "reliability.png",
                      "results.json", "top_losses.png"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]

@@ -36,26 +36,35 @@ def _plot(name: str, points: list[tuple[str, dict]]) -> str:
     """One check over the executions, as an inline PNG."""
     fig, ax = plt.subplots(figsize=(6, 2.4))
     by_p = points[-1][1]["p_value"] is not None
-    xs = range(len(points))
-    values = [(c["p_value"] if by_p else c["value"]) for _, c in points]
+    xs = list(range(len(points)))
+    floor = 1e-16  # a p-value of 0 (as far as floating point goes) still gets a point on the log scale
+    values = [max(c["p_value"], floor) if by_p else c["value"] for _, c in points]
     thresholds = [c["threshold"] for _, c in points]
     colors = ["#c0392b" if c["violated"] else "#2c7fb8" for _, c in points]
     ax.plot(xs, values, color="#888", lw=1)
     ax.scatter(xs, values, c=colors, zorder=3)
-    ax.step(xs, thresholds, where="mid", color="#c0392b", ls="--", lw=1, label="threshold")
+    ax.plot(xs, thresholds, color="#c0392b", ls="--", lw=1, marker="_", markersize=24, label="threshold")
     if by_p:
         ax.set_yscale("log")
+        ax.set_ylim(min(values + thresholds) / 5, 2.0)
         ax.set_ylabel("p-value")
     else:
         ax.set_ylabel("value")
+    ax.set_xlim(-0.5, len(points) - 0.5)
     ax.set_title(name, fontsize=10)
-    ax.set_xticks(list(xs), [folder[:13] for folder, _ in points], rotation=30, fontsize=7, ha="right")
+    ax.set_xticks(xs, [_short(folder) for folder, _ in points], rotation=30, fontsize=7, ha="right")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _short(folder: str) -> str:
+    """An execution's folder name (its window's end, 2026-12-07T03-00-00Z) as a tick label."""
+    day, _, clock = folder.partition("T")
+    return f"{day[5:]} {clock[:5].replace('-', ':')}"
 
 
 def _thumb(data: bytes) -> str | None:
@@ -99,7 +108,7 @@ figure{{display:inline-block;margin:.4em;width:{THUMB}px;font-size:.75em;vertica
 .none{{width:{THUMB}px;height:{THUMB // 2}px;background:#eee;display:flex;align-items:center;justify-content:center}}
 </style></head><body>
 <h1>dogbreed monitor</h1>
-<p>Latest execution: window {html.escape(str(window.get('start') or 'start'))} to {html.escape(str(window.get('end', '')))},
+<p>Latest execution: window {html.escape(str(window.get('start') or 'the first record'))} to {html.escape(str(window.get('end', '')))},
 {latest.get('images', 0)} images from {latest.get('requests', 0)} requests ({latest.get('unreadable', 0)} unreadable);
 <b>{violated} violation(s)</b>. {len(runs)} execution(s) so far.</p>
 <h2>Checks</h2><table><tr><th>check</th><th>type</th><th>result</th><th>what was found</th></tr>{rows}</table>
