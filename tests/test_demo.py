@@ -1,4 +1,5 @@
-"""`make demo`'s job as a real process: synthetic data -> profiled training -> tuning -> predictions."""
+"""`make demo`'s job as a real process: synthetic data -> profiled training -> tuning -> predictions ->
+capture and monitoring."""
 
 import re
 from pathlib import Path
@@ -26,3 +27,8 @@ def test_the_demo_runs_end_to_end_offline(tmp_path):
     assert text.count("  1. ") == 5  # top-5 tables: three test images, an unseen breed, an image of no dog
     assert "unseen/" in text and "not-a-dog.png" in text
     assert "dogbreed evaluate --model" in text
+    # after deployment: the server captured both windows, and the monitor found the darker one
+    assert re.search(r"window like training \(60 images\): \d+ violation", text)
+    assert re.search(r"window darker \(60 images\): [1-9]\d* violation\(s\): .*brightness", text)
+    monitor_report = Path(re.search(r"monitor: +(\S+report\.html)", text)[1])
+    assert monitor_report.is_file() and len(list((monitor_report.parent / "executions").iterdir())) == 2

@@ -454,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_monitor_run)
 
     p = sub.add_parser("demo", parents=[common], formatter_class=_Formatter, help="the whole workflow offline, on synthetic data",
-                       description="Synthesize data, train (profiled), tune, write the artifact and predict, offline, in about\na minute and a half on 2 CPU cores.")
+                       description="Synthesize data, train (profiled), tune, write the artifact, predict, then serve it with\ncapture on and monitor a window of darker photos, offline, in about two minutes on 2 CPU cores.")
     p.add_argument("--out", default="demo", help="folder for the demo's data and runs (default: demo)")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -1,16 +1,21 @@
-"""``dogbreed demo``: the whole workflow offline on synthetic data, in about a minute and a half on
-2 CPU cores, most of it the training from scratch: data, a profiled training, tuning, the exports
-with their accuracy gate, and predictions on the fastest backend that passed it."""
+"""``dogbreed demo``: the whole workflow offline on synthetic data, in about two minutes on 2 CPU
+cores, most of it the training from scratch: data, a profiled training, tuning, the exports with
+their accuracy gate, predictions on the fastest backend that passed it, and after deployment: the
+server capturing its requests, and the monitor finding a window of darker photos."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import threading
+import time
 from pathlib import Path
 
 from dogbreed import config as cfgmod
 from dogbreed.artifact import extracted, load_artifact
 from dogbreed.data.synth import synth
+from dogbreed.errors import DogbreedError
 from dogbreed.export import export
 from dogbreed.predict import expand, format_answer, predict_files
 from dogbreed.run import train
@@ -38,12 +43,12 @@ def run_demo(out: str | Path = "demo", *, progress: bool = True, show: int = 3) 
     out = Path(out)
     data = out / "data"
     if not (data / "train").is_dir():
-        log.info("1/5 data: synthesizing %d classes x %d images in %s", DEMO_DATA["classes"], DEMO_DATA["per_class"], data)
+        log.info("1/6 data: synthesizing %d classes x %d images in %s", DEMO_DATA["classes"], DEMO_DATA["per_class"], data)
         synth(data, progress=progress, **DEMO_DATA)
     else:
-        log.info("1/5 data: reusing %s", data)
+        log.info("1/6 data: reusing %s", data)
 
-    log.info("2/5 train (profiled: system, steps, debugger tensors, rules): %s",
+    log.info("2/6 train (profiled: system, steps, debugger tensors, rules): %s",
              ", ".join(f"{k}={v}" for k, v in DEMO_RECIPE.items()))
     cfg = cfgmod.resolve(overrides={**DEMO_RECIPE, "data": str(data), "out": str(out / "runs")})
     result = train(cfg, progress=progress)
@@ -53,18 +58,18 @@ def run_demo(out: str | Path = "demo", *, progress: bool = True, show: int = 3) 
     backbone = out / "backbone.pth"
     with extracted(result.artifact) as model_dir:
         shutil.copyfile(model_dir / "model.pth", backbone)
-    log.info("\n3/5 tune: %d trials, %d workers, head only on cached embeddings of the trained backbone", *DEMO_TUNE.values())
+    log.info("\n3/6 tune: %d trials, %d workers, head only on cached embeddings of the trained backbone", *DEMO_TUNE.values())
     base = cfgmod.resolve(overrides={**DEMO_RECIPE, "train_layers": "head", "weights": str(backbone),
                                      "data": str(data), "out": str(out / "runs")})
     study = f"demo-{result.run_dir.name}"
     tuned = tune(base, TuneOptions(study=study, **DEMO_TUNE), progress=progress)
 
-    log.info("\n4/5 export: TorchScript, ONNX and int8, each checked against fp32 on the validation images")
+    log.info("\n4/6 export: TorchScript, ONNX and int8, each checked against fp32 on the validation images")
     exported = export(tuned.artifact, "all", data=data, progress=progress)
     loaded = load_artifact(exported, backend="auto", budget_s=4)
     log.info("  %s: %s", exported.name, loaded.selection.line())
 
-    log.info("\n5/5 predict: the exported artifact, on that backend, on %d test images, a breed it never saw and an image of no dog", show)
+    log.info("\n5/6 predict: the exported artifact, on that backend, on %d test images, a breed it never saw and an image of no dog", show)
     classes = sorted(p for p in (data / "test").iterdir() if p.is_dir())[:show]
     files = [expand([folder])[0] for folder in classes]
     if (data / "unseen").is_dir():  # a demo folder from before unseen breeds has none
@@ -73,18 +78,84 @@ def run_demo(out: str | Path = "demo", *, progress: bool = True, show: int = 3) 
     opts = Options.of(loaded)
     for path, answer in predict_files(loaded, files, opts):
         log.info(format_answer(path, answer, opts.threshold))
+    log.info("\n6/6 monitor: serve with --capture, send a window of photos like the training set's and one of darker "
+             "photos, run the monitor over each")
+    report = _monitor(exported, out)
     log.info(
         "\ndemo done on synthetic data: test accuracy %.1f%% (trained from scratch), %.1f%% (tuned head)\n"
         "  training run: %s\n  profile:      %s (rules, charts; `dogbreed report RUN` rebuilds it)\n"
         "  tuning:       %s (best.json, trials.csv, plots/)\n  artifact:     %s\n  exported:     %s\n"
         "  try:          dogbreed predict %s --model %s\n"
         "  honest?       dogbreed evaluate --model %s --data %s --ood %s\n"
-        "  serve it:     dogbreed serve --model %s   (then open http://127.0.0.1:8080/)",
+        "  serve it:     dogbreed serve --model %s   (then open http://127.0.0.1:8080/)\n"
+        "  monitor:      %s (`dogbreed monitor run --capture %s --baseline %s`)",
         100 * result.test["test_accuracy"], 100 * loaded.meta["metrics"]["test_accuracy"], result.run_dir,
         result.run_dir / "profile" / "report.html", tuned.study_dir, tuned.artifact, exported, data / "test", exported,
-        tuned.artifact, data, data / "unseen", exported,
+        tuned.artifact, data, data / "unseen", exported, report, out / "capture", exported,
     )
     return exported
+
+
+def _monitor(artifact: Path, out: Path) -> Path:
+    """The artifact served with capture on, two windows of requests sent to it (the training
+    set's world, then darker), and one monitoring execution over each; returns the report."""
+    import urllib.request
+    from datetime import datetime, timedelta, timezone
+
+    from dogbreed.capture.records import timestamp
+    from dogbreed.data.synth import requests
+    from dogbreed.drift import execute
+
+    world = {k: DEMO_DATA[k] for k in ("classes", "size", "seed")}
+    capture, monitoring = out / "capture", out / "monitoring"
+    shutil.rmtree(capture, ignore_errors=True)
+    shutil.rmtree(monitoring, ignore_errors=True)
+    bounds = []
+    with _serving(artifact, capture) as url:
+        for drift in ("none", "dark"):
+            bounds.append(datetime.now(timezone.utc).replace(microsecond=0))
+            for image, _ in requests(60, draw=len(bounds), drift=drift, **world):
+                urllib.request.urlopen(urllib.request.Request(f"{url}/invocations", data=image,
+                                                              headers={"Content-Type": "image/jpeg"}), timeout=60).read()
+            time.sleep(1.1)  # the next window starts on the next second (records keep whole seconds)
+    bounds.append(datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=1))
+    for name, start, end in zip(("like training", "darker"), bounds, bounds[1:]):
+        done = execute.run(str(capture), str(artifact), start=timestamp(start), end=timestamp(end), out=str(monitoring),
+                           progress=False)
+        found = ", ".join(c.name for c in done.violations) or "none"
+        log.info("  window %s (%d images): %d violation(s): %s", name, done.images, len(done.violations), found)
+    return monitoring / "report.html"
+
+
+@contextlib.contextmanager
+def _serving(artifact: Path, capture: Path):
+    """``dogbreed serve --capture`` as its own process on a free port, until the block ends."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "dogbreed", "serve", "--model", str(artifact), "--port", "0",
+                             "--capture", str(capture), "--backend-budget-s", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = None
+        for line in proc.stdout:  # "serving ... on http://127.0.0.1:PORT (...": the port the system chose
+            if " on http://" in line:
+                url = line.split(" on ", 1)[1].split()[0]
+                break
+        if url is None:
+            raise DogbreedError(f"the demo's server did not start (exit status {proc.wait()})")
+        threading.Thread(target=proc.stdout.read, daemon=True).start()  # what else it says never fills the pipe
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()  # the server writes what it has queued before it ends
+        proc.wait(timeout=60)
 
 
 def _noise_image(path: Path, size: int) -> Path:

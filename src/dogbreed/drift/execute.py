@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -48,6 +48,7 @@ class Execution:
     images: int
     requests: int
     quality: dict | None = None
+    seconds: dict = field(default_factory=dict)  # per phase: read, load, embed, judge, write
 
     @property
     def violations(self) -> list[checks.Check]:
@@ -105,20 +106,22 @@ def run(capture: str, baseline: str, *, model: str | None = None, ground_truth: 
     window = records.Window(_time(start, "--start"), _time(end, "--end") or now or datetime.now(timezone.utc))
     if window.start and window.start >= window.end:
         raise DogbreedError(f"--start {start} is not before --end {window.end:%Y-%m-%dT%H:%M:%SZ}")
-    capture_root = _capture_root(capture, progress)
-    found = windows.read(capture_root, window)
+    clock = _Clock()
+    found = windows.read(_capture_root(capture, progress), window)
+    clock.lap("read")
     loaded = load_artifact(remote.staged_file(model_path) if remote.is_s3(model_path) else model_path, backend=backend,
                            name=model_path)
-    started = time.perf_counter()
+    clock.lap("load")
     obs = observe(loaded, [i.image for i in found.items], [i.key for i in found.items], progress=_bar(progress, found))
-    seconds = time.perf_counter() - started
-    log.info("re-embedded %d captured images from %d requests in %.1fs (%s)", len(found.items), found.requests, seconds,
-             loaded.backend)
+    clock.lap("embed")
+    log.info("re-embedded %d captured images from %d requests in %.1fs (%s)", len(found.items), found.requests,
+             clock.seconds["embed"], loaded.backend)
     found_checks = compare(base, obs, loaded.labels, alpha=alpha) if found.items else []
     model_quality = None
     if ground_truth:
         model_quality, check = _quality(base, loaded, found, obs, ground_truth)
         found_checks += [check] if check else []
+    clock.lap("judge")
     folder = make_folder(Path(out) / "executions" / f"{window.end:%Y-%m-%dT%H-%M-%SZ}", "--out")
     doc = statistics(obs, loaded.labels)
     doc["dataset"].update({"requests": found.requests, "without_input": found.without_input,
@@ -130,12 +133,13 @@ def run(capture: str, baseline: str, *, model: str | None = None, ground_truth: 
     atomic_write_text(folder / "constraint_violations.json", json.dumps({"violations": violations}, indent=1))
     atomic_write_text(folder / "checks.json", json.dumps({
         "window": doc["dataset"]["window"], "images": obs.n, "unreadable": obs.unreadable, "requests": found.requests,
-        "seconds": round(seconds, 3), "backend": loaded.backend, "baseline": base.source,
+        "seconds": {k: round(v, 3) for k, v in clock.seconds.items()}, "backend": loaded.backend, "baseline": base.source,
         "checks": [c.to_dict() for c in found_checks]}, indent=1))
     if model_quality is not None:
         atomic_write_text(folder / "model_quality.json", json.dumps(model_quality, indent=1))
     report.write(Path(out), _unusual(obs, found))
-    return Execution(folder, found_checks, obs.n + obs.unreadable, found.requests, model_quality)
+    clock.lap("write")
+    return Execution(folder, found_checks, obs.n + obs.unreadable, found.requests, model_quality, clock.seconds)
 
 
 def _quality(base: Baseline, model: LoadedModel, found: windows.Window, obs: Observations,
@@ -177,6 +181,16 @@ def _quality(base: Baseline, model: LoadedModel, found: windows.Window, obs: Obs
         description += f"; not judged: fewer than {least} images"
     return doc, checks.Check("accuracy", "multiclass_classification_check", None, None, floor["threshold"], violated,
                              description, value=accuracy)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase], self._last = now - self._last, now
 
 
 def _unusual(obs: Observations, found: windows.Window) -> list[dict]:
