@@ -54,7 +54,7 @@ def served_rps(artifact: Path, photos: list[Path], requests: int, capture: Path 
                 for line in r.read().decode().splitlines():
                     if line.startswith("dogbreed_capture_records_total{"):
                         counts[line.split('"')[1]] = float(line.split()[-1])
-        assert result["errors"] == 0, result
+        assert not result["errors"], result
         return result["rps"], counts
     finally:
         proc.terminate()

@@ -27,6 +27,7 @@ from dogbreed.config import TrainConfig
 from dogbreed.context import RunContext
 from dogbreed.data.layout import Labels
 from dogbreed.drift import baseline as drift
+from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_write_text
 from dogbreed.hooks import NoHooks
 from dogbreed.model import imagenet_head
@@ -146,10 +147,13 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
     with tempfile.TemporaryDirectory(prefix="dogbreed-artifact-") as tmp:
         model_dir = write_model_dir(tmp, model, labels, meta, **files)
         # what `dogbreed monitor run` compares captured requests with, in the artifact and the run folder
-        baseline = drift.at_run_end(model_dir, valid.logits, valid.features, [path for path, _ in data.splits["valid"]],
-                                    valid.accuracy)
-        baseline.write(model_dir / drift.FOLDER)
-        baseline.write(run_dir / drift.FOLDER)
+        try:
+            baseline = drift.at_run_end(model_dir, valid.logits, valid.features,
+                                        [path for path, _ in data.splits["valid"]], valid.accuracy)
+            baseline.write(model_dir / drift.FOLDER)
+            baseline.write(run_dir / drift.FOLDER)
+        except DogbreedError as exc:  # a model without a baseline still serves; `monitor baseline` can add one
+            log.warning("no monitoring baseline: %s", exc)
         if checked := gates.at_run_end(model_dir, [path for path, _ in data.splits["valid"]]):
             meta.update(checked)  # bf16 where it passed: serve's auto times it with no export
             results["backends"] = checked["backends"]

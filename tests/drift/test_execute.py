@@ -117,6 +117,7 @@ def test_ground_truth_gives_the_window_its_known_accuracy_and_counts_what_it_can
     (["--every", "0s"], "--every '0s' is not a period; use e.g. 30m, 1h or 1d"),
     (["--every", "1h", "--end", "2026-01-01T00:00:00Z"], "--every runs over each period as it ends; drop --start and --end"),
     (["--alpha", "2"], "--alpha must be between 0 and 1"),
+    (["--out", "s3://bucket/monitoring"], "--out s3://bucket/monitoring: each execution adds to the history"),
 ])
 def test_monitor_run_mistakes_are_one_line_each(trained_run, tmp_path, capsys, flags, message):
     (tmp_path / "capture").mkdir()

@@ -17,7 +17,6 @@ Written by hand: SageMaker's capture agent is part of its hosting service, not a
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -180,9 +179,9 @@ class CaptureWriter:
     def _write(self, items: list[_Pending]) -> None:
         hours: dict[str, list[bytes]] = {}
         for item in items:  # records of one batch may straddle an hour
-            doc = records.record(item.event_id, item.when, inference_id=item.inference_id, request=item.request,
-                                 response=item.response)
-            hours.setdefault(records.hour_folder(self.endpoint, item.when), []).append(_line(doc))
+            line = records.line(item.event_id, item.when, inference_id=item.inference_id, request=item.request,
+                                response=item.response)
+            hours.setdefault(records.hour_folder(self.endpoint, item.when), []).append(line)
         for hour, lines in hours.items():
             data = b"".join(lines)
             try:
@@ -240,10 +239,6 @@ class CaptureWriter:
         while not path.exists() and path != path.parent:
             path = path.parent
         return path
-
-
-def _line(doc: dict) -> bytes:
-    return json.dumps(doc, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -99,6 +99,8 @@ def run(capture: str, baseline: str, *, model: str | None = None, ground_truth: 
     """One execution over the window [start, end) (default: everything captured up to now)."""
     from dogbreed.artifact import load_artifact
 
+    remote.local_only(out, "--out", "each execution adds to the history its report plots, kept in a folder here "
+                                    "(copy it to S3 with `aws s3 sync`)")
     if alpha is not None and not 0 < alpha < 1:
         raise DogbreedError(f"--alpha must be between 0 and 1, got {alpha:g}")
     base = Baseline.load(remote.staged_file(baseline) if remote.is_s3(baseline) else baseline)
