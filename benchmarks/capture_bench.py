@@ -1,11 +1,11 @@
 """What data capture costs the server: throughput at concurrency 16 with ``--capture`` on (100% of
-requests, input and output) against off, the two alternating ``--rounds`` times so that drift hits
-both, on the sample photos (real JPEGs of varied size, each captured base64).
+requests, input and output) against off, alternating on/off then off/on over ``--rounds`` rounds so
+that a drifting machine hits both alike, on the sample photos (real JPEGs of varied size, each captured base64).
 
 Two networks with random weights (speed does not depend on their values): the default resnet50,
 and a resnet18, whose faster answers make capture's share of each request larger.
 
-    python benchmarks/capture_bench.py [--requests 96] [--rounds 2]
+    python benchmarks/capture_bench.py [--requests 192] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def served_rps(artifact: Path, photos: list[Path], requests: int, capture: Path 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--requests", type=int, default=96, help="requests per measurement, at concurrency 16")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--requests", type=int, default=192, help="requests per measurement, at concurrency 16")
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--photos", default=str(REPO.parent / "shared" / "samples" / "photos"))
     p.add_argument("--backbones", nargs="+", default=["resnet50", "resnet18"])
     args = p.parse_args()
@@ -77,10 +77,11 @@ def main() -> None:
             artifact = make_artifact(tmp, backbone)
             rps = {"off": [], "on": []}
             for r in range(args.rounds):
-                rps["off"].append(served_rps(artifact, photos, args.requests, None)[0])
-                on, counts = served_rps(artifact, photos, args.requests, tmp / f"capture-{backbone}-{r}")
-                rps["on"].append(on)
-                assert counts.get("captured", 0) >= args.requests, counts  # warm-up requests are captured too
+                for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):  # ABBA: a drifting machine hits both alike
+                    capture = tmp / f"capture-{backbone}-{r}" if mode == "on" else None
+                    rate, counts = served_rps(artifact, photos, args.requests, capture)
+                    rps[mode].append(rate)
+                    assert not capture or counts.get("captured", 0) >= args.requests, counts  # warm-up is captured too
             off_mean, on_mean = (sum(v) / len(v) for v in (rps["off"], rps["on"]))
             print(json.dumps({"backbone": backbone, "rps": {k: [round(x, 1) for x in v] for k, v in rps.items()},
                               "on_vs_off": round(on_mean / off_mean, 3)}))
