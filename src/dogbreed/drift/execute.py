@@ -95,7 +95,7 @@ def compare(baseline: Baseline, obs: Observations, labels: list[str], *, alpha: 
 
 def run(capture: str, baseline: str, *, model: str | None = None, ground_truth: str | None = None,
         start: str | None = None, end: str | None = None, out: str = "monitoring", alpha: float | None = None,
-        backend: str = "auto", progress: bool = True, now: datetime | None = None) -> Execution:
+        backend: str = "auto", progress: bool = True) -> Execution:
     """One execution over the window [start, end) (default: everything captured up to now)."""
     from dogbreed.artifact import load_artifact
 
@@ -105,12 +105,15 @@ def run(capture: str, baseline: str, *, model: str | None = None, ground_truth: 
         raise DogbreedError(f"--alpha must be between 0 and 1, got {alpha:g}")
     base = Baseline.load(remote.staged_file(baseline) if remote.is_s3(baseline) else baseline)
     model_path = model or _artifact_of(baseline)
-    window = records.Window(_time(start, "--start"), _time(end, "--end") or now or datetime.now(timezone.utc))
+    window = records.Window(_time(start, "--start"), _time(end, "--end") or datetime.now(timezone.utc))
     if window.start and window.start >= window.end:
         raise DogbreedError(f"--start {start} is not before --end {window.end:%Y-%m-%dT%H:%M:%SZ}")
     clock = _Clock()
     found = windows.read(_capture_root(capture, progress), window)
     clock.lap("read")
+    if not found.requests:
+        log.warning("no captured request in the window %s to %s under %s", window.start and records.timestamp(window.start),
+                    records.timestamp(window.end), capture)
     loaded = load_artifact(remote.staged_file(model_path) if remote.is_s3(model_path) else model_path, backend=backend,
                            name=model_path)
     clock.lap("load")
