@@ -112,8 +112,8 @@ def run(capture: str, baseline: str, *, model: str | None = None, ground_truth: 
     found = windows.read(_capture_root(capture, progress), window)
     clock.lap("read")
     if not found.requests:
-        log.warning("no captured request in the window %s to %s under %s", window.start and records.timestamp(window.start),
-                    records.timestamp(window.end), capture)
+        since = f"from {records.timestamp(window.start)} " if window.start else ""
+        log.warning("no captured request %sup to %s under %s", since, records.timestamp(window.end), capture)
     loaded = load_artifact(remote.staged_file(model_path) if remote.is_s3(model_path) else model_path, backend=backend,
                            name=model_path)
     clock.lap("load")
