@@ -237,7 +237,7 @@ def from_data(model_path: str, data: str, out: str, *, split: str = "valid", pro
     index = model_index(layout, model.labels, data)
     samples = [(path, index[layout.labels.names[label]]) for path, label in layout.splits[split]]
     bar = tqdm(total=len(samples), desc=f"baseline on {split}", unit="img", disable=not progress, leave=False)
-    obs = observe(model, [Path(p).read_bytes() for p, _ in samples], [i for i in range(len(samples))], progress=bar.update)
+    obs = observe(model, [Path(p).read_bytes() for p, _ in samples], progress=bar.update)  # keys: sample indices
     bar.close()
     truth = torch.tensor([samples[k][1] for k in obs.keys])
     accuracy = float((torch.from_numpy(obs.predicted) == truth).double().mean()) if obs.n else None

@@ -70,7 +70,8 @@ def compare(baseline: Baseline, obs: Observations, labels: list[str], *, alpha: 
     if obs.n:
         chi2, p = checks.shares_test(baseline.counts("predicted_breed"), categorical(obs, labels)["predicted_breed"])
         tests.append(("predicted_breed", chi2, p, "the shares of the predicted breeds (chi-square)"))
-        base_verdicts, base_n = baseline.counts("verdict"), sum(baseline.counts("verdict").values())
+        base_verdicts = baseline.counts("verdict")
+        base_n = sum(base_verdicts.values())
         for verdict in ("not_a_dog", "unsure"):
             diff, p = checks.proportion_test(base_verdicts.get(verdict, 0), base_n, obs.verdicts.count(verdict), obs.n)
             tests.append((f"{verdict}_share", diff, p, f"the share of {verdict} answers (difference of shares)"))

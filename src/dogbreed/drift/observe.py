@@ -90,10 +90,11 @@ def observe(model: LoadedModel, images: Sequence[bytes], keys: Sequence | None =
 
     def prepare(i: int):
         data = images[i]
+        facts = image_facts(data)
         try:
-            return i, image_facts(data), pipeline.decode(model, data, max_pixels=limit)
+            return i, facts, pipeline.decode(model, data, max_pixels=limit)
         except RequestError:
-            return i, image_facts(data), None
+            return i, facts, None
 
     logits, features, facts, kept, unreadable = [], [], [], [], 0
     with ThreadPoolExecutor(max(1, machine.available_cpus())) as pool:
