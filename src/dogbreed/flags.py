@@ -22,7 +22,7 @@ def add_flags(group: argparse._ActionsContainer, cls: type, exclude: tuple[str, 
     without a default is a required flag. Flags not given stay absent from the namespace (see
     :func:`given`), so only what was typed overrides a recipe file or the dataclass defaults."""
     for f in fields(cls):
-        if f.name in exclude:
+        if f.name in exclude or not f.metadata.get("flag", True):
             continue
         flag = "--" + f.name.replace("_", "-")
         required = f.default is MISSING

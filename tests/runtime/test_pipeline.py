@@ -38,11 +38,12 @@ def test_accept_forms_that_json_satisfies(accept):
 
 
 @pytest.mark.parametrize("accept", ["text/csv", "text/plain, image/png", "application/json;q=0", "*/*;q=0",
-                                    "application/xml"])
+                                    "application/xml", "application/jsonlines;q=0, application/json;q=0"])
 def test_accept_forms_that_json_cannot_satisfy_are_406(accept):
     with pytest.raises(RequestError) as err:
         pipeline.negotiate(accept)
-    assert err.value.status_code == 406 and str(err.value) == f"cannot answer Accept {accept!r}; answers are application/json"
+    assert err.value.status_code == 406
+    assert str(err.value) == f"cannot answer Accept {accept!r}; answers are application/json or application/jsonlines"
 
 
 @pytest.mark.parametrize("header, expected", [(None, "application/octet-stream"), ("IMAGE/JPEG", "image/jpeg"),
@@ -62,14 +63,14 @@ def test_every_content_type_has_a_decoder():
     assert set(pipeline.CONTENT_TYPES) == set(pipeline.DECODERS)
     raw = png()
     for ctype in pipeline.IMAGE_TYPES:
-        assert pipeline.payloads(raw, ctype) == ([raw], False)
+        assert pipeline.payloads(raw, ctype) == ([raw], pipeline.ONE)
 
 
 @pytest.mark.parametrize("as_text", [False, True], ids=["bytes", "str"])  # SageMaker's toolkit hands JSON over as str
 def test_json_instances_come_back_in_order_as_a_list(as_text):
     images = [png(colour=(i * 40, 0, 0)) for i in range(3)]
     body = json.dumps({"instances": [{"b64": base64.b64encode(b).decode()} for b in images]})
-    assert pipeline.payloads(body if as_text else body.encode(), "application/json") == (images, True)
+    assert pipeline.payloads(body if as_text else body.encode(), "application/json") == (images, pipeline.Shape.listed(3))
 
 
 @pytest.mark.parametrize("body, message", [
@@ -113,7 +114,7 @@ def test_options_are_checked_in_one_place(kwargs, message):
 
 def test_a_bad_image_names_its_place_in_a_list(model):
     with pytest.raises(RequestError, match=r"^instance 1: image: cannot decode"):
-        pipeline.decode(model, b"GIF89a-not-really", index=1)
+        pipeline.decode(model, b"GIF89a-not-really", where="instance 1")
     with pytest.raises(RequestError, match=r"^photos/a.jpg: cannot decode"):  # a caller that read a file names it
         pipeline.decode(model, b"GIF89a-not-really", name="photos/a.jpg")
     with pytest.raises(RequestError, match=r"^image: 80x60 = 4800 pixels is over the limit of 1000$"):
@@ -147,8 +148,49 @@ def test_predict_is_softmax_top_k_and_threshold_per_image(model):
 
 def test_answers_render_as_one_object_or_a_list(model):
     answers = [{"topk_labels": ["a"]}, {"topk_labels": ["b"]}]
-    assert json.loads(pipeline.render(answers[:1], many=False)) == answers[0]
-    assert json.loads(pipeline.render(answers, many=True)) == answers
+    assert json.loads(pipeline.render(answers[:1])) == answers[0]
+    assert json.loads(pipeline.render(answers, pipeline.Shape.listed(2))) == answers
+    # JSON lines: one line per record, whichever way the request came
+    assert pipeline.render(answers[:1], media_type="application/jsonlines") == json.dumps(answers[0])
+    assert pipeline.render(answers, pipeline.Shape.listed(2), "application/jsonlines") == json.dumps(answers)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_json_lines_are_one_record_a_line_answered_line_by_line():
+    a, b, c, d = (png(colour=(i * 50, 0, 0)) for i in range(4))
+    body = "\n".join([json.dumps(_b64(a)), "", json.dumps({"b64": _b64(b)}),
+                      json.dumps({"instances": [{"b64": _b64(c)}, {"b64": _b64(d)}]})]) + "\n"
+    images, shape = pipeline.payloads(body.encode(), "application/jsonlines")
+    assert images == [a, b, c, d]
+    assert shape == pipeline.Shape((None, None, 2), lines=True, line_numbers=(1, 3, 4))
+    assert [shape.where(i) for i in range(4)] == ["line 1", "line 3", "line 4 instance 0", "line 4 instance 1"]
+    answers = [{"n": i} for i in range(4)]
+    lines = pipeline.render(answers, shape, "application/jsonlines").split("\n")
+    assert [json.loads(line) for line in lines] == [{"n": 0}, {"n": 1}, [{"n": 2}, {"n": 3}]]
+    assert json.loads(pipeline.render(answers, shape)) == [{"n": 0}, {"n": 1}, [{"n": 2}, {"n": 3}]]  # Accept: JSON
+    assert pipeline.negotiate(None) == pipeline.negotiate("*/*") == "application/json"  # as SageMaker's containers
+    jsonlines = "application/jsonlines"
+    assert pipeline.negotiate(None, jsonlines) == pipeline.negotiate("*/*", jsonlines) == jsonlines
+    assert pipeline.negotiate("application/json", jsonlines) == "application/json"
+    assert pipeline.negotiate("application/x-ndjson") == "application/jsonlines"
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"\n \n", "no records: every line is blank"),
+    (b'"AAAA"\n{oops', "line 2: malformed JSON"),
+    (b"\xff", "malformed JSON lines body (not UTF-8)"),
+    (b"42", 'line 1: expected a base64 string, {"b64": "..."} or {"instances"'),
+    (b'"***"', "line 1: malformed base64"),
+    (b'{"instances": []}', 'line 1: "instances" must be a non-empty list'),
+    (b"\n".join([json.dumps("AAAA").encode()] * 3), "3 instances is over the limit of 2"),
+])
+def test_bad_json_lines_are_400_naming_the_line(body, message):
+    with pytest.raises(RequestError) as err:
+        pipeline.payloads(body, "application/jsonlines", max_instances=2)
+    assert err.value.status_code == 400 and str(err.value).startswith(message)
 
 
 def test_request_errors_carry_their_http_status_the_way_sagemakers_toolkit_reads_it():

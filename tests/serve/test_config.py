@@ -33,11 +33,14 @@ def test_serve_refuses_bad_settings_before_loading(tmp_path, capsys, flags, mess
     assert err.startswith("error: ") and message in err and "\n" not in err
 
 
-def test_every_field_is_a_flag_whose_help_gives_the_fields_default(capsys):
+def test_every_field_but_the_environments_is_a_flag_whose_help_gives_the_fields_default(capsys):
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     for f in fields(ServeConfig):
+        if not f.metadata.get("flag", True):  # set by a SageMaker job's environment only
+            assert f"--{f.name.replace('_', '-')}" not in out
+            continue
         assert f"--{f.name.replace('_', '-')}" in out
         if f.default is not MISSING and f.default is not None:
             assert f"default: {f.default}" in out, f.name
@@ -65,3 +68,31 @@ def test_one_of_queue_size_and_max_instances_given_alone_fits_the_other_to_it(fl
     args = build_parser().parse_args(["serve", "--model", "m.tar.gz", *flags])
     cfg = ServeConfig.from_flags({k: v for k, v in vars(args).items() if k in {f.name for f in fields(ServeConfig)}})
     assert (cfg.queue_size, cfg.max_instances) == (queue, instances)
+
+
+def test_a_batch_transform_jobs_environment_sets_the_batch_settings_under_the_flags():
+    env = {"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "20", "SAGEMAKER_BATCH_STRATEGY": "SINGLE_RECORD",
+           "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "3", "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "application/jsonlines"}
+    cfg = ServeConfig.from_flags({"model": "m"}, env)
+    assert (cfg.timeout_s, cfg.max_body_mb, cfg.max_instances, cfg.queue_size, cfg.default_accept) == (
+        600.0, 20.0, 256, 256, "application/jsonlines")
+    assert cfg.execution_parameters() == {"MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 20}
+    typed = ServeConfig.from_flags({"model": "m", "max_body_mb": 2.5, "timeout_s": 9.0, "max_instances": 8}, env)
+    assert (typed.max_body_mb, typed.timeout_s, typed.max_instances, typed.queue_size) == (2.5, 9.0, 8, 256)
+    plain = ServeConfig.from_flags({"model": "m", "workers": 2}, {})
+    assert (plain.timeout_s, plain.max_instances, plain.default_accept) == (30.0, 16, "application/json")
+    assert plain.execution_parameters() == {"MaxConcurrentTransforms": 4, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6}
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB='0' must be 1 to 100 (0, streaming, is not supported"),
+    ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "lots"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB='lots' must be 1 to 100"),
+    ({"SAGEMAKER_BATCH_STRATEGY": "ALL"}, "SAGEMAKER_BATCH_STRATEGY='ALL' must be MULTI_RECORD or SINGLE_RECORD"),
+    ({"SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "0"}, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS='0' must be a whole number, at least 1"),
+    ({"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv"},
+     "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT='text/csv' must be application/json or application/jsonlines"),
+])
+def test_a_bad_sagemaker_variable_is_one_line_naming_it(env, message):
+    with pytest.raises(DogbreedError) as err:
+        ServeConfig.from_flags({"model": "m"}, env)
+    assert str(err.value).startswith(message)

@@ -14,6 +14,7 @@ import textwrap
 SCRIPT = textwrap.dedent('''
     import asyncio, os, sys
     import torch
+    from dogbreed.runtime import pipeline
     from dogbreed.runtime.pipeline import Options
     from dogbreed.serve import ServeConfig
     from dogbreed.serve.server import Server
@@ -29,8 +30,8 @@ SCRIPT = textwrap.dedent('''
         await server.start()
         photos = [open(p, "rb").read() for p in sys.argv[2:]]
         options = Options(topk=3, threshold=0.5)
-        await asyncio.gather(*(server.answer([b], False, options) for b in photos))  # decoded concurrently, batched
-        await server.answer(photos[:2], True, options)
+        await asyncio.gather(*(server.answer([b], pipeline.ONE, options) for b in photos))  # decoded concurrently, batched
+        await server.answer(photos[:2], pipeline.Shape.listed(2), options)
         started = 1 + (torch.get_num_threads() - 1) + len(server.decode_pool._threads)
         after = threads()
         await server.stop()

@@ -1,21 +1,23 @@
 """A window of captured requests, ready to judge: each captured image with its event and inference
 ids and what the endpoint answered, and the ground truth sent for them.
 
-A JSON request (``{"instances": [{"b64": ...}, ...]}``) holds several images: each becomes its own
-item, keyed ``EVENT_ID#i``. A request captured without its input (``--capture-mode output``)
+A JSON request (``{"instances": [{"b64": ...}, ...]}``) or a JSON lines one (Batch Transform's
+MultiRecord bodies) holds several images: each becomes its own item, keyed ``EVENT_ID#i``. A request captured without its input (``--capture-mode output``)
 cannot be re-embedded and is counted apart.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dogbreed.capture import records
+from dogbreed.runtime import pipeline
+from dogbreed.runtime.pipeline import RequestError
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +66,26 @@ def read(capture: str | Path, window: records.Window) -> Window:
 
 
 def _images(body: bytes, content_type: str) -> list[bytes]:
-    """The images a request body held: one for an image type, each instance of a JSON request (a
-    malformed one as one unreadable input)."""
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        return [body]
+    """The images a request body held, read as the endpoint read them (``pipeline.payloads``): one
+    for an image type, each instance of a JSON request, each record of JSON lines; a body the
+    endpoint refused is one unreadable input."""
     try:
-        return [base64.b64decode(item["b64"], validate=True) for item in json.loads(body)["instances"]] or [body]
-    except (ValueError, KeyError, TypeError, binascii.Error):
+        return pipeline.payloads(body, pipeline.content_type(content_type), max_instances=sys.maxsize)[0]
+    except RequestError:
         return [body]
 
 
 def _answers(output: dict | None) -> list[dict] | None:
+    """The answers of a captured output, one per image: a JSON object, a list, or JSON lines (each
+    line an object or a list)."""
     if not output:
         return None
     try:
-        answer = json.loads(records.decode(output))
+        text = records.decode(output)
+        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     except (ValueError, binascii.Error, KeyError):
         return None
-    answers = answer if isinstance(answer, list) else [answer]
+    answers = [a for line in lines for a in (line if isinstance(line, list) else [line])]
     return [a for a in answers if isinstance(a, dict)] or None
 
 

@@ -7,7 +7,9 @@ same answers and the same errors. A refused request raises ``RequestError``, whi
 inference toolkit answers with its status (400, 406, 415) instead of 500.
 
 Settings come from the container's environment (``PyTorchModel(env={...})``), over model.json's:
-``DOGBREED_TOPK``, ``DOGBREED_THRESHOLD``, ``DOGBREED_MAX_INSTANCES``, ``DOGBREED_MAX_PIXELS``, and
+``DOGBREED_TOPK``, ``DOGBREED_THRESHOLD``, ``DOGBREED_MAX_INSTANCES``, ``DOGBREED_MAX_PIXELS``,
+``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`` (application/json, or application/jsonlines: one answer line
+per record of a JSON lines request, what a Batch Transform job with ``AssembleWith=Line`` wants), and
 ``DOGBREED_BACKEND`` (default ``auto``: the fastest backend the artifact has that passed its gate,
 timed when the model loads; or eager, bf16, torchscript, onnx, int8).
 A request may change top-k and the threshold with SageMaker's custom attributes
@@ -47,19 +49,20 @@ class Handlers:
     defaults: Options
     max_instances: int = DEFAULT_MAX_INSTANCES
     max_pixels: int = DEFAULT_MAX_PIXELS
+    default_accept: str = pipeline.JSON_TYPE  # for a request without Accept (SageMaker's toolkit applies it first)
 
 
 @dataclass
 class Request:
     pixels: list[torch.Tensor]  # uint8, one per image
-    many: bool  # the client sent a list, so the answer is a list
+    shape: pipeline.Shape  # how the client sent them: one image, a list, JSON lines; the answer takes it
     options: Options
 
 
 @dataclass
 class Prediction:
     answers: list[dict]
-    many: bool
+    shape: pipeline.Shape
 
 
 _HANDLERS: Handlers | None = None
@@ -84,31 +87,36 @@ def model_fn(model_dir: str) -> LoadedModel:
     except ValueError as exc:  # "topk must be 1..1000, got 0"
         raise ValueError(f"DOGBREED_TOPK or DOGBREED_THRESHOLD: {exc}") from None
     instances, pixels = _env("DOGBREED_MAX_INSTANCES", int), _env("DOGBREED_MAX_PIXELS", int)
+    default_accept = pipeline.negotiate(os.environ.get(pipeline.DEFAULT_ACCEPT_ENV))
     _HANDLERS = Handlers(model, defaults, DEFAULT_MAX_INSTANCES if instances is None else instances,
-                         DEFAULT_MAX_PIXELS if pixels is None else pixels)
+                         DEFAULT_MAX_PIXELS if pixels is None else pixels, default_accept)
     return model
 
 
 def input_fn(request_body: bytes | str, request_content_type: str | None, context=None) -> Request:
     """SageMaker's toolkit passes ``context`` (its request context) where the function takes it."""
-    handlers = _HANDLERS
-    if handlers is None:
-        raise RuntimeError("model_fn has not run")
-    images, many = pipeline.payloads(request_body, pipeline.content_type(request_content_type), handlers.max_instances)
-    pixels = [pipeline.decode(handlers.model, data, max_pixels=handlers.max_pixels, index=i if many else None)
+    handlers = _loaded()
+    images, shape = pipeline.payloads(request_body, pipeline.content_type(request_content_type), handlers.max_instances)
+    pixels = [pipeline.decode(handlers.model, data, max_pixels=handlers.max_pixels, where=shape.where(i))
               for i, data in enumerate(images)]
     options = pipeline.custom_attributes(_header(context, ATTRIBUTES_HEADER), handlers.defaults)
-    return Request(pixels, many, options)
+    return Request(pixels, shape, options)
+
+
+def _loaded() -> Handlers:
+    if _HANDLERS is None:
+        raise RuntimeError("model_fn has not run")
+    return _HANDLERS
 
 
 def predict_fn(input_data: Request, model: LoadedModel) -> Prediction:
-    return Prediction(pipeline.predict(model, input_data.pixels, input_data.options), input_data.many)
+    return Prediction(pipeline.predict(model, input_data.pixels, input_data.options), input_data.shape)
 
 
 def output_fn(prediction: Prediction, accept: str | None) -> tuple[str, str]:
     """(body, content type): SageMaker's toolkit sends the content type we return."""
-    media_type = pipeline.negotiate(accept)
-    return pipeline.render(prediction.answers, prediction.many), media_type
+    media_type = pipeline.negotiate(accept, _loaded().default_accept)
+    return pipeline.render(prediction.answers, prediction.shape, media_type), media_type
 
 
 def _header(context, name: str) -> str | None:

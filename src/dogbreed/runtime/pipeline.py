@@ -40,13 +40,17 @@ except ImportError:
             super().__init__(message)
 
 JSON_TYPE = "application/json"
+JSONLINES_TYPE = "application/jsonlines"  # SageMaker's name for JSON lines: Batch Transform's MultiRecord bodies
+JSONLINES_TYPES = (JSONLINES_TYPE, "application/x-ndjson")
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/x-image", "application/octet-stream")
-CONTENT_TYPES = (*IMAGE_TYPES, JSON_TYPE)
+CONTENT_TYPES = (*IMAGE_TYPES, JSON_TYPE, *JSONLINES_TYPES)
+ANSWER_TYPES = (JSON_TYPE, JSONLINES_TYPE)
 DEFAULT_TOPK = 5
 DEFAULT_THRESHOLD = 0.8  # top-1 probability under which an answer is flagged low_confidence
 DEFAULT_KEEP = 0.95  # share of known-breed valid images a trained "not a dog" threshold keeps
 MAX_TOPK = 1000
-DEFAULT_MAX_INSTANCES = 16  # images in one JSON request
+DEFAULT_ACCEPT_ENV = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"  # the answer's type where a request names none
+DEFAULT_MAX_INSTANCES = 16  # images in one request (JSON instances, JSON lines)
 
 
 class RequestError(_StatusError):
@@ -116,10 +120,12 @@ def content_type(header: str | None) -> str:
     return ctype
 
 
-def negotiate(accept: str | None) -> str:
-    """The answer's media type for an Accept header (RFC 9110: ranges, parameters, q=0 refuses)."""
+def negotiate(accept: str | None, default: str = JSON_TYPE) -> str:
+    """The answer's media type for an Accept header (RFC 9110: ranges, parameters, q=0 refuses):
+    JSON or JSON lines, the first the header accepts; ``default`` where it names neither (no header,
+    ``*/*``), as SageMaker's containers answer (``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``)."""
     if not accept or not accept.strip():
-        return JSON_TYPE
+        return default
     for part in accept.split(","):
         kind, *params = (p.strip().lower() for p in part.split(";"))
         q = next((p.split("=", 1)[1] for p in params if p.startswith("q=")), "1")
@@ -127,9 +133,15 @@ def negotiate(accept: str | None) -> str:
             acceptable = float(q) > 0
         except ValueError:
             acceptable = False
-        if acceptable and kind in (JSON_TYPE, "application/*", "*/*"):
-            return JSON_TYPE
-    raise RequestError(f"cannot answer Accept {accept!r}; answers are application/json", 406)
+        if not acceptable:
+            continue
+        if kind in ("application/*", "*/*"):
+            return default
+        if kind in ANSWER_TYPES:
+            return kind
+        if kind in JSONLINES_TYPES:
+            return JSONLINES_TYPE
+    raise RequestError(f"cannot answer Accept {accept!r}; answers are {' or '.join(ANSWER_TYPES)}", 406)
 
 
 def custom_attributes(header: str | None, defaults: Options) -> Options:
@@ -148,54 +160,150 @@ def custom_attributes(header: str | None, defaults: Options) -> Options:
         raise RequestError(f"custom attribute {exc.field} {exc.problem}") from None
 
 
-def _one_image(body: bytes | str, max_instances: int) -> tuple[list[bytes], bool]:
-    return [bytes(body)], False
+@dataclass(frozen=True)
+class Shape:
+    """How a request carried its images, which is how its answer carries theirs back. ``records``:
+    per record, None for one image or the length of a list of them; ``lines``: the records came as
+    JSON lines, ``line_numbers`` their lines in the body (1-based, blank lines counted)."""
+
+    records: tuple[int | None, ...] = (None,)
+    lines: bool = False
+    line_numbers: tuple[int, ...] = ()
+
+    @classmethod
+    def listed(cls, n: int) -> "Shape":
+        """A JSON list of ``n`` images (``{"instances": [...]}``, several form files)."""
+        return cls((n,))
+
+    @property
+    def many(self) -> bool:
+        """The answer is more than one object: a list, or lines."""
+        return self.lines or self.records[0] is not None
+
+    def where(self, i: int) -> str | None:
+        """How an error names image ``i``: None for a lone image, ``instance 2``, ``line 5``, or
+        ``line 5 instance 2`` (instances count from 0, lines from 1)."""
+        for n, count in enumerate(self.records):
+            size = 1 if count is None else count
+            if i < size:
+                place = f"instance {i}" if count is not None else None
+                if not self.lines:
+                    return place
+                return f"line {self.line_numbers[n]}" + (f" {place}" if place else "")
+            i -= size
+        raise IndexError(i)
+
+    def group(self, answers: Sequence) -> list:
+        """Per record: its answer, or the list of its answers."""
+        grouped, start = [], 0
+        for count in self.records:
+            grouped.append(answers[start] if count is None else list(answers[start:start + count]))
+            start += 1 if count is None else count
+        if start != len(answers):
+            raise ValueError(f"{len(answers)} answers for a request of {start} images")
+        return grouped
 
 
-def _instances(body: bytes | str, max_instances: int) -> tuple[list[bytes], bool]:
-    """``{"instances": [{"b64": "..."}, ...]}`` -> the images' bytes, in order."""
+ONE = Shape()
+
+
+def record_images(value, where: str | None = None) -> tuple[list[bytes], int | None]:
+    """One JSON record's images: a base64 string or ``{"b64": "..."}`` (one image: None), or
+    ``{"instances": [{"b64": "..."}, ...]}`` (a list: its length). ``where`` prefixes an error."""
+    prefix = f"{where}: " if where else ""
     try:
-        instances = json.loads(body)["instances"]
+        if isinstance(value, str):
+            return [base64.b64decode(value, validate=True)], None
+        if isinstance(value, dict) and "b64" in value:
+            return [base64.b64decode(value["b64"], validate=True)], None
+        instances = value["instances"]
         if not isinstance(instances, list) or not instances:
-            raise RequestError('"instances" must be a non-empty list of {"b64": "..."} objects')
-        if len(instances) > max_instances:
-            raise RequestError(f"{len(instances)} instances is over the limit of {max_instances}")
-        return [base64.b64decode(item["b64"], validate=True) for item in instances], True
+            raise RequestError(prefix + '"instances" must be a non-empty list of {"b64": "..."} objects')
+        return [base64.b64decode(item["b64"], validate=True) for item in instances], len(instances)
     except RequestError:
         raise
+    except (KeyError, TypeError):
+        forms = '{"instances": [{"b64": "..."}, ...]}'
+        raise RequestError(f'{prefix}expected a base64 string, {{"b64": "..."}} or {forms}' if where else
+                           f"expected {forms}") from None
+    except (binascii.Error, ValueError):
+        raise RequestError(prefix + "malformed base64" + ("" if where else " in instances")) from None
+
+
+def _over(count: int, max_instances: int) -> None:
+    if count > max_instances:
+        raise RequestError(f"{count} instances is over the limit of {max_instances}")
+
+
+def _one_image(body: bytes | str, max_instances: int) -> tuple[list[bytes], Shape]:
+    return [bytes(body)], ONE
+
+
+def _instances(body: bytes | str, max_instances: int) -> tuple[list[bytes], Shape]:
+    """``{"instances": [{"b64": "..."}, ...]}`` -> the images' bytes, in order."""
+    try:
+        doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise RequestError("malformed JSON body") from None
-    except (KeyError, TypeError):
-        raise RequestError('expected {"instances": [{"b64": "..."}, ...]}') from None
-    except (binascii.Error, ValueError):
-        raise RequestError("malformed base64 in instances") from None
+    if not isinstance(doc, dict) or "instances" not in doc:
+        raise RequestError('expected {"instances": [{"b64": "..."}, ...]}')
+    if isinstance(doc["instances"], list):
+        _over(len(doc["instances"]), max_instances)
+    images, count = record_images({"instances": doc["instances"]})
+    return images, Shape.listed(count)
 
 
-# Content type -> how its body becomes a list of encoded images (and whether the answer is a list).
+def _json_lines(body: bytes | str, max_instances: int) -> tuple[list[bytes], Shape]:
+    """JSON lines (Batch Transform's MultiRecord bodies): each line one record (see
+    :func:`record_images`), answered by one line, in order; blank lines are skipped."""
+    try:
+        text = body if isinstance(body, str) else bytes(body).decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError("malformed JSON lines body (not UTF-8)") from None
+    images, records, numbers = [], [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            raise RequestError(f"line {number}: malformed JSON") from None
+        found, count = record_images(value, f"line {number}")
+        images += found
+        _over(len(images), max_instances)
+        records.append(count)
+        numbers.append(number)
+    if not records:
+        raise RequestError("no records: every line is blank")
+    return images, Shape(tuple(records), True, tuple(numbers))
+
+
+# Content type -> how its body becomes a list of encoded images, and the shape the answer takes.
 # To accept another content type: one entry here.
-DECODERS: dict[str, Callable[[bytes | str, int], tuple[list[bytes], bool]]] = {
+DECODERS: dict[str, Callable[[bytes | str, int], tuple[list[bytes], Shape]]] = {
     **dict.fromkeys(IMAGE_TYPES, _one_image),
     JSON_TYPE: _instances,
+    **dict.fromkeys(JSONLINES_TYPES, _json_lines),
 }
 
 
-def payloads(body: bytes | str, ctype: str, max_instances: int = DEFAULT_MAX_INSTANCES) -> tuple[list[bytes], bool]:
+def payloads(body: bytes | str, ctype: str, max_instances: int = DEFAULT_MAX_INSTANCES) -> tuple[list[bytes], Shape]:
     """The encoded images in a request body of media type ``ctype`` (from :func:`content_type`),
-    and whether the client sent a list (then the answer is a list, in order)."""
+    and the shape of the request, which the answer takes (:func:`render`)."""
     if not body:
         raise RequestError("empty body; send the image bytes, or JSON instances")
     return DECODERS[ctype](body, max_instances)
 
 
 def decode(model: LoadedModel, data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-           index: int | None = None, name: str | None = None) -> torch.Tensor:
+           where: str | None = None, name: str | None = None) -> torch.Tensor:
     """Encoded image to the resized, cropped uint8 pixels :func:`predict` takes (PIL work only:
-    it runs on any thread). When it fails, ``index`` names the image's place in a list and ``name``
-    the image (default: "image"; a file's path, say)."""
+    it runs on any thread). When it fails, ``where`` names the image's place in the request
+    (:meth:`Shape.where`) and ``name`` the image (default: "image"; a file's path, say)."""
     try:
         return model.preset.load_pixels(data, max_pixels=max_pixels, name=name)
     except ImageDecodeError as exc:
-        raise RequestError(f"instance {index}: {exc}" if index is not None else str(exc)) from None
+        raise RequestError(f"{where}: {exc}" if where else str(exc)) from None
 
 
 # --- the model --------------------------------------------------------------------------------------
@@ -265,6 +373,16 @@ def predict(model: LoadedModel, pixels: Sequence[torch.Tensor], options: Options
             for i, (row, opts) in enumerate(zip(probabilities(model, logits), each, strict=True))]
 
 
-def render(answers: list[dict], many: bool) -> str:
-    """The answers as JSON (the media type :func:`negotiate` chose): a list if the client sent one."""
-    return json.dumps(answers if many else answers[0])
+def render(answers: list[dict], shape: Shape = ONE, media_type: str = JSON_TYPE) -> str:
+    """The answers in the request's shape, as ``media_type`` (from :func:`negotiate`): JSON (one
+    object, a list, or for JSON lines a list of the records' answers), or JSON lines (one line per
+    record, the lines joined by newlines: Batch Transform's AssembleWith Line ends each body)."""
+    return dumps(shape.group(answers), shape, media_type)
+
+
+def dumps(records: list, shape: Shape, media_type: str) -> str:
+    """Per-record values (:meth:`Shape.group`'s, or what a transform job's filters made of them)
+    as :func:`render` lays them out."""
+    if media_type == JSONLINES_TYPE:
+        return "\n".join(json.dumps(item) for item in records)
+    return json.dumps(records if shape.lines else records[0])

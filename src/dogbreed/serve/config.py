@@ -5,19 +5,35 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 
 from dogbreed.capture.writer import parse_modes
 from dogbreed.errors import DogbreedError
 from dogbreed.flags import check_choices, option
 from dogbreed.runtime import backends
-from dogbreed.runtime.pipeline import DEFAULT_KEEP, DEFAULT_MAX_INSTANCES, DEFAULT_THRESHOLD, DEFAULT_TOPK, OptionError, Options
+from dogbreed.runtime.pipeline import (
+    ANSWER_TYPES,
+    DEFAULT_ACCEPT_ENV,
+    DEFAULT_KEEP,
+    DEFAULT_MAX_INSTANCES,
+    DEFAULT_THRESHOLD,
+    DEFAULT_TOPK,
+    JSON_TYPE,
+    OptionError,
+    Options,
+    RequestError,
+    negotiate,
+)
 from dogbreed.runtime.presets import DEFAULT_MAX_PIXELS
 
 API_KEY_ENV = "DOGBREED_API_KEY"
 ENDPOINT_NAME = re.compile(r"[A-Za-z0-9](-*[A-Za-z0-9]){0,62}")  # SageMaker's EndpointName pattern
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DEFAULT_QUEUE_SIZE = 256
+BATCH_TIMEOUT_S = 600.0  # SageMaker's limit on one invocation in a Batch Transform job (60 s in real time)
+BATCH_MAX_INSTANCES = 256  # images in one MultiRecord body: 6 MB of photos is about a hundred
+MULTI_RECORD, SINGLE_RECORD = "MULTI_RECORD", "SINGLE_RECORD"
 
 
 @dataclass
@@ -57,14 +73,22 @@ class ServeConfig:
                                            "(and counted in /metrics) instead of written")
     api_key: str | None = option(None, "require Authorization: Bearer KEY on everything but /ping and the page "
                                        f"(default: ${API_KEY_ENV}, else none)")
+    # Batch Transform's execution parameters, which GET /execution-parameters answers: set by a transform
+    # job's SAGEMAKER_* variables (:func:`batch_settings`), never flags
+    max_concurrent_transforms: int | None = field(default=None, metadata={"flag": False})
+    batch_strategy: str | None = field(default=None, metadata={"flag": False})
+    # the answer's type for a request without Accept (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT), as SageMaker's containers
+    default_accept: str = field(default=JSON_TYPE, metadata={"flag": False})
 
     @classmethod
-    def from_flags(cls, given: dict) -> "ServeConfig":
-        """The settings typed (``flags.given``) over the defaults; the API key may come from the
-        environment, so that it stays out of the process list."""
-        values = dict(given)
+    def from_flags(cls, given: dict, env: Mapping[str, str] | None = None) -> "ServeConfig":
+        """The settings typed (``flags.given``) over the environment's (a Batch Transform job's
+        SAGEMAKER_* variables: :func:`batch_settings`) over the defaults; the API key may come from
+        the environment too, so that it stays out of the process list."""
+        env = os.environ if env is None else env
+        values = {**batch_settings(env, given), **given}
         if values.get("api_key") is None:
-            values["api_key"] = os.environ.get(API_KEY_ENV) or None
+            values["api_key"] = env.get(API_KEY_ENV) or None
         # A request must fit in the queue: one of the two given alone moves the other's default, so
         # that only two typed values can contradict each other.
         if "queue_size" in given and "max_instances" not in given:
@@ -108,6 +132,14 @@ class ServeConfig:
             raise DogbreedError(f"--{exc.field} {exc.problem}") from None
         return self
 
+    def execution_parameters(self) -> dict:
+        """What ``GET /execution-parameters`` answers a Batch Transform job (which its own request
+        overrides): two requests in flight per worker, so one decodes while the other runs; JSON
+        lines bodies of several records; the largest body, in whole MB."""
+        return {"MaxConcurrentTransforms": self.max_concurrent_transforms or 2 * self.workers,
+                "BatchStrategy": self.batch_strategy or MULTI_RECORD,
+                "MaxPayloadInMB": max(1, int(self.max_body_mb))}
+
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
@@ -119,3 +151,41 @@ class ServeConfig:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def batch_settings(env: Mapping[str, str], given: dict) -> dict:
+    """The settings a SageMaker Batch Transform job gives the container through its environment,
+    for those not typed as flags (and ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``, the answer's type for
+    a request that names none): ``SAGEMAKER_BATCH=true`` allows an invocation 600 s (SageMaker's
+    batch limit) and a MultiRecord body up to 256 images; ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` is the
+    largest body; ``SAGEMAKER_BATCH_STRATEGY`` and ``SAGEMAKER_MAX_CONCURRENT_TRANSFORMS`` are
+    reported back by ``/execution-parameters``. A bad value is one line naming its variable."""
+    found: dict = {}
+    if env.get("SAGEMAKER_BATCH", "").strip().lower() == "true":
+        found["timeout_s"] = BATCH_TIMEOUT_S
+        if "max_instances" not in given and "queue_size" not in given:
+            found["max_instances"] = found["queue_size"] = BATCH_MAX_INSTANCES
+    if (raw := env.get("SAGEMAKER_MAX_PAYLOAD_IN_MB")) is not None:
+        try:
+            mb = float(raw)
+        except ValueError:
+            mb = -1.0
+        if not 0 < mb <= 100:
+            raise DogbreedError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB={raw!r} must be 1 to 100 (0, streaming, is not supported: "
+                                f"set MaxPayloadInMB on the transform job)")
+        found["max_body_mb"] = mb
+    if (raw := env.get("SAGEMAKER_BATCH_STRATEGY")) is not None:
+        strategy = raw.strip().upper().replace("-", "_")
+        if strategy not in (MULTI_RECORD, SINGLE_RECORD):
+            raise DogbreedError(f"SAGEMAKER_BATCH_STRATEGY={raw!r} must be {MULTI_RECORD} or {SINGLE_RECORD}")
+        found["batch_strategy"] = strategy
+    if (raw := env.get(DEFAULT_ACCEPT_ENV)) is not None:
+        try:
+            found["default_accept"] = negotiate(raw)
+        except RequestError:
+            raise DogbreedError(f"{DEFAULT_ACCEPT_ENV}={raw!r} must be {' or '.join(ANSWER_TYPES)}") from None
+    if (raw := env.get("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS")) is not None:
+        if not raw.strip().isdigit() or int(raw) < 1:
+            raise DogbreedError(f"SAGEMAKER_MAX_CONCURRENT_TRANSFORMS={raw!r} must be a whole number, at least 1")
+        found["max_concurrent_transforms"] = int(raw)
+    return {k: v for k, v in found.items() if k not in given}

@@ -24,7 +24,8 @@ from dogbreed.serve.server import Server
 
 PAGE = Path(__file__).with_name("page.html")
 DOCS_PAGE = Path(__file__).with_name("docs.html")
-OPEN_PATHS = ("/ping", "/", "/docs", "/openapi.json")  # health, static pages and the spec; the page's calls carry the key
+# health, Batch Transform's parameters, static pages and the spec; the page's calls carry the key
+OPEN_PATHS = ("/ping", "/execution-parameters", "/", "/docs", "/openapi.json")
 ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
 
 
@@ -66,18 +67,22 @@ def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
             return JSONResponse({"status": "loading"}, status_code=503)
         return {"status": "ok"}
 
+    @app.get("/execution-parameters", summary="Batch Transform: the concurrency, strategy and payload this container suits")
+    async def execution_parameters():
+        return cfg.execution_parameters()
+
     async def invoke(request: Request) -> Response:
         """The pipeline's steps in the order that refuses a bad request before reading its body."""
         server.check_ready()
-        media_type = pipeline.negotiate(request.headers.get("accept"))
         ctype = pipeline.content_type(request.headers.get("content-type"))
+        media_type = pipeline.negotiate(request.headers.get("accept"), cfg.default_accept)
         options = pipeline.custom_attributes(request.headers.get(ATTRIBUTES_HEADER), server.defaults)
         inference_id = caller_inference_id(request)
         body = await read_body(request, cfg.max_body_bytes)
         with captured(server, inference_id, (body, request.headers.get("content-type") or ctype)) as exchange:
-            images, many = pipeline.payloads(body, ctype, cfg.max_instances)
-            answers = await server.answer(images, many, options)
-            return exchange.answered(Response(pipeline.render(answers, many), media_type=media_type))
+            images, shape = pipeline.payloads(body, ctype, cfg.max_instances)
+            answers = await server.answer(images, shape, options)
+            return exchange.answered(Response(pipeline.render(answers, shape, media_type), media_type=media_type))
 
     @app.post("/invocations", summary="SageMaker container contract: raw image bytes (or JSON instances) in, top-k out")
     async def invocations(request: Request):
@@ -114,7 +119,8 @@ def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
                 (json.dumps({"instances": [{"b64": base64.b64encode(i).decode()} for i in images]}).encode(),
                  pipeline.JSON_TYPE))
         with captured(server, caller_inference_id(request), sent) as exchange:
-            answers = await server.answer(images, len(images) > 1, options)
+            answers = await server.answer(images, pipeline.Shape.listed(len(images)) if len(images) > 1 else pipeline.ONE,
+                                          options)
             return exchange.answered(JSONResponse(answers if len(answers) > 1 else answers[0]))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

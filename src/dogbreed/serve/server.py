@@ -130,12 +130,12 @@ class Server:
         if not self.ready:
             raise ClientError(503, "the model is still loading", {"Retry-After": "1"}, kind="service")
 
-    async def answer(self, images: list[bytes], many: bool, options: Options) -> list[dict]:
+    async def answer(self, images: list[bytes], shape: pipeline.Shape, options: Options) -> list[dict]:
         """Decode in parallel off the event loop, then batch with other requests' images."""
         loop = asyncio.get_running_loop()
 
         def decode(i: int, data: bytes) -> torch.Tensor:
-            return pipeline.decode(self.model, data, max_pixels=self.cfg.max_pixels, index=i if many else None)
+            return pipeline.decode(self.model, data, max_pixels=self.cfg.max_pixels, where=shape.where(i))
 
         self.batcher.incoming += 1
         try:
