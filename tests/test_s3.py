@@ -286,3 +286,26 @@ def test_train_reads_its_recipe_rules_and_weights_from_s3_and_local_only_paths_s
                       (["demo", "--out", "s3://dogs/demo/"], "written on this machine")):
         one_line_error(cli(env, tmp_path, *args), why, "pass a path on this machine")
     assert not (tmp_path / "s3:").exists()
+
+
+def test_transform_reads_a_prefix_or_a_manifest_on_s3_and_writes_out_files_there(bucket, s3_model, tmp_path):
+    env, fs, url = bucket
+    scored = cli(env, tmp_path, "transform", "--model", s3_model, "--input", "s3://dogs/set/test/",
+                 "--output", "s3://dogs/scored/", "--backend", "eager")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert "8 input(s), 0 already done, 8 written, 0 failed" in scored.stdout
+    fs.invalidate_cache()
+    tests = sorted(k[len("dogs/set/test/"):] for k in fs.find("dogs/set/test"))
+    assert sorted(k[len("dogs/scored/"):] for k in fs.find("dogs/scored")) == [f"{k}.out" for k in tests]
+    assert json.loads(fs.cat_file(f"dogs/scored/{tests[0]}.out"))["topk_labels"]
+    again = cli(env, tmp_path, "transform", "--model", s3_model, "--input", "s3://dogs/set/test/",
+                "--output", "s3://dogs/scored/", "--backend", "eager")
+    assert again.returncode == 0 and "8 input(s), 8 already done, 0 written" in again.stdout, again.stderr[-2000:]
+
+    fs.pipe_file("dogs/jobs/two.manifest", json.dumps([{"prefix": "s3://dogs/set/test/"}, *tests[:2]]).encode())
+    listed = cli(env, tmp_path, "transform", "--model", s3_model, "--input", "s3://dogs/jobs/two.manifest",
+                 "--output", "s3://dogs/two/", "--backend", "eager")
+    assert listed.returncode == 0 and "2 input(s), 0 already done, 2 written" in listed.stdout, listed.stderr[-2000:]
+    fs.invalidate_cache()
+    assert sorted(fs.find("dogs/two")) == [f"dogs/two/{k}.out" for k in tests[:2]]
+    assert not (tmp_path / "s3:").exists()

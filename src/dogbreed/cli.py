@@ -188,6 +188,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transform(args: argparse.Namespace) -> int:
+    from dogbreed.transform import TransformOptions, run
+
+    return run(TransformOptions(**given(args, TransformOptions)), progress=_progress(args))
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from dogbreed.data.layout import IMAGE_EXTS
     from dogbreed.export import ExportOptions, export
@@ -290,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dogbreed.predict import PredictOptions
     from dogbreed.runtime.backends import GATE
     from dogbreed.serve import ServeConfig
+    from dogbreed.transform import TransformOptions
     from dogbreed.tune.options import TuneOptions
 
     parser = argparse.ArgumentParser(
@@ -380,6 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "GET / (web page), GET /metrics (Prometheus), GET /docs (OpenAPI).")
     add_flags(p.add_argument_group("server options"), ServeConfig)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("transform", parents=[common], formatter_class=_Formatter, help="score a folder, bucket or manifest of "
+                       "images in batch (SageMaker Batch Transform's contract)",
+                       description="Score every file of a folder, an s3:// prefix or a manifest with an artifact, as SageMaker\n"
+                                   "Batch Transform does: DEST/KEY.out per input, holding what the endpoint answers for it;\n"
+                                   "JSON lines inputs record by record (--split-type Line); a failed input named in\n"
+                                   "DEST/_failures.jsonl (exit status 3); a rerun skips what already has its .out.\n"
+                                   "--shard K/N splits a job across machines; --engine ray runs it on a Ray cluster.")
+    add_flags(p, TransformOptions)
+    p.set_defaults(func=cmd_transform)
 
     p = sub.add_parser("export", parents=[common], formatter_class=_Formatter, help="add TorchScript, ONNX and int8 "
                        "variants to an artifact, checked against fp32",

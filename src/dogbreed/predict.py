@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from dogbreed import remote
+import torch
+
+from dogbreed import machine, remote
+from dogbreed.batching import chunks, ordered
 from dogbreed.data.layout import IMAGE_EXTS
 from dogbreed.errors import DogbreedError
 from dogbreed.flags import option
@@ -79,20 +83,22 @@ def warn_unused_keep(loaded: LoadedModel, keep: float | None, name: str) -> None
 
 
 def predict_files(loaded: LoadedModel, files: list[Path], opts: Options | None = None) -> Iterator[tuple[Path, dict]]:
-    """(file, answer) in order; an undecodable file gets ``{"error": ...}`` instead of an answer."""
+    """(file, answer) in order; an undecodable file gets ``{"error": ...}`` instead of an answer.
+    The next files are read and decoded on threads while the network runs a batch."""
     opts = opts or Options.of(loaded)
-    for start in range(0, len(files), BATCH_SIZE):
-        chunk = files[start : start + BATCH_SIZE]
-        decoded = []  # per position: the pixels, or why the file did not decode
-        for path in chunk:
-            try:
-                decoded.append(decode(loaded, path.read_bytes(), name=str(path)))
-            except RequestError as exc:
-                decoded.append(str(exc))
-        pixels = [d for d in decoded if not isinstance(d, str)]
-        answers = iter(predict(loaded, pixels, opts) if pixels else [])
-        for path, d in zip(chunk, decoded):
-            yield path, ({"error": d} if isinstance(d, str) else next(answers))
+
+    def read(path: Path) -> torch.Tensor | str:  # the pixels, or why the file did not decode
+        try:
+            return decode(loaded, path.read_bytes(), name=str(path))
+        except RequestError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max(1, machine.available_cpus())) as pool:
+        for chunk in chunks(zip(files, ordered(files, read, pool, ahead=2 * BATCH_SIZE)), BATCH_SIZE):
+            pixels = [d for _, d in chunk if not isinstance(d, str)]
+            answers = iter(predict(loaded, pixels, opts) if pixels else [])
+            for path, d in chunk:
+                yield path, ({"error": d} if isinstance(d, str) else next(answers))
 
 
 def format_answer(path: Path, answer: dict, threshold: float) -> str:

@@ -21,6 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from dogbreed import machine
+from dogbreed.batching import chunks, ordered
 from dogbreed.runtime import pipeline
 from dogbreed.runtime.loading import LoadedModel
 from dogbreed.runtime.pipeline import Options, RequestError
@@ -83,8 +84,9 @@ def from_outputs(model: LoadedModel, logits: torch.Tensor, features: torch.Tenso
 
 def observe(model: LoadedModel, images: Sequence[bytes], keys: Sequence | None = None, *, options: Options | None = None,
             max_pixels: int | None = None, progress=None) -> Observations:
-    """Every image through the inference path, in batches, decoding the next batch on a thread pool
-    while the network runs this one. ``progress(n)`` hears each batch's size."""
+    """Every image through the inference path, in batches, decoding the next two batches on a thread
+    pool while the network runs this one (:func:`dogbreed.batching.ordered`). ``progress(n)`` hears
+    each batch's size."""
     keys = list(keys) if keys is not None else list(range(len(images)))
     limit = max_pixels if max_pixels is not None else pipeline.DEFAULT_MAX_PIXELS
 
@@ -98,12 +100,7 @@ def observe(model: LoadedModel, images: Sequence[bytes], keys: Sequence | None =
 
     logits, features, facts, kept, unreadable = [], [], [], [], 0
     with ThreadPoolExecutor(max(1, machine.available_cpus())) as pool:
-        chunks = [range(s, min(s + BATCH, len(images))) for s in range(0, len(images), BATCH)]
-        pending = [pool.submit(lambda c=c: [prepare(i) for i in c]) for c in chunks[:2]]
-        for n, _ in enumerate(chunks):
-            done = pending.pop(0).result()
-            if n + 2 < len(chunks):
-                pending.append(pool.submit(lambda c=chunks[n + 2]: [prepare(i) for i in c]))
+        for done in chunks(ordered(range(len(images)), prepare, pool, ahead=2 * BATCH), BATCH):
             pixels = []
             for i, fact, px in done:
                 facts.append(fact)

@@ -1,0 +1,58 @@
+"""Work on a thread pool, its results in order, a bounded number ahead: how the batch paths
+(``dogbreed transform``, the monitor's ``observe``, ``dogbreed predict``) keep reading and JPEG
+decoding off the network's thread, so that the network never waits on them.
+
+Written here because ``Executor.map`` submits every item at once: for 50,000 photos it would hold
+every decoded image in memory before the network took the first. PIL releases the GIL while it
+decodes, so threads run in parallel with each other and with the network's own threads.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered(items: Iterable[T], work: Callable[[T], R], pool: Executor, ahead: int) -> Iterator[R]:
+    """``work(item)`` for every item on ``pool``, yielded in the items' order, with at most
+    ``ahead`` submitted and not yet taken. ``work`` should catch what it can answer for: an
+    exception it raises comes out of this generator, at its item's turn. Closing the generator
+    early cancels what has not started."""
+    pending: deque = deque()
+    source = iter(items)
+
+    def submit_next() -> None:
+        for item in source:
+            pending.append(pool.submit(work, item))
+            return
+
+    try:
+        while len(pending) < max(1, ahead):
+            before = len(pending)
+            submit_next()
+            if len(pending) == before:
+                break
+        while pending:
+            result = pending.popleft().result()
+            submit_next()  # the pool stays busy while the caller works on this result
+            yield result
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter), as they come."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
