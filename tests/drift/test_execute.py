@@ -156,3 +156,26 @@ def test_every_runs_one_execution_per_period_and_serves_the_last_as_gauges(train
     first, second = (datetime.strptime(e, "%Y-%m-%dT%H-%M-%SZ") for e in ends[:2])
     assert (second - first).total_seconds() == 2  # back to back, one period each
     assert proc.returncode in (0, 130)
+
+
+def test_a_captured_json_lines_request_is_one_item_per_image_with_its_answer(tmp_path):
+    """A Batch Transform style body (JSON lines; one record a list of two) is read as the endpoint
+    read it: one item per image, each with its own answer from the answer lines."""
+    import base64
+
+    from dogbreed.drift import window
+
+    images = [image for image, _ in requests(3, draw=5, **WORLD)]
+    body = "\n".join([json.dumps(base64.b64encode(images[0]).decode()),
+                      json.dumps({"instances": [{"b64": base64.b64encode(b).decode()} for b in images[1:]]})]).encode()
+    answers = "\n".join([json.dumps({"topk_indices": [0]}), json.dumps([{"topk_indices": [1]}, {"topk_indices": [2]}])])
+    writer = CaptureWriter(tmp_path, "dogbreed").start()
+    writer.submit("batch", request=(body, "application/jsonlines"), response=(answers.encode(), "application/jsonlines"))
+    writer.submit("broken", request=(b"{oops", "application/jsonlines"), response=(b'{"error": "x"}', "application/json"))
+    writer.close()
+    found = window.read(tmp_path, records.Window())
+    assert found.requests == 2
+    assert [(i.key, i.image, i.answer) for i in found.items[:3]] == [
+        ("batch#0", images[0], {"topk_indices": [0]}), ("batch#1", images[1], {"topk_indices": [1]}),
+        ("batch#2", images[2], {"topk_indices": [2]})]
+    assert (found.items[3].key, found.items[3].image) == ("broken", b"{oops")  # refused: one unreadable input
