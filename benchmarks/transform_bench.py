@@ -11,7 +11,7 @@ all in one run:
   without transform), on the first ``--predict-calls`` files only.
 
 A resnet50 with a 133-way head (random weights: speed does not depend on their values) is packed as
-an artifact; the inputs are ``--images`` synthetic JPEGs (``synth.requests``) of ``--size`` pixels.
+an artifact with its ONNX and TorchScript exports; the inputs are ``--images`` synthetic JPEGs (``synth.requests``) of ``--size`` pixels.
 
     python benchmarks/transform_bench.py [--images 2000] [--size 320] [--rounds 1]
 """
@@ -99,7 +99,12 @@ def main() -> None:
         files = sorted(src.iterdir())
         print(f"# {machine.describe()}; torch {torch.__version__}; {len(files)} JPEGs of {args.size} px "
               f"({sum(f.stat().st_size for f in files) / len(files) / 1024:.0f} KB on average), batch {args.batch_size}")
-        artifact = make_artifact(tmp, "resnet50")
+        from dogbreed.export import export
+
+        # ONNX fp32 and TorchScript beside model.pth: auto races them against eager (bf16 and int8 need
+        # the accuracy gate, which random weights do not pass)
+        artifact = export(make_artifact(tmp, "resnet50"), "onnx,torchscript", tmp / "resnet50-exported.tar.gz",
+                          progress=False)
         loaded = load_artifact(artifact, backend="auto", batch_sizes=(args.batch_size,))
         backend = loaded.backend
         print(f"# backend: {loaded.selection.line() if loaded.selection else backend}")

@@ -175,11 +175,6 @@ class Shape:
         """A JSON list of ``n`` images (``{"instances": [...]}``, several form files)."""
         return cls((n,))
 
-    @property
-    def many(self) -> bool:
-        """The answer is more than one object: a list, or lines."""
-        return self.lines or self.records[0] is not None
-
     def where(self, i: int) -> str | None:
         """How an error names image ``i``: None for a lone image, ``instance 2``, ``line 5``, or
         ``line 5 instance 2`` (instances count from 0, lines from 1)."""

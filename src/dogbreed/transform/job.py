@@ -293,7 +293,7 @@ class Scorer:
 
         def decode(slot):
             work, r, k, data = slot
-            if work is None or work.failure is not None:
+            if r < 0 or work.failure is not None:  # a marker, or an input already failed: nothing to decode
                 return slot
             try:
                 where = work.requests[r].shape.where(k)
@@ -337,11 +337,13 @@ class Scorer:
 
 
 def load_model(opts: TransformOptions) -> LoadedModel:
-    """The artifact on ``opts.backend`` (``auto``: the fastest here, timed at the job's batch size)."""
+    """The artifact on ``opts.backend`` (``auto``: the fastest here, timed at the job's batch size),
+    loaded for speed as the server loads it (a Ray actor forced onto the backend the driver chose
+    runs the same network the race timed)."""
     from dogbreed.artifact import load_artifact
 
     model = load_artifact(remote.staged_file(opts.model), backend=opts.backend, batch_sizes=(opts.batch_size,),
-                          name=opts.model)
+                          name=opts.model, fused=True)
     if model.selection is not None:
         log.info("%s", model.selection.line())
     return model

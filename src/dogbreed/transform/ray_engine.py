@@ -23,6 +23,9 @@ from dogbreed.transform.sources import OUT_SUFFIX, Input, Output
 
 log = logging.getLogger(__name__)
 CPUS_PER_ACTOR = 2  # an actor's model runs its own threads: one copy per two CPUs keeps them busy
+# network batches of inputs per call into an actor: each call fills its pipeline of reads and decodes from empty,
+# and a batch lost with its worker is handed out again whole (its written inputs skipped)
+INPUTS_PER_CALL = 8
 
 
 class ScoringActor:
@@ -96,7 +99,7 @@ def _run(ray, opts: TransformOptions, todo: list[Input], backend: str, on_input)
     started = time.perf_counter()
     results = ray.data.from_items(items).map_batches(
         ScoringActor, fn_constructor_kwargs={"opts": opts.to_dict(), "backend": backend},
-        batch_size=max(1, 2 * opts.batch_size), batch_format="numpy", num_cpus=per_actor,
+        batch_size=max(1, INPUTS_PER_CALL * opts.batch_size), batch_format="numpy", num_cpus=per_actor,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors))  # Ray Data restarts actors, retries tasks
     tally = Tally()
     seen: set[str] = set()
