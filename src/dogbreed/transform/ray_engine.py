@@ -119,7 +119,7 @@ def _run(ray, opts: TransformOptions, todo: list[Input], backend: str, on_input)
         if on_input:
             on_input(int(row["images"]))
     tally.seconds = time.perf_counter() - started
-    tally.nodes = len(nodes)
+    tally.nodes = len(nodes)  # that sent back results: a lost node's unread results went with it
     missing = {i.key for i in todo} - seen
     if missing:
         raise DogbreedError(f"the Ray job ended without {len(missing)} input(s), e.g. {sorted(missing)[0]}; rerun it: it "
