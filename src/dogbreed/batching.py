@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
+from itertools import islice
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -23,23 +24,17 @@ def ordered(items: Iterable[T], work: Callable[[T], R], pool: Executor, ahead: i
     ``ahead`` submitted and not yet taken. ``work`` should catch what it can answer for: an
     exception it raises comes out of this generator, at its item's turn. Closing the generator
     early cancels what has not started."""
-    pending: deque = deque()
     source = iter(items)
+    pending: deque = deque()
 
-    def submit_next() -> None:
-        for item in source:
-            pending.append(pool.submit(work, item))
-            return
+    def submit(n: int) -> None:
+        pending.extend(pool.submit(work, item) for item in islice(source, n))
 
     try:
-        while len(pending) < max(1, ahead):
-            before = len(pending)
-            submit_next()
-            if len(pending) == before:
-                break
+        submit(max(1, ahead))
         while pending:
             result = pending.popleft().result()
-            submit_next()  # the pool stays busy while the caller works on this result
+            submit(1)  # the pool stays busy while the caller works on this result
             yield result
     finally:
         for future in pending:

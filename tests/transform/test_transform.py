@@ -116,9 +116,11 @@ def test_a_manifest_names_its_inputs_under_a_prefix(trained_run, tmp_path, capsy
     for name in ("a.jpg", "sub/b.jpg", "left-out.jpg"):
         photo(src / name, (120, 60, 30))
     manifest = tmp_path / "job.manifest"
-    manifest.write_text(json.dumps([{"prefix": str(src) + "/"}, "a.jpg", "sub/b.jpg"]))
+    manifest.write_text(json.dumps([{"prefix": str(src) + "/"}, "a.jpg", "sub/b.jpg", "a.jpg"]))
     assert transform(trained_run.artifact, manifest, dest) == 0
     assert set(outs(dest)) == {"a.jpg.out", "sub/b.jpg.out"}
+    out, err = capsys.readouterr()
+    assert "2 input(s)" in out and "2 written" in out and "1 entr(ies) more than once" in err  # a.jpg scored once
     (tmp_path / "list.json").write_text(json.dumps([{"prefix": "photos"}, "left-out.jpg"]))  # relative to the manifest
     assert transform(trained_run.artifact, tmp_path / "list.json", dest, "--data-type", "ManifestFile") == 0
     assert "left-out.jpg.out" in outs(dest)

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from dogbreed import machine
 from dogbreed.errors import DogbreedError
 from dogbreed.transform.job import Scorer, Tally, TransformOptions, Work, load_model
 from dogbreed.transform.sources import OUT_SUFFIX, Input, Output
@@ -25,13 +26,14 @@ log = logging.getLogger(__name__)
 CPUS_PER_ACTOR = 2  # an actor's model runs its own threads: one copy per two CPUs keeps them busy
 # network batches of inputs per call into an actor: each call fills its pipeline of reads and decodes from empty,
 # and a batch lost with its worker is handed out again whole (its written inputs skipped)
-INPUTS_PER_CALL = 8
+INPUTS_PER_CALL = 16
 
 
 class ScoringActor:
     """One model copy on a Ray worker (constructed once per actor by Ray Data)."""
 
     def __init__(self, opts: dict, backend: str):
+        machine.keep_freed_memory()  # a Ray worker is a fresh interpreter: without it every batch faults its pages in again
         self.opts = TransformOptions(**{**opts, "backend": backend})
         model = load_model(self.opts)
         self.output = Output(self.opts.output)
@@ -96,10 +98,11 @@ def _run(ray, opts: TransformOptions, todo: list[Input], backend: str, on_input)
     actors = opts.ray_actors or max(1, cpus // CPUS_PER_ACTOR)
     per_actor = max(1, min(CPUS_PER_ACTOR, cpus // actors))
     items = [{"key": i.key, "location": i.location} for i in todo]
+    per_call = max(1, INPUTS_PER_CALL * opts.batch_size)
     started = time.perf_counter()
-    results = ray.data.from_items(items).map_batches(
+    results = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_call)).map_batches(  # a block a call
         ScoringActor, fn_constructor_kwargs={"opts": opts.to_dict(), "backend": backend},
-        batch_size=max(1, INPUTS_PER_CALL * opts.batch_size), batch_format="numpy", num_cpus=per_actor,
+        batch_size=per_call, batch_format="numpy", num_cpus=per_actor,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors))  # Ray Data restarts actors, retries tasks
     tally = Tally()
     seen: set[str] = set()

@@ -9,6 +9,7 @@ where its ``.out`` goes under the output: SageMaker's layout.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import zlib
 from dataclasses import dataclass
@@ -21,13 +22,13 @@ from dogbreed.files import atomic_write_bytes
 OUT_SUFFIX = ".out"
 FAILURES = "_failures.jsonl"
 S3_PREFIX, MANIFEST = "S3Prefix", "ManifestFile"  # SageMaker's S3DataType
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Input:
     key: str  # the path under the root, "/"-separated: the .out's name too
     location: str  # a local path or an s3:// URL
-    size: int | None = None
 
     def read(self) -> bytes:
         if remote.is_s3(self.location):
@@ -52,9 +53,9 @@ def inputs(source: str, data_type: str | None = None) -> list[Input]:
     else:
         root = Path(source)
         if root.is_file():
-            found = [Input(root.name, str(root), root.stat().st_size)]
+            found = [Input(root.name, str(root))]
         elif root.is_dir():
-            found = [Input(p.relative_to(root).as_posix(), str(p), p.stat().st_size)
+            found = [Input(p.relative_to(root).as_posix(), str(p))
                      for p in root.rglob("*") if p.is_file() and not _hidden(p.relative_to(root).as_posix())]
         else:
             raise DogbreedError(f"--input {source} does not exist")
@@ -72,15 +73,15 @@ def _s3_files(url: str) -> list[Input]:
     fs = remote.filesystem()
     with remote.s3_errors(url):
         if fs.isfile(path):
-            return [Input(PurePosixPath(path).name, remote.SCHEME + path, fs.size(path))]
-        found = fs.find(path, detail=True)
-    return [Input(PurePosixPath(k).relative_to(path).as_posix(), remote.SCHEME + k, info.get("size"))
-            for k, info in found.items() if info.get("type") == "file"
-            and not _hidden(PurePosixPath(k).relative_to(path).as_posix())]
+            return [Input(PurePosixPath(path).name, remote.SCHEME + path)]
+        found = fs.find(path)  # files only
+    keys = (PurePosixPath(k).relative_to(path).as_posix() for k in found)
+    return [Input(key, f"{remote.SCHEME}{path}/{key}") for key in keys if not _hidden(key)]
 
 
 def _manifest(source: str) -> list[Input]:
-    """``[{"prefix": P}, "rel/a.jpg", ...]``: each entry ``P + rel``, keyed ``rel``."""
+    """``[{"prefix": P}, "rel/a.jpg", ...]``: each entry ``P + rel``, keyed ``rel``; an entry
+    listed twice is one input (its ``.out`` is one object)."""
     try:
         raw = Input("manifest", source).read()
         doc = json.loads(raw)
@@ -93,12 +94,14 @@ def _manifest(source: str) -> list[Input]:
     if not remote.is_s3(prefix) and not os.path.isabs(prefix):  # a local prefix is read from the manifest's folder
         prefix = str(Path(source).parent / prefix) if not remote.is_s3(source) else prefix
     base = prefix if prefix.endswith("/") else prefix + "/"
-    found = []
+    found: dict[str, Input] = {}
     for key in doc[1:]:
         if key.startswith("/") or ".." in PurePosixPath(key).parts:
             raise DogbreedError(f"--input {source}: entry {key!r} leaves the prefix; give paths under it")
-        found.append(Input(key, base + key))
-    return sorted(found, key=lambda i: i.key)
+        found[key] = Input(key, base + key)
+    if len(found) < len(doc) - 1:
+        log.warning("--input %s lists %d entr(ies) more than once: each is scored once", source, len(doc) - 1 - len(found))
+    return sorted(found.values(), key=lambda i: i.key)
 
 
 def shard(items: list[Input], which: tuple[int, int] | None) -> list[Input]:
