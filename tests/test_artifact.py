@@ -21,7 +21,7 @@ def test_artifact_has_sagemakers_pytorch_layout(trained_run):
     with tarfile.open(trained_run.artifact) as tar:
         names = sorted(tar.getnames())
     assert names == ["MODEL_CARD.md", "baseline", "baseline/constraints.json", "baseline/sketch.npz",
-                     "baseline/statistics.json", "code", "code/backends.py", "code/fusion.py", "code/inference.py", "code/loading.py", "code/network.py",
+                     "baseline/statistics.json", "code", "code/backends.py", "code/explain.py", "code/fusion.py", "code/inference.py", "code/loading.py", "code/network.py",
                      "code/pipeline.py", "code/presets.py", "code/requirements.txt", "code/scores.py", "labels.json",
                      "model.json", "model.pth", "rejection.pth"]
 

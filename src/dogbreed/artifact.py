@@ -7,7 +7,7 @@
     rejection.pth        class means and shared precision, where the "not a dog" score reads them
     MODEL_CARD.md        data, metrics with intervals, calibration, rejection, use, limits
     code/                the package's own runtime/ modules, verbatim: inference.py (model_fn,
-                         input_fn, predict_fn, output_fn), pipeline.py, loading.py, network.py,
+                         input_fn, predict_fn, output_fn), pipeline.py, loading.py, network.py, explain.py,
                          fusion.py, presets.py...; and requirements.txt
 """
 
@@ -39,7 +39,7 @@ RUNTIME_DIR = Path(loading.__file__).parent
 CARD_FILE = "MODEL_CARD.md"
 log = logging.getLogger(__name__)
 CODE_FILES = ("inference.py", "pipeline.py", "backends.py", "loading.py", "fusion.py", "network.py", "presets.py",
-              "scores.py")
+              "scores.py", "explain.py")
 REQUIREMENTS = "torch>=2.2\ntorchvision>=0.17\npillow>=10.0\nnumpy>=1.24\n"  # pyproject's pins (a test holds this)
 
 

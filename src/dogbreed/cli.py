@@ -54,18 +54,34 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from dogbreed.predict import PredictOptions, check_flags, expand, format_answer, predict_files, warn_unused_keep
+    from dogbreed.predict import (
+        PredictOptions,
+        check_flags,
+        expand,
+        explained_path,
+        format_answer,
+        predict_files,
+        warn_unused_keep,
+        write_explained,
+    )
     from dogbreed.runtime.pipeline import Options
 
     asked = PredictOptions(**given(args, PredictOptions))
     check_flags(asked.topk, asked.threshold, asked.keep)  # before the artifact loads: a typo fails at once
     files = expand(args.images)
+    if asked.out and not asked.explain:
+        raise DogbreedError("--out is where --explain writes its figures: add --explain, or leave --out out")
+    if asked.explain:
+        for path in files:
+            explained_path(path, asked.out)  # an S3 photo without --out is refused before any work
     loaded = _load_model(args.model, _progress(args))
     warn_unused_keep(loaded, asked.keep, args.model)
-    opts = Options.of(loaded).override(asked.topk, asked.threshold, asked.keep)
+    opts = Options.of(loaded).override(asked.topk, asked.threshold, asked.keep, "grid" if asked.explain else None)
     failed = 0
     for path, answer in predict_files(loaded, files, opts):
         failed += "error" in answer
+        if asked.explain and "error" not in answer:
+            answer = write_explained(loaded, path, answer, opts.threshold, asked.out)
         if asked.json:
             print(json.dumps({"file": str(path), **answer}))
         else:
@@ -425,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ood", default=None, metavar="DIR", help="photos of anything but the model's breeds, e.g. the human "
                    "faces set that shipped with the Udacity project, or `data synth --unseen`'s DIR/unseen; or s3://BUCKET/PREFIX/ "
                    "(default: none)")
-    add_flags(p, PredictOptions, exclude=("topk", "json"))
+    add_flags(p, PredictOptions, exclude=("topk", "json", "explain", "out"))
     p.add_argument("--out", default="evaluation", help="folder for evaluation.json and the plots, or s3://BUCKET/PREFIX/ "
                    "to upload them there (default: evaluation)")
     p.set_defaults(func=cmd_evaluate)

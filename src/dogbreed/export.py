@@ -126,9 +126,13 @@ def export(artifact: str | os.PathLike, formats: str | Sequence[str] = ExportOpt
             if fmt == "torchscript":
                 with torch.no_grad(), warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated": SageMaker still loads it
-                    # forward (the logits alone, what SageMaker's default handler calls) and the pass that
-                    # also gives the embedding the "not a dog" score reads
-                    traced = torch.jit.trace_module(model, {"forward": example, "logits_and_features": example})
+                    # forward (the logits alone, what SageMaker's default handler calls), the pass that
+                    # also gives the embedding the "not a dog" score reads, and the one that adds the class
+                    # activation maps (where the backbone has them)
+                    methods = {"forward": example, "logits_and_features": example}
+                    if getattr(model, "class_maps", None) is not None:
+                        methods["class_maps"] = example
+                    traced = torch.jit.trace_module(model, methods)
                     traced.save(path)
             elif fmt == "onnx":
                 _export_onnx(model, example, path)
@@ -144,19 +148,22 @@ def export(artifact: str | os.PathLike, formats: str | Sequence[str] = ExportOpt
         return pack(tmp, out)
 
 
-class _BothOutputs(torch.nn.Module):
-    """The graph ONNX gets: the logits and the embedding, as two outputs."""
+class _Outputs(torch.nn.Module):
+    """The graph ONNX gets: the logits, the embedding and, where the backbone has them, the class
+    activation maps, as its outputs in that order (older readers take the first ones)."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
+        self.maps = getattr(model, "class_maps", None) is not None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.logits_and_features(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model.class_maps(x) if self.maps else self.model.logits_and_features(x)
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str) -> None:
-    onnx_export(_BothOutputs(model).eval(), example, path, ["logits", "features"])
+    graph = _Outputs(model).eval()
+    onnx_export(graph, example, path, ["logits", "features"] + ["class_maps"] * graph.maps)
 
 
 def _quantize(model: torch.nn.Module, example: torch.Tensor, loaded: LoadedModel, pixels: list[torch.Tensor],

@@ -117,6 +117,32 @@ def plot_top_losses(rows: list[dict], path: str | os.PathLike, cols: int = 4, ce
     save(fig, path, dpi=90)
 
 
+def plot_explained(pixels: torch.Tensor, heat: np.ndarray, answer: dict, verdict: str, title: str,
+                   path: str | os.PathLike) -> None:
+    """One explained prediction: the model's view of the photo, the heatmap over it, the top-k
+    breeds as bars, and the verdict in words underneath."""
+    from dogbreed.runtime import explain as heatmaps
+
+    fig = plt.figure(figsize=(11, 4))
+    grid = fig.add_gridspec(1, 3, width_ratios=(1, 1, 1.3))
+    photo, over, bars = (fig.add_subplot(grid[0, i]) for i in range(3))
+    photo.imshow(pixels.permute(1, 2, 0).numpy())
+    photo.set_title("what the model saw")
+    over.imshow(heatmaps.overlay(pixels, heat))
+    over.set_title(title)
+    for ax in (photo, over):
+        ax.axis("off")
+    breeds, probs = answer["breeds"][::-1], answer["topk_probs"][::-1]
+    bars.barh(range(len(breeds)), probs, color=["#999999"] * (len(breeds) - 1) + ["#d4480e"])
+    bars.set_yticks(range(len(breeds)), breeds)
+    bars.set(xlim=(0, 1), xlabel="probability", title=f"top {len(breeds)}")
+    for y, p in enumerate(probs):
+        bars.text(min(p + 0.02, 0.85), y, f"{p:.3f}", va="center")
+    fig.text(0.5, 0.02, verdict, ha="center", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    save(fig, path)
+
+
 def plot_per_class(rows: list[dict], path: str | os.PathLike, show: int = 40) -> None:
     """Accuracy per breed, worst first (the ``show`` worst where there are more)."""
     ranked = sorted((r for r in rows if r["accuracy"] is not None), key=lambda r: (r["accuracy"], r["display"]))[:show]

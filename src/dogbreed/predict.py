@@ -43,6 +43,9 @@ class PredictOptions:
     keep: float | None = option(None, "share of known-breed images the `not_a_dog` threshold lets through, 0 to 1 "
                                       f"(default: the artifact's, {DEFAULT_KEEP:g})")
     json: bool = option(False, "one JSON object per image instead of a table (default: table)")
+    explain: bool = option(False, "also write PHOTO.explain.png: the photo, where the model looked for its top breed "
+                                  "(a heatmap over it), the top-k bars and the verdict; prints its path")
+    out: str | None = option(None, "folder for the --explain figures (default: beside each photo)")
 
 
 def expand(paths: list[str | os.PathLike]) -> list[Path | remote.S3Image]:
@@ -101,6 +104,19 @@ def predict_files(loaded: LoadedModel, files: list[Path], opts: Options | None =
                 yield path, ({"error": d} if isinstance(d, str) else next(answers))
 
 
+def verdict_words(answer: dict, threshold: float) -> str | None:
+    """The verdict of one answer, in words."""
+    verdict = answer.get("verdict")
+    if verdict == "not_a_dog":
+        return "not a dog, or not a breed this model knows: it looks unlike every breed it was trained on"
+    if answer["low_confidence"]:
+        return f"not sure (low confidence): top-1 probability under {threshold:g}; try another photo"
+    if verdict == "breed":
+        least = f", at least {threshold:g}" if threshold > 0 else ""  # a threshold of 0 bars nothing
+        return f"breed: {answer['breeds'][0]} (top-1 probability {answer['topk_probs'][0]:.3f}{least})"
+    return None
+
+
 def format_answer(path: Path, answer: dict, threshold: float) -> str:
     if "error" in answer:
         return f"{path}\n   error: {answer['error']}"
@@ -108,12 +124,43 @@ def format_answer(path: Path, answer: dict, threshold: float) -> str:
     for rank, (breed, p) in enumerate(zip(answer["breeds"], answer["topk_probs"]), 1):
         bar = "█" * round(p * 20)
         lines.append(f"  {rank}. {breed:<32} {p:6.3f}  {bar}")
-    verdict = answer.get("verdict")
-    if verdict == "not_a_dog":
-        lines.append("   not a dog, or not a breed this model knows: it looks unlike every breed it was trained on")
-    elif answer["low_confidence"]:
-        lines.append(f"   not sure (low confidence): top-1 probability under {threshold:g}; try another photo")
-    elif verdict == "breed":
-        least = f", at least {threshold:g}" if threshold > 0 else ""  # a threshold of 0 bars nothing
-        lines.append(f"   breed: {answer['breeds'][0]} (top-1 probability {answer['topk_probs'][0]:.3f}{least})")
+    words = verdict_words(answer, threshold)
+    if words:
+        lines.append(f"   {words}")
+    if answer.get("explanation"):
+        lines.append(f"   heatmap: {answer['explanation']}")
+    elif answer.get("heatmap_error"):
+        lines.append(f"   no heatmap: {answer['heatmap_error']}")
     return "\n".join(lines)
+
+
+def explained_path(path: Path | remote.S3Image, out: str | None) -> Path:
+    """Where ``--explain`` writes the figure of ``path``: ``PHOTO.explain.png`` beside it, or in ``out``."""
+    name = (path.key.rsplit("/", 1)[-1] if isinstance(path, remote.S3Image) else path.name) + ".explain.png"
+    if out:
+        return Path(out) / name
+    if isinstance(path, remote.S3Image):
+        raise DogbreedError(f"{path} is on S3: give --out DIR for its --explain figure")
+    return path.with_name(name)
+
+
+def write_explained(loaded: LoadedModel, path: Path | remote.S3Image, answer: dict, threshold: float,
+                    out: str | None) -> dict:
+    """``answer`` (asked with ``explain="grid"``) drawn as a figure (photo, heatmap over it, top-k
+    bars, verdict) at :func:`explained_path`; the answer comes back with the figure's path under
+    ``explanation`` instead of the grid (or ``heatmap_error`` where the model has no maps)."""
+    from dogbreed import plots
+    from dogbreed.runtime import explain as heatmaps
+
+    answer = dict(answer)
+    grid = answer.pop("heatmap", None)
+    if grid is None:
+        return answer
+    target = explained_path(path, out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pixels = decode(loaded, path.read_bytes(), name=str(path))
+    heat = heatmaps.normalized(grid)
+    title = f"{answer['heatmap_method'].upper()} for {answer['breeds'][0]}"
+    plots.plot_explained(pixels, heat, answer, verdict_words(answer, threshold) or "", title, target)
+    answer["explanation"] = str(target)
+    return answer

@@ -9,6 +9,7 @@ import json
 import urllib.parse
 import urllib.request
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -85,6 +86,10 @@ def _requests(samples) -> list[tuple[str, bytes, dict]]:
         ("threshold 1", jpeg, {**jpg, "X-Amzn-SageMaker-Custom-Attributes": "threshold=1"}),
         ("bad attribute", jpeg, {**jpg, "X-Amzn-SageMaker-Custom-Attributes": "topk=lots"}),
         ("attribute out of range", jpeg, {**jpg, "X-Amzn-SageMaker-Custom-Attributes": "topk=0"}),
+        ("explain: a PNG heatmap", jpeg, {**jpg, "X-Amzn-SageMaker-Custom-Attributes": "explain=1"}),
+        ("explain: a grid, two instances", _b64(jpeg, other),
+         {"Content-Type": "application/json", "X-Amzn-SageMaker-Custom-Attributes": "topk=2,explain=grid"}),
+        ("explain: a bad value", jpeg, {**jpg, "X-Amzn-SageMaker-Custom-Attributes": "explain=maybe"}),
         ("empty body", b"", jpg),
         ("not an image", b"hello", jpg),
         ("truncated jpeg", jpeg[: len(jpeg) // 2], jpg),
@@ -130,10 +135,23 @@ def test_handlers_and_server_answer_every_request_alike(trained_run, server, sam
                 # Scores are floats from a parallel library: its threads may sum in another order
                 assert a.pop("topk_probs") == pytest.approx(b.pop("topk_probs"), abs=1e-5), name
                 assert a.pop("ood_score", None) == pytest.approx(b.pop("ood_score", None), rel=1e-4), name
+                _same_heatmap(a.pop("heatmap", None), b.pop("heatmap", None), name)
                 assert a == b, name
         else:  # the toolkit's error body: the handler's message, then its traceback
             assert json.loads(out)["error"] == theirs["body"].splitlines()[0], name
     assert statuses == {200, 400, 406, 415}
+
+
+def _same_heatmap(a, b, name: str) -> None:
+    """The same map: a grid within its rounding, a PNG overlay within a shade per pixel (the
+    server batches requests together, and a batch may sum in another order)."""
+    if isinstance(a, list):
+        assert np.allclose(a, b, atol=2e-3), name
+    elif a is not None:
+        ours, theirs = (np.asarray(Image.open(io.BytesIO(base64.b64decode(x)))).astype(int) for x in (a, b))
+        assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 2, name
+    else:
+        assert b is None, name
 
 
 def test_a_transform_job_reads_the_containers_execution_parameters(server):

@@ -1,7 +1,7 @@
 """The one inference path, from request bytes to answers:
 
     content type -> payloads -> decoded pixels -> logits + embeddings -> calibrated probabilities,
-    "not a dog" score -> answers with a verdict -> Accept -> JSON
+    "not a dog" score -> answers with a verdict (and, when asked, a heatmap) -> Accept -> JSON
 
 SageMaker's handlers (``inference.py``), ``dogbreed serve`` and ``dogbreed predict`` all call these
 functions, so the same request gets the same answer, or the same error, from each. The server adds
@@ -23,10 +23,12 @@ from dataclasses import dataclass, replace
 import torch
 
 try:
+    from . import explain as heatmaps
     from . import scores
     from .loading import LoadedModel
     from .presets import DEFAULT_MAX_PIXELS, ImageDecodeError
 except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
+    import explain as heatmaps  # type: ignore[no-redef]
     import scores  # type: ignore[no-redef]
     from loading import LoadedModel  # type: ignore[no-redef]
     from presets import DEFAULT_MAX_PIXELS, ImageDecodeError  # type: ignore[no-redef]
@@ -49,6 +51,8 @@ DEFAULT_TOPK = 5
 DEFAULT_THRESHOLD = 0.8  # top-1 probability under which an answer is flagged low_confidence
 DEFAULT_KEEP = 0.95  # share of known-breed valid images a trained "not a dog" threshold keeps
 MAX_TOPK = 1000
+EXPLAIN_FORMATS = (None, "png", "grid")
+EXPLAIN_VALUES = {"1": "png", "true": "png", "png": "png", "grid": "grid", "0": "", "false": "", "none": ""}
 DEFAULT_ACCEPT_ENV = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"  # the answer's type where a request names none
 DEFAULT_MAX_INSTANCES = 16  # images in one request (JSON instances, JSON lines)
 
@@ -78,11 +82,13 @@ class OptionError(ValueError):
 class Options:
     """How an answer is shaped: how many breeds; the probability under which it is ``unsure``; the
     share of known-breed images the "not a dog" threshold keeps (None: the artifact's, or no
-    rejection at all for an artifact without one)."""
+    rejection at all for an artifact without one); whether it carries a heatmap of the top breed's
+    evidence (``explain``: ``"png"``, the overlay as a base64 PNG, or ``"grid"``, the map's numbers)."""
 
     topk: int = DEFAULT_TOPK
     threshold: float = DEFAULT_THRESHOLD
     keep: float | None = None
+    explain: str | None = None
 
     def __post_init__(self) -> None:
         """The one check of every value."""
@@ -92,6 +98,8 @@ class Options:
             raise OptionError("threshold", f"must be in [0, 1], got {self.threshold:g}")
         if self.keep is not None and not 0.0 < self.keep <= 1.0:
             raise OptionError("keep", f"must be in (0, 1], got {self.keep:g}")
+        if self.explain not in EXPLAIN_FORMATS:
+            raise OptionError("explain", f"must be 1 (a PNG), grid or 0, got {self.explain!r}")
 
     @classmethod
     def of(cls, model: LoadedModel) -> "Options":
@@ -103,9 +111,13 @@ class Options:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"model.json: {exc}") from None
 
-    def override(self, topk: int | None = None, threshold: float | None = None, keep: float | None = None) -> "Options":
-        """These options with the values that were given (None keeps the current one)."""
+    def override(self, topk: int | None = None, threshold: float | None = None, keep: float | None = None,
+                 explain: str | None = None) -> "Options":
+        """These options with the values that were given (None keeps the current one; ``explain=""``
+        turns heatmaps off)."""
         given = {k: v for k, v in (("topk", topk), ("threshold", threshold), ("keep", keep)) if v is not None}
+        if explain is not None:
+            given["explain"] = explain or None
         return replace(self, **given) if given else self
 
 
@@ -145,8 +157,9 @@ def negotiate(accept: str | None, default: str = JSON_TYPE) -> str:
 
 
 def custom_attributes(header: str | None, defaults: Options) -> Options:
-    """SageMaker's ``X-Amzn-SageMaker-Custom-Attributes: topk=3,threshold=0.5,keep=0.9`` (any may be
-    absent, other keys are ignored) over ``defaults``."""
+    """SageMaker's ``X-Amzn-SageMaker-Custom-Attributes: topk=3,threshold=0.5,keep=0.9,explain=1``
+    (any may be absent, other keys are ignored) over ``defaults``. ``explain``: 1 (or png) adds the
+    heatmap as a PNG, ``grid`` as numbers, 0 none."""
     pairs = dict(re.findall(r"(\w+)\s*=\s*([^,;\s]+)", header or ""))
     try:
         topk = int(pairs["topk"]) if "topk" in pairs else None
@@ -154,8 +167,9 @@ def custom_attributes(header: str | None, defaults: Options) -> Options:
         keep = float(pairs["keep"]) if "keep" in pairs else None
     except ValueError:
         raise RequestError(f"bad X-Amzn-SageMaker-Custom-Attributes {header!r}; expected topk=N,threshold=X,keep=X") from None
+    explain = EXPLAIN_VALUES.get(pairs["explain"].lower(), pairs["explain"]) if "explain" in pairs else None
     try:
-        return defaults.override(topk, threshold, keep)
+        return defaults.override(topk, threshold, keep, explain)
     except OptionError as exc:
         raise RequestError(f"custom attribute {exc.field} {exc.problem}") from None
 
@@ -315,6 +329,37 @@ def forward(model: LoadedModel, pixels: Sequence[torch.Tensor]) -> tuple[torch.T
     return logits.float().cpu(), None if features is None else features.float().cpu()
 
 
+@torch.inference_mode()
+def forward_maps(model: LoadedModel, pixels: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                             torch.Tensor | None]:
+    """:func:`forward` and, from the same pass, each class's activation map (batch x classes x h x
+    w, fp32) where the network has them (``class_maps``), else None (an export made before them, or
+    a backbone whose head does not allow them: ``explain.py``)."""
+    both_and_maps = getattr(model.model, "class_maps", None)
+    if both_and_maps is None:
+        return (*forward(model, pixels), None)
+    batch = torch.stack(list(pixels)).to(model.device)
+    images = model.preset.normalize(batch).contiguous(memory_format=torch.channels_last)
+    logits, features, maps = both_and_maps(images)
+    return logits.float().cpu(), features.float().cpu(), maps.float().cpu()
+
+
+def explanation(model: LoadedModel, pixels: torch.Tensor, maps: torch.Tensor | None, index: int, how: str) -> dict:
+    """The heatmap keys one answer gains: the map of class ``index`` over the image's ``pixels``
+    as a PNG overlay (``how`` "png", base64) or a grid of numbers ("grid"), the method that made it
+    and the label it explains; where the network gives no maps, ``heatmap`` is None and
+    ``heatmap_error`` says why."""
+    out = {"heatmap": None, "heatmap_method": None, "heatmap_label": model.labels[index]}
+    if maps is None:
+        out["heatmap_error"] = ("this export has no class activation maps (made before they were one of its "
+                                "outputs, or of a backbone without them): export it again, or serve model.pth")
+        return out
+    heat = heatmaps.normalized(maps[index])
+    out["heatmap"] = heatmaps.grid(heat) if how == "grid" else heatmaps.png_base64(heatmaps.overlay(pixels, heat))
+    out["heatmap_method"] = heatmaps.CAM
+    return out
+
+
 def probabilities(model: LoadedModel, logits: torch.Tensor) -> torch.Tensor:
     """Calibrated softmax probabilities: the logits divided by the artifact's temperature."""
     return torch.softmax(logits / model.temperature, dim=1)
@@ -359,13 +404,23 @@ def answer(model: LoadedModel, probs: torch.Tensor, options: Options, ood: float
 
 
 def predict(model: LoadedModel, pixels: Sequence[torch.Tensor], options: Options | Sequence[Options]) -> list[dict]:
-    """One answer per image: normalise, forward, calibrated softmax, top-k, the verdict. ``options``
+    """One answer per image: normalise, forward, calibrated softmax, top-k, the verdict; with
+    ``explain``, after every other key, the top breed's heatmap (:func:`explanation`). ``options``
     is one for every image, or one per image (a server batch mixes requests)."""
     each = [options] * len(pixels) if isinstance(options, Options) else list(options)
-    logits, features = forward(model, pixels)
+    maps = None
+    if any(opts.explain for opts in each):
+        logits, features, maps = forward_maps(model, pixels)
+    else:
+        logits, features = forward(model, pixels)
     ood = ood_scores(model, logits, features)
-    return [answer(model, row, opts, None if ood is None else float(ood[i]))
-            for i, (row, opts) in enumerate(zip(probabilities(model, logits), each, strict=True))]
+    answers = [answer(model, row, opts, None if ood is None else float(ood[i]))
+               for i, (row, opts) in enumerate(zip(probabilities(model, logits), each, strict=True))]
+    for i, (done, opts) in enumerate(zip(answers, each)):
+        if opts.explain:
+            done.update(explanation(model, pixels[i], None if maps is None else maps[i], done["topk_indices"][0],
+                                    opts.explain))
+    return answers
 
 
 def render(answers: list[dict], shape: Shape = ONE, media_type: str = JSON_TYPE) -> str:
