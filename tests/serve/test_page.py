@@ -30,6 +30,15 @@ def test_upload_a_photo_and_read_the_breeds(server, samples, browser, tmp_path):
     assert verdict.get_attribute("data-verdict") == expected["verdict"]
     words = {"breed": f"This looks like a {expected['breeds'][0]}.", "unsure": "Not sure", "not_a_dog": "Not a dog"}
     assert verdict.text.startswith(words[expected["verdict"]])
+    heatmap = browser.find_element(By.ID, "heatmap")  # where the model looked, under the answer
+    assert heatmap.get_attribute("src").startswith("data:image/png;base64,")
+    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heatmap) > 0
+    toggle = browser.find_element(By.ID, "show-heatmap")
+    assert heatmap.is_displayed() and toggle.is_selected()
+    toggle.click()
+    assert not heatmap.is_displayed()
+    toggle.click()
+    assert heatmap.is_displayed()
     shot = Path(os.environ.get("DOGBREED_SCREENSHOTS", tmp_path)) / "page.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
