@@ -30,7 +30,8 @@ SCRIPT = textwrap.dedent("""
         processor = context.request_processor[0]
         out.append({"status": processor.get_response_status_code(),
                     "content_type": processor.get_response_header("content-type"),
-                    "body": body if isinstance(body, str) else body.decode()})
+                    "body": body if isinstance(body, str) else body.decode(errors="replace"),
+                    "body_b64": base64.b64encode(body.encode() if isinstance(body, str) else body).decode()})
     leaked = sorted(m for m in sys.modules if m.split(".")[0] == "dogbreed")
     assert not leaked, f"the handlers imported {leaked}"
     print(json.dumps(out))
@@ -39,8 +40,9 @@ SCRIPT = textwrap.dedent("""
 
 def run_handlers(model_dir: str | os.PathLike, requests: list[tuple[bytes, dict]], env: dict | None = None,
                  timeout: float = 300) -> list[dict]:
-    """Each (body, headers) through the toolkit: {"status", "content_type", "body"} per request. An
-    error's body is the toolkit's: the handler's message, then the traceback."""
+    """Each (body, headers) through the toolkit: {"status", "content_type", "body", "body_b64"} per
+    request (``body_b64``: the bytes, for an image). An error's body is the toolkit's: the handler's
+    message, then the traceback."""
     cases = [{"body": base64.b64encode(body).decode(), "headers": headers} for body, headers in requests]
     full_env = {**os.environ, "SAGEMAKER_PROGRAM": "inference.py", **(env or {})}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(Path(model_dir) / "code"), str(model_dir)],

@@ -90,6 +90,9 @@ def _requests(samples) -> list[tuple[str, bytes, dict]]:
         ("explain: a grid, two instances", _b64(jpeg, other),
          {"Content-Type": "application/json", "X-Amzn-SageMaker-Custom-Attributes": "topk=2,explain=grid"}),
         ("explain: a bad value", jpeg, {**jpg, "X-Amzn-SageMaker-Custom-Attributes": "explain=maybe"}),
+        ("Accept: image/png, the heatmap itself", jpeg, {**jpg, "Accept": "image/png"}),
+        ("Accept: image/png, two images", _b64(jpeg, other), {"Content-Type": "application/json", "Accept": "image/png"}),
+        ("Accept: image/*, not the heatmap", jpeg, {**jpg, "Accept": "image/*"}),
         ("empty body", b"", jpg),
         ("not an image", b"hello", jpg),
         ("truncated jpeg", jpeg[: len(jpeg) // 2], jpg),
@@ -121,12 +124,16 @@ def test_handlers_and_server_answer_every_request_alike(trained_run, server, sam
     safe_extract_tar(trained_run.artifact, tmp_path)
     cases = _requests(samples)
     handled = run_handlers(tmp_path, [(body, headers) for _, body, headers in cases], env=HANDLER_ENV)
-    statuses = set()
+    statuses, pngs = set(), []
     for (name, body, headers), theirs in zip(cases, handled, strict=True):
         status, response_headers, out = post(server, body, headers)
         assert status == theirs["status"], f"{name}: server {status}, handlers {theirs['status']}: {out[:200]}"
         statuses.add(status)
-        if status == 200:
+        if status == 200 and response_headers["content-type"] == "image/png":
+            assert theirs["content_type"] == "image/png", name
+            _same_heatmap(base64.b64encode(out), theirs["body_b64"], name)
+            pngs.append(name)
+        elif status == 200:
             media_type = response_headers["content-type"]
             assert media_type == theirs["content_type"] in ("application/json", "application/jsonlines"), name
             ours, handler = _records(out, media_type), _records(theirs["body"], media_type)
@@ -140,6 +147,7 @@ def test_handlers_and_server_answer_every_request_alike(trained_run, server, sam
         else:  # the toolkit's error body: the handler's message, then its traceback
             assert json.loads(out)["error"] == theirs["body"].splitlines()[0], name
     assert statuses == {200, 400, 406, 415}
+    assert pngs == ["Accept: image/png, the heatmap itself"]
 
 
 def _same_heatmap(a, b, name: str) -> None:

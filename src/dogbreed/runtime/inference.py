@@ -13,7 +13,8 @@ per record of a JSON lines request, what a Batch Transform job with ``AssembleWi
 ``DOGBREED_BACKEND`` (default ``auto``: the fastest backend the artifact has that passed its gate,
 timed when the model loads; or eager, bf16, torchscript, onnx, int8).
 A request may change top-k and the threshold with SageMaker's custom attributes
-(``CustomAttributes="topk=3,threshold=0.5"``), as it may on ``dogbreed serve``.
+(``CustomAttributes="topk=3,threshold=0.5"``), and ask for a heatmap of where the model looked
+(``explain=1``, or ``Accept: image/png`` for the heatmap itself), as it may on ``dogbreed serve``.
 """
 
 from __future__ import annotations
@@ -100,6 +101,12 @@ def input_fn(request_body: bytes | str, request_content_type: str | None, contex
     pixels = [pipeline.decode(handlers.model, data, max_pixels=handlers.max_pixels, where=shape.where(i))
               for i, data in enumerate(images)]
     options = pipeline.custom_attributes(_header(context, ATTRIBUTES_HEADER), handlers.defaults)
+    accept = _header(context, "accept")
+    if accept:  # an image/png answer is the heatmap, which the prediction must make
+        try:
+            options = pipeline.for_answer(options, pipeline.negotiate(accept, handlers.default_accept, image=True))
+        except pipeline.RequestError:
+            pass  # output_fn refuses it, as the toolkit expects
     return Request(pixels, shape, options)
 
 
@@ -113,9 +120,9 @@ def predict_fn(input_data: Request, model: LoadedModel) -> Prediction:
     return Prediction(pipeline.predict(model, input_data.pixels, input_data.options), input_data.shape)
 
 
-def output_fn(prediction: Prediction, accept: str | None) -> tuple[str, str]:
+def output_fn(prediction: Prediction, accept: str | None) -> tuple[str | bytes, str]:
     """(body, content type): SageMaker's toolkit sends the content type we return."""
-    media_type = pipeline.negotiate(accept, _loaded().default_accept)
+    media_type = pipeline.negotiate(accept, _loaded().default_accept, image=True)
     return pipeline.render(prediction.answers, prediction.shape, media_type), media_type
 
 

@@ -47,6 +47,7 @@ JSONLINES_TYPES = (JSONLINES_TYPE, "application/x-ndjson")
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/x-image", "application/octet-stream")
 CONTENT_TYPES = (*IMAGE_TYPES, JSON_TYPE, *JSONLINES_TYPES)
 ANSWER_TYPES = (JSON_TYPE, JSONLINES_TYPE)
+PNG_TYPE = "image/png"  # an answer that is one image's heatmap over it, where the caller asks for it by name
 DEFAULT_TOPK = 5
 DEFAULT_THRESHOLD = 0.8  # top-1 probability under which an answer is flagged low_confidence
 DEFAULT_KEEP = 0.95  # share of known-breed valid images a trained "not a dog" threshold keeps
@@ -132,10 +133,12 @@ def content_type(header: str | None) -> str:
     return ctype
 
 
-def negotiate(accept: str | None, default: str = JSON_TYPE) -> str:
+def negotiate(accept: str | None, default: str = JSON_TYPE, *, image: bool = False) -> str:
     """The answer's media type for an Accept header (RFC 9110: ranges, parameters, q=0 refuses):
     JSON or JSON lines, the first the header accepts; ``default`` where it names neither (no header,
-    ``*/*``), as SageMaker's containers answer (``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``)."""
+    ``*/*``), as SageMaker's containers answer (``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``). With
+    ``image``, an endpoint's: ``image/png`` named as such (not through ``image/*`` or ``*/*``), the
+    heatmap itself (:func:`for_answer`)."""
     if not accept or not accept.strip():
         return default
     for part in accept.split(","):
@@ -153,7 +156,15 @@ def negotiate(accept: str | None, default: str = JSON_TYPE) -> str:
             return kind
         if kind in JSONLINES_TYPES:
             return JSONLINES_TYPE
-    raise RequestError(f"cannot answer Accept {accept!r}; answers are {' or '.join(ANSWER_TYPES)}", 406)
+        if image and kind == PNG_TYPE:
+            return PNG_TYPE
+    also = f" (or {PNG_TYPE}: one image's heatmap)" if image else ""
+    raise RequestError(f"cannot answer Accept {accept!r}; answers are {' or '.join(ANSWER_TYPES)}{also}", 406)
+
+
+def for_answer(options: Options, media_type: str) -> Options:
+    """The options an answer of ``media_type`` needs: an ``image/png`` answer is the heatmap."""
+    return options.override(explain="png") if media_type == PNG_TYPE else options
 
 
 def custom_attributes(header: str | None, defaults: Options) -> Options:
@@ -423,10 +434,18 @@ def predict(model: LoadedModel, pixels: Sequence[torch.Tensor], options: Options
     return answers
 
 
-def render(answers: list[dict], shape: Shape = ONE, media_type: str = JSON_TYPE) -> str:
+def render(answers: list[dict], shape: Shape = ONE, media_type: str = JSON_TYPE) -> str | bytes:
     """The answers in the request's shape, as ``media_type`` (from :func:`negotiate`): JSON (one
     object, a list, or for JSON lines a list of the records' answers), or JSON lines (one line per
-    record, the lines joined by newlines: Batch Transform's AssembleWith Line ends each body)."""
+    record, the lines joined by newlines: Batch Transform's AssembleWith Line ends each body); for
+    ``image/png`` (one image, asked with :func:`for_answer`'s options), the heatmap's PNG itself."""
+    if media_type == PNG_TYPE:
+        if len(answers) != 1 or shape.lines:
+            raise RequestError(f"Accept {PNG_TYPE} answers one image with its heatmap; send one image, or accept "
+                               f"{JSON_TYPE} (the custom attribute explain=1 adds each image's heatmap)", 406)
+        if answers[0].get("heatmap") is None:
+            raise RequestError(f"cannot answer {PNG_TYPE}: {answers[0].get('heatmap_error', 'no heatmap')}", 406)
+        return base64.b64decode(answers[0]["heatmap"])
     return dumps(shape.group(answers), shape, media_type)
 
 

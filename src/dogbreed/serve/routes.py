@@ -75,8 +75,9 @@ def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
         """The pipeline's steps in the order that refuses a bad request before reading its body."""
         server.check_ready()
         ctype = pipeline.content_type(request.headers.get("content-type"))
-        media_type = pipeline.negotiate(request.headers.get("accept"), cfg.default_accept)
-        options = pipeline.custom_attributes(request.headers.get(ATTRIBUTES_HEADER), server.defaults)
+        media_type = pipeline.negotiate(request.headers.get("accept"), cfg.default_accept, image=True)
+        options = pipeline.for_answer(pipeline.custom_attributes(request.headers.get(ATTRIBUTES_HEADER), server.defaults),
+                                      media_type)
         inference_id = caller_inference_id(request)
         body = await read_body(request, cfg.max_body_bytes)
         with captured(server, inference_id, (body, request.headers.get("content-type") or ctype)) as exchange:
