@@ -32,3 +32,7 @@ def test_the_demo_runs_end_to_end_offline(tmp_path):
     assert re.search(r"window darker \(60 images\): [1-9]\d* violation\(s\): .*brightness", text)
     monitor_report = Path(re.search(r"monitor: +(\S+report\.html)", text)[1])
     assert monitor_report.is_file() and len(list((monitor_report.parent / "executions").iterdir())) == 2
+    # it ends with an explained prediction: the figure of where the model looked
+    figure = Path(re.search(r"explained: +(\S+\.explain\.png) ", text)[1])
+    assert figure.is_file() and figure.parent == out / "explained"
+    assert re.search(r"CAM for .+ \(top-1 probability [\d.]+\): \S+\.explain\.png", text)

@@ -17,7 +17,7 @@ from dogbreed.artifact import extracted, load_artifact
 from dogbreed.data.synth import synth
 from dogbreed.errors import DogbreedError
 from dogbreed.export import export
-from dogbreed.predict import expand, format_answer, predict_files
+from dogbreed.predict import expand, format_answer, predict_files, write_explained
 from dogbreed.run import train
 from dogbreed.runtime.pipeline import Options
 from dogbreed.tune.options import TuneOptions
@@ -43,12 +43,12 @@ def run_demo(out: str | Path = "demo", *, progress: bool = True, show: int = 3) 
     out = Path(out)
     data = out / "data"
     if not (data / "train").is_dir():
-        log.info("1/6 data: synthesizing %d classes x %d images in %s", DEMO_DATA["classes"], DEMO_DATA["per_class"], data)
+        log.info("1/7 data: synthesizing %d classes x %d images in %s", DEMO_DATA["classes"], DEMO_DATA["per_class"], data)
         synth(data, progress=progress, **DEMO_DATA)
     else:
-        log.info("1/6 data: reusing %s", data)
+        log.info("1/7 data: reusing %s", data)
 
-    log.info("2/6 train (profiled: system, steps, debugger tensors, rules): %s",
+    log.info("2/7 train (profiled: system, steps, debugger tensors, rules): %s",
              ", ".join(f"{k}={v}" for k, v in DEMO_RECIPE.items()))
     cfg = cfgmod.resolve(overrides={**DEMO_RECIPE, "data": str(data), "out": str(out / "runs")})
     result = train(cfg, progress=progress)
@@ -58,18 +58,18 @@ def run_demo(out: str | Path = "demo", *, progress: bool = True, show: int = 3) 
     backbone = out / "backbone.pth"
     with extracted(result.artifact) as model_dir:
         shutil.copyfile(model_dir / "model.pth", backbone)
-    log.info("\n3/6 tune: %d trials, %d workers, head only on cached embeddings of the trained backbone", *DEMO_TUNE.values())
+    log.info("\n3/7 tune: %d trials, %d workers, head only on cached embeddings of the trained backbone", *DEMO_TUNE.values())
     base = cfgmod.resolve(overrides={**DEMO_RECIPE, "train_layers": "head", "weights": str(backbone),
                                      "data": str(data), "out": str(out / "runs")})
     study = f"demo-{result.run_dir.name}"
     tuned = tune(base, TuneOptions(study=study, **DEMO_TUNE), progress=progress)
 
-    log.info("\n4/6 export: TorchScript, ONNX and int8, each checked against fp32 on the validation images")
+    log.info("\n4/7 export: TorchScript, ONNX and int8, each checked against fp32 on the validation images")
     exported = export(tuned.artifact, "all", data=data, progress=progress)
     loaded = load_artifact(exported, backend="auto", budget_s=4)
     log.info("  %s: %s", exported.name, loaded.selection.line())
 
-    log.info("\n5/6 predict: the exported artifact, on that backend, on %d test images, a breed it never saw and an image of no dog", show)
+    log.info("\n5/7 predict: the exported artifact, on that backend, on %d test images, a breed it never saw and an image of no dog", show)
     classes = sorted(p for p in (data / "test").iterdir() if p.is_dir())[:show]
     files = [expand([folder])[0] for folder in classes]
     if (data / "unseen").is_dir():  # a demo folder from before unseen breeds has none
@@ -78,9 +78,15 @@ def run_demo(out: str | Path = "demo", *, progress: bool = True, show: int = 3) 
     opts = Options.of(loaded)
     for path, answer in predict_files(loaded, files, opts):
         log.info(format_answer(path, answer, opts.threshold))
-    log.info("\n6/6 monitor: serve with --capture, send a window of photos like the training set's and one of darker "
+    log.info("\n6/7 monitor: serve with --capture, send a window of photos like the training set's and one of darker "
              "photos, run the monitor over each")
     report = _monitor(exported, out)
+    log.info("\n7/7 explain: where the model looked in %s", files[0])
+    (path, answer), = predict_files(loaded, files[:1], opts.override(explain="grid"))
+    answer = write_explained(loaded, path, answer, opts.threshold, str(out / "explained"))
+    explained = answer.get("explanation") or f"none ({answer.get('heatmap_error')})"
+    log.info("  %s for %s (top-1 probability %.3f): %s", (answer.get("heatmap_method") or "no map").upper(),
+             answer["breeds"][0], answer["topk_probs"][0], explained)
     log.info(
         "\ndemo done on synthetic data: test accuracy %.1f%% (trained from scratch), %.1f%% (tuned head)\n"
         "  training run: %s\n  profile:      %s (rules, charts; `dogbreed report RUN` rebuilds it)\n"
@@ -88,10 +94,11 @@ def run_demo(out: str | Path = "demo", *, progress: bool = True, show: int = 3) 
         "  try:          dogbreed predict %s --model %s\n"
         "  honest?       dogbreed evaluate --model %s --data %s --ood %s\n"
         "  serve it:     dogbreed serve --model %s   (then open http://127.0.0.1:8080/)\n"
-        "  monitor:      %s (`dogbreed monitor run --capture %s --baseline %s`)",
+        "  monitor:      %s (`dogbreed monitor run --capture %s --baseline %s`)\n"
+        "  explained:    %s (`dogbreed predict IMAGE --model %s --explain`)",
         100 * result.test["test_accuracy"], 100 * loaded.meta["metrics"]["test_accuracy"], result.run_dir,
         result.run_dir / "profile" / "report.html", tuned.study_dir, tuned.artifact, exported, data / "test", exported,
-        tuned.artifact, data, data / "unseen", exported, report, out / "capture", exported,
+        tuned.artifact, data, data / "unseen", exported, report, out / "capture", exported, explained, exported,
     )
     return exported
 
