@@ -1,7 +1,8 @@
 """``dogbreed evaluate``: how an artifact does on a labelled split, through the same inference path
 that answers requests, and how well its "not a dog" score tells those images from others.
 
-    OUT/evaluation.json   accuracy, top-5, NLL, ECE, the selective-prediction curve; with --ood:
+    OUT/evaluation.json   accuracy, top-5, NLL, ECE, the selective-prediction curve, the heatmaps'
+                          focus (the share of their mass in the centre of the view); with --ood:
                           AUROC and FPR at 95% TPR of the score, and the verdicts the others got
     OUT/selective.png     accuracy against the share of images answered (most confident first)
     OUT/reliability.png   accuracy against confidence, with each bin's share of images
@@ -23,6 +24,7 @@ from dogbreed.artifact import load_artifact
 from dogbreed.data.layout import IMAGE_EXTS, SPLITS, model_index, scan
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_write_text
+from dogbreed.runtime import explain as heatmaps
 from dogbreed.runtime import pipeline, scores
 from dogbreed.runtime.loading import LoadedModel
 from dogbreed.runtime.pipeline import Options, RequestError
@@ -45,7 +47,7 @@ def run(model_path: str, data: str, *, ood: str | None = None, split: str = "tes
                     "the softmax as trained", model_path)
     index = model_index(layout, model.labels, data)
     samples = [(path, index[layout.labels.names[label]]) for path, label in layout.splits[split]]
-    known = _pass(model, [p for p, _ in samples], progress, f"evaluating {split}")
+    known = _pass(model, [p for p, _ in samples], progress, f"evaluating {split}", focus=True)
     targets = torch.tensor([y for (p, y) in samples if p in known["kept"]])
     probs = pipeline.probabilities(model, known["logits"])
     # an s3:// --out: written in a temporary folder, uploaded once whole (as `train --out s3://` uploads a run)
@@ -53,6 +55,7 @@ def run(model_path: str, data: str, *, ood: str | None = None, split: str = "tes
         doc: dict = {"model": str(model_path), "data": str(data), "split": split, "n": int(targets.numel()),
                      "unreadable": known["unreadable"], **_quality(probs, targets)}
         doc["selective"] = _selective(probs, targets)
+        doc["saliency_focus"] = _focus(known["focus"])
         plots.plot_reliability(known["logits"], targets, model.temperature, folder / "reliability.png")
         answered = (probs.max(dim=1).values >= opts.threshold).double().mean().item()
         plots.plot_selective(doc["selective"], opts.threshold, answered, folder / "selective.png")
@@ -93,10 +96,12 @@ def _ood_files(folder: str, progress: bool) -> list[str]:
 
 
 def _pass(model: LoadedModel, paths: list[str], progress: bool, desc: str,
-          hint: str = "check the data set with `dogbreed data check`") -> dict:
+          hint: str = "check the data set with `dogbreed data check`", focus: bool = False) -> dict:
     """Every image through the inference path: logits and embeddings of those that decode; none
-    decoding is one line ending with ``hint``, what to do about these images."""
-    logits, features, kept, unreadable = [], [], set(), 0
+    decoding is one line ending with ``hint``, what to do about these images. With ``focus``, from
+    the same passes, each image's share of its top breed's heatmap in the centre of the view
+    (none where the network has no maps)."""
+    logits, features, kept, unreadable, centre = [], [], set(), 0, []
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
     for start in range(0, len(paths), BATCH):
         chunk, pixels = paths[start : start + BATCH], []
@@ -108,7 +113,9 @@ def _pass(model: LoadedModel, paths: list[str], progress: bool, desc: str,
                 unreadable += 1
                 log.warning("skipping unreadable image %s", exc)
         if pixels:
-            z, f = pipeline.forward(model, pixels)
+            z, f, maps = pipeline.forward_maps(model, pixels) if focus else (*pipeline.forward(model, pixels), None)
+            if maps is not None:
+                centre += [heatmaps.box_share(heatmaps.normalized(maps[i, k])) for i, k in enumerate(z.argmax(1).tolist())]
             logits.append(z)
             features.append(f)
         bar.update(len(chunk))
@@ -116,7 +123,19 @@ def _pass(model: LoadedModel, paths: list[str], progress: bool, desc: str,
     if not logits:
         raise DogbreedError(f"no image could be read ({unreadable} unreadable); {hint}")
     return {"logits": torch.cat(logits), "features": None if features[0] is None else torch.cat(features), "kept": kept,
-            "unreadable": unreadable}
+            "unreadable": unreadable, "focus": centre}
+
+
+def _focus(shares: list[float]) -> dict | None:
+    """How much of the heatmaps' mass falls in the centre quarter of the view (where photos put
+    their subject; a map spread evenly puts 0.25 there): a model that learned backgrounds looks
+    elsewhere. None where the network gives no maps."""
+    if not shares:
+        return None
+    values = torch.tensor(shares)
+    return {"mean": round(values.mean().item(), 4), "median": round(values.median().item(), 4),
+            "region": "centre", "box": list(heatmaps.CENTRE), "spread_evenly": 0.25, "method": heatmaps.CAM,
+            "images": len(shares)}
 
 
 def _scores(model: LoadedModel, passed: dict) -> torch.Tensor | None:

@@ -82,20 +82,13 @@ def grid(heat: np.ndarray, digits: int = 3) -> list[list[float]]:
     return [[round(float(v), digits) for v in row] for row in heat]
 
 
-def centre_share(heat: np.ndarray, margin: float = 0.25) -> float:
-    """The share of the map's mass inside its centre region (``margin`` of each side left out):
-    the ``saliency_focus`` figure where no box around the dog is known."""
-    total = float(heat.sum())
-    if total <= 0:
-        return 0.0
-    h, w = heat.shape
-    top, left = int(round(h * margin)), int(round(w * margin))
-    return float(heat[top:h - top, left:w - left].sum()) / total
+CENTRE = (0.25, 0.25, 0.75, 0.75)  # the middle half of each side: a quarter of the view
 
 
-def box_share(heat: np.ndarray, box: tuple[float, float, float, float]) -> float:
+def box_share(heat: np.ndarray, box: tuple[float, float, float, float] = CENTRE) -> float:
     """The share of the map's mass (upsampled to 224 x 224) inside ``box`` (left, top, right,
-    bottom as fractions of the view): the ``saliency_focus`` figure where the dog's box is known."""
+    bottom as fractions of the view): the ``saliency_focus`` figure, for the dog's box where it is
+    known, else the centre (where a map spread evenly puts a quarter of its mass)."""
     big = upsampled(heat, (224, 224))
     total = float(big.sum())
     if total <= 0:
