@@ -181,6 +181,13 @@ def test_evaluate_predict_and_serve_take_the_model_data_and_ood_from_s3(bucket, 
 
     predicted = cli(env, tmp_path, "predict", "--model", s3_model, "--json", "s3://dogs/set/test/001.Affenpinscher/")
     assert predicted.returncode == 0 and len(predicted.stdout.splitlines()) == 2, predicted.stderr[-2000:]
+    refused = cli(env, tmp_path, "predict", "--model", s3_model, "--explain", "s3://dogs/set/test/001.Affenpinscher/")
+    assert refused.returncode == 1 and "is on S3: give --out DIR for its --explain figure" in refused.stderr
+    explained = cli(env, tmp_path, "predict", "--model", s3_model, "--json", "--explain", "--out", str(tmp_path / "why"),
+                    "s3://dogs/set/test/001.Affenpinscher/")
+    assert explained.returncode == 0, explained.stderr[-2000:]
+    figures = [json.loads(line)["explanation"] for line in explained.stdout.splitlines()]
+    assert len(figures) == 2 and all(Path(f).parent == tmp_path / "why" and Path(f).is_file() for f in figures)
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     photo = fs.cat_file(sorted(fs.find("dogs/set/test"))[0])

@@ -136,7 +136,7 @@ def format_answer(path: Path, answer: dict, threshold: float) -> str:
 
 def explained_path(path: Path | remote.S3Image, out: str | None) -> Path:
     """Where ``--explain`` writes the figure of ``path``: ``PHOTO.explain.png`` beside it, or in ``out``."""
-    name = (path.key.rsplit("/", 1)[-1] if isinstance(path, remote.S3Image) else path.name) + ".explain.png"
+    name = (path.url.rsplit("/", 1)[-1] if isinstance(path, remote.S3Image) else path.name) + ".explain.png"
     if out:
         return Path(out) / name
     if isinstance(path, remote.S3Image):
