@@ -105,7 +105,12 @@ def test_a_network_without_maps_answers_and_says_why_it_has_no_heatmap(synth_dat
     plain = pipeline.predict(eager, pixels, Options())
     for answer, reference in zip(answers, plain):
         assert answer["topk_labels"] == reference["topk_labels"]
-        assert answer["heatmap"] is None and "export it again" in answer["heatmap_error"]
+        assert answer["heatmap"] is None and "export the model again" in answer["heatmap_error"]
+    safe_extract_tar(random_artifact(tmp_path, "convnext_tiny", labels), tmp_path / "c")
+    convnext = load_model_dir(str(tmp_path / "c"), "cpu", "eager", fused=True)
+    answer, = pipeline.predict(convnext, pixels[:1], Options(explain="grid"))
+    assert answer["heatmap"] is None and answer["heatmap_error"] == (
+        "convnext_tiny has no exact class activation map (its head normalises after pooling)")
 
 
 class _TwoOutputs(torch.nn.Module):

@@ -26,11 +26,13 @@ try:
     from . import explain as heatmaps
     from . import scores
     from .loading import LoadedModel
+    from .network import BACKBONES
     from .presets import DEFAULT_MAX_PIXELS, ImageDecodeError
 except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
     import explain as heatmaps  # type: ignore[no-redef]
     import scores  # type: ignore[no-redef]
     from loading import LoadedModel  # type: ignore[no-redef]
+    from network import BACKBONES  # type: ignore[no-redef]
     from presets import DEFAULT_MAX_PIXELS, ImageDecodeError  # type: ignore[no-redef]
 
 try:  # in SageMaker's containers: errors of this type answer with their own status, not 500
@@ -362,8 +364,11 @@ def explanation(model: LoadedModel, pixels: torch.Tensor, maps: torch.Tensor | N
     ``heatmap_error`` says why."""
     out = {"heatmap": None, "heatmap_method": None, "heatmap_label": model.labels[index]}
     if maps is None:
-        out["heatmap_error"] = ("this export has no class activation maps (made before they were one of its "
-                                "outputs, or of a backbone without them): export it again, or serve model.pth")
+        name = model.meta.get("backbone")
+        out["heatmap_error"] = (f"{name} has no exact class activation map (its head normalises after pooling)"
+                                if name in BACKBONES and not BACKBONES[name].cam else
+                                "this export was made before class activation maps were one of its outputs: export "
+                                "the model again (dogbreed export), or serve its model.pth")
         return out
     heat = heatmaps.normalized(maps[index])
     out["heatmap"] = heatmaps.grid(heat) if how == "grid" else heatmaps.png_base64(heatmaps.overlay(pixels, heat))
