@@ -6,11 +6,13 @@ all in one run on a resnet50 with a 133-way head (random weights: speed does not
   ``class_maps``, the map normalised;
 - the answer with the map drawn over the photo as a PNG (``explain=1``);
 - Grad-CAM by Captum's ``LayerGradCam`` on the network as trained (eager, unfused: a forward and a
-  backward pass), what a backbone without an exact CAM would need.
+  backward pass), what a backbone without an exact CAM would need;
+- KernelSHAP over 20 SLIC superpixels (``dogbreed explain --method shap``: ``--shap-samples``
+  coalitions a photo, on the same backend as the answer), on ``--shap-images`` photos a round.
 
 Rounds alternate the order (ABBA) so that drift in the machine's speed falls on every way alike.
 
-    python benchmarks/explain_bench.py [--images 32] [--rounds 4]
+    python benchmarks/explain_bench.py [--images 32] [--rounds 4] [--shap-images 2] [--shap-samples 256]
 """
 
 from __future__ import annotations
@@ -42,12 +44,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--shap-images", type=int, default=2)
+    p.add_argument("--shap-samples", type=int, default=256)
     args = p.parse_args()
 
     from captum.attr import LayerGradCam
 
     from dogbreed.artifact import extracted, load_artifact
     from dogbreed.data.synth import requests
+    from dogbreed.explain import shap_map, superpixels
     from dogbreed.runtime import pipeline
     from dogbreed.runtime.loading import load_model_dir
 
@@ -70,15 +75,21 @@ def main() -> None:
             target = int(trained.model(images).argmax())
             return gradcam.attribute(images, target=target, attribute_to_layer_input=True)
 
+        def kernel_shap(px):
+            target = pipeline.predict(fast, [px], plain)[0]["topk_indices"][0]
+            return shap_map(fast, px, target, superpixels(px, 20, 5.0), args.shap_samples)
+
+        shap_name = f"KernelSHAP ({args.shap_samples} coalitions, 20 superpixels)"
         ways = {"answer": answer(plain), "answer + CAM grid": answer(grid), "answer + CAM PNG": answer(png),
-                "Grad-CAM (Captum, eager as trained)": grad_cam}
-        for work in ways.values():  # warm up every way
-            per_image_ms(work, pixels[:4])
+                "Grad-CAM (Captum, eager as trained)": grad_cam, shap_name: kernel_shap}
+        subset = {shap_name: pixels[: args.shap_images]}
+        for name, work in ways.items():  # warm up every way
+            per_image_ms(work, subset.get(name, pixels)[:1])
         times: dict[str, list[float]] = {name: [] for name in ways}
         for r in range(args.rounds):
             order = list(ways) if r % 2 == 0 else list(reversed(ways))
             for name in order:
-                times[name].append(per_image_ms(ways[name], pixels))
+                times[name].append(per_image_ms(ways[name], subset.get(name, pixels)))
         print(f"# {machine.describe()}; torch {torch.__version__}; resnet50, 133 classes, random weights; "
               f"{args.images} images of 320 px a round, one a pass; {args.rounds} rounds (ABBA)")
         print(f"# backend: {fast.selection.line() if fast.selection else fast.backend}")

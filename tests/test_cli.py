@@ -54,6 +54,7 @@ COMMAND_TESTS = {
     "serve": ["serve/test_main.py", "serve/test_config.py"],
     "export": ["test_export.py", "test_backends.py"],
     "evaluate": ["test_evaluate.py"],
+    "explain": ["runtime/test_explain.py"],
     "transform": ["transform/test_transform.py", "transform/test_ray.py", "serve/test_parity.py", "test_s3.py"],
     "monitor baseline": ["drift/test_execute.py"],
     "monitor run": ["drift/test_execute.py"],

@@ -213,6 +213,22 @@ def cmd_transform(args: argparse.Namespace) -> int:
     return run(TransformOptions(**given(args, TransformOptions)), progress=_progress(args))
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from dogbreed.explain import ExplainOptions, run
+    from dogbreed.predict import expand
+
+    opts = ExplainOptions(**given(args, ExplainOptions)).validate()  # a bad flag fails before the model loads
+    files = expand(args.images)
+    loaded = _load_model(args.model, _progress(args))
+    lines = run(loaded, files, opts, progress=_progress(args))
+    for line in lines:
+        agree = line.get("correlation_with_cam")
+        also = f" (correlation with CAM {agree:.2f})" if agree is not None else ""
+        print(f"{line['file']}: {line.get('figure') or line.get('error')}{also}")
+    print(f"{len(lines)} photo(s) explained by {opts.method}; one JSON line each in {opts.out}/explained.jsonl")
+    return 1 if any("error" in line for line in lines) else 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from dogbreed.data.layout import IMAGE_EXTS
     from dogbreed.export import ExportOptions, export
@@ -311,6 +327,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from dogbreed.data.fetch import DATASET_URL
     from dogbreed.data.synth import SynthOptions
+    from dogbreed.explain import ExplainOptions
     from dogbreed.export import ExportOptions
     from dogbreed.predict import PredictOptions
     from dogbreed.runtime.backends import GATE
@@ -406,6 +423,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "GET / (web page), GET /metrics (Prometheus), GET /docs (OpenAPI).")
     add_flags(p.add_argument_group("server options"), ServeConfig)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("explain", parents=[common], formatter_class=_Formatter, help="heatmaps of where the model looked, "
+                       "by CAM or KernelSHAP (SageMaker Clarify's way)",
+                       description="Explain each photo's top breed with a heatmap over the model's view: the class activation\n"
+                                   "map the network gives with its answer (--method cam), or KernelSHAP over 20 superpixels\n"
+                                   "(--method shap, as SageMaker Clarify does: model-agnostic and slower), shown beside CAM.")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images; s3://BUCKET/KEY.jpg or s3://BUCKET/PREFIX/")
+    p.add_argument("--model", required=True, metavar="model.tar.gz", help=MODEL_HELP)
+    add_flags(p, ExplainOptions)
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("transform", parents=[common], formatter_class=_Formatter, help="score a folder, bucket or manifest of "
                        "images in batch (SageMaker Batch Transform's contract)",

@@ -117,21 +117,25 @@ def plot_top_losses(rows: list[dict], path: str | os.PathLike, cols: int = 4, ce
     save(fig, path, dpi=90)
 
 
-def plot_explained(pixels: torch.Tensor, heat: np.ndarray, answer: dict, verdict: str, title: str,
-                   path: str | os.PathLike) -> None:
-    """One explained prediction: the model's view of the photo, the heatmap over it, the top-k
-    breeds as bars, and the verdict in words underneath."""
+def plot_explained_maps(pixels: torch.Tensor, maps: dict[str, np.ndarray], answer: dict, verdict: str,
+                        path: str | os.PathLike) -> None:
+    """One explained prediction: the model's view of the photo, each heatmap over it (titled by its
+    key), the top-k breeds as bars, and the verdict in words underneath."""
     from dogbreed.runtime import explain as heatmaps
 
-    fig = plt.figure(figsize=(11, 4))
-    grid = fig.add_gridspec(1, 3, width_ratios=(1, 1, 1.3))
-    photo, over, bars = (fig.add_subplot(grid[0, i]) for i in range(3))
+    panels = 2 + len(maps)
+    fig = plt.figure(figsize=(3.7 * panels, 4))
+    grid = fig.add_gridspec(1, panels, width_ratios=(1,) * (panels - 1) + (1.3,))
+    photo = fig.add_subplot(grid[0, 0])
     photo.imshow(pixels.permute(1, 2, 0).numpy())
     photo.set_title("what the model saw")
-    over.imshow(heatmaps.overlay(pixels, heat))
-    over.set_title(title)
-    for ax in (photo, over):
+    photo.axis("off")
+    for i, (title, heat) in enumerate(maps.items(), 1):
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(heatmaps.overlay(pixels, heat))
+        ax.set_title(f"{title} for {answer['breeds'][0]}", fontsize=10)
         ax.axis("off")
+    bars = fig.add_subplot(grid[0, panels - 1])
     breeds, probs = answer["breeds"][::-1], answer["topk_probs"][::-1]
     bars.barh(range(len(breeds)), probs, color=["#999999"] * (len(breeds) - 1) + ["#d4480e"])
     bars.set_yticks(range(len(breeds)), breeds)

@@ -159,8 +159,7 @@ def write_explained(loaded: LoadedModel, path: Path | remote.S3Image, answer: di
     target = explained_path(path, out)
     target.parent.mkdir(parents=True, exist_ok=True)
     pixels = decode(loaded, path.read_bytes(), name=str(path))
-    heat = heatmaps.normalized(grid)
-    title = f"{answer['heatmap_method'].upper()} for {answer['breeds'][0]}"
-    plots.plot_explained(pixels, heat, answer, verdict_words(answer, threshold) or "", title, target)
+    maps = {answer["heatmap_method"].upper(): heatmaps.normalized(grid)}
+    plots.plot_explained_maps(pixels, maps, answer, verdict_words(answer, threshold) or "", target)
     answer["explanation"] = str(target)
     return answer
