@@ -8,7 +8,7 @@ greys out the rest (the normalisation's mean colour, zero after normalising), an
 calibrated probability is the payoff. ``--samples`` coalitions are scored per image, in batches,
 on the artifact's fastest backend. The superpixel values are laid over the view like a CAM's; where
 both exist, the figure shows them side by side and the line printed per photo gives their
-correlation. Both need ``pip install 'dogbreed[explain]'``.
+correlation. KernelSHAP needs ``pip install 'dogbreed[explain]'``; the CAM needs nothing more.
 """
 
 from __future__ import annotations
