@@ -1,6 +1,7 @@
 """A run from config to artifact: the files it writes, and how it fails."""
 
 import csv
+from pathlib import Path
 import json
 
 import pytest
@@ -21,7 +22,8 @@ def _rows(path):
 def test_a_run_writes_every_file_and_metrics_that_mean_what_they_say(trained_run, synth_data):
     run = trained_run.run_dir
     names = sorted(p.name for p in run.iterdir())
-    assert names == ["baseline", "checkpoints", "config.yaml", "confusion.png", "curves.png", "interpretation.json", "labels.json",
+    assert names == ["baseline", "checkpoints", "config.yaml", "confused_pairs.png", "confusion.png", "curves.png",
+                     "interpretation.json", "labels.json",
                      "metrics.csv", "model.tar.gz", "per_class.csv", "per_class.png", "profile", "reliability.png",
                      "results.json", "top_losses.png"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
@@ -37,7 +39,7 @@ def test_a_run_writes_every_file_and_metrics_that_mean_what_they_say(trained_run
     assert results["best_epoch"] == int(best["epoch"])
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["backbone"] == "resnet18" and saved["epochs"] == 4
-    for png in ("curves.png", "confusion.png", "reliability.png", "top_losses.png", "per_class.png"):
+    for png in ("curves.png", "confusion.png", "reliability.png", "top_losses.png", "per_class.png", "confused_pairs.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     calibration = results["calibration"]
     assert calibration["temperature"] > 0 and calibration["test_n"] == 8
@@ -46,6 +48,14 @@ def test_a_run_writes_every_file_and_metrics_that_mean_what_they_say(trained_run
     why = json.loads((run / "interpretation.json").read_text())
     losses = [r["loss"] for r in why["top_losses"]]
     assert 0 < len(losses) <= 8 and losses == sorted(losses, reverse=True) and min(losses) >= 0
+    test_files = {str(p) for p in (synth_data / "test").glob("*/*.jpg")}
+    for pair in why["confused_pairs"]:  # each pair's example is one of its test images
+        assert pair["example"] in test_files and Path(pair["example"]).parent.name.endswith(pair["true"].replace(" ", "_"))
+    # the heatmaps' focus, measured on the synthetic objects' known boxes, in both files
+    focus = results["saliency_focus"]
+    assert focus == why["saliency_focus"] and focus["region"] == "box" and focus["images"] == 8
+    assert 0 <= focus["mean"] <= 1 and 0 < focus["spread_evenly"] <= 1 and focus["method"] == "cam"
+    assert focus["lift"] == pytest.approx(focus["mean"] / focus["spread_evenly"], abs=2e-3)
 
 
 def test_the_imagenet_dog_detector_keeps_the_heads_it_came_with(synth_data, tmp_path):

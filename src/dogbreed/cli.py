@@ -111,8 +111,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in doc["verdicts"].items())
     print(f"verdicts on {doc['split']}: {shares}")
     if doc.get("saliency_focus"):
-        print(f"heatmaps: {100 * doc['saliency_focus']['mean']:.0f}% of their mass in the centre quarter of the view, "
-              f"on average (25% if spread evenly; much less: the model may be looking at backgrounds)")
+        from dogbreed.saliency import summary
+
+        print(summary(doc["saliency_focus"]))
     if "ood" in doc:
         o = doc["ood"]
         print(f"--ood ({o['out_n']} images): {o['score']} score AUROC {o['auroc']:.3f}, FPR at 95% TPR "

@@ -2,7 +2,7 @@
 that answers requests, and how well its "not a dog" score tells those images from others.
 
     OUT/evaluation.json   accuracy, top-5, NLL, ECE, the selective-prediction curve, the heatmaps'
-                          focus (the share of their mass in the centre of the view); with --ood:
+                          focus (``saliency.focus``: their mass on the subject); with --ood:
                           AUROC and FPR at 95% TPR of the score, and the verdicts the others got
     OUT/selective.png     accuracy against the share of images answered (most confident first)
     OUT/reliability.png   accuracy against confidence, with each bin's share of images
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dogbreed import calibration, plots, rejection, remote, stats
+from dogbreed import calibration, plots, rejection, remote, saliency, stats
 from dogbreed.artifact import load_artifact
 from dogbreed.data.layout import IMAGE_EXTS, SPLITS, model_index, scan
 from dogbreed.errors import DogbreedError
@@ -47,7 +47,7 @@ def run(model_path: str, data: str, *, ood: str | None = None, split: str = "tes
                     "the softmax as trained", model_path)
     index = model_index(layout, model.labels, data)
     samples = [(path, index[layout.labels.names[label]]) for path, label in layout.splits[split]]
-    known = _pass(model, [p for p, _ in samples], progress, f"evaluating {split}", focus=True)
+    known = _pass(model, [p for p, _ in samples], progress, f"evaluating {split}", regions=saliency.Regions.of(layout.root))
     targets = torch.tensor([y for (p, y) in samples if p in known["kept"]])
     probs = pipeline.probabilities(model, known["logits"])
     # an s3:// --out: written in a temporary folder, uploaded once whole (as `train --out s3://` uploads a run)
@@ -55,7 +55,7 @@ def run(model_path: str, data: str, *, ood: str | None = None, split: str = "tes
         doc: dict = {"model": str(model_path), "data": str(data), "split": split, "n": int(targets.numel()),
                      "unreadable": known["unreadable"], **_quality(probs, targets)}
         doc["selective"] = _selective(probs, targets)
-        doc["saliency_focus"] = _focus(known["focus"])
+        doc["saliency_focus"] = saliency.focus(known["focus"], known["region"])
         plots.plot_reliability(known["logits"], targets, model.temperature, folder / "reliability.png")
         answered = (probs.max(dim=1).values >= opts.threshold).double().mean().item()
         plots.plot_selective(doc["selective"], opts.threshold, answered, folder / "selective.png")
@@ -96,26 +96,29 @@ def _ood_files(folder: str, progress: bool) -> list[str]:
 
 
 def _pass(model: LoadedModel, paths: list[str], progress: bool, desc: str,
-          hint: str = "check the data set with `dogbreed data check`", focus: bool = False) -> dict:
+          hint: str = "check the data set with `dogbreed data check`", regions: saliency.Regions | None = None) -> dict:
     """Every image through the inference path: logits and embeddings of those that decode; none
-    decoding is one line ending with ``hint``, what to do about these images. With ``focus``, from
-    the same passes, each image's share of its top breed's heatmap in the centre of the view
-    (none where the network has no maps)."""
-    logits, features, kept, unreadable, centre = [], [], set(), 0, []
+    decoding is one line ending with ``hint``, what to do about these images. With ``regions``,
+    from the same passes, each image's share of its top breed's heatmap on its subject, and the
+    subject's area (none where the network has no maps)."""
+    logits, features, kept, unreadable, looked = [], [], set(), 0, []
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
     for start in range(0, len(paths), BATCH):
-        chunk, pixels = paths[start : start + BATCH], []
+        chunk, pixels, decoded = paths[start : start + BATCH], [], []
         for path in chunk:
             try:
                 pixels.append(pipeline.decode(model, Path(path).read_bytes(), name=path))
+                decoded.append(path)
                 kept.add(path)
             except RequestError as exc:
                 unreadable += 1
                 log.warning("skipping unreadable image %s", exc)
         if pixels:
-            z, f, maps = pipeline.forward_maps(model, pixels) if focus else (*pipeline.forward(model, pixels), None)
+            z, f, maps = pipeline.forward_maps(model, pixels) if regions else (*pipeline.forward(model, pixels), None)
             if maps is not None:
-                centre += [heatmaps.box_share(heatmaps.normalized(maps[i, k])) for i, k in enumerate(z.argmax(1).tolist())]
+                for i, k in enumerate(z.argmax(1).tolist()):
+                    box = regions.box(model, decoded[i])
+                    looked.append((heatmaps.box_share(heatmaps.normalized(maps[i, k]), box), saliency.area(box)))
             logits.append(z)
             features.append(f)
         bar.update(len(chunk))
@@ -123,19 +126,7 @@ def _pass(model: LoadedModel, paths: list[str], progress: bool, desc: str,
     if not logits:
         raise DogbreedError(f"no image could be read ({unreadable} unreadable); {hint}")
     return {"logits": torch.cat(logits), "features": None if features[0] is None else torch.cat(features), "kept": kept,
-            "unreadable": unreadable, "focus": centre}
-
-
-def _focus(shares: list[float]) -> dict | None:
-    """How much of the heatmaps' mass falls in the centre quarter of the view (where photos put
-    their subject; a map spread evenly puts 0.25 there): a model that learned backgrounds looks
-    elsewhere. None where the network gives no maps."""
-    if not shares:
-        return None
-    values = torch.tensor(shares)
-    return {"mean": round(values.mean().item(), 4), "median": round(values.median().item(), 4),
-            "region": "centre", "box": list(heatmaps.CENTRE), "spread_evenly": 0.25, "method": heatmaps.CAM,
-            "images": len(shares)}
+            "unreadable": unreadable, "focus": looked, "region": regions.name if regions else None}
 
 
 def _scores(model: LoadedModel, passed: dict) -> torch.Tensor | None:

@@ -76,15 +76,17 @@ def agreements(model_dir: str, eager: LoadedModel, pixels: list[torch.Tensor], n
     return records
 
 
-def at_run_end(model_dir: str | Path, valid: Sequence[str | Path], progress: bool = False) -> dict:
+def at_run_end(model_dir: str | Path, valid: Sequence[str | Path], progress: bool = False,
+               eager: LoadedModel | None = None) -> dict:
     """model.json's ``gate`` and ``backends`` for a run's artifact (unpacked in ``model_dir``): bf16
     checked on up to :data:`RUN_END_IMAGES` of the ``valid`` images where this CPU runs bf16
     natively; nothing elsewhere (there ``auto`` would not time bf16 anyway). A run whose
-    validation images cannot be read still ends: the artifact then serves without bf16."""
+    validation images cannot be read still ends: the artifact then serves without bf16. ``eager``:
+    the directory's network, loaded fused on the CPU, where the caller has it already."""
     cpu = torch.device("cpu")
     if not valid or not backends.native_bf16(cpu):
         return {}
-    eager = loading.load_model_dir(str(model_dir), cpu, "eager", fused=True)
+    eager = eager or loading.load_model_dir(str(model_dir), cpu, "eager", fused=True)
     try:
         pixels = validation_pixels(eager, spread(valid, RUN_END_IMAGES), progress)
     except DogbreedError as exc:

@@ -3,7 +3,7 @@ calibrated, its "not a dog" threshold, why it errs, the plots, results.json and 
 its model card.
 
     runs/<run>/results.json  per_class.csv  curves.png  confusion.png  reliability.png
-              per_class.png  top_losses.png  interpretation.json  model.tar.gz
+              per_class.png  top_losses.png  confused_pairs.png  interpretation.json  model.tar.gz
               baseline/  (statistics.json, constraints.json, sketch.npz: also inside the artifact)
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from dogbreed import calibration, gates, interpret, model_card, rejection, selective, stats
+from dogbreed import calibration, gates, interpret, model_card, rejection, saliency, selective, stats
 from dogbreed import config as cfgmod
 from dogbreed.artifact import model_meta, pack, write_meta, write_model_dir
 from dogbreed.batches import Batches
@@ -31,7 +31,9 @@ from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_write_text
 from dogbreed.hooks import NoHooks
 from dogbreed.model import imagenet_head
-from dogbreed.plots import confusion_matrix, plot_confusion, plot_curves, plot_per_class, plot_reliability, plot_top_losses
+from dogbreed.plots import (confusion_matrix, plot_confused_pairs, plot_confusion, plot_curves, plot_per_class,
+                            plot_reliability, plot_top_losses)
+from dogbreed.runtime.loading import load_model_dir
 from dogbreed.runtime.network import get_head
 from dogbreed.train import EvalResult, evaluate
 
@@ -110,11 +112,12 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
 
     unsure = choose_unsure(cfg, valid, test, temperature, dogs)
 
-    why = {"confused_pairs": interpret.confused_pairs(test.targets, test.predictions, labels.display),
-           "top_losses": interpret.top_losses(test.logits, test.targets, test.indices,
-                                              [p for p, _ in data.splits["test"]], labels.display, temperature)}
-    atomic_write_text(run_dir / "interpretation.json", json.dumps(why, indent=1))
-    plot_top_losses(why["top_losses"], run_dir / "top_losses.png")
+    test_files = [p for p, _ in data.splits["test"]]
+    losses = interpret.losses_of(test.logits, test.targets, temperature)
+    why = {"confused_pairs": interpret.confused_pairs(test.targets, test.predictions, labels.display, losses=losses,
+                                                      files=[test_files[int(i)] for i in test.indices]),
+           "top_losses": interpret.top_losses(test.logits, test.targets, test.indices, test_files, labels.display,
+                                              temperature)}
     plot_per_class(per_class, run_dir / "per_class.png")
 
     accuracy_ci = stats.wilson(int((test.predictions == test.targets).sum()), test.targets.numel())
@@ -131,7 +134,7 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
         "calibration": calibrated,
         "rejection": {k: v for k, v in rejected.items() if k != "quantiles"} if rejected else None,
         "unsure": {k: v for k, v in unsure.items() if k != "curve"},
-        "most_confused": why["confused_pairs"][:3],
+        "most_confused": [{k: v for k, v in pair.items() if k != "example"} for pair in why["confused_pairs"][:3]],
     }
     extra = {}
     if calibrated:
@@ -146,6 +149,8 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
     model = ctx.model.cpu()  # the head trained in place inside it, on the cached path too
     with tempfile.TemporaryDirectory(prefix="dogbreed-artifact-") as tmp:
         model_dir = write_model_dir(tmp, model, labels, meta, **files)
+        served = load_model_dir(str(model_dir), "cpu", "eager", fused=True)  # the network as it answers
+        results["saliency_focus"] = explain_run(served, why, test_files, data.root, run_dir)
         # what `dogbreed monitor run` compares captured requests with, in the artifact and the run folder
         try:
             baseline = drift.at_run_end(model_dir, valid.logits, valid.features,
@@ -154,7 +159,7 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
             baseline.write(run_dir / drift.FOLDER)
         except DogbreedError as exc:  # a model without a baseline still serves; `monitor baseline` can add one
             log.warning("no monitoring baseline: %s", exc)
-        if checked := gates.at_run_end(model_dir, [path for path, _ in data.splits["valid"]]):
+        if checked := gates.at_run_end(model_dir, [path for path, _ in data.splits["valid"]], eager=served):
             meta.update(checked)  # bf16 where it passed: serve's auto times it with no export
             results["backends"] = checked["backends"]
             write_meta(model_dir, meta)
@@ -165,6 +170,20 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
             shutil.copy(run_dir / "metrics.csv", Path(sm_dir) / "metrics.csv")
             log.info("SageMaker model dir written: %s", sm_dir)
     return RunResult(run_dir, artifact, test_metrics, state.best_epoch, state.history)
+
+
+def explain_run(model, why: dict, test_files: list[str], root, run_dir: Path) -> dict | None:
+    """The galleries (top losses, confused pairs) with heatmaps, ``interpretation.json`` and the
+    run's ``saliency_focus``, said in one line (a warning where it is low). A network without maps
+    draws the galleries without them; the focus is then None."""
+    looks = saliency.at_run_end(model, why, test_files, root)
+    if looks.focus:
+        (log.warning if looks.focus["low"] else log.info)(saliency.summary(looks.focus))
+    why = {**why, "saliency_focus": looks.focus}
+    atomic_write_text(run_dir / "interpretation.json", json.dumps(why, indent=1))
+    plot_top_losses(why["top_losses"], run_dir / "top_losses.png", looks.top_losses)
+    plot_confused_pairs(why["confused_pairs"][:8], run_dir / "confused_pairs.png", looks.confused_pairs[:8])
+    return looks.focus
 
 
 def choose_unsure(cfg: TrainConfig, valid: EvalResult | None, test: EvalResult, temperature: float,

@@ -3,11 +3,18 @@
 Each class has its own colour pair, texture and shape; each image places that object at its own
 position, scale and rotation on a random background, with noise and a random JPEG quality. The
 classes borrow dog-breed folder names so the outputs look like the real data set's.
+
+Every data set records where each object was drawn (``boxes.json``: each image's path, relative
+to the data set's folder, to its box as left, top, right, bottom fractions), so a heatmap can be
+held to the truth (``saliency``). ``--background cue`` writes the case heatmaps exist to catch: a
+data set whose backgrounds give the class away (each class's backgrounds in its own colours, its
+object drawn in any class's style), so a model learns the backgrounds, not the objects.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import shutil
@@ -36,6 +43,8 @@ BREEDS = (
 SHAPES = ("circle", "square", "triangle", "star", "cross", "hexagon", "diamond", "ring")
 TEXTURES = ("stripes", "checker", "dots", "solid")
 SPLIT_SHARE = (("train", 0.7), ("valid", 0.15), ("test", 0.15))
+BACKGROUNDS = ("random", "cue")
+BOXES = "boxes.json"  # beside train/, valid/ and test/: where each image's object is
 
 
 @dataclass
@@ -48,6 +57,9 @@ class SynthOptions:
     seed: int = option(0, "random seed")
     unseen: int = option(0, "also write this many breeds the model never sees, in DIR/unseen/, for testing what it "
                             "says of them")
+    background: str = option("random", "backgrounds: random, or cue (each class's backgrounds in its own colours and its "
+                                       "object in any class's style: a data set a model can learn from the backgrounds "
+                                       "alone, for trying heatmaps)", choices=BACKGROUNDS)
 
     def validate(self) -> "SynthOptions":
         if self.classes < 2:
@@ -58,6 +70,8 @@ class SynthOptions:
             raise DogbreedError(f"--size must be at least 32, got {self.size}")
         if self.unseen < 0 or self.unseen > len(BREEDS):
             raise DogbreedError(f"--unseen must be 0..{len(BREEDS)}, got {self.unseen}")
+        if self.background not in BACKGROUNDS:
+            raise DogbreedError(f"--background must be one of {', '.join(BACKGROUNDS)}, got {self.background!r}")
         return self
 
 
@@ -148,7 +162,16 @@ def _texture(style: dict, size: int, phase: float) -> np.ndarray:
 
 def render(style: dict, size: int, rng: np.random.Generator) -> Image.Image:
     """One image of a class: its textured shape on a random background."""
+    return drawn(style, size, rng)[0]
+
+
+def drawn(style: dict, size: int, rng: np.random.Generator,
+          background: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Image.Image, list[float]]:
+    """:func:`render`'s image and its object's box (left, top, right, bottom as fractions of the
+    side, clipped to the image); ``background`` gives the ramp's two colours (else random)."""
     bg_a, bg_b = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
+    if background is not None:  # drawn all the same, so the rest of the image is as without
+        bg_a, bg_b = (colour + rng.normal(0, 8, 3) for colour in background)
     ramp = np.linspace(0, 1, size, dtype=np.float32)[None, :, None]
     background = bg_a * (1 - ramp) + bg_b * ramp
     background = np.broadcast_to(background, (size, size, 3))
@@ -157,12 +180,26 @@ def render(style: dict, size: int, rng: np.random.Generator) -> Image.Image:
     mask = _mask(style["shape"], size, cx, cy, r, rng.uniform(0, 2 * math.pi))[..., None]
     pixels = mask * _texture(style, size, rng.uniform(0, 2 * math.pi)) + (1 - mask) * background
     pixels += rng.normal(0, rng.uniform(3, 14), pixels.shape)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    box = [round(min(max(v / size, 0.0), 1.0), 4) for v in (cx - r, cy - r, cx + r, cy + r)]
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB"), box
+
+
+def _cue(index: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A class's own background colours under ``--background cue``: two muted hues of its own."""
+    rng = np.random.default_rng([seed, index, 11])
+    hue = (index / classes + 0.25 + rng.uniform(-0.02, 0.02)) % 1.0
+    return _hsv_to_rgb(hue, 0.5, 0.7), _hsv_to_rgb((hue + 0.1) % 1.0, 0.4, 0.5)
+
+
+def read_boxes(root: str | os.PathLike) -> dict[str, list[float]] | None:
+    """``boxes.json`` of a synthetic data set (relative path to box), or None for any other."""
+    path = Path(root) / BOXES
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def synth(dest: str | os.PathLike, classes: int = SynthOptions.classes, per_class: int = SynthOptions.per_class,
           size: int = SynthOptions.size, seed: int = SynthOptions.seed, progress: bool = True,
-          unseen: int = SynthOptions.unseen) -> Path | str:
+          unseen: int = SynthOptions.unseen, background: str = SynthOptions.background) -> Path | str:
     """Write ``dest/{train,valid,test}/<NNN.Name>/*.jpg``: ``per_class`` images per class, 70/15/15.
 
     ``unseen`` > 0 also writes ``dest/unseen/<NNN.Name>/*.jpg``: that many more breeds, in no split,
@@ -170,13 +207,15 @@ def synth(dest: str | os.PathLike, classes: int = SynthOptions.classes, per_clas
     (``dogbreed evaluate --ood DIR/unseen``). Each is made of known breeds' traits, as a new breed
     resembles known ones: a hue halfway between two known breeds' and a shape and texture that known
     breeds have but never together (while fewer than 32 breeds leave such a pairing free); the
-    known breeds are the same as without ``unseen``. An ``s3://`` ``dest`` (an empty prefix) gets
-    the same objects, and is returned as given."""
-    SynthOptions(classes, per_class, size, seed, unseen).validate()
+    known breeds are the same as without ``unseen``. ``background`` "cue" ties each class to its
+    own background colours and draws any class's object on them. ``dest/boxes.json`` says where
+    each object is. An ``s3://`` ``dest`` (an empty prefix) gets the same objects, and is returned
+    as given."""
+    SynthOptions(classes, per_class, size, seed, unseen, background).validate()
     if remote.is_s3(dest):  # written here, then uploaded, as `train --out s3://` uploads a run
         remote.check_writable(dest, empty=True)
         with remote.written_folder(dest, "data set") as local:
-            synth(local, classes, per_class, size, seed, progress, unseen)
+            synth(local, classes, per_class, size, seed, progress, unseen, background)
         return dest
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
@@ -195,16 +234,23 @@ def synth(dest: str | os.PathLike, classes: int = SynthOptions.classes, per_clas
     jobs += [(classes + ui, name, _class_style(ui, classes, seed + 1, hue_offset=0.5, traits=_unseen_traits(ui, classes)),
               [(("unseen", 0), extra)])
              for ui, name in enumerate(class_names(classes + unseen)[classes:])]
+    styles = [style for _, _, style, _ in jobs[:classes]]
+    boxes = {}
     for ci, name, style, splits in jobs:
+        cue = _cue(ci, classes, seed) if background == "cue" and ci < classes else None
         for si, ((split, _), count) in enumerate(splits):
             folder = work / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for k in range(count):
                 rng = np.random.default_rng([seed, ci, si, k])
-                img = render(style, size, rng)
-                img.save(folder / f"{name.split('.', 1)[1]}_{si}{k:04d}.jpg", quality=int(rng.integers(60, 96)))
+                drawn_style = styles[int(rng.integers(classes))] if cue is not None else style
+                img, box = drawn(drawn_style, size, rng, cue)
+                file = folder / f"{name.split('.', 1)[1]}_{si}{k:04d}.jpg"
+                img.save(file, quality=int(rng.integers(60, 96)))
+                boxes[file.relative_to(work).as_posix()] = box
                 bar.update()
     bar.close()
+    (work / BOXES).write_text(json.dumps(boxes, separators=(",", ":")))
     os.replace(work, dest)
     return dest
 

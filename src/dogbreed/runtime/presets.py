@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import asdict, dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Sequence
 
 import numpy as np
 import torch
@@ -115,6 +115,18 @@ class EvalPreset:
     def pixels(self, img: Image.Image) -> torch.Tensor:
         """The geometric half: resized and cropped uint8 pixels, (3, crop, crop). PIL work only."""
         return self._pixels(img)
+
+    def view_box(self, box: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
+        """``box`` (left, top, right, bottom as fractions of a ``width`` x ``height`` image) as
+        fractions of :meth:`pixels`' view of it (resized as torchvision's Resize does, then the
+        centre crop), clipped to the view."""
+        short, long = sorted((width, height))
+        scaled = (self.resize_size, int(self.resize_size * long / short))
+        w, h = scaled if width <= height else scaled[::-1]
+        left, top = int(round((w - self.crop_size) / 2.0)), int(round((h - self.crop_size) / 2.0))
+        l, t, r, b = box
+        return tuple(min(max(v, 0.0), 1.0) for v in ((l * w - left) / self.crop_size, (t * h - top) / self.crop_size,
+                                                      (r * w - left) / self.crop_size, (b * h - top) / self.crop_size))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """The numeric half: uint8 pixels, one image or a batch, to the network's float input."""

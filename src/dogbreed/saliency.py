@@ -1,0 +1,161 @@
+"""Where a model looked, in the outputs people read: the heatmaps of a run's top losses and of its
+most confused pairs, and ``saliency_focus``, the share of the maps' mass where the subject is.
+
+The subject's place is known on a synthetic data set (``data synth`` writes each object's box in
+``boxes.json``); elsewhere the centre quarter of the view stands in for it (where photographers
+put a dog). Either way the figure is read against what a map spread evenly would put there (the
+box's area, or 0.25): its ``lift``. A lift near 1 means the maps are no more on the subject than
+on anything else, which is what a model that learned backgrounds shows, and the run says so.
+
+A run judges its test split from cached embeddings, which carry no maps, so the heatmaps come
+from one more pass at the run's end: the artifact's own network (eager, fused, as served) over
+the top losses, one example of each confused pair and an evenly spread sample of the test split,
+:data:`SAMPLE` images in all at most. ``evaluate`` measures the same figure over a whole split.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dogbreed.data.synth import read_boxes
+from dogbreed.gates import spread
+from dogbreed.runtime import explain as heatmaps
+from dogbreed.runtime import pipeline
+from dogbreed.runtime.loading import LoadedModel
+from dogbreed.runtime.pipeline import RequestError
+
+log = logging.getLogger(__name__)
+SAMPLE = 64  # test images a run's focus is measured on (the top losses and pair examples come on top)
+BATCH = 16
+LOW_LIFT = 1.1  # under this, the maps sit on the subject hardly more than anywhere else: the run warns
+
+
+@dataclass
+class Looked:
+    """One image's heatmap: its view (uint8, 3 x H x W), the top breed's map in [0, 1], that
+    breed's index and the map's share inside the subject's region and that region's area."""
+
+    pixels: torch.Tensor
+    heat: np.ndarray
+    predicted: int
+    share: float
+    area: float
+
+
+@dataclass
+class Regions:
+    """Where the subject of each image is, as fractions of the model's view: the synthetic data
+    set's boxes where ``root`` has them, else the centre of every view."""
+
+    root: Path | None = None
+    boxes: dict[str, list[float]] | None = field(default=None)
+
+    @classmethod
+    def of(cls, root: str | Path | None) -> "Regions":
+        boxes = read_boxes(root) if root is not None and Path(root).is_dir() else None
+        return cls(Path(root) if root is not None else None, boxes)
+
+    @property
+    def name(self) -> str:
+        return "box" if self.boxes is not None else "centre"
+
+    def box(self, model: LoadedModel, path: str) -> tuple[float, float, float, float]:
+        if self.boxes is None or self.root is None:
+            return heatmaps.CENTRE
+        try:
+            box = self.boxes[Path(path).resolve().relative_to(self.root.resolve()).as_posix()]
+        except (KeyError, ValueError):
+            return heatmaps.CENTRE
+        with Image.open(path) as img:  # the header alone: the box is mapped through the view's geometry
+            return model.preset.view_box(box, *img.size)
+
+
+def area(box: Sequence[float]) -> float:
+    left, top, right, bottom = box
+    return max(right - left, 0.0) * max(bottom - top, 0.0)
+
+
+def look(model: LoadedModel, paths: Sequence[str], regions: Regions) -> dict[str, Looked]:
+    """Each readable image of ``paths``'s heatmap for its top breed, in batches through the
+    model's one inference path; {} where the network gives no maps. Unreadable images are left out
+    (the run's own evaluation has already said so)."""
+    if getattr(model.model, "class_maps", None) is None:
+        return {}
+    looked = {}
+    for start in range(0, len(paths), BATCH):
+        chunk, pixels = [], []
+        for path in paths[start:start + BATCH]:
+            try:
+                pixels.append(pipeline.decode(model, Path(path).read_bytes(), name=path))
+                chunk.append(path)
+            except (RequestError, OSError):
+                continue
+        if not pixels:
+            continue
+        logits, _, maps = pipeline.forward_maps(model, pixels)
+        for i, (path, k) in enumerate(zip(chunk, logits.argmax(1).tolist())):
+            heat = heatmaps.normalized(maps[i, k])
+            box = regions.box(model, path)
+            looked[path] = Looked(pixels[i], heat, k, heatmaps.box_share(heat, box), area(box))
+    return looked
+
+
+def focus(looked: Sequence[tuple[float, float]], region: str) -> dict | None:
+    """``saliency_focus`` from each image's (share of its map in the subject's region, the
+    region's area): the shares' mean and median, what maps spread evenly would put there, their
+    ratio (``lift``) and whether it is low. None for no maps."""
+    if not looked:
+        return None
+    shares = torch.tensor([share for share, _ in looked])
+    evenly = float(np.mean([area for _, area in looked]))
+    lift = shares.mean().item() / evenly if evenly > 0 else None
+    return {"mean": round(shares.mean().item(), 4), "median": round(shares.median().item(), 4), "region": region,
+            "spread_evenly": round(evenly, 4), "lift": None if lift is None else round(lift, 3),
+            "low": lift is not None and lift < LOW_LIFT, "method": heatmaps.CAM, "images": len(looked)}
+
+
+def summary(figure: dict) -> str:
+    """One line saying what ``focus`` found, and what to do where it is low."""
+    where = "the objects' boxes" if figure["region"] == "box" else "the centre quarter of the view"
+    line = (f"heatmaps put {100 * figure['mean']:.0f}% of their mass in {where} ({100 * figure['spread_evenly']:.0f}% "
+            f"if spread evenly; lift {figure['lift']:.2f}, {figure['images']} images)")
+    if figure["low"]:
+        line += (": the model may have learned backgrounds, not dogs; look at top_losses.png and "
+                 "confused_pairs.png, and vary the backgrounds in the training data")
+    return line
+
+
+def overlays(looked: dict[str, Looked], paths: Sequence[str | None]) -> list[np.ndarray | None]:
+    """The heatmap over the view for each of ``paths`` that was looked at (None for the rest)."""
+    return [np.asarray(heatmaps.overlay(looked[p].pixels, looked[p].heat)) if p in looked else None for p in paths]
+
+
+@dataclass
+class RunLooks:
+    """What :func:`at_run_end` gives a run's outputs: the focus figure (None without maps) and the
+    overlays of the top losses and of the confused pairs' examples (None where there is none)."""
+
+    focus: dict | None
+    top_losses: list[np.ndarray | None]
+    confused_pairs: list[np.ndarray | None]
+
+
+def at_run_end(model: LoadedModel, why: dict, test_files: Sequence[str], root: str | Path | None) -> RunLooks:
+    """The heatmaps of a finished run's galleries (``why``: ``interpretation.json``'s top losses and
+    confused pairs with examples) and its focus on an evenly spread :data:`SAMPLE` of
+    ``test_files``, from one pass of ``model`` (the artifact's network) over all of them."""
+    regions = Regions.of(root)
+    sample = spread(list(test_files), SAMPLE)
+    shown = [row["file"] for row in why["top_losses"]] + [row.get("example") for row in why["confused_pairs"]]
+    wanted = list(dict.fromkeys([*sample, *(p for p in shown if p is not None)]))
+    looked = look(model, wanted, regions)
+    return RunLooks(focus([(looked[p].share, looked[p].area) for p in sample if p in looked], regions.name),
+                    overlays(looked, [row["file"] for row in why["top_losses"]]),
+                    overlays(looked, [row.get("example") for row in why["confused_pairs"]]))
