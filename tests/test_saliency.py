@@ -77,8 +77,8 @@ def test_heatmaps_find_the_objects_and_flag_a_model_that_learned_backgrounds(tmp
     model = load_artifact(on_objects.artifact)
     regions = saliency.Regions.of(plain)
     unseen = sorted(str(p) for split in ("valid", "test") for p in (plain / split).glob("*/*.jpg"))
-    looked = saliency.look(model, unseen, regions)
-    assert len(looked) == len(unseen) == 48 and next(iter(looked.values())).heat.shape == (5, 5)
+    looked, method = saliency.look(model, unseen, regions)
+    assert method == "cam" and len(looked) == len(unseen) == 48 and next(iter(looked.values())).heat.shape == (5, 5)
     inside = 0
     for path, item in looked.items():
         (x, y), (left, top, right, bottom) = heatmaps.peak(item.heat), regions.box(model, path)

@@ -64,9 +64,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         warn_unused_keep,
         write_explained,
     )
-    from dogbreed.runtime.pipeline import Options
+    from dogbreed.runtime.pipeline import Options, RequestError, label_index
 
     asked = PredictOptions(**given(args, PredictOptions))
+    if asked.explain_breed is not None:
+        asked.explain = True
     check_flags(asked.topk, asked.threshold, asked.keep)  # before the artifact loads: a typo fails at once
     files = expand(args.images)
     if asked.out and not asked.explain:
@@ -76,7 +78,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             explained_path(path, asked.out)  # an S3 photo without --out is refused before any work
     loaded = _load_model(args.model, _progress(args))
     warn_unused_keep(loaded, asked.keep, args.model)
-    opts = Options.of(loaded).override(asked.topk, asked.threshold, asked.keep, "grid" if asked.explain else None)
+    try:
+        label = None if asked.explain_breed is None else label_index(loaded, asked.explain_breed, "--explain-breed")
+    except RequestError as exc:
+        raise DogbreedError(str(exc)) from None
+    opts = Options.of(loaded).override(asked.topk, asked.threshold, asked.keep, "grid" if asked.explain else None, label)
     failed = 0
     for path, answer in predict_files(loaded, files, opts):
         failed += "error" in answer
@@ -94,9 +100,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dogbreed.evaluate import run
     from dogbreed.predict import PredictOptions, check_flags, warn_unused_keep
-    from dogbreed.runtime.pipeline import Options
+    from dogbreed.runtime.pipeline import Options, RequestError, label_index
 
     asked = PredictOptions(**given(args, PredictOptions))
+    if asked.explain_breed is not None:
+        asked.explain = True
     check_flags(None, asked.threshold, asked.keep)
     options = None
     if asked.threshold is not None or asked.keep is not None:
@@ -472,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ood", default=None, metavar="DIR", help="photos of anything but the model's breeds, e.g. the human "
                    "faces set that shipped with the Udacity project, or `data synth --unseen`'s DIR/unseen; or s3://BUCKET/PREFIX/ "
                    "(default: none)")
-    add_flags(p, PredictOptions, exclude=("topk", "json", "explain", "out"))
+    add_flags(p, PredictOptions, exclude=("topk", "json", "explain", "explain_breed", "out"))
     p.add_argument("--out", default="evaluation", help="folder for evaluation.json and the plots, or s3://BUCKET/PREFIX/ "
                    "to upload them there (default: evaluation)")
     p.set_defaults(func=cmd_evaluate)

@@ -150,7 +150,7 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
     with tempfile.TemporaryDirectory(prefix="dogbreed-artifact-") as tmp:
         model_dir = write_model_dir(tmp, model, labels, meta, **files)
         served = load_model_dir(str(model_dir), "cpu", "eager", fused=True)  # the network as it answers
-        results["saliency_focus"] = explain_run(served, why, test_files, data.root, run_dir)
+        results["saliency_focus"] = explain_run(saliency.network(model_dir, served), why, test_files, data.root, run_dir)
         # what `dogbreed monitor run` compares captured requests with, in the artifact and the run folder
         try:
             baseline = drift.at_run_end(model_dir, valid.logits, valid.features,

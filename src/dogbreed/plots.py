@@ -148,9 +148,10 @@ def _gallery(captions: list[str], files: list[str | None], pictures: Sequence[np
 
 
 def plot_explained_maps(pixels: torch.Tensor, maps: dict[str, np.ndarray], answer: dict, verdict: str,
-                        path: str | os.PathLike) -> None:
+                        path: str | os.PathLike, breed: str | None = None) -> None:
     """One explained prediction: the model's view of the photo, each heatmap over it (titled by its
-    key), the top-k breeds as bars, and the verdict in words underneath."""
+    key and the breed it explains: ``breed``, else the top one), the top-k breeds as bars, and the
+    verdict in words underneath."""
     from dogbreed.runtime import explain as heatmaps
 
     panels = 2 + len(maps)
@@ -163,7 +164,7 @@ def plot_explained_maps(pixels: torch.Tensor, maps: dict[str, np.ndarray], answe
     for i, (title, heat) in enumerate(maps.items(), 1):
         ax = fig.add_subplot(grid[0, i])
         ax.imshow(heatmaps.overlay(pixels, heat))
-        ax.set_title(f"{title} for {answer['breeds'][0]}", fontsize=10)
+        ax.set_title(f"{title} for {breed or answer['breeds'][0]}", fontsize=10)
         ax.axis("off")
     bars = fig.add_subplot(grid[0, panels - 1])
     breeds, probs = answer["breeds"][::-1], answer["topk_probs"][::-1]

@@ -45,6 +45,9 @@ class PredictOptions:
     json: bool = option(False, "one JSON object per image instead of a table (default: table)")
     explain: bool = option(False, "also write PHOTO.explain.png: the photo, where the model looked for its top breed "
                                   "(a heatmap over it), the top-k bars and the verdict; prints its path")
+    explain_breed: str | None = option(None, "with --explain: where the model looked for this breed instead of its top "
+                                             "one (as labels.json names it, e.g. 001.Affenpinscher, or its display "
+                                             "name; implies --explain)", metavar="BREED")
     out: str | None = option(None, "folder for the --explain figures (default: beside each photo)")
 
 
@@ -160,6 +163,7 @@ def write_explained(loaded: LoadedModel, path: Path | remote.S3Image, answer: di
     target.parent.mkdir(parents=True, exist_ok=True)
     pixels = decode(loaded, path.read_bytes(), name=str(path))
     maps = {answer["heatmap_method"].upper(): heatmaps.normalized(grid)}
-    plots.plot_explained_maps(pixels, maps, answer, verdict_words(answer, threshold) or "", target)
+    breed = loaded.display[loaded.labels.index(answer["heatmap_label"])]
+    plots.plot_explained_maps(pixels, maps, answer, verdict_words(answer, threshold) or "", target, breed=breed)
     answer["explanation"] = str(target)
     return answer

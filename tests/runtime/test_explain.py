@@ -5,6 +5,8 @@ against Captum's Grad-CAM on the network as trained; their place in the answer; 
 import base64
 import io
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -82,6 +84,11 @@ def test_the_answer_keeps_its_keys_first_and_adds_the_heatmap_as_png_or_grid(tra
     assert image.format == "PNG" and image.size == (photo.shape[2], photo.shape[1])
     cells = np.array(grid["heatmap"])
     assert cells.ndim == 2 and cells.max() == 1.0 and cells.min() >= 0.0  # normalised: the hottest cell is 1
+    other = plain["topk_indices"][-1]  # explain_label: another breed's map from the same pass
+    asked, = pipeline.predict(loaded, [photo], Options.of(loaded).override(explain="grid", explain_label=other))
+    assert {k: asked[k] for k in plain} == plain and asked["heatmap_label"] == loaded.labels[other]
+    _, _, maps = pipeline.forward_maps(loaded, [photo])
+    assert np.allclose(asked["heatmap"], heatmaps.normalized(maps[0, other]), atol=1e-3)
 
 
 def test_explain_in_custom_attributes():
@@ -91,6 +98,15 @@ def test_explain_in_custom_attributes():
     assert pipeline.custom_attributes("explain=0", Options(explain="png")).explain is None
     with pytest.raises(RequestError, match="custom attribute explain must be 1 \\(a PNG\\), grid or 0, got 'maybe'"):
         pipeline.custom_attributes("explain=maybe", defaults)
+    model = SimpleNamespace(labels=["001.Affenpinscher", "002.Afghan_hound"], display=["Affenpinscher", "Afghan hound"])
+    for named in ("002.Afghan_hound", "afghan_hound", "Afghan_Hound"):  # as labels.json names it, or its display name
+        asked = pipeline.custom_attributes(f"explain_label={named}", defaults, model)
+        assert asked.explain_label == 1 and asked.explain == "png"
+    assert pipeline.custom_attributes("explain=grid,explain_label=001.Affenpinscher", defaults, model) == Options(
+        explain="grid", explain_label=0)
+    with pytest.raises(RequestError, match="explain_label 'Poodle' is not one of this model's 2 breeds; name one as "
+                                           "labels.json does \\(e.g. 001.Affenpinscher\\)"):
+        pipeline.custom_attributes("explain_label=Poodle", defaults, model)
 
 
 def test_a_network_without_maps_answers_and_says_why_it_has_no_heatmap(synth_data, tmp_path):
@@ -107,10 +123,22 @@ def test_a_network_without_maps_answers_and_says_why_it_has_no_heatmap(synth_dat
         assert answer["topk_labels"] == reference["topk_labels"]
         assert answer["heatmap"] is None and "export the model again" in answer["heatmap_error"]
     safe_extract_tar(random_artifact(tmp_path, "convnext_tiny", labels), tmp_path / "c")
+    # ConvNeXt normalises after pooling: no exact CAM, so Grad-CAM (Captum) on the network as trained,
+    # named in the answer, on the fused network served as on the network itself
+    as_trained = load_model_dir(str(tmp_path / "c"), "cpu", "eager")
     convnext = load_model_dir(str(tmp_path / "c"), "cpu", "eager", fused=True)
-    answer, = pipeline.predict(convnext, pixels[:1], Options(explain="grid"))
-    assert answer["heatmap"] is None and answer["heatmap_error"] == (
-        "convnext_tiny has no exact class activation map (its head normalises after pooling)")
+    assert as_trained.explainer is as_trained.model and convnext.explainer is not convnext.model
+    from captum.attr import LayerGradCam
+
+    images = as_trained.preset.normalize(torch.stack(pixels))
+    for loaded in (as_trained, convnext):
+        answers = pipeline.predict(loaded, pixels, Options(explain="grid", explain_label=1))
+        with torch.enable_grad():
+            reference = LayerGradCam(as_trained.model, as_trained.model.body.avgpool).attribute(
+                images, target=1, attribute_to_layer_input=True, relu_attributions=False)[:, 0]
+        for answer, expected in zip(answers, reference):
+            assert answer["heatmap_method"] == "gradcam" and answer["heatmap_label"] == labels[1]
+            assert np.allclose(answer["heatmap"], heatmaps.normalized(expected.detach()), atol=2e-3)
 
 
 class _TwoOutputs(torch.nn.Module):
@@ -152,6 +180,14 @@ def test_predict_explain_writes_a_figure_beside_the_photo_or_in_out(trained_run,
     assert line["heatmap_method"] == "cam"
     assert main(["predict", "--model", str(trained_run.artifact), str(photo), "--out", str(tmp_path)]) == 1
     assert "--out is where --explain writes its figures" in capsys.readouterr().err
+    # --explain-breed: another breed's map (implies --explain); a breed the model does not know is one line
+    assert main(["predict", "--model", str(trained_run.artifact), str(photo), "--explain-breed", "akita", "--json",
+                 "--out", str(tmp_path / "akita")]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["heatmap_label"] == "004.Akita" and Path(line["explanation"]).is_file()
+    assert main(["predict", "--model", str(trained_run.artifact), str(photo), "--explain-breed", "Poodle"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --explain-breed 'Poodle' is not one of this model's 4 breeds") and "\n" not in err
 
 
 def test_explain_by_kernelshap_over_superpixels_beside_cam(synth_data, tmp_path, capsys):

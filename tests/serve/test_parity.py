@@ -90,6 +90,8 @@ def _requests(samples) -> list[tuple[str, bytes, dict]]:
         ("explain: a grid, two instances", _b64(jpeg, other),
          {"Content-Type": "application/json", "X-Amzn-SageMaker-Custom-Attributes": "topk=2,explain=grid"}),
         ("explain: a bad value", jpeg, {**jpg, "X-Amzn-SageMaker-Custom-Attributes": "explain=maybe"}),
+        ("explain: another breed", jpeg, {**jpg, "X-Amzn-SageMaker-Custom-Attributes": "explain_label=002.Afghan_hound"}),
+        ("explain: a breed it does not know", jpeg, {**jpg, "X-Amzn-SageMaker-Custom-Attributes": "explain_label=Poodle"}),
         ("Accept: image/png, the heatmap itself", jpeg, {**jpg, "Accept": "image/png"}),
         ("Accept: image/png, two images", _b64(jpeg, other), {"Content-Type": "application/json", "Accept": "image/png"}),
         ("Accept: image/*, not the heatmap", jpeg, {**jpg, "Accept": "image/*"}),

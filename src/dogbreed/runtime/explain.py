@@ -7,9 +7,9 @@ is its mean plus the bias, and Grad-CAM of the last stage gives the same map div
 The network computes it in the same pass as the answer (``class_maps``: one 1x1 product of the
 maps with the head's weights, about 0.3% of a ResNet-50's work), on every backend whose graph has
 it (eager, bf16, and the TorchScript, ONNX and int8 exports made since). Elsewhere (ConvNeXt's head
-normalises after pooling; an export made before maps were one of its outputs) Grad-CAM runs on the
-network as trained, through Captum (``pip install 'dogbreed[explain]'``), which needs a backward
-pass. :func:`method` says which applies; every heatmap names its method.
+normalises after pooling) Grad-CAM runs on the network as served (eager or bf16), through Captum
+(``pip install 'dogbreed[explain]'``; :func:`gradcam`), which needs a backward pass. Every heatmap
+names its method. An export made before maps were one of its outputs has neither.
 
 This module turns a map into what people look at: normalised to [0, 1] (negative evidence set to
 0, as Grad-CAM does), upsampled to the crop the model saw, coloured and laid over it, as a PNG or
@@ -95,6 +95,20 @@ def box_share(heat: np.ndarray, box: tuple[float, float, float, float] = CENTRE)
         return 0.0
     left, top, right, bottom = (int(round(v * 224)) for v in box)
     return float(big[top:bottom, left:right].sum()) / total
+
+
+def gradcam(network: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor, targets: list[int]) -> torch.Tensor:
+    """Grad-CAM of ``layer``'s input (the last stage's feature maps, as the global pooling takes
+    them) for each image's target class, by Captum's ``LayerGradCam`` on ``network`` (images to
+    logits): batch x h x w, fp32, negative evidence kept. One forward and one backward pass; it
+    needs ``pip install 'dogbreed[explain]'`` (:class:`ImportError` otherwise)."""
+    from captum.attr import LayerGradCam
+
+    with torch.inference_mode(False), torch.enable_grad():
+        x = images.clone()  # a tensor made under inference mode cannot enter autograd
+        cam = LayerGradCam(network, layer).attribute(x, target=targets, attribute_to_layer_input=True,
+                                                     relu_attributions=False)
+    return cam[:, 0].detach().float().cpu()
 
 
 def peak(heat: np.ndarray) -> tuple[float, float]:

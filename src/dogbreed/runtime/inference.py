@@ -100,7 +100,7 @@ def input_fn(request_body: bytes | str, request_content_type: str | None, contex
     images, shape = pipeline.payloads(request_body, pipeline.content_type(request_content_type), handlers.max_instances)
     pixels = [pipeline.decode(handlers.model, data, max_pixels=handlers.max_pixels, where=shape.where(i))
               for i, data in enumerate(images)]
-    options = pipeline.custom_attributes(_header(context, ATTRIBUTES_HEADER), handlers.defaults)
+    options = pipeline.custom_attributes(_header(context, ATTRIBUTES_HEADER), handlers.defaults, handlers.model)
     accept = _header(context, "accept")
     if accept:  # an image/png answer is the heatmap, which the prediction must make
         try:

@@ -16,12 +16,12 @@ from torch import nn
 
 try:
     from .fusion import ForCpu
-    from .network import Autocast, OnnxModel, WithFeatures, build_network
+    from .network import Autocast, OnnxModel, WithFeatures, backbone, build_network
     from .presets import EvalPreset
     from .scores import SCORES, TENSORS, prepare
 except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
     from fusion import ForCpu  # type: ignore[no-redef]
-    from network import Autocast, OnnxModel, WithFeatures, build_network  # type: ignore[no-redef]
+    from network import Autocast, OnnxModel, WithFeatures, backbone, build_network  # type: ignore[no-redef]
     from presets import EvalPreset  # type: ignore[no-redef]
     from scores import SCORES, TENSORS, prepare  # type: ignore[no-redef]
 
@@ -61,6 +61,9 @@ class LoadedModel:
     # embedding, its tensors; None for an artifact without one (older, or trained with --reject none)
     rejection: dict | None = None
     selection: object | None = None  # backends.Selection: how the backend was chosen, where select() chose it
+    # the network as trained (fp32, unfused), for Grad-CAM, where the backbone has no exact class
+    # activation map (``explain.py``) and the served network cannot be differentiated; else None
+    explainer: nn.Module | None = None
 
 
 def read_labels(model_dir: str) -> tuple[list[str], list[str]]:
@@ -137,22 +140,19 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
         if name == WEIGHTS_FILE:
             raise ModelLoadError(model_dir, f"not a dogbreed model ({name} is missing)")
         raise ModelLoadError(model_dir, f"no {name}; make one with `dogbreed export MODEL --format {backend}`")
+    explainer = None
     if name == WEIGHTS_FILE:
-        try:
-            state = read_tensors(path)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(model_dir, f"{name} is unreadable ({exc})") from None
-        try:
-            network.load_state_dict(state)
-        except Exception as exc:  # not a state dict, or another network's
-            raise ModelLoadError(model_dir, f"{name} does not match model.json ({load_failure(exc)})") from None
-        network = WithFeatures(network, meta["backbone"])  # one pass: the logits and the embedding
-        network = network.to(device, memory_format=torch.channels_last).eval()
+        network = _as_trained(model_dir, network, meta, device)
+        if not fused and backend == "eager" and not backbone(meta["backbone"]).cam:
+            explainer = network  # served as trained: Grad-CAM runs on it
+        elif not backbone(meta["backbone"]).cam:
+            explainer = _as_trained(model_dir, build_network(meta["backbone"], meta["num_classes"]), meta, device)
         if fused and device.type == "cpu":
             network.body = ForCpu(network.body, torch.bfloat16 if backend == "bf16" else torch.float32)
         if backend == "bf16":
             network = Autocast(network, torch.bfloat16).eval()
-        return LoadedModel(network, labels, display, preset, meta, device, backend, temperature, rejection)
+        return LoadedModel(network, labels, display, preset, meta, device, backend, temperature, rejection,
+                           explainer=explainer)
     try:
         if backend == "torchscript":
             with warnings.catch_warnings():
@@ -164,7 +164,24 @@ def load_model_dir(model_dir: str, device: str | torch.device | None = None, bac
         raise
     except Exception as exc:  # each runtime raises its own types for a damaged file
         raise ModelLoadError(model_dir, f"{name} is corrupt ({load_failure(exc)})") from None
-    return LoadedModel(network, labels, display, preset, meta, device, backend, temperature, rejection)
+    if not backbone(meta["backbone"]).cam and os.path.exists(os.path.join(model_dir, WEIGHTS_FILE)):
+        explainer = _as_trained(model_dir, build_network(meta["backbone"], meta["num_classes"]), meta, device)
+    return LoadedModel(network, labels, display, preset, meta, device, backend, temperature, rejection,
+                       explainer=explainer)
+
+
+def _as_trained(model_dir: str, network: nn.Module, meta: dict, device: torch.device) -> WithFeatures:
+    """``network`` (built from model.json) with model.pth's weights, split at its head, in eval mode."""
+    try:
+        state = read_tensors(os.path.join(model_dir, WEIGHTS_FILE))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(model_dir, f"{WEIGHTS_FILE} is unreadable ({exc})") from None
+    try:
+        network.load_state_dict(state)
+    except Exception as exc:  # not a state dict, or another network's
+        raise ModelLoadError(model_dir, f"{WEIGHTS_FILE} does not match model.json ({load_failure(exc)})") from None
+    network = WithFeatures(network, meta["backbone"])  # one pass: the logits and the embedding
+    return network.to(device, memory_format=torch.channels_last).eval()
 
 
 def _rejection(model_dir: str, doc: dict | None) -> dict | None:

@@ -26,13 +26,13 @@ try:
     from . import explain as heatmaps
     from . import scores
     from .loading import LoadedModel
-    from .network import BACKBONES
+    from .network import BACKBONES, POOL
     from .presets import DEFAULT_MAX_PIXELS, ImageDecodeError
 except ImportError:  # loaded as a top-level module from an extracted artifact's code/ folder
     import explain as heatmaps  # type: ignore[no-redef]
     import scores  # type: ignore[no-redef]
     from loading import LoadedModel  # type: ignore[no-redef]
-    from network import BACKBONES  # type: ignore[no-redef]
+    from network import BACKBONES, POOL  # type: ignore[no-redef]
     from presets import DEFAULT_MAX_PIXELS, ImageDecodeError  # type: ignore[no-redef]
 
 try:  # in SageMaker's containers: errors of this type answer with their own status, not 500
@@ -86,12 +86,14 @@ class Options:
     """How an answer is shaped: how many breeds; the probability under which it is ``unsure``; the
     share of known-breed images the "not a dog" threshold keeps (None: the artifact's, or no
     rejection at all for an artifact without one); whether it carries a heatmap of the top breed's
-    evidence (``explain``: ``"png"``, the overlay as a base64 PNG, or ``"grid"``, the map's numbers)."""
+    evidence (``explain``: ``"png"``, the overlay as a base64 PNG, or ``"grid"``, the map's numbers),
+    or of another breed's (``explain_label``: its class index, from :func:`label_index`)."""
 
     topk: int = DEFAULT_TOPK
     threshold: float = DEFAULT_THRESHOLD
     keep: float | None = None
     explain: str | None = None
+    explain_label: int | None = None
 
     def __post_init__(self) -> None:
         """The one check of every value."""
@@ -103,6 +105,8 @@ class Options:
             raise OptionError("keep", f"must be in (0, 1], got {self.keep:g}")
         if self.explain not in EXPLAIN_FORMATS:
             raise OptionError("explain", f"must be 1 (a PNG), grid or 0, got {self.explain!r}")
+        if self.explain_label is not None and self.explain_label < 0:
+            raise OptionError("explain_label", f"must be a class index, got {self.explain_label}")
 
     @classmethod
     def of(cls, model: LoadedModel) -> "Options":
@@ -115,13 +119,29 @@ class Options:
             raise ValueError(f"model.json: {exc}") from None
 
     def override(self, topk: int | None = None, threshold: float | None = None, keep: float | None = None,
-                 explain: str | None = None) -> "Options":
+                 explain: str | None = None, explain_label: int | None = None) -> "Options":
         """These options with the values that were given (None keeps the current one; ``explain=""``
         turns heatmaps off)."""
-        given = {k: v for k, v in (("topk", topk), ("threshold", threshold), ("keep", keep)) if v is not None}
+        given = {k: v for k, v in (("topk", topk), ("threshold", threshold), ("keep", keep),
+                                   ("explain_label", explain_label)) if v is not None}
         if explain is not None:
             given["explain"] = explain or None
         return replace(self, **given) if given else self
+
+
+def label_index(model: LoadedModel, name: str, what: str = "explain_label") -> int:
+    """The class index of a breed named as labels.json names it (``001.Affenpinscher``) or by its
+    display name (``Afghan hound`` or ``Afghan_hound``), in any case; else :class:`RequestError`,
+    naming the setting (``what``) that gave it."""
+    def key(text: str) -> str:
+        return text.strip().replace("_", " ").casefold()
+
+    wanted = key(name)
+    for i, (label, shown) in enumerate(zip(model.labels, model.display)):
+        if wanted in (key(label), key(shown)):
+            return i
+    raise RequestError(f"{what} {name!r} is not one of this model's {len(model.labels)} breeds; name one as "
+                       f"labels.json does (e.g. {model.labels[0]}) or by its display name ({model.display[0]})")
 
 
 # --- what the client sent -------------------------------------------------------------------------
@@ -169,10 +189,12 @@ def for_answer(options: Options, media_type: str) -> Options:
     return options.override(explain="png") if media_type == PNG_TYPE else options
 
 
-def custom_attributes(header: str | None, defaults: Options) -> Options:
+def custom_attributes(header: str | None, defaults: Options, model: LoadedModel | None = None) -> Options:
     """SageMaker's ``X-Amzn-SageMaker-Custom-Attributes: topk=3,threshold=0.5,keep=0.9,explain=1``
     (any may be absent, other keys are ignored) over ``defaults``. ``explain``: 1 (or png) adds the
-    heatmap as a PNG, ``grid`` as numbers, 0 none."""
+    heatmap as a PNG, ``grid`` as numbers, 0 none. ``explain_label=BREED`` (one of ``model``'s,
+    :func:`label_index`) explains that breed instead of the top one, as a PNG unless ``explain``
+    says otherwise."""
     pairs = dict(re.findall(r"(\w+)\s*=\s*([^,;\s]+)", header or ""))
     try:
         topk = int(pairs["topk"]) if "topk" in pairs else None
@@ -181,8 +203,14 @@ def custom_attributes(header: str | None, defaults: Options) -> Options:
     except ValueError:
         raise RequestError(f"bad X-Amzn-SageMaker-Custom-Attributes {header!r}; expected topk=N,threshold=X,keep=X") from None
     explain = EXPLAIN_VALUES.get(pairs["explain"].lower(), pairs["explain"]) if "explain" in pairs else None
+    label = None
+    if "explain_label" in pairs:
+        if model is None:
+            raise RequestError("explain_label needs the model's labels")
+        label = label_index(model, pairs["explain_label"])
+        explain = "png" if explain is None else explain
     try:
-        return defaults.override(topk, threshold, keep, explain)
+        return defaults.override(topk, threshold, keep, explain, label)
     except OptionError as exc:
         raise RequestError(f"custom attribute {exc.field} {exc.problem}") from None
 
@@ -357,23 +385,51 @@ def forward_maps(model: LoadedModel, pixels: Sequence[torch.Tensor]) -> tuple[to
     return logits.float().cpu(), features.float().cpu(), maps.float().cpu()
 
 
-def explanation(model: LoadedModel, pixels: torch.Tensor, maps: torch.Tensor | None, index: int, how: str) -> dict:
-    """The heatmap keys one answer gains: the map of class ``index`` over the image's ``pixels``
-    as a PNG overlay (``how`` "png", base64) or a grid of numbers ("grid"), the method that made it
-    and the label it explains; where the network gives no maps, ``heatmap`` is None and
-    ``heatmap_error`` says why."""
+def explanation(model: LoadedModel, pixels: torch.Tensor, raw: torch.Tensor | None, index: int, how: str,
+                method: str | None = heatmaps.CAM, error: str | None = None) -> dict:
+    """The heatmap keys one answer gains: the ``raw`` map (h x w) of class ``index`` over the
+    image's ``pixels`` as a PNG overlay (``how`` "png", base64) or a grid of numbers ("grid"), the
+    ``method`` that made it and the label it explains; where there is no map, ``heatmap`` is None
+    and ``heatmap_error`` says why (``error``)."""
     out = {"heatmap": None, "heatmap_method": None, "heatmap_label": model.labels[index]}
-    if maps is None:
-        name = model.meta.get("backbone")
-        out["heatmap_error"] = (f"{name} has no exact class activation map (its head normalises after pooling)"
-                                if name in BACKBONES and not BACKBONES[name].cam else
-                                "this export was made before class activation maps were one of its outputs: export "
-                                "the model again (dogbreed export), or serve its model.pth")
+    if raw is None:
+        out["heatmap_error"] = error or "no heatmap"
         return out
-    heat = heatmaps.normalized(maps[index])
+    heat = heatmaps.normalized(raw)
     out["heatmap"] = heatmaps.grid(heat) if how == "grid" else heatmaps.png_base64(heatmaps.overlay(pixels, heat))
-    out["heatmap_method"] = heatmaps.CAM
+    out["heatmap_method"] = method
     return out
+
+
+def no_map_error(model: LoadedModel) -> str:
+    """Why an answer has no heatmap, and what to do."""
+    name = model.meta.get("backbone")
+    if name in BACKBONES and not BACKBONES[name].cam:
+        if model.explainer is None:
+            return (f"{name} has no exact class activation map (its head normalises after pooling), and Grad-CAM "
+                    f"needs the network's weights (model.pth), which this model folder lacks")
+        return f"Grad-CAM of {name} needs Captum: pip install 'dogbreed[explain]'"
+    return ("this export was made before class activation maps were one of its outputs: export the model again "
+            "(dogbreed export), or serve its model.pth")
+
+
+def explained_maps(model: LoadedModel, pixels: Sequence[torch.Tensor], maps: torch.Tensor | None,
+                   wanted: dict[int, int]) -> tuple[dict[int, torch.Tensor], str | None]:
+    """The raw map (h x w) of each image ``wanted`` maps to a class (image index to class index),
+    and the method that made them: the class activation maps of the forward pass (``maps``), else
+    Grad-CAM of the last stage on the network as trained (``model.explainer``: a backbone whose
+    head normalises after pooling), else none ({}, None)."""
+    if maps is not None:
+        return {i: maps[i, k] for i, k in wanted.items()}, heatmaps.CAM
+    if model.explainer is None or not wanted:
+        return {}, None
+    images = model.preset.normalize(torch.stack([pixels[i] for i in wanted]).to(model.device))
+    try:
+        cams = heatmaps.gradcam(model.explainer, model.explainer.body.get_submodule(POOL),
+                                images.contiguous(memory_format=torch.channels_last), list(wanted.values()))
+    except ImportError:  # Captum is the explain extra's
+        return {}, None
+    return dict(zip(wanted, cams)), heatmaps.GRADCAM
 
 
 def probabilities(model: LoadedModel, logits: torch.Tensor) -> torch.Tensor:
@@ -421,7 +477,8 @@ def answer(model: LoadedModel, probs: torch.Tensor, options: Options, ood: float
 
 def predict(model: LoadedModel, pixels: Sequence[torch.Tensor], options: Options | Sequence[Options]) -> list[dict]:
     """One answer per image: normalise, forward, calibrated softmax, top-k, the verdict; with
-    ``explain``, after every other key, the top breed's heatmap (:func:`explanation`). ``options``
+    ``explain``, after every other key, the heatmap (:func:`explanation`) of the top breed, or of
+    the breed ``explain_label`` names. ``options``
     is one for every image, or one per image (a server batch mixes requests)."""
     each = [options] * len(pixels) if isinstance(options, Options) else list(options)
     maps = None
@@ -432,10 +489,12 @@ def predict(model: LoadedModel, pixels: Sequence[torch.Tensor], options: Options
     ood = ood_scores(model, logits, features)
     answers = [answer(model, row, opts, None if ood is None else float(ood[i]))
                for i, (row, opts) in enumerate(zip(probabilities(model, logits), each, strict=True))]
-    for i, (done, opts) in enumerate(zip(answers, each)):
-        if opts.explain:
-            done.update(explanation(model, pixels[i], None if maps is None else maps[i], done["topk_indices"][0],
-                                    opts.explain))
+    wanted = {i: done["topk_indices"][0] if opts.explain_label is None else opts.explain_label
+              for i, (done, opts) in enumerate(zip(answers, each)) if opts.explain}
+    raws, method = explained_maps(model, pixels, maps, wanted)
+    error = None if method else no_map_error(model)
+    for i, index in wanted.items():
+        answers[i].update(explanation(model, pixels[i], raws.get(i), index, each[i].explain, method, error))
     return answers
 
 

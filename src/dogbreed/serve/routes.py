@@ -76,8 +76,8 @@ def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
         server.check_ready()
         ctype = pipeline.content_type(request.headers.get("content-type"))
         media_type = pipeline.negotiate(request.headers.get("accept"), cfg.default_accept, image=True)
-        options = pipeline.for_answer(pipeline.custom_attributes(request.headers.get(ATTRIBUTES_HEADER), server.defaults),
-                                      media_type)
+        options = pipeline.for_answer(pipeline.custom_attributes(request.headers.get(ATTRIBUTES_HEADER), server.defaults,
+                                                                 server.model), media_type)
         inference_id = caller_inference_id(request)
         body = await read_body(request, cfg.max_body_bytes)
         with captured(server, inference_id, (body, request.headers.get("content-type") or ctype)) as exchange:
@@ -114,7 +114,7 @@ def create_app(cfg: ServeConfig, server: Server | None = None) -> FastAPI:
         if not uploads:
             raise ClientError(400, "no file in the form field 'image'; send -F image=@photo.jpg")
         images = [await u.read() for u in uploads]
-        options = pipeline.custom_attributes(request.headers.get(ATTRIBUTES_HEADER), server.defaults)
+        options = pipeline.custom_attributes(request.headers.get(ATTRIBUTES_HEADER), server.defaults, server.model)
         # captured as what /invocations would have been sent: the image itself, or JSON instances
         sent = ((images[0], uploads[0].content_type or "application/octet-stream") if len(images) == 1 else
                 (json.dumps({"instances": [{"b64": base64.b64encode(i).decode()} for i in images]}).encode(),
