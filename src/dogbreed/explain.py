@@ -23,6 +23,7 @@ import torch
 
 from dogbreed import remote
 from dogbreed.errors import DogbreedError
+from dogbreed.files import atomic_write_text
 from dogbreed.flags import option
 from dogbreed.runtime import explain as heatmaps
 from dogbreed.runtime import pipeline
@@ -141,7 +142,7 @@ def run(model: LoadedModel, files: list, opts: ExplainOptions, *, progress: bool
             if cam is not None:
                 line["correlation_with_cam"] = None if (r := correlation(shap, cam)) is None else round(r, 4)
         if cam is not None:
-            maps["CAM"] = cam
+            maps[heatmaps.TITLES[answer["heatmap_method"]]] = cam
         elif opts.method == "cam":
             line["error"] = answer["heatmap_error"]
         if maps:
@@ -149,5 +150,5 @@ def run(model: LoadedModel, files: list, opts: ExplainOptions, *, progress: bool
             plots.plot_explained_maps(pixels, maps, answer, verdict_words(answer, options.threshold) or "", figure)
             line["figure"] = str(figure)
         lines.append(line)
-    (out / "explained.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    atomic_write_text(out / "explained.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
     return lines

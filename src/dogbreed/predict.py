@@ -162,7 +162,7 @@ def write_explained(loaded: LoadedModel, path: Path | remote.S3Image, answer: di
     target = explained_path(path, out)
     target.parent.mkdir(parents=True, exist_ok=True)
     pixels = decode(loaded, path.read_bytes(), name=str(path))
-    maps = {answer["heatmap_method"].upper(): heatmaps.normalized(grid)}
+    maps = {heatmaps.TITLES[answer["heatmap_method"]]: heatmaps.normalized(grid)}
     breed = loaded.display[loaded.labels.index(answer["heatmap_label"])]
     plots.plot_explained_maps(pixels, maps, answer, verdict_words(answer, threshold) or "", target, breed=breed)
     answer["explanation"] = str(target)

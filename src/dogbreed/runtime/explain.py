@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 CAM, GRADCAM = "cam", "gradcam"
+TITLES = {CAM: "CAM", GRADCAM: "Grad-CAM"}  # as figures name them
 OVERLAY_ALPHA = 0.5  # at the hottest point: the photo stays visible under the colour
 # anchors of matplotlib's "inferno" (dark purple, red, orange, pale yellow), interpolated to 256
 _ANCHORS = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21],
