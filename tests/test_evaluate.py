@@ -35,8 +35,12 @@ def test_measures_plots_and_the_ood_part(trained_run, synth_data, unseen, tmp_pa
     assert sum(doc["verdicts"].values()) == pytest.approx(1.0)
     ood = doc["ood"]
     assert ood["score"] == "mahalanobis" and ood["out_n"] == 16 and ood["in_n"] == 8 and 0 <= ood["auroc"] <= 1
-    for name in ("selective.png", "reliability.png", "scores.png"):
+    for name in ("selective.png", "reliability.png", "scores.png", "top_losses.png", "confused_pairs.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    losses = [row["loss"] for row in doc["top_losses"]]  # the worst images, worst first, each a test image
+    assert 0 < len(losses) <= 8 and losses == sorted(losses, reverse=True)
+    assert {row["file"] for row in doc["top_losses"]} <= {str(p) for p in (synth_data / "test").glob("*/*.jpg")}
+    assert sum(pair["count"] for pair in doc["confused_pairs"]) == round(doc["n"] * (1 - doc["accuracy"]))
     focus = doc["saliency_focus"]  # where the heatmaps of the top breeds are: their share on the objects' boxes
     assert focus["images"] == 8 and 0 <= focus["mean"] <= 1 and focus["method"] == "cam" and focus["region"] == "box"
     printed = capsys.readouterr().out

@@ -172,9 +172,10 @@ def test_evaluate_predict_and_serve_take_the_model_data_and_ood_from_s3(bucket, 
     evaluated = cli(env, tmp_path, "evaluate", "--model", s3_model, "--data", url, "--ood", "s3://dogs/set/valid/",
                     "--out", "s3://dogs/eval/")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    assert "results: s3://dogs/eval/evaluation.json (and selective.png, reliability.png, scores.png)" in evaluated.stdout
+    assert ("results: s3://dogs/eval/evaluation.json (and selective.png, reliability.png, top_losses.png, "
+            "confused_pairs.png, scores.png)") in evaluated.stdout
     assert {Path(p).name for p in fs.ls("dogs/eval")} == {"evaluation.json", "selective.png", "reliability.png",
-                                                          "scores.png"}
+                                                          "scores.png", "top_losses.png", "confused_pairs.png"}
     doc = json.loads(fs.cat_file("dogs/eval/evaluation.json"))
     assert (doc["model"], doc["data"], doc["n"], doc["ood"]["folder"], doc["ood"]["out_n"]) == (
         s3_model, url, 8, "s3://dogs/set/valid/", 8)
@@ -247,7 +248,8 @@ def test_data_synth_uploads_to_s3_and_data_fetch_reads_its_zip_there(bucket, syn
     assert "wrote a synthetic data set: s3://dogs/synth/ (2 classes" in made.stdout
     assert "--ood s3://dogs/synth/unseen`" in made.stdout
     keys = fs.find("dogs/synth")
-    assert len(keys) == 2 * 6 + 3 and {k.split("/")[2] for k in keys} == {"train", "valid", "test", "unseen"}
+    assert len(keys) == 2 * 6 + 3 + 1 and {k.split("/")[2] for k in keys} == {"train", "valid", "test", "unseen",
+                                                                               "boxes.json"}
     one_line_error(cli(env, tmp_path, "data", "synth", "s3://dogs/synth/"), "s3://dogs/synth/ already holds objects")
 
     body = dataset_zip(synth_data)

@@ -126,7 +126,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         o = doc["ood"]
         print(f"--ood ({o['out_n']} images): {o['score']} score AUROC {o['auroc']:.3f}, FPR at 95% TPR "
               f"{100 * o['fpr_at_95_tpr']:.1f}%; verdicts: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in o["verdicts"].items()))
-    print(f"results: {remote.join(args.out, 'evaluation.json')} (and selective.png, reliability.png"
+    print(f"results: {remote.join(args.out, 'evaluation.json')} (and selective.png, reliability.png, top_losses.png, "
+          f"confused_pairs.png"
           + (", scores.png)" if "ood" in doc else ")"))
     return 0
 

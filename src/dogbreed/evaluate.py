@@ -2,10 +2,13 @@
 that answers requests, and how well its "not a dog" score tells those images from others.
 
     OUT/evaluation.json   accuracy, top-5, NLL, ECE, the selective-prediction curve, the heatmaps'
-                          focus (``saliency.focus``: their mass on the subject); with --ood:
+                          focus (``saliency.focus``: their mass on the subject), the top losses and
+                          the most confused pairs; with --ood:
                           AUROC and FPR at 95% TPR of the score, and the verdicts the others got
     OUT/selective.png     accuracy against the share of images answered (most confident first)
     OUT/reliability.png   accuracy against confidence, with each bin's share of images
+    OUT/top_losses.png    the worst images, and confused_pairs.png one of each most confused pair, over
+                          the heatmaps of the breed the model saw
     OUT/scores.png        with --ood: the score of known-breed images against the others
 """
 
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dogbreed import calibration, plots, rejection, remote, saliency, stats
+from dogbreed import calibration, interpret, plots, rejection, remote, saliency, stats
 from dogbreed.artifact import load_artifact
 from dogbreed.data.layout import IMAGE_EXTS, SPLITS, model_index, scan
 from dogbreed.errors import DogbreedError
@@ -56,6 +59,14 @@ def run(model_path: str, data: str, *, ood: str | None = None, split: str = "tes
                      "unreadable": known["unreadable"], **_quality(probs, targets)}
         doc["selective"] = _selective(probs, targets)
         doc["saliency_focus"] = saliency.focus(known["focus"], known["region"])
+        files = [p for p, _ in samples if p in known["kept"]]  # in the order of the logits
+        why = {"confused_pairs": interpret.confused_pairs(targets, probs.argmax(1), model.display,
+                                                          losses=interpret.losses_of(known["logits"], targets,
+                                                                                     model.temperature), files=files),
+               "top_losses": interpret.top_losses(known["logits"], targets, torch.arange(len(files)), files,
+                                                  model.display, model.temperature)}
+        doc.update(why)
+        saliency.galleries(model, why, [], layout.root, folder)
         plots.plot_reliability(known["logits"], targets, model.temperature, folder / "reliability.png")
         answered = (probs.max(dim=1).values >= opts.threshold).double().mean().item()
         plots.plot_selective(doc["selective"], opts.threshold, answered, folder / "selective.png")

@@ -31,8 +31,7 @@ from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_write_text
 from dogbreed.hooks import NoHooks
 from dogbreed.model import imagenet_head
-from dogbreed.plots import (confusion_matrix, plot_confused_pairs, plot_confusion, plot_curves, plot_per_class,
-                            plot_reliability, plot_top_losses)
+from dogbreed.plots import confusion_matrix, plot_confusion, plot_curves, plot_per_class, plot_reliability
 from dogbreed.runtime.loading import load_model_dir
 from dogbreed.runtime.network import get_head
 from dogbreed.train import EvalResult, evaluate
@@ -173,17 +172,14 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
 
 
 def explain_run(model, why: dict, test_files: list[str], root, run_dir: Path) -> dict | None:
-    """The galleries (top losses, confused pairs) with heatmaps, ``interpretation.json`` and the
+    """The galleries (top losses, confused pairs) over heatmaps, ``interpretation.json`` and the
     run's ``saliency_focus``, said in one line (a warning where it is low). A network without maps
     draws the galleries without them; the focus is then None."""
-    looks = saliency.at_run_end(model, why, test_files, root)
-    if looks.focus:
-        (log.warning if looks.focus["low"] else log.info)(saliency.summary(looks.focus))
-    why = {**why, "saliency_focus": looks.focus}
-    atomic_write_text(run_dir / "interpretation.json", json.dumps(why, indent=1))
-    plot_top_losses(why["top_losses"], run_dir / "top_losses.png", looks.top_losses)
-    plot_confused_pairs(why["confused_pairs"][:8], run_dir / "confused_pairs.png", looks.confused_pairs[:8])
-    return looks.focus
+    focus = saliency.galleries(model, why, test_files, root, run_dir)
+    if focus:
+        (log.warning if focus["low"] else log.info)(saliency.summary(focus))
+    atomic_write_text(run_dir / "interpretation.json", json.dumps({**why, "saliency_focus": focus}, indent=1))
+    return focus
 
 
 def choose_unsure(cfg: TrainConfig, valid: EvalResult | None, test: EvalResult, temperature: float,

@@ -150,25 +150,23 @@ def network(model_dir: str | Path, served: LoadedModel) -> LoadedModel:
     return load_model_dir(str(model_dir), served.device, "bf16", fused=True)
 
 
-@dataclass
-class RunLooks:
-    """What :func:`at_run_end` gives a run's outputs: the focus figure (None without maps) and the
-    overlays of the top losses and of the confused pairs' examples (None where there is none)."""
-
-    focus: dict | None
-    top_losses: list[np.ndarray | None]
-    confused_pairs: list[np.ndarray | None]
+PAIRS_SHOWN = 8  # confused pairs drawn in confused_pairs.png (interpretation.json lists more)
 
 
-def at_run_end(model: LoadedModel, why: dict, test_files: Sequence[str], root: str | Path | None) -> RunLooks:
-    """The heatmaps of a finished run's galleries (``why``: ``interpretation.json``'s top losses and
-    confused pairs with examples) and its focus on an evenly spread :data:`SAMPLE` of
-    ``test_files``, from one pass of ``model`` (the artifact's network) over all of them."""
+def galleries(model: LoadedModel, why: dict, sample: Sequence[str], root: str | Path | None,
+              folder: Path) -> dict | None:
+    """``folder/top_losses.png`` and ``folder/confused_pairs.png`` over heatmaps (``why``: the top
+    losses and the confused pairs with examples, as ``interpret`` gives them), and the focus of an
+    evenly spread :data:`SAMPLE` of ``sample`` (None for none, or a network without maps), from
+    one pass of ``model`` over all of them. Without maps the galleries show the photos."""
+    from dogbreed.plots import plot_confused_pairs, plot_top_losses
+
     regions = Regions.of(root)
-    sample = spread(list(test_files), SAMPLE)
-    shown = [row["file"] for row in why["top_losses"]] + [row.get("example") for row in why["confused_pairs"]]
-    wanted = list(dict.fromkeys([*sample, *(p for p in shown if p is not None)]))
+    spread_out = spread(list(sample), SAMPLE)
+    losses, pairs = [row["file"] for row in why["top_losses"]], [row.get("example") for row in why["confused_pairs"]]
+    wanted = list(dict.fromkeys([*spread_out, *(p for p in losses + pairs[:PAIRS_SHOWN] if p is not None)]))
     looked, method = look(model, wanted, regions)
-    return RunLooks(focus([(looked[p].share, looked[p].area) for p in sample if p in looked], regions.name, method),
-                    overlays(looked, [row["file"] for row in why["top_losses"]]),
-                    overlays(looked, [row.get("example") for row in why["confused_pairs"]]))
+    plot_top_losses(why["top_losses"], folder / "top_losses.png", overlays(looked, losses))
+    plot_confused_pairs(why["confused_pairs"][:PAIRS_SHOWN], folder / "confused_pairs.png",
+                        overlays(looked, pairs[:PAIRS_SHOWN]))
+    return focus([(looked[p].share, looked[p].area) for p in spread_out if p in looked], regions.name, method)
