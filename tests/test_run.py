@@ -1,8 +1,8 @@
 """A run from config to artifact: the files it writes, and how it fails."""
 
 import csv
-from pathlib import Path
 import json
+from pathlib import Path
 
 import pytest
 import torch

@@ -58,7 +58,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         PredictOptions,
         check_flags,
         expand,
-        explained_path,
+        explained_paths,
         format_answer,
         predict_files,
         warn_unused_keep,
@@ -73,9 +73,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files = expand(args.images)
     if asked.out and not asked.explain:
         raise DogbreedError("--out is where --explain writes its figures: add --explain, or leave --out out")
-    if asked.explain:
-        for path in files:
-            explained_path(path, asked.out)  # an S3 photo without --out is refused before any work
+    figures = explained_paths(files, asked.out) if asked.explain else {}  # an S3 photo without --out: refused now
     loaded = _load_model(args.model, _progress(args))
     warn_unused_keep(loaded, asked.keep, args.model)
     try:
@@ -87,7 +85,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for path, answer in predict_files(loaded, files, opts):
         failed += "error" in answer
         if asked.explain and "error" not in answer:
-            answer = write_explained(loaded, path, answer, opts.threshold, asked.out)
+            answer = write_explained(loaded, path, answer, opts.threshold, figures[str(path)])
         if asked.json:
             print(json.dumps({"file": str(path), **answer}))
         else:
@@ -100,11 +98,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dogbreed.evaluate import run
     from dogbreed.predict import PredictOptions, check_flags, warn_unused_keep
-    from dogbreed.runtime.pipeline import Options, RequestError, label_index
+    from dogbreed.runtime.pipeline import Options
 
     asked = PredictOptions(**given(args, PredictOptions))
-    if asked.explain_breed is not None:
-        asked.explain = True
     check_flags(None, asked.threshold, asked.keep)
     options = None
     if asked.threshold is not None or asked.keep is not None:

@@ -17,7 +17,7 @@ from dogbreed.artifact import extracted, load_artifact
 from dogbreed.data.synth import synth
 from dogbreed.errors import DogbreedError
 from dogbreed.export import export
-from dogbreed.predict import expand, format_answer, predict_files, write_explained
+from dogbreed.predict import expand, explained_path, format_answer, predict_files, write_explained
 from dogbreed.run import train
 from dogbreed.runtime.pipeline import Options
 from dogbreed.tune.options import TuneOptions
@@ -83,7 +83,7 @@ def run_demo(out: str | Path = "demo", *, progress: bool = True, show: int = 3) 
     report = _monitor(exported, out)
     log.info("\n7/7 explain: where the model looked in %s", files[0])
     (path, answer), = predict_files(loaded, files[:1], opts.override(explain="grid"))
-    answer = write_explained(loaded, path, answer, opts.threshold, str(out / "explained"))
+    answer = write_explained(loaded, path, answer, opts.threshold, explained_path(path, str(out / "explained")))
     explained = answer.get("explanation") or f"none ({answer.get('heatmap_error')})"
     log.info("  %s for %s (top-1 probability %.3f): %s", (answer.get("heatmap_method") or "no map").upper(),
              answer["breeds"][0], answer["topk_probs"][0], explained)

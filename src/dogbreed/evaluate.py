@@ -66,7 +66,7 @@ def run(model_path: str, data: str, *, ood: str | None = None, split: str = "tes
                "top_losses": interpret.top_losses(known["logits"], targets, torch.arange(len(files)), files,
                                                   model.display, model.temperature)}
         doc.update(why)
-        saliency.galleries(model, why, [], layout.root, folder)
+        saliency.galleries(model, why, [], layout.root, folder, split)
         plots.plot_reliability(known["logits"], targets, model.temperature, folder / "reliability.png")
         answered = (probs.max(dim=1).values >= opts.threshold).double().mean().item()
         plots.plot_selective(doc["selective"], opts.threshold, answered, folder / "selective.png")

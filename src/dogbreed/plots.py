@@ -92,11 +92,12 @@ def plot_reliability(test_logits: torch.Tensor, test_targets: torch.Tensor, temp
     save(fig, path)
 
 
-def plot_top_losses(rows: list[dict], path: str | os.PathLike, overlays: Sequence[np.ndarray | None] = ()) -> None:
+def plot_top_losses(rows: list[dict], path: str | os.PathLike, overlays: Sequence[np.ndarray | None] = (),
+                    split: str = "test") -> None:
     """The gallery of ``interpret.top_losses``: each image with its true and predicted breed, as
     the heatmap of the predicted breed over the model's view where ``overlays`` has one (else the
     whole photo)."""
-    title = "Top losses on the test split" + (": where the model saw the predicted breed" if any(
+    title = f"Top losses on the {split} split" + (": where the model saw the predicted breed" if any(
         o is not None for o in overlays) else "")
     _gallery([f"true: {r['true']}\npredicted: {r['predicted']} ({r['probability']:.2f})" for r in rows],
              [r["file"] for r in rows], overlays, title, path)

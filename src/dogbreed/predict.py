@@ -139,7 +139,7 @@ def format_answer(path: Path, answer: dict, threshold: float) -> str:
 
 def explained_path(path: Path | remote.S3Image, out: str | None) -> Path:
     """Where ``--explain`` writes the figure of ``path``: ``PHOTO.explain.png`` beside it, or in ``out``."""
-    name = (path.url.rsplit("/", 1)[-1] if isinstance(path, remote.S3Image) else path.name) + ".explain.png"
+    name = _parts(path)[-1] + ".explain.png"
     if out:
         return Path(out) / name
     if isinstance(path, remote.S3Image):
@@ -147,10 +147,33 @@ def explained_path(path: Path | remote.S3Image, out: str | None) -> Path:
     return path.with_name(name)
 
 
+def explained_paths(paths: list[Path | remote.S3Image], out: str | None) -> dict[str, Path]:
+    """:func:`explained_path` of each of ``paths`` (by ``str(path)``), none the same: where two
+    photos in different folders share a name, their figures in ``out`` are named after their
+    folders too (``FOLDER-PHOTO.explain.png``), and after their place in the list if that is not
+    enough. An S3 photo without ``out`` is refused here, before any work."""
+    targets = {str(p): explained_path(p, out) for p in paths}
+    counts: dict[Path, int] = {}
+    for target in targets.values():
+        counts[target] = counts.get(target, 0) + 1
+    taken = {t for t, n in counts.items() if n == 1}
+    for i, path in enumerate(paths):
+        if out and counts[targets[str(path)]] > 1:
+            parts = _parts(path)
+            named = Path(out) / f"{'-'.join(parts[-2:])}.explain.png"
+            targets[str(path)] = named if named not in taken else Path(out) / f"{i + 1}-{parts[-1]}.explain.png"
+            taken.add(targets[str(path)])
+    return targets
+
+
+def _parts(path: Path | remote.S3Image) -> list[str]:
+    return path.url.split("://", 1)[-1].split("/") if isinstance(path, remote.S3Image) else list(path.parts)
+
+
 def write_explained(loaded: LoadedModel, path: Path | remote.S3Image, answer: dict, threshold: float,
-                    out: str | None) -> dict:
+                    target: Path) -> dict:
     """``answer`` (asked with ``explain="grid"``) drawn as a figure (photo, heatmap over it, top-k
-    bars, verdict) at :func:`explained_path`; the answer comes back with the figure's path under
+    bars, verdict) at ``target`` (:func:`explained_paths`); the answer comes back with the figure's path under
     ``explanation`` instead of the grid (or ``heatmap_error`` where the model has no maps)."""
     from dogbreed import plots
     from dogbreed.runtime import explain as heatmaps
@@ -159,7 +182,6 @@ def write_explained(loaded: LoadedModel, path: Path | remote.S3Image, answer: di
     grid = answer.pop("heatmap", None)
     if grid is None:
         return answer
-    target = explained_path(path, out)
     target.parent.mkdir(parents=True, exist_ok=True)
     pixels = decode(loaded, path.read_bytes(), name=str(path))
     maps = {heatmaps.TITLES[answer["heatmap_method"]]: heatmaps.normalized(grid)}

@@ -16,7 +16,6 @@ split, where the network has class activation maps.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -33,7 +32,6 @@ from dogbreed.runtime.backends import native_bf16
 from dogbreed.runtime.loading import LoadedModel, load_model_dir
 from dogbreed.runtime.pipeline import RequestError
 
-log = logging.getLogger(__name__)
 SAMPLE = 64  # test images a run's focus is measured on (the top losses and pair examples come on top)
 BATCH = 16
 LOW_LIFT = 1.1  # under this, the maps sit on the subject hardly more than anywhere else: the run warns
@@ -154,7 +152,7 @@ PAIRS_SHOWN = 8  # confused pairs drawn in confused_pairs.png (interpretation.js
 
 
 def galleries(model: LoadedModel, why: dict, sample: Sequence[str], root: str | Path | None,
-              folder: Path) -> dict | None:
+              folder: Path, split: str = "test") -> dict | None:
     """``folder/top_losses.png`` and ``folder/confused_pairs.png`` over heatmaps (``why``: the top
     losses and the confused pairs with examples, as ``interpret`` gives them), and the focus of an
     evenly spread :data:`SAMPLE` of ``sample`` (None for none, or a network without maps), from
@@ -166,7 +164,7 @@ def galleries(model: LoadedModel, why: dict, sample: Sequence[str], root: str | 
     losses, pairs = [row["file"] for row in why["top_losses"]], [row.get("example") for row in why["confused_pairs"]]
     wanted = list(dict.fromkeys([*spread_out, *(p for p in losses + pairs[:PAIRS_SHOWN] if p is not None)]))
     looked, method = look(model, wanted, regions)
-    plot_top_losses(why["top_losses"], folder / "top_losses.png", overlays(looked, losses))
+    plot_top_losses(why["top_losses"], folder / "top_losses.png", overlays(looked, losses), split)
     plot_confused_pairs(why["confused_pairs"][:PAIRS_SHOWN], folder / "confused_pairs.png",
                         overlays(looked, pairs[:PAIRS_SHOWN]))
     return focus([(looked[p].share, looked[p].area) for p in spread_out if p in looked], regions.name, method)

@@ -180,6 +180,15 @@ def test_predict_explain_writes_a_figure_beside_the_photo_or_in_out(trained_run,
     assert line["heatmap_method"] == "cam"
     assert main(["predict", "--model", str(trained_run.artifact), str(photo), "--out", str(tmp_path)]) == 1
     assert "--out is where --explain writes its figures" in capsys.readouterr().err
+    # two photos of the same name from different folders: one figure each in --out
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    for folder in ("a", "b"):
+        (tmp_path / folder / "dog.jpg").write_bytes(photo.read_bytes())
+    assert main(["predict", "--model", str(trained_run.artifact), str(tmp_path / "a" / "dog.jpg"),
+                 str(tmp_path / "b" / "dog.jpg"), "--explain", "--json", "--out", str(tmp_path / "both")]) == 0
+    figures = [json.loads(line)["explanation"] for line in capsys.readouterr().out.splitlines()]
+    assert figures == [str(tmp_path / "both" / "a-dog.jpg.explain.png"), str(tmp_path / "both" / "b-dog.jpg.explain.png")]
+    assert all(Path(f).is_file() for f in figures)
     # --explain-breed: another breed's map (implies --explain); a breed the model does not know is one line
     assert main(["predict", "--model", str(trained_run.artifact), str(photo), "--explain-breed", "akita", "--json",
                  "--out", str(tmp_path / "akita")]) == 0

@@ -166,12 +166,12 @@ def render(style: dict, size: int, rng: np.random.Generator) -> Image.Image:
 
 
 def drawn(style: dict, size: int, rng: np.random.Generator,
-          background: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Image.Image, list[float]]:
+          colours: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Image.Image, list[float]]:
     """:func:`render`'s image and its object's box (left, top, right, bottom as fractions of the
-    side, clipped to the image); ``background`` gives the ramp's two colours (else random)."""
+    side, clipped to the image); ``colours`` gives the background ramp's two ends (else random)."""
     bg_a, bg_b = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
-    if background is not None:  # drawn all the same, so the rest of the image is as without
-        bg_a, bg_b = (colour + rng.normal(0, 8, 3) for colour in background)
+    if colours is not None:  # the random ones drawn all the same, so the rest of the image is as without
+        bg_a, bg_b = (colour + rng.normal(0, 8, 3) for colour in colours)
     ramp = np.linspace(0, 1, size, dtype=np.float32)[None, :, None]
     background = bg_a * (1 - ramp) + bg_b * ramp
     background = np.broadcast_to(background, (size, size, 3))

@@ -124,9 +124,9 @@ class EvalPreset:
         scaled = (self.resize_size, int(self.resize_size * long / short))
         w, h = scaled if width <= height else scaled[::-1]
         left, top = int(round((w - self.crop_size) / 2.0)), int(round((h - self.crop_size) / 2.0))
-        l, t, r, b = box
-        return tuple(min(max(v, 0.0), 1.0) for v in ((l * w - left) / self.crop_size, (t * h - top) / self.crop_size,
-                                                      (r * w - left) / self.crop_size, (b * h - top) / self.crop_size))
+        x0, y0, x1, y1 = box
+        return tuple(min(max(v, 0.0), 1.0) for v in ((x0 * w - left) / self.crop_size, (y0 * h - top) / self.crop_size,
+                                                      (x1 * w - left) / self.crop_size, (y1 * h - top) / self.crop_size))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """The numeric half: uint8 pixels, one image or a batch, to the network's float input."""
