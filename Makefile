@@ -14,7 +14,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,ray,explain]'
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,ray,explain,mlflow]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -78,6 +78,10 @@ class TrainConfig:
     trace_start: int = _opt(5, "first train step of the torch.profiler + cProfile window")
     trace_steps: int = _opt(5, "train steps in that window (0 = no trace)")
     rules: str | None = _opt(None, "YAML file of rule parameters and actions, e.g. `Overfit: {action: stop}` (see docs/profiling.md)")
+    tracking_uri: str | None = _opt(None, "log the run to this MLflow tracking store (http://HOST:5000, sqlite:///FILE, "
+                                          "...; default: $MLFLOW_TRACKING_URI, else not tracked; docs/tracking.md)")
+    track: bool = _opt(False, "log the run to a local MLflow store, sqlite:///OUT/mlflow.db (`mlflow ui "
+                              "--backend-store-uri` shows it)")
 
     def validate(self) -> "TrainConfig":
         check_choices(self)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from dogbreed import config as cfgmod
-from dogbreed import outputs, remote
+from dogbreed import outputs, remote, tracking
 from dogbreed.batches import build_batches, embed
 from dogbreed.checkpoints import Checkpoints, FitState, check_resumable
 from dogbreed.config import TrainConfig
@@ -38,13 +38,14 @@ LOCAL_OUT = "runs"  # where a run with --out s3://... is written before its uplo
 
 def train(cfg: TrainConfig, *, ranks: Ranks = ALONE, staged: remote.Staged | None = None,
           resume: str | os.PathLike | None = None, progress: bool = True, on_epoch: Callable[[dict], None] | None = None,
-          finish: bool = True, keep_checkpoints: bool = True) -> RunResult:
+          finish: bool = True, keep_checkpoints: bool = True, tags: dict | None = None) -> RunResult:
     """Run one training end to end. ``ranks``: this process's place under torchrun
     (``distributed.session``); ``staged``: the data set already staged (else ``prepare`` stages it).
     ``on_epoch(row)`` sees each epoch's metrics (tuning reports and prunes through it).
     ``finish=False`` stops after the epochs: no test evaluation, plots or artifact (what a tuning
     trial needs); ``keep_checkpoints=False`` removes the checkpoints when the run ends, however it
-    ends. Rank 0 alone writes; the other ranks return a result without a run folder. In the share
+    ends. ``tags``: more tags for the run's MLflow run, where it is tracked (``tracking``). Rank 0
+    alone writes; the other ranks return a result without a run folder. In the share
     role they embed their share and end; under DDP they train in step with rank 0 and evaluate
     their shares."""
     if not ranks.writer:
@@ -60,11 +61,19 @@ def train(cfg: TrainConfig, *, ranks: Ranks = ALONE, staged: remote.Staged | Non
         remote.check_writable(cfg.out)  # now, not after the training
     staged = staged or remote.staged(cfg.data, IMAGE_EXTS, progress=progress, on_chunk=ranks.tick)
     scan(staged.root)  # a missing or misshapen data set fails before any folder is made or changed
+    uri = tracking.tracking_uri(cfg.tracking_uri, cfg.track, LOCAL_OUT if remote.is_s3(cfg.out) else cfg.out)
+    tracked = tracking.Tracker.optional(uri) if finish else None  # a missing MLflow fails here, before any work
     run_dir = Path(resume) if resume else new_run_dir(cfg)
+    tracker = tracked(run_dir.name, {"run_dir": str(run_dir.resolve()), "resumed": bool(resume), **(tags or {})}) \
+        if tracked else None
     try:
-        result = _observed(run_dir, cfg, ranks, staged, resume=bool(resume), progress=progress, on_epoch=on_epoch,
-                           finish=finish)
-    except BaseException:
+        if tracker:
+            tracker.params(cfg.to_dict())
+        result = _observed(run_dir, cfg, ranks, staged, resume=bool(resume), progress=progress,
+                           on_epoch=tracking.also(on_epoch, tracker), finish=finish)
+    except BaseException as exc:
+        if tracker:
+            tracker.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         # A run that fails before its first checkpoint leaves nothing behind.
         if not resume and not (run_dir / "checkpoints" / "last.pt").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -76,6 +85,9 @@ def train(cfg: TrainConfig, *, ranks: Ranks = ALONE, staged: remote.Staged | Non
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     if remote.is_s3(cfg.out) and result.artifact:
         result.uploaded = remote.upload_run(run_dir, cfg.out)
+    if tracker:
+        tracking.log_finished_run(tracker, run_dir)
+        tracker.close()
     return result
 
 

@@ -25,7 +25,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from dogbreed import machine, remote
+from dogbreed import machine, remote, tracking
 from dogbreed.batches import EMBEDDING_KEYS, warm_cache
 from dogbreed.checkpoints import RESUME_OVERRIDABLE, resume_config
 from dogbreed.config import TrainConfig, coerce
@@ -190,6 +190,9 @@ def tune(base: TrainConfig, opts: TuneOptions, *, ranks: Ranks = ALONE, progress
         if opts.trials > len(points):
             log.info("grid sampler: the grid has %d points, so %d trials instead of %d", len(points), len(points), opts.trials)
             opts = dataclasses.replace(opts, trials=len(points))
+    if ranks.rank == 0:  # a missing MLflow, where the study is to be tracked, fails before any trial
+        tracking.Tracker.optional(tracking.tracking_uri(base.tracking_uri, base.track,
+                                                        LOCAL_OUT if remote.is_s3(base.out) else base.out))
     staged = remote.staged(base.data, IMAGE_EXTS, progress=progress)  # staged once, for every trial here
     scan(staged.root)  # a missing or misshapen data set is said before any study is made
     check_space(space, base, opts.space)
@@ -290,6 +293,10 @@ def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, 
            "direction": OBJECTIVES[opts.objective], "trials": counts, "pruning": results.pruning_savings(study),
            "best_trial": best, "plots": plots}
     final_run = artifact = None
+    uri = tracking.tracking_uri(base.tracking_uri, base.track, str(study_dir.parent))
+    tracker = tracking.open_run(uri, study_dir.name, {"study": opts.study, "objective": opts.objective}) if uri else None
+    if tracker:
+        tracking.log_study(tracker, study, opts.objective, base)
     if best is not None:
         log.info("best trial %d: %s %.4f with %s", best["number"], opts.objective, best["value"],
                  results.format_params(best["params"]))
@@ -300,13 +307,18 @@ def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, 
             doc["final_run"] = earlier
         elif opts.final:
             cfg = dataclasses.replace(base, **best["params"], out=str(study_dir), name="best").validate()
-            run = _final_run(cfg, best["params"], study_dir / "best", progress=progress)
+            parent = tracker.started() if tracker else None
+            run = _final_run(cfg, best["params"], study_dir / "best", progress=progress,
+                             tags={"mlflow.parentRunId": parent, "trial": "final"} if parent else None)
             final_run, artifact = run.run_dir, run.artifact
             doc["final_run"] = {"run_dir": str(run.run_dir), "artifact": str(run.artifact), "trial": best["number"], **run.test}
             if remote.is_s3(base.out):
                 doc["final_run"]["uploaded"] = remote.upload_run(run.run_dir, base.out, name=study_dir.name + "/best")
     results.write_best(study_dir / "best.json", doc)
     log.info("results: %s (best.json, trials.csv, plots/)", study_dir)
+    if tracker:
+        tracking.log_study_files(tracker, study_dir, doc)
+        tracker.close()
     if best is None:
         errors = [t.user_attrs["error"] for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                   if "error" in t.user_attrs]
@@ -316,7 +328,7 @@ def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, 
     return TuneResult(study_dir, best, rows, final_run, artifact)
 
 
-def _final_run(cfg: TrainConfig, params: dict, folder: Path, *, progress: bool) -> RunResult:
+def _final_run(cfg: TrainConfig, params: dict, folder: Path, *, progress: bool, tags: dict | None = None) -> RunResult:
     """The best hyperparameters trained into ``tune-<study>/best``: a final run of these same
     parameters that was killed (a checkpoint and no artifact) resumes; one that finished is kept;
     one of an earlier best trial is replaced. The artifact stays at the documented path."""
@@ -328,12 +340,12 @@ def _final_run(cfg: TrainConfig, params: dict, folder: Path, *, progress: bool) 
                              done.get("best_epoch", 0), [])
         log.info("resuming the final training in %s (it was interrupted)", folder)
         overrides = {k: v for k, v in cfg.to_dict().items() if k in RESUME_OVERRIDABLE and k != "epochs"}
-        return train(resume_config(folder, overrides), resume=folder, progress=progress)
+        return train(resume_config(folder, overrides), resume=folder, progress=progress, tags=tags)
     if folder.exists():
         log.info("replacing %s: it holds the final run of other hyperparameters", folder)
         shutil.rmtree(folder)
     log.info("final training with the best hyperparameters")
-    return train(cfg, progress=progress)
+    return train(cfg, progress=progress, tags=tags)
 
 
 def _trained_with(folder: Path, params: dict) -> bool:

@@ -1,0 +1,298 @@
+"""Every run on record: a training as an MLflow run (its config as params, each epoch's metrics as
+steps, the test figures, the rules' outcomes as tags, its files as artifacts), in any MLflow
+tracking store: a server (``--tracking-uri http://...`` or ``$MLFLOW_TRACKING_URI``) or a local
+SQLite file (``--track``: ``sqlite:///<out>/mlflow.db``, artifacts beside it).
+
+Tracking must never cost a run: calls go to one background thread through a queue, so a slow
+server never stalls an epoch; the first failure (a server down, refusing, or slow past its
+timeout) is one warning, after which nothing more is sent; the run goes on, and its end says
+what was not logged (the run's folder has all of it). MLflow's own client does the talking
+(``MlflowClient``: no global "active run", so a process can hold several); what is written here
+is only that discipline and what to log. ``pip install 'dogbreed[mlflow]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from dogbreed.errors import DogbreedError
+
+log = logging.getLogger(__name__)
+EXPERIMENT = "dogbreed"
+LOCAL_STORE = "mlflow.db"  # under --out, with --track
+CLOSE_WAIT_S = 120.0  # the most a run's end waits for its uploads (a failing store ends the wait at once)
+# MLflow's client retries a request 7 times with growing pauses, for minutes: here a request gets a
+# short timeout and one retry, unless the environment says otherwise
+# short timeout and one retry, unless the environment says otherwise; and the run's link is said in
+# the run's log, not printed to stdout, which some commands keep for JSON
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "15", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+RUN_FILES = ("results.json", "interpretation.json", "metrics.csv", "config.yaml", "labels.json", "per_class.csv",
+             "curves.png", "confusion.png", "reliability.png", "per_class.png", "top_losses.png",
+             "confused_pairs.png", "model.tar.gz")
+
+
+def tracking_uri(uri: str | None, track: bool, out: str) -> str | None:
+    """Where runs are logged: ``uri`` as given, else ``--track``'s local store under ``out``, else
+    ``$MLFLOW_TRACKING_URI``, else None (off)."""
+    if uri:
+        return uri
+    if track:
+        return f"sqlite:///{Path(out).resolve() / LOCAL_STORE}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def _client(uri: str):
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise DogbreedError("tracking runs needs MLflow: pip install 'dogbreed[mlflow]' (or drop --tracking-uri, "
+                            "--track and $MLFLOW_TRACKING_URI)") from None
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    for name in ("mlflow", "alembic"):  # their set-up chatter ("Creating initial MLflow database tables...")
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=uri)
+
+
+class Tracker:
+    """One MLflow run, fed from a background thread. Every method returns at once."""
+
+    @staticmethod
+    def optional(uri: str | None) -> Callable[[str, dict], "Tracker"] | None:
+        """None where tracking is off; else a maker of runs in ``uri``'s store (MLflow is
+        imported now, so a missing extra fails before any work)."""
+        if uri is None:
+            return None
+        _client(uri)
+        return lambda name, tags: open_run(uri, name, tags)
+
+    def __init__(self, uri: str, name: str, *, experiment: str = EXPERIMENT, tags: dict | None = None,
+                 artifact_root: str | None = None):
+        self.uri, self.name = uri, name
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self.failed: str | None = None  # what failed first, once something did
+        self.dropped: Counter = Counter()
+        self._started = threading.Event()  # set once the run exists, or its creation failed
+        self._queue: queue.Queue = queue.Queue()
+        self._client = _client(uri)
+        self._thread = threading.Thread(target=self._work, name="dogbreed-tracking", daemon=True)
+        self._thread.start()
+        self._send("start", lambda: self._start(experiment, tags or {}, artifact_root))
+
+    # --- what a run logs -------------------------------------------------------------------------
+
+    def params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _text(v)) for k, v in sorted(params.items())]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+            self._send("params", lambda chunk=items[start:start + 100]: self._client.log_batch(self.run_id, params=chunk))
+
+    def metrics(self, values: dict, step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in values.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if items:
+            self._send("metrics", lambda: self._client.log_batch(self.run_id, metrics=items))
+
+    def tags(self, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, _text(v)) for k, v in tags.items()]
+        if items:
+            self._send("tags", lambda: self._client.log_batch(self.run_id, tags=items))
+
+    def file(self, path: Path, folder: str | None = None) -> None:
+        self._send("files", lambda: self._client.log_artifact(self.run_id, str(path), folder))
+
+    def child(self, name: str, params: dict, steps: dict[str, list[tuple[int, float]]], metrics: dict, tags: dict,
+              status: str = "FINISHED") -> None:
+        """A finished run nested under this one (MLflow's ``mlflow.parentRunId`` tag): a tuning
+        trial, say, with its ``params``, each metric's history as (step, value), its final
+        ``metrics`` and ``tags``."""
+        from mlflow.entities import Metric, Param
+
+        def log() -> None:
+            now = int(time.time() * 1000)
+            run_id = self._client.create_run(self.experiment_id, run_name=name, tags={
+                "mlflow.parentRunId": self.run_id, **{k: _text(v) for k, v in tags.items()}}).info.run_id
+            history = [Metric(k, float(v), now, step) for k, values in steps.items() for step, v in values]
+            final = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, (int, float))]
+            items = history + final
+            for start in range(0, max(len(items), 1), 1000):  # MLflow takes at most 1000 metrics a batch
+                self._client.log_batch(run_id, metrics=items[start:start + 1000],
+                                       params=[Param(k, _text(v)) for k, v in sorted(params.items())] if not start else [])
+            self._client.set_terminated(run_id, status)
+
+        self._send("nested runs", log)
+
+    def started(self, timeout: float = 30.0) -> str | None:
+        """This run's id once it exists (waiting at most ``timeout``), or None where its creation
+        failed or is still waiting on the store."""
+        self._started.wait(timeout)
+        return self.run_id
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run (``FINISHED``, ``FAILED`` or ``KILLED``) and wait, at most
+        :data:`CLOSE_WAIT_S`, for what is queued; then say, in one line, what was not logged."""
+        self._send("end", lambda: self._client.set_terminated(self.run_id, status))
+        self._queue.put(None)
+        self._thread.join(CLOSE_WAIT_S)
+        if self._thread.is_alive():
+            self.failed = self.failed or f"still sending after {CLOSE_WAIT_S:.0f} s"
+            self.dropped["pending"] += self._queue.qsize()
+        if self.failed:
+            what = ", ".join(f"{n} {kind}" for kind, n in sorted(self.dropped.items()))
+            log.warning("MLflow: not logged to %s (%s): %s; the run's folder has everything", self.uri, self.failed,
+                        what or "nothing lost")
+        elif self.run_id:
+            where = (f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+                     if self.uri.startswith(("http://", "https://")) else f"run {self.run_id} in {self.uri}")
+            log.info("MLflow: %s", where)
+
+    # --- the background thread --------------------------------------------------------------------
+
+    def _send(self, kind: str, call: Callable[[], object]) -> None:
+        self._queue.put((kind, call))
+
+    def _work(self) -> None:
+        try:
+            self._drain()
+        finally:
+            self._started.set()
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            kind, call = item
+            if self.failed:
+                self.dropped[kind] += 1
+                continue
+            try:
+                call()
+            except Exception as exc:  # noqa: BLE001 (any failure of the store: the run goes on without it)
+                self.failed = f"{kind}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                self.dropped[kind] += 1
+                log.warning("MLflow tracking at %s failed (%s); the run goes on without it", self.uri, self.failed)
+            finally:
+                if kind == "start":
+                    self._started.set()
+
+    def _start(self, experiment: str, tags: dict, artifact_root: str | None) -> None:
+        found = self._client.get_experiment_by_name(experiment)
+        if found is None:
+            try:
+                experiment_id = self._client.create_experiment(experiment, artifact_location=artifact_root)
+            except Exception:  # another process made it first
+                found = self._client.get_experiment_by_name(experiment)
+                if found is None:
+                    raise
+                experiment_id = found.experiment_id
+        else:
+            experiment_id = found.experiment_id
+        self.experiment_id = experiment_id
+        self.run_id = self._client.create_run(experiment_id, run_name=self.name,
+                                              tags={k: _text(v) for k, v in tags.items()}).info.run_id
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def open_run(uri: str, name: str, tags: dict | None = None) -> Tracker:
+    """A :class:`Tracker` for a run named ``name``. A local SQLite store keeps its artifacts beside
+    it (``mlartifacts/``)."""
+    root = None
+    if uri.startswith("sqlite:///"):
+        root = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return Tracker(uri, name, tags=tags, artifact_root=root)
+
+
+def also(on_epoch: Callable[[dict], None] | None, tracker: Tracker | None) -> Callable[[dict], None] | None:
+    """``on_epoch`` (or nothing) and then each epoch's metrics to ``tracker``, as step ``epoch``."""
+    if tracker is None:
+        return on_epoch
+
+    def both(row: dict) -> None:
+        if on_epoch is not None:
+            on_epoch(row)
+        tracker.metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+    return both
+
+
+def log_finished_run(tracker: Tracker, run_dir: Path) -> None:
+    """A finished run's figures (results.json's test metrics, calibration, rejection and focus),
+    the rules' outcomes (tags) and its files: :data:`RUN_FILES` and the profile report."""
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        results = {}
+    figures = {k: results[k] for k in ("test_loss", "test_accuracy", "test_top5", "best_val_loss", "seconds")
+               if isinstance(results.get(k), (int, float))}
+    for section, keys in (("calibration", ("temperature", "test_nll_before", "test_nll_after", "test_ece_before",
+                                           "test_ece_after")),
+                          ("rejection", ("threshold", "test_kept")),
+                          ("saliency_focus", ("mean", "lift"))):
+        found = results.get(section) or {}
+        figures.update({f"{section}.{k}": found[k] for k in keys if isinstance(found.get(k), (int, float))})
+    tracker.metrics(figures)
+    tracker.tags({"best_epoch": results.get("best_epoch"), "weights": results.get("weights")})
+    outcomes = {}
+    for path in sorted((run_dir / "profile" / "rules").glob("*.json")):  # the rules' outcomes, as tags
+        try:
+            rule = json.loads(path.read_text())
+            outcomes[f"rule.{rule['rule']}"] = str(rule["status"]).split(":")[0]  # triggered, no issues found, ...
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    tracker.tags(outcomes)
+    for name in RUN_FILES:
+        if (run_dir / name).is_file():
+            tracker.file(run_dir / name)
+    for name in ("report.html",):
+        if (run_dir / "profile" / name).is_file():
+            tracker.file(run_dir / "profile" / name, "profile")
+
+
+def log_study(tracker: Tracker, study, objective: str, base) -> None:
+    """A tuning study as the parent run: the base config as params, and each trial as a nested run
+    with its sampled params, its ``objective`` epoch by epoch (what the pruner saw), its
+    ``value`` (what Optuna ranks it by) and its state (a pruned trial is tagged ``state: PRUNED``). Written from Optuna's storage
+    once the study ends, so the trials' worker processes never talk to MLflow."""
+    from optuna.trial import TrialState
+
+    tracker.params({**base.to_dict(), "objective": objective})
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+            continue
+        metrics = {"value": trial.value} if trial.value is not None else {}  # as Optuna ranks the trial
+        tracker.child(f"trial {trial.number}", trial.params, {objective: sorted(trial.intermediate_values.items())},
+                      metrics, {"trial": trial.number, "state": trial.state.name},
+                      "FAILED" if trial.state == TrialState.FAIL else "FINISHED")
+
+
+def log_study_files(tracker: Tracker, study_dir: Path, doc: dict) -> None:
+    """The study's outcome on its parent run: the best trial (tags and its value), best.json,
+    trials.csv and the plots (the parameters' importances among them)."""
+    best = doc.get("best_trial") or {}
+    if best:
+        tracker.tags({"best_trial": best.get("number"), **{f"best.{k}": v for k, v in best.get("params", {}).items()}})
+        tracker.metrics({f"best_{doc['objective']}": best.get("value")})
+    tracker.metrics({f"trials_{state.lower()}": n for state, n in doc.get("trials", {}).items()})
+    for name in ("best.json", "trials.csv"):
+        if (study_dir / name).is_file():
+            tracker.file(study_dir / name)
+    for plot in sorted((study_dir / "plots").glob("*")):
+        if plot.is_file():
+            tracker.file(plot, "plots")
