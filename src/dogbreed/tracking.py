@@ -60,6 +60,7 @@ def _client(uri: str):
         os.environ.setdefault(key, value)
     for name in ("mlflow", "alembic"):  # their set-up chatter ("Creating initial MLflow database tables...")
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # "Retrying ...": the failure is said once
     return MlflowClient(tracking_uri=uri)
 
 
@@ -96,7 +97,8 @@ class Tracker:
 
         items = [Param(k, _text(v)) for k, v in sorted(params.items())]
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
-            self._send("params", lambda chunk=items[start:start + 100]: self._client.log_batch(self.run_id, params=chunk))
+            chunk = items[start:start + 100]
+            self._send("params", lambda chunk=chunk: self._client.log_batch(self.run_id, params=chunk), len(chunk))
 
     def metrics(self, values: dict, step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -105,14 +107,14 @@ class Tracker:
         items = [Metric(k, float(v), now, step or 0) for k, v in values.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if items:
-            self._send("metrics", lambda: self._client.log_batch(self.run_id, metrics=items))
+            self._send("metrics", lambda: self._client.log_batch(self.run_id, metrics=items), len(items))
 
     def tags(self, tags: dict) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, _text(v)) for k, v in tags.items()]
         if items:
-            self._send("tags", lambda: self._client.log_batch(self.run_id, tags=items))
+            self._send("tags", lambda: self._client.log_batch(self.run_id, tags=items), len(items))
 
     def file(self, path: Path, folder: str | None = None) -> None:
         self._send("files", lambda: self._client.log_artifact(self.run_id, str(path), folder))
@@ -147,16 +149,16 @@ class Tracker:
     def close(self, status: str = "FINISHED") -> None:
         """End the run (``FINISHED``, ``FAILED`` or ``KILLED``) and wait, at most
         :data:`CLOSE_WAIT_S`, for what is queued; then say, in one line, what was not logged."""
-        self._send("end", lambda: self._client.set_terminated(self.run_id, status))
+        self._send("the run's end", lambda: self._client.set_terminated(self.run_id, status))
         self._queue.put(None)
         self._thread.join(CLOSE_WAIT_S)
         if self._thread.is_alive():
             self.failed = self.failed or f"still sending after {CLOSE_WAIT_S:.0f} s"
             self.dropped["pending"] += self._queue.qsize()
         if self.failed:
-            what = ", ".join(f"{n} {kind}" for kind, n in sorted(self.dropped.items()))
-            log.warning("MLflow: not logged to %s (%s): %s; the run's folder has everything", self.uri, self.failed,
-                        what or "nothing lost")
+            what = ", ".join(kind if kind == "the run's end" else f"{n} {kind}" for kind, n in sorted(self.dropped.items()))
+            log.warning("MLflow: not logged to %s (%s): %s; the run's folder has everything", self.uri,
+                        "after the failure above" if self.run_id or self.dropped else self.failed, what or "nothing lost")
         elif self.run_id:
             where = (f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
                      if self.uri.startswith(("http://", "https://")) else f"run {self.run_id} in {self.uri}")
@@ -164,8 +166,8 @@ class Tracker:
 
     # --- the background thread --------------------------------------------------------------------
 
-    def _send(self, kind: str, call: Callable[[], object]) -> None:
-        self._queue.put((kind, call))
+    def _send(self, kind: str, call: Callable[[], object], count: int = 1) -> None:
+        self._queue.put((kind, call, count))
 
     def _work(self) -> None:
         try:
@@ -175,15 +177,15 @@ class Tracker:
 
     def _drain(self) -> None:
         while (item := self._queue.get()) is not None:
-            kind, call = item
+            kind, call, count = item
             if self.failed:
-                self.dropped[kind] += 1
+                self.dropped[kind] += count
                 continue
             try:
                 call()
             except Exception as exc:  # noqa: BLE001 (any failure of the store: the run goes on without it)
-                self.failed = f"{kind}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-                self.dropped[kind] += 1
+                self.failed = f"sending {kind}: {_reason(exc)}"
+                self.dropped[kind] += count
                 log.warning("MLflow tracking at %s failed (%s); the run goes on without it", self.uri, self.failed)
             finally:
                 if kind == "start":
@@ -204,6 +206,18 @@ class Tracker:
         self.experiment_id = experiment_id
         self.run_id = self._client.create_run(experiment_id, run_name=self.name,
                                               tags={k: _text(v) for k, v in tags.items()}).info.run_id
+
+
+def _reason(exc: Exception) -> str:
+    """An exception of the store in a few words: MLflow wraps a refused connection or a timeout in
+    a paragraph of urllib3's."""
+    text = str(exc)
+    for marker, said in (("Connection refused", "connection refused"), ("timed out", "timed out"),
+                         ("Name or service not known", "unknown host")):
+        if marker in text:
+            return said
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first[:160]}"
 
 
 def _text(value) -> str:
