@@ -13,6 +13,7 @@ is only that discipline and what to log. ``pip install 'dogbreed[mlflow]'``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -50,12 +51,21 @@ def tracking_uri(uri: str | None, track: bool, out: str) -> str | None:
     return os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
+MISSING = ("tracking runs needs MLflow: pip install 'dogbreed[mlflow]' (or drop --tracking-uri, --track and "
+           "$MLFLOW_TRACKING_URI)")
+
+
+def _entities():
+    import mlflow.entities
+
+    return mlflow.entities
+
+
 def _client(uri: str):
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
-        raise DogbreedError("tracking runs needs MLflow: pip install 'dogbreed[mlflow]' (or drop --tracking-uri, "
-                            "--track and $MLFLOW_TRACKING_URI)") from None
+        raise DogbreedError(MISSING) from None
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     for name in ("mlflow", "alembic"):  # their set-up chatter ("Creating initial MLflow database tables...")
@@ -69,11 +79,13 @@ class Tracker:
 
     @staticmethod
     def optional(uri: str | None) -> Callable[[str, dict], "Tracker"] | None:
-        """None where tracking is off; else a maker of runs in ``uri``'s store (MLflow is
-        imported now, so a missing extra fails before any work)."""
+        """None where tracking is off; else a maker of runs in ``uri``'s store. A missing MLflow
+        fails now, before any work (found, not imported: the import, a second, happens on the
+        background thread while the run starts)."""
         if uri is None:
             return None
-        _client(uri)
+        if importlib.util.find_spec("mlflow") is None:
+            raise DogbreedError(MISSING)
         return lambda name, tags: open_run(uri, name, tags)
 
     def __init__(self, uri: str, name: str, *, experiment: str = EXPERIMENT, tags: dict | None = None,
@@ -85,36 +97,34 @@ class Tracker:
         self.dropped: Counter = Counter()
         self._started = threading.Event()  # set once the run exists, or its creation failed
         self._queue: queue.Queue = queue.Queue()
-        self._client = _client(uri)
+        self._client = None  # made on the background thread: importing MLflow takes a second
         self._thread = threading.Thread(target=self._work, name="dogbreed-tracking", daemon=True)
         self._thread.start()
         self._send("start", lambda: self._start(experiment, tags or {}, artifact_root))
 
     # --- what a run logs -------------------------------------------------------------------------
 
-    def params(self, params: dict) -> None:
-        from mlflow.entities import Param
+    # (MLflow's entities are made on the background thread too, where MLflow is imported)
 
-        items = [Param(k, _text(v)) for k, v in sorted(params.items())]
+    def params(self, params: dict) -> None:
+        items = [(k, _text(v)) for k, v in sorted(params.items())]
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
             chunk = items[start:start + 100]
-            self._send("params", lambda chunk=chunk: self._client.log_batch(self.run_id, params=chunk), len(chunk))
+            self._send("params", lambda chunk=chunk: self._client.log_batch(
+                self.run_id, params=[_entities().Param(k, v) for k, v in chunk]), len(chunk))
 
     def metrics(self, values: dict, step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in values.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        items = [(k, float(v)) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if items:
-            self._send("metrics", lambda: self._client.log_batch(self.run_id, metrics=items), len(items))
+            self._send("metrics", lambda: self._client.log_batch(
+                self.run_id, metrics=[_entities().Metric(k, v, now, step or 0) for k, v in items]), len(items))
 
     def tags(self, tags: dict) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(k, _text(v)) for k, v in tags.items()]
+        items = [(k, _text(v)) for k, v in tags.items()]
         if items:
-            self._send("tags", lambda: self._client.log_batch(self.run_id, tags=items), len(items))
+            self._send("tags", lambda: self._client.log_batch(
+                self.run_id, tags=[_entities().RunTag(k, v) for k, v in items]), len(items))
 
     def file(self, path: Path, folder: str | None = None) -> None:
         self._send("files", lambda: self._client.log_artifact(self.run_id, str(path), folder))
@@ -124,9 +134,8 @@ class Tracker:
         """A finished run nested under this one (MLflow's ``mlflow.parentRunId`` tag): a tuning
         trial, say, with its ``params``, each metric's history as (step, value), its final
         ``metrics`` and ``tags``."""
-        from mlflow.entities import Metric, Param
-
         def log() -> None:
+            Metric, Param = _entities().Metric, _entities().Param
             now = int(time.time() * 1000)
             run_id = self._client.create_run(self.experiment_id, run_name=name, tags={
                 "mlflow.parentRunId": self.run_id, **{k: _text(v) for k, v in tags.items()}}).info.run_id
@@ -192,6 +201,7 @@ class Tracker:
                     self._started.set()
 
     def _start(self, experiment: str, tags: dict, artifact_root: str | None) -> None:
+        self._client = _client(self.uri)
         found = self._client.get_experiment_by_name(experiment)
         if found is None:
             try:
