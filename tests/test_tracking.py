@@ -154,3 +154,26 @@ def _csv(path):
 
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def test_a_store_that_never_answers_costs_the_run_nothing_but_a_warning(synth_data, tmp_path, caplog, monkeypatch):
+    """A server that accepts connections and never answers: each request times out (2 s here), the
+    first timeout is said once, and the run ends without waiting on the rest."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # accepted by the kernel, never read or answered
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        with caplog.at_level(logging.WARNING, logger="dogbreed"):
+            result = train(_config(synth_data, tmp_path / "runs", tracking_uri=url, profile=False), progress=False)
+    finally:
+        silent.close()
+    assert result.artifact.is_file()
+    failed = [r.getMessage() for r in caplog.records if "MLflow tracking at" in r.getMessage()]
+    assert failed == [f"MLflow tracking at {url} failed (sending start: timed out); the run goes on without it"]
+    lost, = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MLflow: not logged")]
+    assert "after the failure above" in lost and "files" in lost

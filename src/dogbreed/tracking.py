@@ -31,7 +31,6 @@ EXPERIMENT = "dogbreed"
 LOCAL_STORE = "mlflow.db"  # under --out, with --track
 CLOSE_WAIT_S = 120.0  # the most a run's end waits for its uploads (a failing store ends the wait at once)
 # MLflow's client retries a request 7 times with growing pauses, for minutes: here a request gets a
-# short timeout and one retry, unless the environment says otherwise
 # short timeout and one retry, unless the environment says otherwise; and the run's link is said in
 # the run's log, not printed to stdout, which some commands keep for JSON
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "15", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
@@ -94,6 +93,7 @@ class Tracker:
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.failed: str | None = None  # what failed first, once something did
+        self.warned = False  # the failure was said (a wait that ran out is said at the end alone)
         self.dropped: Counter = Counter()
         self._started = threading.Event()  # set once the run exists, or its creation failed
         self._queue: queue.Queue = queue.Queue()
@@ -163,11 +163,11 @@ class Tracker:
         self._thread.join(CLOSE_WAIT_S)
         if self._thread.is_alive():
             self.failed = self.failed or f"still sending after {CLOSE_WAIT_S:.0f} s"
-            self.dropped["pending"] += self._queue.qsize()
+            self.dropped["items still queued"] += max(self._queue.qsize() - 1, 0)  # less the end marker
         if self.failed:
             what = ", ".join(kind if kind == "the run's end" else f"{n} {kind}" for kind, n in sorted(self.dropped.items()))
             log.warning("MLflow: not logged to %s (%s): %s; the run's folder has everything", self.uri,
-                        "after the failure above" if self.run_id or self.dropped else self.failed, what or "nothing lost")
+                        "after the failure above" if self.warned else self.failed, what or "nothing lost")
         elif self.run_id:
             where = (f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
                      if self.uri.startswith(("http://", "https://")) else f"run {self.run_id} in {self.uri}")
@@ -196,6 +196,7 @@ class Tracker:
                 self.failed = f"sending {kind}: {_reason(exc)}"
                 self.dropped[kind] += count
                 log.warning("MLflow tracking at %s failed (%s); the run goes on without it", self.uri, self.failed)
+                self.warned = True
             finally:
                 if kind == "start":
                     self._started.set()
