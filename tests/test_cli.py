@@ -58,6 +58,7 @@ COMMAND_TESTS = {
     "transform": ["transform/test_transform.py", "transform/test_ray.py", "serve/test_parity.py", "test_s3.py"],
     "monitor baseline": ["drift/test_execute.py"],
     "monitor run": ["drift/test_execute.py"],
+    "register": ["test_registry.py"],
     "demo": ["test_demo.py"],
 }
 

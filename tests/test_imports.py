@@ -52,6 +52,11 @@ def test_the_runtime_imports_nothing_else_of_dogbreed():
             assert all(t.startswith("dogbreed.runtime") for t in _imports(name)), name
 
 
+def test_the_mlflow_flavor_imports_nothing_of_dogbreed():
+    """MLflow runs it as the model's code, where dogbreed need not be installed."""
+    assert _imports("dogbreed.pyfunc_model") == set()
+
+
 def test_no_import_cycles():
     graph = {m: _imports(m) for m in MODULES}
     state: dict[str, str] = {}

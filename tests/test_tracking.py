@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dogbreed import config
+from dogbreed import config, evaluate, registry
 from dogbreed.run import train
 
 from .conftest import TINY, free_port
@@ -92,6 +92,17 @@ def test_a_run_is_logged_with_its_config_epochs_figures_rules_and_files(server, 
     fetched = Path(client.download_artifacts(run.info.run_id, "results.json", str(tmp_path / "back")))
     assert json.loads(fetched.read_text()) == results
 
+    # what judges the model later goes to its run: the artifact names it
+    doc = evaluate.run(str(result.artifact), str(synth_data), out=str(tmp_path / "evaluation"), progress=False,
+                       tracking_uri=server.url)
+    judged = client.get_run(run.info.run_id)
+    assert judged.data.metrics["evaluate.test.accuracy"] == pytest.approx(doc["accuracy"])
+    assert judged.data.metrics["evaluate.test.ece"] == pytest.approx(doc["ece"])
+    assert judged.info.status == "FINISHED" and judged.info.end_time == run.info.end_time  # judged, not reopened
+    assert "evaluation/test/evaluation.json" in {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/test")}
+    done = registry.register(str(result.artifact), "dogs", aliases=("champion",), uri=server.url)
+    assert client.get_model_version("dogs", str(done["version"])).run_id == run.info.run_id
+
 
 def test_a_run_outlives_its_tracking_server_and_says_what_was_not_logged(server, synth_data, tmp_path, caplog):
     def kill_after_the_first_epoch(row):
@@ -108,13 +119,20 @@ def test_a_run_outlives_its_tracking_server_and_says_what_was_not_logged(server,
     assert "metrics" in lost and "files" in lost and "the run's folder has everything" in lost
 
 
-def test_track_keeps_a_local_store_beside_the_runs(synth_data, tmp_path):
+def test_track_keeps_a_local_store_beside_the_runs_and_resume_goes_on_in_the_same_run(synth_data, tmp_path):
     result = train(_config(synth_data, tmp_path / "runs", track=True, profile=False, epochs=2), progress=False)
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     run, = client.search_runs([client.get_experiment_by_name("dogbreed").experiment_id])
     assert run.info.status == "FINISHED" and run.data.metrics["test_accuracy"] == pytest.approx(result.test["test_accuracy"])
     assert (tmp_path / "runs" / "mlartifacts").is_dir()
     assert "model.tar.gz" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    resumed = train(_config(synth_data, tmp_path / "runs", track=True, profile=False, epochs=3), progress=False,
+                    resume=result.run_dir)
+    again, = client.search_runs([client.get_experiment_by_name("dogbreed").experiment_id])
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3]
+    assert again.data.tags["resumed"] == "true"
+    assert again.data.metrics["test_accuracy"] == pytest.approx(resumed.test["test_accuracy"])
 
 
 def test_a_study_is_a_parent_run_with_one_nested_run_per_trial_and_the_final_run(server, synth_data, tiny_weights,
@@ -147,6 +165,17 @@ def test_a_study_is_a_parent_run_with_one_nested_run_per_trial_and_the_final_run
     final, = [r for r in children if r.data.tags.get("trial") == "final"]
     assert final.data.metrics["test_accuracy"] == pytest.approx(best["final_run"]["test_accuracy"])
     assert {"best.json", "trials.csv", "plots"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+    # tuned again with one more trial: the same parent run gains that trial alone
+    assert main(["tune", "--data", str(synth_data), "--out", str(tmp_path), "--no-pretrained", "--no-progress", *flags,
+                 "--weights", str(tiny_weights), "--trials", "4", "--parallel", "1",
+                 "--tracking-uri", server.url]) == 0
+    runs = client.search_runs([client.get_experiment_by_name("dogbreed").experiment_id])
+    assert [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags] == [parent.info.run_id]
+    trials = [r.data.tags["trial"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+              and r.data.tags.get("trial") != "final"]
+    assert sorted(trials) == ["0", "1", "2", "3"]
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
 def _csv(path):

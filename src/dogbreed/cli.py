@@ -7,16 +7,16 @@ import json
 import logging
 import sys
 
-from dogbreed import __version__, machine, remote
+from dogbreed import __version__, machine, registry, remote, tracking
 from dogbreed.config import TrainConfig, normalize_argv
 from dogbreed.errors import DogbreedError, JobError
 from dogbreed.flags import add_flags, given
-from dogbreed.logs import setup_logging
+from dogbreed.logs import setup_logging, stdout_for_data
 
 log = logging.getLogger("dogbreed")
 
 
-MODEL_HELP = "trained artifact (or its unpacked folder), or s3://BUCKET/KEY.tar.gz"
+MODEL_HELP = "trained artifact (or its unpacked folder), s3://BUCKET/KEY.tar.gz, or models:/NAME@ALIAS"
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -67,6 +67,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from dogbreed.runtime.pipeline import Options, RequestError, label_index
 
     asked = PredictOptions(**given(args, PredictOptions))
+    if asked.json:
+        stdout_for_data()
     if asked.explain_breed is not None:
         asked.explain = True
     check_flags(asked.topk, asked.threshold, asked.keep)  # before the artifact loads: a typo fails at once
@@ -95,6 +97,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_register(args: argparse.Namespace) -> int:
+    if args.json:
+        stdout_for_data()
+    uri = registry.store(args.tracking_uri, args.track)
+    done = registry.register(args.model, args.name, aliases=tuple(args.alias), promote=args.promote, data=args.data,
+                             uri=uri, progress=_progress(args))
+    if args.json:
+        print(json.dumps(done))
+        return 0
+    print(f"registered {args.model} as {done['uri']} in {uri}")
+    for alias, moved in done["aliases"].items():
+        if moved["moved"]:
+            print(f"{args.name}@{alias} is now version {done['version']} ({moved['why']})")
+        else:
+            print(f"{args.name}@{alias} not moved: {moved['why']}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dogbreed.evaluate import run
     from dogbreed.predict import PredictOptions, check_flags, warn_unused_keep
@@ -108,7 +128,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         warn_unused_keep(loaded, asked.keep, args.model)
         options = Options.of(loaded).override(None, asked.threshold, asked.keep)
     doc = run(args.model, args.data, ood=args.ood, split=args.split, out=args.out, options=options,
-              progress=_progress(args))
+              progress=_progress(args), tracking_uri=tracking.tracking_uri(args.tracking_uri, args.track, "runs"))
     print(f"{doc['split']}: {doc['n']} images; accuracy {100 * doc['accuracy']:.1f}% (95% interval "
           f"{100 * doc['accuracy_ci95'][0]:.1f}-{100 * doc['accuracy_ci95'][1]:.1f}%), top-5 {100 * doc['top5']:.1f}%, "
           f"NLL {doc['nll']:.4f}, ECE {100 * doc['ece']:.1f}%")
@@ -240,12 +260,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from dogbreed.export import ExportOptions, export
 
     opts = ExportOptions(**given(args, ExportOptions))
+    if args.model.startswith("models:/") and not opts.out:  # beside it would be inside the registry's cache
+        raise DogbreedError(f"{args.model} is a registered model: pass --out FILE for its export")
     if remote.is_s3(args.model) and opts.out == args.model:
         raise DogbreedError(f"{opts.out} is the artifact being exported, which the export would overwrite; "
                             f"pass --out with another path")
     progress = _progress(args)
     with remote.written_file(opts.out, "--out") as out:  # an s3:// --out: written here, then uploaded
-        path = export(remote.staged_file(args.model, progress=progress), opts.format, out,
+        path = export(registry.model_file(args.model, progress=progress), opts.format, out,
                       data=remote.staged(opts.data, IMAGE_EXTS, progress=progress).root if opts.data else None,
                       calibration_images=opts.calibration_images, gate=opts.gate, progress=progress)
     target = opts.out or path
@@ -298,7 +320,8 @@ def cmd_monitor_run(args: argparse.Namespace) -> int:
     from dogbreed.drift import execute
 
     kwargs = dict(capture=args.capture, baseline=args.baseline, model=args.model, ground_truth=args.ground_truth,
-                  out=args.out, alpha=args.alpha, backend=args.backend, progress=_progress(args))
+                  out=args.out, alpha=args.alpha, backend=args.backend, progress=_progress(args),
+                  tracking_uri=tracking.tracking_uri(args.tracking_uri, args.track, "runs"))
     if args.metrics_port is not None and not args.every:
         raise DogbreedError("--metrics-port serves the last execution's gauges while --every runs; add --every")
     if args.every:
@@ -480,7 +503,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, PredictOptions, exclude=("topk", "json", "explain", "explain_breed", "out"))
     p.add_argument("--out", default="evaluation", help="folder for evaluation.json and the plots, or s3://BUCKET/PREFIX/ "
                    "to upload them there (default: evaluation)")
+    _tracking_flags(p, "log the figures and files to the model's MLflow run in this store (a run of their own "
+                       "where the artifact names none there; default: $MLFLOW_TRACKING_URI, else not logged)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("register", parents=[common], formatter_class=_Formatter,
+                       help="add an artifact to MLflow's model registry and move an alias",
+                       description="Register an artifact as the next version of a named model in an MLflow registry, with\n"
+                                   "its model card, test accuracy, ECE and test-set digest, and set aliases. With --promote an\n"
+                                   "alias moves only when the new version is no worse than its holder on accuracy and ECE, on\n"
+                                   "the same test set (--data DIR judges both on DIR's test split). Every command that takes\n"
+                                   "a model then takes models:/NAME@ALIAS (docs/tracking.md).")
+    p.add_argument("model", metavar="model.tar.gz", help="trained artifact, or s3://BUCKET/KEY.tar.gz")
+    p.add_argument("--name", required=True, help="the registered model's name")
+    p.add_argument("--alias", action="append", default=[], metavar="ALIAS",
+                   help="an alias for the new version, e.g. champion (repeatable; default: none)")
+    p.add_argument("--promote", action="store_true", help="move each --alias only if the new version is no worse "
+                   "than the one holding it (default: move it)")
+    p.add_argument("--data", default=None, metavar="DIR", help="with --promote: judge both versions on DIR's test "
+                   "split (needed where their recorded test sets differ; default: their recorded figures)")
+    _tracking_flags(p, "the MLflow store holding the registry (default: $MLFLOW_TRACKING_URI, else runs/mlflow.db "
+                       "where it exists)")
+    p.add_argument("--json", action="store_true", help="print what was done as one JSON object (default: lines)")
+    p.set_defaults(func=cmd_register)
 
     monitor = sub.add_parser("monitor", help="watch a deployed model: baselines, drift and accuracy from captured requests",
                              formatter_class=_Formatter,
@@ -520,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "violation, shared by the tests (default: the baseline's constraints.json, 0.01)")
     p.add_argument("--backend", default="auto", help="how the network runs, as for serve (default: auto, the fastest)")
     p.add_argument("--out", default="monitoring", help="folder for the executions' results and report.html (default: monitoring)")
+    _tracking_flags(p, "log each execution's figures and files to the model's MLflow run in this store (a run of "
+                       "their own where the artifact names none there; default: $MLFLOW_TRACKING_URI, else not logged)")
     p.set_defaults(func=cmd_monitor_run)
 
     p = sub.add_parser("demo", parents=[common], formatter_class=_Formatter, help="the whole workflow offline, on synthetic data",
@@ -529,11 +576,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tracking_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--tracking-uri", default=None, metavar="URI", help=what)
+    p.add_argument("--track", action="store_true", help="the local MLflow store of `train --track`, runs/mlflow.db "
+                   "(default: off)")
+
+
 def _load_model(path: str, progress: bool):
     """An artifact to predict with, from a local path or ``s3://`` (staged: fetched again only when changed)."""
     from dogbreed.artifact import load_artifact
 
-    return load_artifact(remote.staged_file(path, progress=progress), name=path)
+    return load_artifact(registry.model_file(path, progress=progress), name=path)
 
 
 def _progress(args: argparse.Namespace) -> bool:

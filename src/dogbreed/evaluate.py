@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dogbreed import calibration, interpret, plots, rejection, remote, saliency, stats
+from dogbreed import calibration, interpret, plots, registry, rejection, remote, saliency, stats, tracking
 from dogbreed.artifact import load_artifact
 from dogbreed.data.layout import IMAGE_EXTS, SPLITS, model_index, scan
 from dogbreed.errors import DogbreedError
@@ -37,13 +37,16 @@ BATCH = 32
 
 
 def run(model_path: str, data: str, *, ood: str | None = None, split: str = "test", out: str = "evaluation",
-        options: Options | None = None, progress: bool = True) -> dict:
+        options: Options | None = None, progress: bool = True, tracking_uri: str | None = None) -> dict:
+    """``tracking_uri``: an MLflow store to log the figures and files to (``tracking.log_evaluation``:
+    the model's own run where the artifact names one there)."""
     if split not in SPLITS:
         raise DogbreedError(f"--split {split!r} is not a split; choose one of: {', '.join(SPLITS)}")
     remote.check_writable(out)  # an s3:// --out: now, not after the work
+    tracking.Tracker.optional(tracking_uri)  # a missing MLflow: now
     ood_files = _ood_files(ood, progress) if ood else None  # a bad --ood is one line before anything loads
     layout = scan(remote.staged(data, IMAGE_EXTS, progress=progress).root)
-    model = load_artifact(remote.staged_file(model_path, progress=progress), name=model_path)
+    model = load_artifact(registry.model_file(model_path, progress=progress), name=model_path)
     opts = options or Options.of(model)
     if "calibration" not in model.meta:
         log.warning("%s has no calibration (an older artifact, or trained with --no-calibrate): its probabilities are "
@@ -88,7 +91,22 @@ def run(model_path: str, data: str, *, ood: str | None = None, split: str = "tes
                                                 other_scores if model.rejection else None, opts)}
             plots.plot_scores(in_scores, other_scores, name, folder / "scores.png")
         atomic_write_text(folder / "evaluation.json", json.dumps(doc, indent=1))
+        if tracking_uri:
+            _track(tracking_uri, model, str(model_path), doc, folder)
     return doc
+
+
+def _track(uri: str, model: LoadedModel, model_path: str, doc: dict, folder: Path) -> None:
+    """The figures as ``evaluate.<split>.<figure>`` and the files under ``evaluation/<split>/``, in
+    the model's MLflow run (``tracking.log_to_model_run``)."""
+    figures = {k: doc.get(k) for k in ("accuracy", "top5", "nll", "ece", "n")}
+    figures.update({f"ood.{k}": (doc.get("ood") or {}).get(k) for k in ("auroc", "fpr_at_95_tpr")})
+    figures.update({f"saliency_focus.{k}": (doc.get("saliency_focus") or {}).get(k) for k in ("mean", "lift")})
+    run_id = registry.run_of(model_path, uri) if registry.is_model_uri(model_path) else None
+    tracking.log_to_model_run(uri, model.meta, model_path, "evaluate",
+                              {f"evaluate.{doc['split']}.{k}": v for k, v in figures.items()},
+                              sorted(p for p in folder.iterdir() if p.is_file()), f"evaluation/{doc['split']}",
+                              run_id=run_id)
 
 
 def _ood_files(folder: str, progress: bool) -> list[str]:

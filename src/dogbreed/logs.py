@@ -11,6 +11,8 @@ from contextlib import contextmanager
 
 
 class _StdoutInfo(logging.Handler):
+    data_on_stdout = False  # a command printing data (``--json``) keeps stdout for it: INFO goes to stderr
+
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
         if record.exc_info:  # only with --verbose: tracebacks are for debugging, not for users
@@ -18,17 +20,24 @@ class _StdoutInfo(logging.Handler):
         if record.levelno >= logging.WARNING:
             sys.stderr.write(f"{record.levelname.lower()}: {msg}\n")
         else:
-            sys.stdout.write(msg + "\n")
-            sys.stdout.flush()
+            out = sys.stderr if self.data_on_stdout else sys.stdout
+            out.write(msg + "\n")
+            out.flush()
 
 
 # Libraries that narrate at INFO (where credentials and endpoints were found): --verbose shows them.
 CHATTY = ("botocore", "aiobotocore", "s3fs", "fsspec")
 
 
+def stdout_for_data() -> None:
+    """From now on INFO lines go to stderr, leaving stdout to the data a command prints (its JSON)."""
+    _StdoutInfo.data_on_stdout = True
+
+
 def setup_logging(verbose: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [_StdoutInfo()]
+    _StdoutInfo.data_on_stdout = False  # each command says again whether its stdout is data
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:
         quiet(CHATTY)

@@ -25,7 +25,7 @@ from dogbreed.batches import Batches
 from dogbreed.checkpoints import FitState
 from dogbreed.config import TrainConfig
 from dogbreed.context import RunContext
-from dogbreed.data.layout import Labels
+from dogbreed.data.layout import Labels, split_digest
 from dogbreed.drift import baseline as drift
 from dogbreed.errors import DogbreedError
 from dogbreed.files import atomic_write_text
@@ -73,8 +73,10 @@ def judge(ctx: RunContext, batches: Batches, hooks: NoHooks, *, valid: bool, tra
 
 
 def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, state: FitState, hooks: NoHooks, *,
-           cache_stats: dict | None, seconds: float) -> RunResult:
-    """Write the run's outputs from ``judged`` (``judge``'s evaluations of the best epoch)."""
+           cache_stats: dict | None, seconds: float, tracked: dict | None = None) -> RunResult:
+    """Write the run's outputs from ``judged`` (``judge``'s evaluations of the best epoch). ``tracked``:
+    the run's MLflow run (``{"uri", "run_id"}``) where it is tracked, kept in model.json so that
+    what judges the model later (``evaluate``, ``register``) finds its run."""
     data, weights_source = ctx.data, ctx.weights_source
     labels = data.labels
     test, valid, train = judged.test, judged.valid, judged.train
@@ -96,6 +98,9 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
         log.info(calibration.summary(calibrated))
         plot_reliability(test.logits, test.targets, calibrated["temperature"], run_dir / "reliability.png")
     temperature = calibrated["temperature"] if calibrated else 1.0
+    # the answers' ECE as served (after the temperature), what `register --promote` weighs with accuracy
+    test_metrics["test_ece"] = round(calibration.ece(torch.softmax(test.logits.double() / temperature, dim=1),
+                                                     test.targets), 6)
 
     rejected, tensors, dogs = None, None, {}
     if cfg.reject != "none":
@@ -142,7 +147,8 @@ def finish(run_dir: Path, cfg: TrainConfig, ctx: RunContext, judged: Judged, sta
         extra["rejection"] = rejected
     meta = model_meta(cfg.backbone, labels, ctx.preset, threshold=unsure["threshold"], weights=weights_source,
                       config=cfg.to_dict(), metrics=test_metrics, unsure={k: v for k, v in unsure.items() if k != "test"},
-                      **extra)
+                      data_digest={"test": split_digest(test_files, data.root), "test_n": len(test_files)},
+                      **extra, **({"tracking": tracked} if tracked else {}))
     files = {"rejection": tensors, "card": model_card.render(meta, results, {s: len(v) for s, v in data.splits.items()},
                                                              str(data.root))}
     model = ctx.model.cpu()  # the head trained in place inside it, on the cached path too

@@ -62,15 +62,18 @@ def train(cfg: TrainConfig, *, ranks: Ranks = ALONE, staged: remote.Staged | Non
     staged = staged or remote.staged(cfg.data, IMAGE_EXTS, progress=progress, on_chunk=ranks.tick)
     scan(staged.root)  # a missing or misshapen data set fails before any folder is made or changed
     uri = tracking.tracking_uri(cfg.tracking_uri, cfg.track, LOCAL_OUT if remote.is_s3(cfg.out) else cfg.out)
-    tracked = tracking.Tracker.optional(uri) if finish else None  # a missing MLflow fails here, before any work
+    opener = tracking.Tracker.optional(uri) if finish else None  # a missing MLflow fails here, before any work
     run_dir = Path(resume) if resume else new_run_dir(cfg)
-    tracker = tracked(run_dir.name, {"run_dir": str(run_dir.resolve()), "resumed": bool(resume), **(tags or {})}) \
-        if tracked else None
+    tracker = opener(run_dir.name, {"run_dir": str(run_dir.resolve()), **(tags or {})}, remember=run_dir,
+                     run_id=tracking.earlier_run(run_dir, uri) if resume else None) if opener else None
     try:
-        if tracker:
+        if tracker and not tracker.attached:  # a resumed run logged its params when it began (MLflow refuses changes)
             tracker.params(cfg.to_dict())
+        elif tracker:
+            tracker.tags({"resumed": True, "resumed_epochs": cfg.epochs})
         result = _observed(run_dir, cfg, ranks, staged, resume=bool(resume), progress=progress,
-                           on_epoch=tracking.also(on_epoch, tracker), finish=finish)
+                           on_epoch=tracking.also(on_epoch, tracker), finish=finish,
+                           tracked=tracker.reference if tracker else None)
     except BaseException as exc:
         if tracker:
             tracker.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
@@ -126,17 +129,19 @@ def new_run_dir(cfg: TrainConfig) -> Path:
 
 
 def _observed(run_dir: Path, cfg: TrainConfig, ranks: Ranks, staged: remote.Staged, *, resume: bool, progress: bool,
-              on_epoch, finish: bool) -> RunResult:
+              on_epoch, finish: bool, tracked=None) -> RunResult:
     """The run inside its profiler, when it has one (tuning trials, ``finish=False``, run unobserved)."""
     if cfg.rules and not cfg.profile:
         log.warning("--rules %s has no effect with --no-profile", cfg.rules)
     ctx = prepare(cfg, ranks, staged=staged)
     if not (cfg.profile and finish):
-        return _run(run_dir, cfg, ctx, NO_HOOKS, resume=resume, progress=progress, on_epoch=on_epoch, finish=finish)
+        return _run(run_dir, cfg, ctx, NO_HOOKS, resume=resume, progress=progress, on_epoch=on_epoch, finish=finish,
+                    tracked=tracked)
     monitor = _open_monitor(run_dir, cfg, ctx, resume=resume)
     status = "failed"
     try:
-        result = _run(run_dir, cfg, ctx, monitor, resume=resume, progress=progress, on_epoch=on_epoch, finish=finish)
+        result = _run(run_dir, cfg, ctx, monitor, resume=resume, progress=progress, on_epoch=on_epoch, finish=finish,
+                      tracked=tracked)
         status = "completed"
         return result
     except KeyboardInterrupt:
@@ -175,7 +180,7 @@ def _report(run_dir: Path) -> None:
 
 
 def _run(run_dir: Path | None, cfg: TrainConfig, ctx: RunContext, hooks: NoHooks, *, resume: bool, progress: bool,
-         on_epoch, finish: bool) -> RunResult:
+         on_epoch, finish: bool, tracked=None) -> RunResult:
     """The epochs and, with ``finish``, the outputs. Only the writer (rank 0) owns ``run_dir``: a
     rank but 0 under DDP steps beside it, reads the run's checkpoint to resume, and writes nothing."""
     started = time.perf_counter()
@@ -242,7 +247,7 @@ def _run(run_dir: Path | None, cfg: TrainConfig, ctx: RunContext, hooks: NoHooks
         return RunResult(None, None, {}, state.best_epoch, state.history)
     with ranks.busy():  # the other ranks wait for rank 0 to write
         return outputs.finish(run_dir, cfg, ctx, judged, state, hooks, cache_stats=batches.cache_stats,
-                              seconds=time.perf_counter() - started)
+                              seconds=time.perf_counter() - started, tracked=tracked() if tracked else None)
 
 
 def write_metrics(history: list[dict], path: Path) -> None:

@@ -29,12 +29,14 @@ from dogbreed.errors import DogbreedError
 log = logging.getLogger(__name__)
 EXPERIMENT = "dogbreed"
 LOCAL_STORE = "mlflow.db"  # under --out, with --track
+RUN_FILE = "mlflow_run.json"  # in a tracked run's folder: its MLflow run, which --resume goes on in
 CLOSE_WAIT_S = 120.0  # the most a run's end waits for its uploads (a failing store ends the wait at once)
 # MLflow's client retries a request 7 times with growing pauses, for minutes: here a request gets a
 # short timeout and one retry, unless the environment says otherwise; and the run's link is said in
 # the run's log, not printed to stdout, which some commands keep for JSON
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "15", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+                 "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 RUN_FILES = ("results.json", "interpretation.json", "metrics.csv", "config.yaml", "labels.json", "per_class.csv",
              "curves.png", "confusion.png", "reliability.png", "per_class.png", "top_losses.png",
              "confused_pairs.png", "model.tar.gz")
@@ -60,7 +62,12 @@ def _entities():
     return mlflow.entities
 
 
-def _client(uri: str):
+def mlflow_installed() -> bool:
+    """Found, not imported (importing MLflow takes a second)."""
+    return importlib.util.find_spec("mlflow") is not None
+
+
+def client(uri: str):
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
@@ -83,13 +90,20 @@ class Tracker:
         background thread while the run starts)."""
         if uri is None:
             return None
-        if importlib.util.find_spec("mlflow") is None:
+        if not mlflow_installed():
             raise DogbreedError(MISSING)
-        return lambda name, tags: open_run(uri, name, tags)
+        return lambda name, tags, **more: open_run(uri, name, tags, **more)
 
     def __init__(self, uri: str, name: str, *, experiment: str = EXPERIMENT, tags: dict | None = None,
-                 artifact_root: str | None = None):
+                 artifact_root: str | None = None, run_id: str | None = None, ends: bool = False,
+                 on_start: Callable[[str], None] | None = None):
+        """``run_id``: log to that existing run (a training's, which ``evaluate`` adds to) rather than a
+        new one; its end is then left as it was, unless ``ends`` (a resumed training, a study tuned
+        again: the run goes on)."""
         self.uri, self.name = uri, name
+        self.attached = run_id
+        self.ends = ends or not run_id
+        self._on_start = on_start  # called with the run's id once it exists (on the background thread)
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.failed: str | None = None  # what failed first, once something did
@@ -155,10 +169,17 @@ class Tracker:
         self._started.wait(timeout)
         return self.run_id
 
+    def reference(self) -> dict | None:
+        """Where this run lies, ``{"uri", "run_id"}``, for the artifact to carry; None where the
+        store never made it."""
+        run_id = self.started()
+        return {"uri": self.uri, "run_id": run_id} if run_id else None
+
     def close(self, status: str = "FINISHED") -> None:
         """End the run (``FINISHED``, ``FAILED`` or ``KILLED``) and wait, at most
         :data:`CLOSE_WAIT_S`, for what is queued; then say, in one line, what was not logged."""
-        self._send("the run's end", lambda: self._client.set_terminated(self.run_id, status))
+        if self.ends:
+            self._send("the run's end", lambda: self._client.set_terminated(self.run_id, status))
         self._queue.put(None)
         self._thread.join(CLOSE_WAIT_S)
         if self._thread.is_alive():
@@ -193,7 +214,7 @@ class Tracker:
             try:
                 call()
             except Exception as exc:  # noqa: BLE001 (any failure of the store: the run goes on without it)
-                self.failed = f"sending {kind}: {_reason(exc)}"
+                self.failed = f"sending {kind}: {reason(exc)}"
                 self.dropped[kind] += count
                 log.warning("MLflow tracking at %s failed (%s); the run goes on without it", self.uri, self.failed)
                 self.warned = True
@@ -202,24 +223,43 @@ class Tracker:
                     self._started.set()
 
     def _start(self, experiment: str, tags: dict, artifact_root: str | None) -> None:
-        self._client = _client(self.uri)
-        found = self._client.get_experiment_by_name(experiment)
-        if found is None:
-            try:
-                experiment_id = self._client.create_experiment(experiment, artifact_location=artifact_root)
-            except Exception:  # another process made it first
-                found = self._client.get_experiment_by_name(experiment)
-                if found is None:
-                    raise
-                experiment_id = found.experiment_id
-        else:
-            experiment_id = found.experiment_id
-        self.experiment_id = experiment_id
-        self.run_id = self._client.create_run(experiment_id, run_name=self.name,
+        self._client = client(self.uri)
+        if self.attached:
+            self.experiment_id = self._client.get_run(self.attached).info.experiment_id  # it exists, or this fails
+            self.run_id = self.attached
+            if self.ends:  # it goes on
+                self._client.update_run(self.attached, status="RUNNING")
+            return
+        self.experiment_id = experiment_id(self._client, experiment, artifact_root)
+        self.run_id = self._client.create_run(self.experiment_id, run_name=self.name,
                                               tags={k: _text(v) for k, v in tags.items()}).info.run_id
+        if self._on_start:
+            self._on_start(self.run_id)
 
 
-def _reason(exc: Exception) -> str:
+def experiment_id(store, name: str = EXPERIMENT, artifact_root: str | None = None) -> str:
+    """The id of the experiment ``name`` in ``store`` (an ``MlflowClient``), made where missing."""
+    found = store.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return store.create_experiment(name, artifact_location=artifact_root)
+    except Exception:  # another process made it first
+        found = store.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a local SQLite store keeps its runs' files: ``mlartifacts/`` beside it (MLflow's
+    default would be ``./mlruns`` in whatever folder the command ran in)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def reason(exc: Exception) -> str:
     """An exception of the store in a few words: MLflow wraps a refused connection or a timeout in
     a paragraph of urllib3's."""
     text = str(exc)
@@ -235,13 +275,44 @@ def _text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def open_run(uri: str, name: str, tags: dict | None = None) -> Tracker:
-    """A :class:`Tracker` for a run named ``name``. A local SQLite store keeps its artifacts beside
-    it (``mlartifacts/``)."""
-    root = None
-    if uri.startswith("sqlite:///"):
-        root = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return Tracker(uri, name, tags=tags, artifact_root=root)
+def open_run(uri: str, name: str, tags: dict | None = None, run_id: str | None = None,
+             remember: Path | None = None) -> Tracker:
+    """A :class:`Tracker` for a run named ``name`` (or the existing run ``run_id``, which it ends
+    again). A local SQLite store keeps its artifacts beside it (``mlartifacts/``). ``remember``: a
+    run folder where the run's id is kept (:data:`RUN_FILE`), so that ``--resume`` goes on in it."""
+    return Tracker(uri, name, tags=tags, artifact_root=artifact_root(uri), run_id=run_id, ends=True,
+                   on_start=(lambda run_id: _remember(remember, uri, run_id)) if remember else None)
+
+
+def earlier_run(run_dir: Path, uri: str) -> str | None:
+    """The MLflow run a training in ``run_dir`` logged to in this store before (``--resume``)."""
+    try:
+        found = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found.get("run_id") if isinstance(found, dict) and found.get("uri") == uri else None
+
+
+def _remember(run_dir: Path, uri: str, run_id: str) -> None:
+    from dogbreed.files import atomic_write_text
+
+    atomic_write_text(run_dir / RUN_FILE, json.dumps({"uri": uri, "run_id": run_id}))
+
+
+def log_to_model_run(uri: str, meta: dict, model_name: str, kind: str, metrics: dict, files: list[Path],
+                     folder: str, *, step: int | None = None, run_id: str | None = None) -> None:
+    """What judged a model after its training (``evaluate``, ``monitor run``: ``kind``), in that
+    model's run where the artifact names one in this store (model.json's ``tracking``; ``run_id``
+    where the caller knows better), else in a run of its own: ``metrics`` (at ``step``) and
+    ``files`` under ``folder``."""
+    tracked = meta.get("tracking") or {}
+    run_id = run_id or (tracked.get("run_id") if tracked.get("uri") == uri else None)
+    tracker = Tracker(uri, f"{kind} {Path(model_name).name}", tags={"judged_model": model_name},
+                      artifact_root=artifact_root(uri), run_id=run_id)
+    tracker.metrics({k: v for k, v in metrics.items() if v is not None}, step=step)
+    for path in files:
+        tracker.file(path, folder)
+    tracker.close()
 
 
 def also(on_epoch: Callable[[dict], None] | None, tracker: Tracker | None) -> Callable[[dict], None] | None:
@@ -290,21 +361,26 @@ def log_finished_run(tracker: Tracker, run_dir: Path) -> None:
             tracker.file(run_dir / "profile" / name, "profile")
 
 
-def log_study(tracker: Tracker, study, objective: str, base) -> None:
+def log_study(tracker: Tracker, study, objective: str, base, done: set[int] | None = None) -> list[int]:
     """A tuning study as the parent run: the base config as params, and each trial as a nested run
     with its sampled params, its ``objective`` epoch by epoch (what the pruner saw), its
     ``value`` (what Optuna ranks it by) and its state (a pruned trial is tagged ``state: PRUNED``). Written from Optuna's storage
-    once the study ends, so the trials' worker processes never talk to MLflow."""
+    once the study ends, so the trials' worker processes never talk to MLflow. ``done``: the trials
+    an earlier ``tune`` logged to this parent run, not logged again. Returns the trials logged, all told."""
     from optuna.trial import TrialState
 
-    tracker.params({**base.to_dict(), "objective": objective})
+    if done is None:
+        tracker.params({**base.to_dict(), "objective": objective})
+    logged = sorted(done or ())
     for trial in study.get_trials(deepcopy=False):
-        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) or trial.number in (done or ()):
             continue
+        logged.append(trial.number)
         metrics = {"value": trial.value} if trial.value is not None else {}  # as Optuna ranks the trial
         tracker.child(f"trial {trial.number}", trial.params, {objective: sorted(trial.intermediate_values.items())},
                       metrics, {"trial": trial.number, "state": trial.state.name},
                       "FAILED" if trial.state == TrialState.FAIL else "FINISHED")
+    return sorted(logged)
 
 
 def log_study_files(tracker: Tracker, study_dir: Path, doc: dict) -> None:

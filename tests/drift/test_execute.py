@@ -1,5 +1,6 @@
 """``dogbreed monitor run`` on what a real server captured, and model quality from ground truth."""
 
+import importlib.util
 import json
 import signal
 import subprocess
@@ -96,8 +97,11 @@ def test_ground_truth_gives_the_window_its_known_accuracy_and_counts_what_it_can
     (truth_dir / "2026/05/01/12").mkdir(parents=True)
     (truth_dir / "2026/05/01/12/t.jsonl").write_text("".join(json.dumps(t) + "\n" for t in truth))
 
+    tracked = importlib.util.find_spec("mlflow") is not None  # the execution logged to MLflow too, where installed
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}" if tracked else None
     done = execute.run(str(capture), str(trained_run.artifact), ground_truth=str(truth_dir), out=str(tmp_path / "out"),
-                       start="2026-05-01T10:00:00Z", end="2026-05-01T11:00:00Z", backend="eager", progress=False)
+                       start="2026-05-01T10:00:00Z", end="2026-05-01T11:00:00Z", backend="eager", progress=False,
+                       tracking_uri=store)
     assert done.requests == 260  # "later" is outside the window
     doc = done.quality
     assert doc["dataset"] == {"item_count": 240, "without_ground_truth": 20, "unknown_or_unreadable": 0,
@@ -108,6 +112,16 @@ def test_ground_truth_gives_the_window_its_known_accuracy_and_counts_what_it_can
     assert sum(sum(row.values()) for row in metrics["confusion_matrix"].values()) == 240
     accuracy_check = next(c for c in done.checks if c.name == "accuracy")
     assert accuracy_check.value == pytest.approx(0.75)
+    if tracked:  # the artifact names no run: the execution is a run of its own, at its window's end
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(store)
+        run, = client.search_runs([client.get_experiment_by_name("dogbreed").experiment_id])
+        history, = client.get_metric_history(run.info.run_id, "monitor.accuracy")
+        assert history.value == pytest.approx(180 / 240) and history.step == int(hour.timestamp()) + 3600
+        assert run.data.metrics["monitor.requests"] == 260
+        files = {a.path for a in client.list_artifacts(run.info.run_id, f"monitoring/{done.folder.name}")}
+        assert f"monitoring/{done.folder.name}/model_quality.json" in files
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -180,6 +180,16 @@ def probe_images(layout: Layout, full: bool = True, workers: int | None = None,
     return bad, {path: digest for path, (_, digest) in probed if digest}
 
 
+def split_digest(files: list[str | os.PathLike], root: str | os.PathLike) -> str:
+    """A split's identity: SHA-256 over each image's path under ``root`` and its bytes' digest, in
+    path order. Two models tested on splits with one digest were tested on the same images, wherever
+    the data set lay (what ``register --promote`` requires before it compares them)."""
+    total = hashlib.sha256()
+    for rel, path in sorted((Path(p).relative_to(root).as_posix(), p) for p in files):
+        total.update(rel.encode() + b"\0" + hashlib.blake2b(Path(path).read_bytes()).digest())
+    return total.hexdigest()
+
+
 def find_leaks(layout: Layout, digests: dict[str, str]) -> list[list[str]]:
     """Groups of byte-identical images that sit in more than one split (a test photo that is also a
     training photo makes the test score a memory test)."""

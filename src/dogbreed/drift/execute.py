@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dogbreed import remote
+from dogbreed import registry, remote, tracking
 from dogbreed.capture import records
 from dogbreed.drift import checks, quality, report
 from dogbreed.drift import window as windows
@@ -96,8 +96,10 @@ def compare(baseline: Baseline, obs: Observations, labels: list[str], *, alpha: 
 
 def run(capture: str, baseline: str, *, model: str | None = None, ground_truth: str | None = None,
         start: str | None = None, end: str | None = None, out: str = "monitoring", alpha: float | None = None,
-        backend: str = "auto", progress: bool = True) -> Execution:
-    """One execution over the window [start, end) (default: everything captured up to now)."""
+        backend: str = "auto", progress: bool = True, tracking_uri: str | None = None) -> Execution:
+    """One execution over the window [start, end) (default: everything captured up to now).
+    ``tracking_uri``: an MLflow store where the execution's figures and files are logged, in the
+    model's run where the artifact names one there (``tracking.log_to_model_run``)."""
     from dogbreed.artifact import load_artifact
 
     remote.local_only(out, "--out", "each execution adds to the history its report plots, kept in a folder here "
@@ -115,7 +117,7 @@ def run(capture: str, baseline: str, *, model: str | None = None, ground_truth: 
     if not found.requests:
         since = f"from {records.timestamp(window.start)} " if window.start else ""
         log.warning("no captured request %sup to %s under %s", since, records.timestamp(window.end), capture)
-    loaded = load_artifact(remote.staged_file(model_path) if remote.is_s3(model_path) else model_path, backend=backend,
+    loaded = load_artifact(registry.model_file(model_path), backend=backend,
                            name=model_path)
     clock.lap("load")
     obs = observe(loaded, [i.image for i in found.items], [i.key for i in found.items], progress=_bar(progress, found))
@@ -145,7 +147,21 @@ def run(capture: str, baseline: str, *, model: str | None = None, ground_truth: 
         atomic_write_text(folder / "model_quality.json", json.dumps(model_quality, indent=1))
     report.write(Path(out), _unusual(obs, found))
     clock.lap("write")
-    return Execution(folder, found_checks, obs.n + obs.unreadable, found.requests, model_quality, clock.seconds)
+    done = Execution(folder, found_checks, obs.n + obs.unreadable, found.requests, model_quality, clock.seconds)
+    if tracking_uri:
+        _track(tracking_uri, loaded, str(model_path), done, window.end)
+    return done
+
+
+def _track(uri: str, model: LoadedModel, model_path: str, done: Execution, end: datetime) -> None:
+    """An execution as ``monitor.*`` metrics at the step of its window's end (seconds since the
+    epoch, so executions line up in time) and its files under ``monitoring/<end>/``."""
+    accuracy = ((done.quality or {}).get("multiclass_classification_metrics") or {}).get("accuracy", {}).get("value")
+    figures = {"monitor.images": done.images, "monitor.requests": done.requests,
+               "monitor.violations": len(done.violations), "monitor.accuracy": accuracy}
+    tracking.log_to_model_run(uri, model.meta, model_path, "monitor", figures,
+                              sorted(p for p in done.folder.iterdir() if p.is_file()),
+                              f"monitoring/{done.folder.name}", step=int(end.timestamp()))
 
 
 def _quality(base: Baseline, model: LoadedModel, found: windows.Window, obs: Observations,

@@ -38,7 +38,7 @@ MULTI_RECORD, SINGLE_RECORD = "MULTI_RECORD", "SINGLE_RECORD"
 
 @dataclass
 class ServeConfig:
-    model: str = option(help="trained artifact (or its unpacked folder), or s3://BUCKET/KEY.tar.gz", metavar="model.tar.gz")
+    model: str = option(help="trained artifact (or its unpacked folder), s3://BUCKET/KEY.tar.gz, or models:/NAME@ALIAS", metavar="model.tar.gz")
     name: str = option("dogbreed", "endpoint name /endpoints/NAME/invocations answers to")
     host: str = option("127.0.0.1", "address to bind; 0.0.0.0 exposes the server to the network")
     port: int = option(8080, "port; SageMaker's containers use 8080; 0 picks any free port and says which")

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 
-from dogbreed import remote
+from dogbreed import registry, remote
 from dogbreed.errors import DogbreedError
 from dogbreed.files import make_folder
 from dogbreed.lifetime import PARENT_ENV, end_with_parent
@@ -39,8 +39,8 @@ def serve(cfg: ServeConfig) -> None:
         make_folder(cfg.capture, "--capture")
     sock = listen_socket(cfg.host, cfg.port)
     shown = cfg.model
-    if remote.is_s3(cfg.model):  # staged once, here: each worker loads the local copy
-        cfg = dataclasses.replace(cfg, model=str(remote.staged_file(cfg.model)))
+    if remote.is_s3(cfg.model) or cfg.model.startswith("models:/"):  # fetched once, here: each worker loads the copy
+        cfg = dataclasses.replace(cfg, model=str(registry.model_file(cfg.model)))
     if cfg.exposed and not cfg.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this address can use the model", cfg.host)
     port = sock.getsockname()[1]  # --port 0: the one the system chose

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 
-from dogbreed import machine, remote
+from dogbreed import machine, registry
 from dogbreed.batching import ordered
 from dogbreed.errors import DogbreedError
 from dogbreed.flags import check_choices, option
@@ -48,7 +48,7 @@ class TransformOptions:
     """``dogbreed transform``'s settings, named after CreateTransformJob's fields (its flags are
     generated from these)."""
 
-    model: str = option(help="trained artifact (or its unpacked folder), or s3://BUCKET/KEY.tar.gz", metavar="model.tar.gz")
+    model: str = option(help="trained artifact (or its unpacked folder), s3://BUCKET/KEY.tar.gz, or models:/NAME@ALIAS", metavar="model.tar.gz")
     input: str = option(help="a folder, an s3://BUCKET/PREFIX, one file, or a manifest file (S3DataSource)", metavar="SRC")
     output: str = option(help="folder or s3://BUCKET/PREFIX that receives KEY.out per input (S3OutputPath)", metavar="DEST")
     data_type: str = option(sources.S3_PREFIX, "S3Prefix: every file under --input; ManifestFile: --input is a manifest "
@@ -342,7 +342,7 @@ def load_model(opts: TransformOptions) -> LoadedModel:
     runs the same network the race timed)."""
     from dogbreed.artifact import load_artifact
 
-    model = load_artifact(remote.staged_file(opts.model), backend=opts.backend, batch_sizes=(opts.batch_size,),
+    model = load_artifact(registry.model_file(opts.model), backend=opts.backend, batch_sizes=(opts.batch_size,),
                           name=opts.model, fused=True)
     if model.selection is not None:
         log.info("%s", model.selection.line())

@@ -292,11 +292,45 @@ def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, 
     doc = {"study": opts.study, "storage": masked(url), "objective": opts.objective,
            "direction": OBJECTIVES[opts.objective], "trials": counts, "pruning": results.pruning_savings(study),
            "best_trial": best, "plots": plots}
-    final_run = artifact = None
     uri = tracking.tracking_uri(base.tracking_uri, base.track, str(study_dir.parent))
-    tracker = tracking.open_run(uri, study_dir.name, {"study": opts.study, "objective": opts.objective}) if uri else None
+    # a study tuned again (more trials, say) adds to the parent run it logged before, not a second one
+    logged = _earlier(study_dir / "best.json").get("mlflow") or {}
+    again = logged.get("run_id") if uri and logged.get("uri") == masked(uri) else None
+    tracker = tracking.open_run(uri, study_dir.name, {"study": opts.study, "objective": opts.objective},
+                                run_id=again) if uri else None
     if tracker:
-        tracking.log_study(tracker, study, opts.objective, base)
+        doc["mlflow"] = {"uri": masked(uri), "run_id": None, "trials": tracking.log_study(
+            tracker, study, opts.objective, base, done=set(logged.get("trials", [])) if again else None)}
+    try:
+        final_run, artifact = _final(study, study_dir, base, opts, best, doc, tracker, progress)
+    except BaseException as exc:
+        if tracker:
+            tracker.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    if tracker:
+        doc["mlflow"]["run_id"] = tracker.started()
+    results.write_best(study_dir / "best.json", doc)
+    log.info("results: %s (best.json, trials.csv, plots/)", study_dir)
+    if tracker:
+        tracking.log_study_files(tracker, study_dir, doc)
+        tracker.close()
+        if tracker.failed:  # what was not logged is logged again next time
+            doc.pop("mlflow")
+            results.write_best(study_dir / "best.json", doc)
+    if best is None:
+        errors = [t.user_attrs["error"] for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                  if "error" in t.user_attrs]
+        why = f"; the first error: {errors[0]}" if errors else ""
+        raise DogbreedError(f"no trial completed ({counts['FAIL']} failed, {counts['PRUNED']} pruned){why}; "
+                            f"see {study_dir / 'trials.csv'}")
+    return TuneResult(study_dir, best, rows, final_run, artifact)
+
+
+def _final(study, study_dir: Path, base: TrainConfig, opts: TuneOptions, best: dict | None, doc: dict, tracker,
+           progress: bool) -> tuple[Path | None, Path | None]:
+    """The final training with the best trial's parameters (nested under the study's MLflow run
+    where it is tracked), or the one an earlier ``tune`` made of the same trial: (run, artifact)."""
+    final_run = artifact = None
     if best is not None:
         log.info("best trial %d: %s %.4f with %s", best["number"], opts.objective, best["value"],
                  results.format_params(best["params"]))
@@ -314,18 +348,7 @@ def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, 
             doc["final_run"] = {"run_dir": str(run.run_dir), "artifact": str(run.artifact), "trial": best["number"], **run.test}
             if remote.is_s3(base.out):
                 doc["final_run"]["uploaded"] = remote.upload_run(run.run_dir, base.out, name=study_dir.name + "/best")
-    results.write_best(study_dir / "best.json", doc)
-    log.info("results: %s (best.json, trials.csv, plots/)", study_dir)
-    if tracker:
-        tracking.log_study_files(tracker, study_dir, doc)
-        tracker.close()
-    if best is None:
-        errors = [t.user_attrs["error"] for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                  if "error" in t.user_attrs]
-        why = f"; the first error: {errors[0]}" if errors else ""
-        raise DogbreedError(f"no trial completed ({counts['FAIL']} failed, {counts['PRUNED']} pruned){why}; "
-                            f"see {study_dir / 'trials.csv'}")
-    return TuneResult(study_dir, best, rows, final_run, artifact)
+    return final_run, artifact
 
 
 def _final_run(cfg: TrainConfig, params: dict, folder: Path, *, progress: bool, tags: dict | None = None) -> RunResult:
@@ -357,11 +380,17 @@ def _trained_with(folder: Path, params: dict) -> bool:
     return all(k in saved and coerce(k, saved[k]) == v for k, v in params.items())
 
 
+def _earlier(best_json: Path) -> dict:
+    """What an earlier ``tune`` of this study wrote in best.json (nothing where there is none)."""
+    try:
+        found = json.loads(best_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def _earlier_final(best_json: Path, best: dict) -> dict | None:
     """The final run an earlier ``tune`` of this study made, if it trained this same best trial and
     its artifact is still there: rerunning a finished study does not train it again."""
-    try:
-        final = json.loads(best_json.read_text(encoding="utf-8")).get("final_run") or {}
-    except (OSError, ValueError):
-        return None
+    final = _earlier(best_json).get("final_run") or {}
     return final if final.get("trial") == best["number"] and Path(final.get("artifact", "")).is_file() else None
