@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/dogbreed demo --out demo
 
 test: lint system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks sagemaker

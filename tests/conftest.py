@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -105,6 +107,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float, *, proc: subprocess.Popen | None = None, why=lambda: "") -> None:
+    """Return once GET ``url`` answers 200; raise RuntimeError, with ``why()`` (the process's
+    output, say), where ``proc`` exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the process serving {url} exited: {why()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer within {timeout:.0f} s: {why()}")
+        time.sleep(0.2)
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: str | Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

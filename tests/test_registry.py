@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,7 +23,7 @@ from dogbreed.artifact import load_artifact
 from dogbreed.runtime import pipeline
 from dogbreed.runtime.pipeline import Options
 
-from .conftest import free_port, one_line_error, run_cli
+from .conftest import free_port, one_line_error, run_cli, wait_for_http
 from .serve.conftest import running_server
 
 mlflow = pytest.importorskip("mlflow")
@@ -95,7 +94,7 @@ def test_a_version_is_the_artifact_with_its_card_figures_and_test_set_digest(sto
     assert registry.fetch(f"models:/{NAME}/1") == fetched  # fetched once, then from the cache
 
 
-def test_serve_and_predict_answer_from_a_models_uri_as_from_the_file(store, trained_run, samples, in_store, tmp_path):
+def test_serve_predict_and_transform_answer_from_a_models_uri_as_from_the_file(store, trained_run, samples, in_store, tmp_path):
     photo = sorted(samples.glob("*.jpg"))[0]
     env = {"MLFLOW_TRACKING_URI": in_store}
     by_uri = run_cli("predict", str(photo), "--model", f"models:/{NAME}@champion", "--json", env=env)
@@ -109,6 +108,10 @@ def test_serve_and_predict_answer_from_a_models_uri_as_from_the_file(store, trai
             served = json.loads(response.read())
     expected = {k: v for k, v in json.loads(by_file.stdout).items() if k != "file"}
     assert served == expected
+    scored = run_cli("transform", "--model", f"models:/{NAME}@champion", "--input", str(photo), "--output",
+                     str(tmp_path / "scored"), "--backend", "eager", env=env)
+    assert scored.returncode == 0, scored.stderr
+    _close([json.loads((tmp_path / "scored" / f"{photo.name}.out").read_text())], [expected])  # its own batching
     one_line_error(run_cli("predict", str(photo), "--model", f"models:/{NAME}@nobody", env=env),
                    f"models:/{NAME}@nobody", "no such model version")
     one_line_error(run_cli("export", f"models:/{NAME}@champion", "--format", "onnx", env=env), "--out")
@@ -190,17 +193,7 @@ def test_mlflow_models_serve_hosts_the_version_and_answers_a_dataframe_request(s
              "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")})  # its uvicorn is the environment's
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + READY_S
-        while True:
-            assert proc.poll() is None, (tmp_path / "mlflow-serve.log").read_text()[-2000:]
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping"
-            time.sleep(0.3)
+        wait_for_http(f"{url}/ping", READY_S, proc=proc, why=lambda: (tmp_path / "mlflow-serve.log").read_text()[-2000:])
         photos = sorted(samples.glob("*.jpg"))[:2]
         body = {"dataframe_split": {"columns": ["image"],
                                     "data": [[base64.b64encode(p.read_bytes()).decode()] for p in photos]}}

@@ -8,8 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ import pytest
 from dogbreed import config, evaluate, registry
 from dogbreed.run import train
 
-from .conftest import TINY, free_port
+from .conftest import TINY, free_port, wait_for_http
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -35,18 +33,12 @@ class Server:
              "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'store.db'}",
              "--artifacts-destination", str(folder / "artifacts")],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(folder / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        self.kill()
-        raise RuntimeError(f"mlflow server did not answer in {START_TIMEOUT_S} s")
+        try:
+            wait_for_http(f"{self.url}/health", START_TIMEOUT_S, proc=self.proc,
+                          why=lambda: (folder / "server.log").read_text()[-2000:])
+        except RuntimeError:
+            self.kill()
+            raise
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -206,3 +198,38 @@ def test_a_store_that_never_answers_costs_the_run_nothing_but_a_warning(synth_da
     assert failed == [f"MLflow tracking at {url} failed (sending start: timed out); the run goes on without it"]
     lost, = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MLflow: not logged")]
     assert "after the failure above" in lost and "files" in lost
+
+
+def test_a_study_whose_final_training_fails_ends_its_parent_run_failed(synth_data, tmp_path):
+    """The study's outcome is logged and its final training raises (its data set is gone): the
+    parent run ends FAILED, not left RUNNING."""
+    import optuna
+
+    from dogbreed.errors import DogbreedError
+    from dogbreed.tune.options import TuneOptions
+    from dogbreed.tune.tuner import finish
+
+    study = optuna.create_study(study_name="gone", direction="minimize")
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.01}, value=0.5, intermediate_values={1: 0.7, 2: 0.5},
+                                              distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = _config(tmp_path / "no-data", tmp_path, tracking_uri=store, profile=False)
+    with pytest.raises(DogbreedError, match="no-data"):
+        finish(study, TuneOptions(study="gone", trials=1), base, "sqlite:///:memory:", tmp_path / "tune-gone",
+               progress=False)
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("dogbreed").experiment_id])
+    parent, = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.run_name == "tune-gone" and parent.info.status == "FAILED"
+    assert [r.data.tags["trial"] for r in runs if r is not parent] == ["0"]
+
+
+def test_a_stores_password_never_travels_in_files_or_lines():
+    """model.json, mlflow_run.json and best.json keep the store's address to match runs on: without
+    its password, which the warnings and errors leave out too."""
+    from dogbreed.tracking import public
+
+    assert public("http://ci:s3cret@mlflow.internal:5000") == "http://ci:***@mlflow.internal:5000"
+    assert public("postgresql://u:pw@db:5432/mlflow") == "postgresql://u:***@db:5432/mlflow"
+    assert public("sqlite:////runs/mlflow.db") == "sqlite:////runs/mlflow.db"
+    assert public("http://127.0.0.1:5000") == "http://127.0.0.1:5000"

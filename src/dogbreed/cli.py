@@ -106,7 +106,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(done))
         return 0
-    print(f"registered {args.model} as {done['uri']} in {uri}")
+    print(f"registered {args.model} as {done['uri']} in {tracking.public(uri)}")
     for alias, moved in done["aliases"].items():
         if moved["moved"]:
             print(f"{args.name}@{alias} is now version {done['version']} ({moved['why']})")

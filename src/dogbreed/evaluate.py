@@ -38,7 +38,7 @@ BATCH = 32
 
 def run(model_path: str, data: str, *, ood: str | None = None, split: str = "test", out: str = "evaluation",
         options: Options | None = None, progress: bool = True, tracking_uri: str | None = None) -> dict:
-    """``tracking_uri``: an MLflow store to log the figures and files to (``tracking.log_evaluation``:
+    """``tracking_uri``: an MLflow store to log the figures and files to (``tracking.log_to_model_run``:
     the model's own run where the artifact names one there)."""
     if split not in SPLITS:
         raise DogbreedError(f"--split {split!r} is not a split; choose one of: {', '.join(SPLITS)}")

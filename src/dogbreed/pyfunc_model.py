@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import importlib.util
+import importlib
 import os
 import sys
 import tarfile
 import tempfile
+import types
 
 import mlflow.pyfunc
 import pandas as pd
@@ -38,13 +39,13 @@ class DogbreedModel(mlflow.pyfunc.PythonModel):
         self._folder = tempfile.TemporaryDirectory(prefix="dogbreed-pyfunc-")  # removed with the model
         with tarfile.open(context.artifacts[ARTIFACT_KEY]) as tar:
             tar.extractall(self._folder.name, filter="data")  # no links out, no absolute paths, no devices
-        code = os.path.join(self._folder.name, "code")
-        sys.path.insert(0, code)  # inference.py's own imports (pipeline, backends, ...) are its neighbours
-        # a module of its own: its handlers keep their settings in the module, one model's each
-        spec = importlib.util.spec_from_file_location(f"dogbreed_inference_{id(self)}", os.path.join(code, "inference.py"))
-        self._handlers = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = self._handlers  # where its dataclasses look themselves up
-        spec.loader.exec_module(self._handlers)
+        # code/ as a package of a name of its own: its modules import each other relatively, so they
+        # never meet another artifact's (or dogbreed's) modules of the same names, and the handlers keep
+        # this model's settings in their own module
+        package = types.ModuleType(f"dogbreed_artifact_{id(self)}")
+        package.__path__ = [os.path.join(self._folder.name, "code")]
+        sys.modules[package.__name__] = package
+        self._handlers = importlib.import_module(f"{package.__name__}.inference")
         self._model = self._handlers.model_fn(self._folder.name)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:

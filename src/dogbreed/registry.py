@@ -109,7 +109,7 @@ def fetch(uri: str) -> Path:
     tar = folder / "artifacts" / ARTIFACT
     with file_lock(folder.parent / f"{version.version}.lock"):
         if not tar.is_file():
-            log.info("fetching %s (version %s of %s) from %s", uri, version.version, name, where)
+            log.info("fetching %s (version %s of %s) from %s", uri, version.version, name, tracking.public(where))
             import mlflow.artifacts
 
             with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".fetching-") as tmp:
@@ -117,7 +117,7 @@ def fetch(uri: str) -> Path:
                     got = mlflow.artifacts.download_artifacts(f"{SCHEME}{name}/{version.version}", dst_path=tmp,
                                                               tracking_uri=where, registry_uri=where)
                 except Exception as exc:  # noqa: BLE001 (a store's failure, in one line)
-                    raise DogbreedError(f"cannot fetch {uri} from {where}: {tracking.reason(exc)}") from None
+                    raise DogbreedError(f"cannot fetch {uri} from {tracking.public(where)}: {tracking.reason(exc)}") from None
                 if not (Path(got) / "artifacts" / ARTIFACT).is_file():
                     raise DogbreedError(f"{uri} (version {version.version}) holds no dogbreed artifact; "
                                         f"register one with `dogbreed register model.tar.gz --name {name}`")
@@ -133,11 +133,16 @@ def _version(client, name: str, ref: str, uri: str, where: str):
             return client.get_model_version(name, ref)
         return client.get_model_version_by_alias(name, ref)
     except Exception as exc:  # noqa: BLE001
-        text = str(exc)
-        if "RESOURCE_DOES_NOT_EXIST" in text or "not found" in text.lower() or "does not exist" in text.lower():
-            raise DogbreedError(f"{uri}: no such model version in {where}; `dogbreed register ARTIFACT --name {name} "
+        if _missing(exc):
+            raise DogbreedError(f"{uri}: no such model version in {tracking.public(where)}; `dogbreed register ARTIFACT --name {name} "
                                 f"--alias ALIAS` adds one") from None
-        raise DogbreedError(f"cannot read {uri} from {where}: {tracking.reason(exc)}") from None
+        raise DogbreedError(f"cannot read {uri} from {tracking.public(where)}: {tracking.reason(exc)}") from None
+
+
+def _missing(exc: Exception) -> bool:
+    """MLflow's "no such model, version or alias" (its other failures are the store's)."""
+    text = str(exc).lower()
+    return "resource_does_not_exist" in text or "not found" in text or "does not exist" in text
 
 
 def _parse(uri: str) -> tuple[str, str]:
@@ -201,10 +206,13 @@ def register(artifact: str, name: str, *, aliases: tuple[str, ...] = (), promote
     client = _client(uri)
     decisions = {alias: _judge(client, name, alias, figures, artifact, data, progress) if promote
                  else (True, "without --promote") for alias in aliases}
-    version = _log_version(client, uri, name, Path(local), meta, card, figures)
-    for alias, (move, _) in decisions.items():
-        if move:
-            client.set_registered_model_alias(name, alias, version)
+    try:
+        version = _log_version(client, uri, name, Path(local), meta, card, figures)
+        for alias, (move, _) in decisions.items():
+            if move:
+                client.set_registered_model_alias(name, alias, version)
+    except Exception as exc:  # noqa: BLE001 (the store's failure, in one line)
+        raise DogbreedError(f"cannot register {artifact} in {tracking.public(uri)}: {tracking.reason(exc)}") from None
     return {"name": name, "version": int(version), "uri": f"{SCHEME}{name}/{version}",
             "aliases": {alias: {"moved": move, "why": why} for alias, (move, why) in decisions.items()}}
 
@@ -220,7 +228,8 @@ def _log_version(client, uri: str, name: str, tar: Path, meta: dict, card: str, 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     tracked = meta.get("tracking") or {}
-    run_id = tracked.get("run_id") if tracked.get("uri") == uri and _run_exists(client, tracked.get("run_id")) else None
+    same_store = tracked.get("uri") == tracking.public(uri)
+    run_id = tracked.get("run_id") if same_store and _run_exists(client, tracked.get("run_id")) else None
     experiment_id = tracking.experiment_id(client, tracking.EXPERIMENT, tracking.artifact_root(uri))
     with tempfile.TemporaryDirectory(prefix="dogbreed-register-") as tmp:
         card_path = Path(tmp) / "MODEL_CARD.md"
@@ -269,8 +278,11 @@ def _judge(client, name: str, alias: str, candidate: Figures, artifact: str, dat
     """(move the alias?, why in words): the candidate against ``alias``'s holder, on one test set."""
     try:
         holder = client.get_model_version_by_alias(name, alias)
-    except Exception:  # noqa: BLE001 (no model, or the alias unset: nothing to beat)
-        return True, "no version held it"
+    except Exception as exc:  # noqa: BLE001
+        if _missing(exc):  # no such model, or the alias unset: nothing to beat
+            return True, "no version held it"
+        raise DogbreedError(f"cannot read {name}@{alias} from {tracking.public(client.tracking_uri)}: "
+                            f"{tracking.reason(exc)}") from None
     theirs = Figures.of_tags(holder.tags)
     if data:
         candidate, theirs = _measured(artifact, data, progress), _measured(f"{SCHEME}{name}/{holder.version}", data,

@@ -39,12 +39,11 @@ LOW_LIFT = 1.1  # under this, the maps sit on the subject hardly more than anywh
 
 @dataclass
 class Looked:
-    """One image's heatmap: its view (uint8, 3 x H x W), the top breed's map in [0, 1], that
-    breed's index and the map's share inside the subject's region and that region's area."""
+    """One image's heatmap: its view (uint8, 3 x H x W), the top breed's map in [0, 1], and the
+    map's share inside the subject's region and that region's area."""
 
     pixels: torch.Tensor
     heat: np.ndarray
-    predicted: int
     share: float
     area: float
 
@@ -105,7 +104,7 @@ def look(model: LoadedModel, paths: Sequence[str], regions: Regions) -> tuple[di
         for i, path in enumerate(chunk):
             heat = heatmaps.normalized(raws[i])
             box = regions.box(model, path)
-            looked[path] = Looked(pixels[i], heat, int(logits[i].argmax()), heatmaps.box_share(heat, box), area(box))
+            looked[path] = Looked(pixels[i], heat, heatmaps.box_share(heat, box), area(box))
     return looked, method
 
 

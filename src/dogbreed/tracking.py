@@ -20,6 +20,7 @@ import os
 import queue
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -173,7 +174,7 @@ class Tracker:
         """Where this run lies, ``{"uri", "run_id"}``, for the artifact to carry; None where the
         store never made it."""
         run_id = self.started()
-        return {"uri": self.uri, "run_id": run_id} if run_id else None
+        return {"uri": public(self.uri), "run_id": run_id} if run_id else None
 
     def close(self, status: str = "FINISHED") -> None:
         """End the run (``FINISHED``, ``FAILED`` or ``KILLED``) and wait, at most
@@ -187,11 +188,12 @@ class Tracker:
             self.dropped["items still queued"] += max(self._queue.qsize() - 1, 0)  # less the end marker
         if self.failed:
             what = ", ".join(kind if kind == "the run's end" else f"{n} {kind}" for kind, n in sorted(self.dropped.items()))
-            log.warning("MLflow: not logged to %s (%s): %s; the run's folder has everything", self.uri,
+            log.warning("MLflow: not logged to %s (%s): %s; the run's folder has everything", public(self.uri),
                         "after the failure above" if self.warned else self.failed, what or "nothing lost")
         elif self.run_id:
-            where = (f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
-                     if self.uri.startswith(("http://", "https://")) else f"run {self.run_id} in {self.uri}")
+            shown = public(self.uri)
+            where = (f"{shown.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+                     if shown.startswith(("http://", "https://")) else f"run {self.run_id} in {shown}")
             log.info("MLflow: %s", where)
 
     # --- the background thread --------------------------------------------------------------------
@@ -216,7 +218,8 @@ class Tracker:
             except Exception as exc:  # noqa: BLE001 (any failure of the store: the run goes on without it)
                 self.failed = f"sending {kind}: {reason(exc)}"
                 self.dropped[kind] += count
-                log.warning("MLflow tracking at %s failed (%s); the run goes on without it", self.uri, self.failed)
+                log.warning("MLflow tracking at %s failed (%s); the run goes on without it", public(self.uri),
+                            self.failed)
                 self.warned = True
             finally:
                 if kind == "start":
@@ -259,6 +262,15 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+def public(uri: str) -> str:
+    """``uri`` with its password, if it holds one, as ``***``: what logs and files that travel (an
+    artifact's model.json) may show, and what runs are matched on."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.password:
+        return uri
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
 def reason(exc: Exception) -> str:
     """An exception of the store in a few words: MLflow wraps a refused connection or a timeout in
     a paragraph of urllib3's."""
@@ -290,13 +302,13 @@ def earlier_run(run_dir: Path, uri: str) -> str | None:
         found = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return found.get("run_id") if isinstance(found, dict) and found.get("uri") == uri else None
+    return found.get("run_id") if isinstance(found, dict) and found.get("uri") == public(uri) else None
 
 
 def _remember(run_dir: Path, uri: str, run_id: str) -> None:
     from dogbreed.files import atomic_write_text
 
-    atomic_write_text(run_dir / RUN_FILE, json.dumps({"uri": uri, "run_id": run_id}))
+    atomic_write_text(run_dir / RUN_FILE, json.dumps({"uri": public(uri), "run_id": run_id}))
 
 
 def log_to_model_run(uri: str, meta: dict, model_name: str, kind: str, metrics: dict, files: list[Path],
@@ -306,7 +318,7 @@ def log_to_model_run(uri: str, meta: dict, model_name: str, kind: str, metrics: 
     where the caller knows better), else in a run of its own: ``metrics`` (at ``step``) and
     ``files`` under ``folder``."""
     tracked = meta.get("tracking") or {}
-    run_id = run_id or (tracked.get("run_id") if tracked.get("uri") == uri else None)
+    run_id = run_id or (tracked.get("run_id") if tracked.get("uri") == public(uri) else None)
     tracker = Tracker(uri, f"{kind} {Path(model_name).name}", tags={"judged_model": model_name},
                       artifact_root=artifact_root(uri), run_id=run_id)
     tracker.metrics({k: v for k, v in metrics.items() if v is not None}, step=step)

@@ -7,12 +7,10 @@ import os
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 
 import pytest
 
-from ..conftest import free_port
+from ..conftest import free_port, wait_for_http
 
 
 @contextlib.contextmanager
@@ -31,21 +29,8 @@ def running_server(model, *flags: str, ready_s: float = 120, port: int | None = 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_s
     try:
-        while True:
-            if proc.poll() is not None:
-                reader.join(timeout=10)
-                raise RuntimeError(f"server exited: {''.join(lines)}")
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not become ready: {''.join(lines)}")
-            time.sleep(0.1)
+        wait_for_http(f"{url}/ping", ready_s, proc=proc, why=lambda: "".join(lines))
         yield url
     finally:
         proc.terminate()

@@ -12,7 +12,7 @@ import psutil
 
 from dogbreed.cli import main
 
-from ..conftest import free_port
+from ..conftest import free_port, wait_for_http
 from .conftest import running_server
 from .test_routes import call
 
@@ -55,14 +55,7 @@ def test_workers_end_when_the_server_is_killed_outright_and_the_port_is_free_aga
                                str(port), "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     children = []
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", 180, proc=parent)
         children = psutil.Process(parent.pid).children(recursive=True)
         assert len(children) >= 2
         parent.send_signal(signal.SIGKILL)

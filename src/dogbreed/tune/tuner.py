@@ -295,14 +295,14 @@ def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, 
     uri = tracking.tracking_uri(base.tracking_uri, base.track, str(study_dir.parent))
     # a study tuned again (more trials, say) adds to the parent run it logged before, not a second one
     logged = _earlier(study_dir / "best.json").get("mlflow") or {}
-    again = logged.get("run_id") if uri and logged.get("uri") == masked(uri) else None
+    again = logged.get("run_id") if uri and logged.get("uri") == tracking.public(uri) else None
     tracker = tracking.open_run(uri, study_dir.name, {"study": opts.study, "objective": opts.objective},
                                 run_id=again) if uri else None
     if tracker:
-        doc["mlflow"] = {"uri": masked(uri), "run_id": None, "trials": tracking.log_study(
+        doc["mlflow"] = {"uri": tracking.public(uri), "run_id": None, "trials": tracking.log_study(
             tracker, study, opts.objective, base, done=set(logged.get("trials", [])) if again else None)}
     try:
-        final_run, artifact = _final(study, study_dir, base, opts, best, doc, tracker, progress)
+        final_run, artifact = _final(study_dir, base, opts, best, doc, tracker, progress)
     except BaseException as exc:
         if tracker:
             tracker.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
@@ -326,7 +326,7 @@ def finish(study: optuna.Study, opts: TuneOptions, base: TrainConfig, url: str, 
     return TuneResult(study_dir, best, rows, final_run, artifact)
 
 
-def _final(study, study_dir: Path, base: TrainConfig, opts: TuneOptions, best: dict | None, doc: dict, tracker,
+def _final(study_dir: Path, base: TrainConfig, opts: TuneOptions, best: dict | None, doc: dict, tracker,
            progress: bool) -> tuple[Path | None, Path | None]:
     """The final training with the best trial's parameters (nested under the study's MLflow run
     where it is tracked), or the one an earlier ``tune`` made of the same trial: (run, artifact)."""
