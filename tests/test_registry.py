@@ -91,7 +91,8 @@ def test_a_version_is_the_artifact_with_its_card_figures_and_test_set_digest(sto
     assert version.description == card[:registry.DESCRIPTION_LIMIT]
     fetched = registry.fetch(f"models:/{NAME}@champion")
     assert fetched.read_bytes() == Path(trained_run.artifact).read_bytes()  # the artifact, byte for byte
-    assert registry.fetch(f"models:/{NAME}/1") == fetched  # fetched once, then from the cache
+    fetched_at = fetched.stat().st_mtime_ns
+    assert registry.fetch(f"models:/{NAME}/1") == fetched and fetched.stat().st_mtime_ns == fetched_at  # from the cache
 
 
 def test_serve_predict_and_transform_answer_from_a_models_uri_as_from_the_file(store, trained_run, samples, in_store, tmp_path):

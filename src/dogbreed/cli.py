@@ -519,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", action="append", default=[], metavar="ALIAS",
                    help="an alias for the new version, e.g. champion (repeatable; default: none)")
     p.add_argument("--promote", action="store_true", help="move each --alias only if the new version is no worse "
-                   "than the one holding it (default: move it)")
+                   "than the one holding it (default: set each --alias as given)")
     p.add_argument("--data", default=None, metavar="DIR", help="with --promote: judge both versions on DIR's test "
                    "split (needed where their recorded test sets differ; default: their recorded figures)")
     _tracking_flags(p, "the MLflow store holding the registry (default: $MLFLOW_TRACKING_URI, else runs/mlflow.db "

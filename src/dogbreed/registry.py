@@ -113,8 +113,10 @@ def fetch(uri: str) -> Path:
             import mlflow.artifacts
 
             with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".fetching-") as tmp:
+                into = Path(tmp) / "version"  # moved into place once whole
+                into.mkdir()
                 try:
-                    got = mlflow.artifacts.download_artifacts(f"{SCHEME}{name}/{version.version}", dst_path=tmp,
+                    got = mlflow.artifacts.download_artifacts(f"{SCHEME}{name}/{version.version}", dst_path=str(into),
                                                               tracking_uri=where, registry_uri=where)
                 except Exception as exc:  # noqa: BLE001 (a store's failure, in one line)
                     raise DogbreedError(f"cannot fetch {uri} from {tracking.public(where)}: {tracking.reason(exc)}") from None
@@ -139,10 +141,13 @@ def _version(client, name: str, ref: str, uri: str, where: str):
         raise DogbreedError(f"cannot read {uri} from {tracking.public(where)}: {tracking.reason(exc)}") from None
 
 
+# what MLflow's stores answer for a model, version or alias that is not there (an unset alias is
+# INVALID_PARAMETER_VALUE), from SQLite and a server alike; its other failures are the store's
+MISSING_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+
+
 def _missing(exc: Exception) -> bool:
-    """MLflow's "no such model, version or alias" (its other failures are the store's)."""
-    text = str(exc).lower()
-    return "resource_does_not_exist" in text or "not found" in text or "does not exist" in text
+    return getattr(exc, "error_code", None) in MISSING_CODES
 
 
 def _parse(uri: str) -> tuple[str, str]:
