@@ -260,7 +260,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from dogbreed.export import ExportOptions, export
 
     opts = ExportOptions(**given(args, ExportOptions))
-    if args.model.startswith("models:/") and not opts.out:  # beside it would be inside the registry's cache
+    if registry.is_model_uri(args.model) and not opts.out:  # beside it would be inside the registry's cache
         raise DogbreedError(f"{args.model} is a registered model: pass --out FILE for its export")
     if remote.is_s3(args.model) and opts.out == args.model:
         raise DogbreedError(f"{opts.out} is the artifact being exported, which the export would overwrite; "

@@ -39,7 +39,7 @@ def serve(cfg: ServeConfig) -> None:
         make_folder(cfg.capture, "--capture")
     sock = listen_socket(cfg.host, cfg.port)
     shown = cfg.model
-    if remote.is_s3(cfg.model) or cfg.model.startswith("models:/"):  # fetched once, here: each worker loads the copy
+    if remote.is_s3(cfg.model) or registry.is_model_uri(cfg.model):  # fetched once, here: each worker loads the copy
         cfg = dataclasses.replace(cfg, model=str(registry.model_file(cfg.model)))
     if cfg.exposed and not cfg.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this address can use the model", cfg.host)
