@@ -144,6 +144,25 @@ def test_auto_keeps_to_its_budget_and_says_which_candidates_it_had_no_time_for(e
     assert "eager" in measured[25] and measured[25] < names  # in order: eager first, the rest while there is time
 
 
+def test_a_job_of_known_size_races_no_longer_than_a_share_of_its_eager_time(exported, costs):
+    """Eager makes its least passes first (8 img/s at batch 8 on the race's clock: its load and 8 passes
+    take 9 s); the race then ends by RACE_SHARE of eager's time for the job's images, within the
+    budget, and says why the rest were not timed."""
+    names = set(passed(exported))
+    races = {}
+    for images in (40, 960, 10**6):  # eager's time: 5 s, 120 s, more than the budget pays for
+        costs[0] = 0.0
+        _, race = backends.select(str(exported), budget_s=120, images=images)
+        unpaid = {name for name, why in race.skipped.items() if why.startswith(f"not timed: {images} images are ~")}
+        assert set(race.measured) | unpaid == names and not set(race.measured) & unpaid, images
+        assert race.seconds <= max(backends.RACE_SHARE * images / race.speed("eager"), 9) + 1
+        races[images] = race
+    assert set(races[40].measured) == {"eager"} and races[40].seconds == 9
+    assert "too few to pay for a longer race" in races[40].line()
+    assert "eager" in races[960].measured and 1 < len(races[960].measured) < len(names) and races[960].seconds <= 31
+    assert set(races[10**6].measured) == names  # the budget bounds it, as without a size
+
+
 def test_a_backend_that_failed_its_gate_is_one_line_and_the_server_serves_on_the_next_best(exported, tmp_path, samples):
     shutil.copytree(exported, tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "model.json").read_text())

@@ -113,10 +113,11 @@ def extracted(tar_path: str | os.PathLike):
 
 def load_artifact(path: str | os.PathLike, device: str | None = None, backend: str = "eager", *,
                   name: str | os.PathLike | None = None, batch_sizes: tuple[int, ...] = backends.DEFAULT_BATCH_SIZES,
-                  budget_s: float = backends.DEFAULT_BUDGET_S, fused: bool = False) -> LoadedModel:
+                  budget_s: float = backends.DEFAULT_BUDGET_S, images: int | None = None, fused: bool = False) -> LoadedModel:
     """An artifact (``model.tar.gz``) or an unpacked model dir, loaded for prediction on ``backend``
     (``auto``: the fastest here that passed its gate, timed at ``batch_sizes``; how it was chosen
-    is kept in ``.selection``; a forced backend that cannot run is one warning line). Eager loads the
+    is kept in ``.selection``; ``images``, the job's size where it is known, keeps the race to what it
+    can pay back; a forced backend that cannot run is one warning line). Eager loads the
     network as trained (what reads its layers wants it so) unless ``fused``, as every other backend
     and ``auto`` load it: BatchNorms folded, convolutions fused for the CPU. Errors are one line
     naming ``name`` (default: ``path``), never the temporary folder it was unpacked into."""
@@ -125,18 +126,18 @@ def load_artifact(path: str | os.PathLike, device: str | None = None, backend: s
     if path.is_dir():
         if not (path / MODEL_FILE).exists() and (path / "model.tar.gz").is_file():
             raise DogbreedError(f"{path} is a run folder, not a model; pass its artifact, {path / 'model.tar.gz'}")
-        return _load(path, name, device, backend, batch_sizes, budget_s, fused)
+        return _load(path, name, device, backend, batch_sizes, budget_s, images, fused)
     with extracted(path) as model_dir:
-        return _load(model_dir, name, device, backend, batch_sizes, budget_s, fused)
+        return _load(model_dir, name, device, backend, batch_sizes, budget_s, images, fused)
 
 
-def _load(model_dir: Path, name, device, backend, batch_sizes, budget_s, fused) -> LoadedModel:
+def _load(model_dir: Path, name, device, backend, batch_sizes, budget_s, images, fused) -> LoadedModel:
     try:
         if backend == "eager" and not fused:  # what predict, evaluate and export read: nothing to choose
             model = loading.load_model_dir(str(model_dir), device, backend)
         else:
             model, selection = backends.select(str(model_dir), backend, device, batch_sizes=batch_sizes,
-                                               budget_s=budget_s, warn=lambda line: log.warning("%s: %s", name, line))
+                                               budget_s=budget_s, images=images, warn=lambda line: log.warning("%s: %s", name, line))
             model.selection = selection
         Options.of(model)  # its top-k and threshold are valid
         return model

@@ -233,7 +233,8 @@ def from_data(model_path: str, data: str, out: str, *, split: str = "valid", pro
     if split not in SPLITS:
         raise DogbreedError(f"--split {split!r} is not a split; choose one of: {', '.join(SPLITS)}")
     layout = scan(remote.staged(data, IMAGE_EXTS, progress=progress).root)
-    model = load_artifact(registry.model_file(model_path, progress=progress), backend="auto", name=model_path)
+    model = load_artifact(registry.model_file(model_path, progress=progress), backend="auto", name=model_path,
+                          images=len(layout.splits[split]))
     index = model_index(layout, model.labels, data)
     samples = [(path, index[layout.labels.names[label]]) for path, label in layout.splits[split]]
     bar = tqdm(total=len(samples), desc=f"baseline on {split}", unit="img", disable=not progress, leave=False)

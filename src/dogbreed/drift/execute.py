@@ -117,7 +117,7 @@ def run(capture: str, baseline: str, *, model: str | None = None, ground_truth: 
     if not found.requests:
         since = f"from {records.timestamp(window.start)} " if window.start else ""
         log.warning("no captured request %sup to %s under %s", since, records.timestamp(window.end), capture)
-    loaded = load_artifact(registry.model_file(model_path), backend=backend, name=model_path)
+    loaded = load_artifact(registry.model_file(model_path), backend=backend, name=model_path, images=len(found.items))
     clock.lap("load")
     obs = observe(loaded, [i.image for i in found.items], [i.key for i in found.items], progress=_bar(progress, found))
     clock.lap("embed")

@@ -46,6 +46,9 @@ CPU_ONLY = ("onnx", "int8")  # ONNX Runtime's CPU provider
 EXPORTED = tuple(name for name in BACKENDS if BACKENDS[name] != BACKENDS["eager"])  # their own file
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_BUDGET_S = 10.0  # how long auto may spend choosing, in all: loading, warming up and timing candidates
+# A job of a known size (``images``) spends at most this share of what eager would take on it choosing:
+# the best the race can win is part of that time, so a small job is not made to wait on one.
+RACE_SHARE = 0.25
 WARM_UPS = 2  # untimed passes first: they build kernels (oneDNN's bf16 ones per shape) and ONNX Runtime's arenas
 # TorchScript's profiling executor runs a graph instrumented for its first runs (1 by default), then
 # builds the optimised plan on the next one: those runs come on top of the warm-ups every backend
@@ -248,11 +251,12 @@ def throughput(model: LoadedModel, batch_sizes: Sequence[int], seconds: float) -
 
 def select(model_dir: str, backend: str = AUTO, device: str | torch.device | None = None, *,
            batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, budget_s: float = DEFAULT_BUDGET_S,
-           warn: Callable[[str], None] | None = None) -> tuple[LoadedModel, Selection]:
+           images: int | None = None, warn: Callable[[str], None] | None = None) -> tuple[LoadedModel, Selection]:
     """Load the artifact on the backend asked for. ``auto`` times every backend that can run it here
     (its file is there, its runtime installed, its gate passed) at ``batch_sizes`` and keeps the one
     with the most images per second at the largest batch size, all within ``budget_s`` seconds from
-    the start (:func:`_race`). A backend that is forced but cannot run is one line to ``warn``, and
+    the start (:func:`_race`); ``images``, where the job's size is known (a server's is not), caps that
+    at :data:`RACE_SHARE` of eager's time for them. A backend that is forced but cannot run is one line to ``warn``, and
     the others compete as under ``auto``: the model always loads, on eager at worst. A damaged file
     is a ModelLoadError."""
     if backend not in CHOICES:
@@ -273,7 +277,7 @@ def select(model_dir: str, backend: str = AUTO, device: str | torch.device | Non
     for name in BACKENDS:
         if name not in selection.skipped and (why := unusable(model_dir, eager.meta, name, device)) is not None:
             selection.skipped[name] = why
-    return _race(model_dir, device, eager, selection, batch_sizes, budget_s, started, loaded_s)
+    return _race(model_dir, device, eager, selection, batch_sizes, budget_s, started, loaded_s, images)
 
 
 def out_of_time(budget_s: float) -> str:
@@ -282,16 +286,19 @@ def out_of_time(budget_s: float) -> str:
 
 
 def _race(model_dir: str, device: torch.device, eager: LoadedModel, selection: Selection, batch_sizes: Sequence[int],
-          budget_s: float, started: float, loaded_s: float) -> tuple[LoadedModel, Selection]:
+          budget_s: float, started: float, loaded_s: float, images: int | None = None) -> tuple[LoadedModel, Selection]:
     """Time the candidates in turn, each loading, warming up and timing within an even share of what
     is left of ``budget_s`` since ``started``. A candidate starts only if what is left covers what the
     costliest one so far needed to load and make its least passes (``loaded_s``: eager's load), and
-    no pass starts after the deadline, so the race overruns it by one pass at most. The candidates it
-    could not time are ``skipped`` as :func:`out_of_time`."""
+    no pass starts after the deadline, so the race overruns it by one pass at most. With ``images``,
+    eager (the first) makes only its least passes, and the deadline then comes no later than
+    :data:`RACE_SHARE` of eager's time for them after ``started``. The candidates it could not time are ``skipped`` as
+    :func:`out_of_time`, or as too little work to pay for timing them."""
     candidates = [name for name in BACKENDS if name not in selection.skipped]
     if len(candidates) == 1:  # eager alone: nothing to time
         return eager, selection
     deadline = started + budget_s
+    unpaid = out_of_time(budget_s)  # why the candidates left untimed were
     best, pixels = eager, example_pixels(eager, batch_sizes)
     least = 0.0  # seconds the costliest candidate so far took to load, warm up and make its least passes
     for i, name in enumerate(candidates):
@@ -301,6 +308,8 @@ def _race(model_dir: str, device: torch.device, eager: LoadedModel, selection: S
         model = eager if name == "eager" else load_model_dir(model_dir, device, name, fused=True)
         load_s = loaded_s if name == "eager" else time.perf_counter() - begun
         share = (deadline - begun) / (len(candidates) - i) - (time.perf_counter() - begun)
+        if name == "eager" and images is not None:  # its least passes: enough to know what the job is worth
+            share = 0.0
         try:
             if selection.measure(name, partial(pipeline.forward, model), pixels, max(0.0, share), deadline):
                 best = model
@@ -308,8 +317,13 @@ def _race(model_dir: str, device: torch.device, eager: LoadedModel, selection: S
             continue
         passes = (warm_ups(name) + MIN_PASSES) * sum(b / rate for b, rate in selection.measured[name].items())
         least = max(least, load_s + passes)
+        if name == "eager" and images is not None:
+            work_s = images / selection.speed("eager")
+            if started + RACE_SHARE * work_s < deadline:
+                deadline = started + RACE_SHARE * work_s
+                unpaid = f"not timed: {images} images are ~{work_s:.0f}s of eager work, too few to pay for a longer race"
     for name in candidates:
         if name not in selection.measured and name != selection.chosen:  # eager is the fallback, timed or not
-            selection.skipped[name] = out_of_time(budget_s)
+            selection.skipped[name] = unpaid
     selection.seconds = time.perf_counter() - started
     return best, selection

@@ -51,7 +51,7 @@ def run(opts: TransformOptions, *, progress: bool = False) -> int:
 
             tally, backend = ray_engine.run(opts, todo, on_input=tick)
         else:
-            model = load_model(opts)
+            model = load_model(opts, images=len(todo))
             tally = Scorer(model, opts, output).run(todo, on_done=lambda w: tick(0 if w.failure else w.images))
             backend = model.backend
     finally:

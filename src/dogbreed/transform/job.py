@@ -336,14 +336,15 @@ class Scorer:
                 on_done(work)
 
 
-def load_model(opts: TransformOptions) -> LoadedModel:
-    """The artifact on ``opts.backend`` (``auto``: the fastest here, timed at the job's batch size),
+def load_model(opts: TransformOptions, images: int | None = None) -> LoadedModel:
+    """The artifact on ``opts.backend`` (``auto``: the fastest here, timed at the job's batch size, in
+    a race no longer than ``images`` (the inputs, at least one image each) can pay back),
     loaded for speed as the server loads it (a Ray actor forced onto the backend the driver chose
     runs the same network the race timed)."""
     from dogbreed.artifact import load_artifact
 
     model = load_artifact(registry.model_file(opts.model), backend=opts.backend, batch_sizes=(opts.batch_size,),
-                          name=opts.model, fused=True)
+                          name=opts.model, images=images, fused=True)
     if model.selection is not None:
         log.info("%s", model.selection.line())
     return model

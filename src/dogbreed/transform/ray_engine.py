@@ -74,7 +74,7 @@ def run(opts: TransformOptions, todo: list[Input], on_input: Callable[[int], Non
         import ray
     except ImportError:
         raise DogbreedError("--engine ray needs Ray: pip install 'dogbreed[ray]'") from None
-    model = load_model(opts)  # the backend race runs once, here, not in every actor
+    model = load_model(opts, images=len(todo))  # the backend race runs once, here, not in every actor
     backend = model.backend
     del model
     started_here = not ray.is_initialized()
