@@ -255,10 +255,10 @@ def select(model_dir: str, backend: str = AUTO, device: str | torch.device | Non
     """Load the artifact on the backend asked for. ``auto`` times every backend that can run it here
     (its file is there, its runtime installed, its gate passed) at ``batch_sizes`` and keeps the one
     with the most images per second at the largest batch size, all within ``budget_s`` seconds from
-    the start (:func:`_race`); ``images``, where the job's size is known (a server's is not), caps that
-    at :data:`RACE_SHARE` of eager's time for them. A backend that is forced but cannot run is one line to ``warn``, and
-    the others compete as under ``auto``: the model always loads, on eager at worst. A damaged file
-    is a ModelLoadError."""
+    the start (:func:`_race`); ``images``, where the job's size is known (a server's is not), caps
+    that at :data:`RACE_SHARE` of eager's time for them. A backend that is forced but cannot run is
+    one line to ``warn``, and the others compete as under ``auto``: the model always loads, on eager
+    at worst. A damaged file is a ModelLoadError."""
     if backend not in CHOICES:
         raise ModelLoadError(model_dir, f"backend {backend!r} is not available; choose one of: {', '.join(CHOICES)}")
     started = time.perf_counter()
@@ -292,13 +292,13 @@ def _race(model_dir: str, device: torch.device, eager: LoadedModel, selection: S
     costliest one so far needed to load and make its least passes (``loaded_s``: eager's load), and
     no pass starts after the deadline, so the race overruns it by one pass at most. With ``images``,
     eager (the first) makes only its least passes, and the deadline then comes no later than
-    :data:`RACE_SHARE` of eager's time for them after ``started``. The candidates it could not time are ``skipped`` as
-    :func:`out_of_time`, or as too little work to pay for timing them."""
+    :data:`RACE_SHARE` of eager's time for them after ``started``. The candidates it could not time
+    are ``skipped`` as :func:`out_of_time`, or as too little work to pay for timing them."""
     candidates = [name for name in BACKENDS if name not in selection.skipped]
     if len(candidates) == 1:  # eager alone: nothing to time
         return eager, selection
     deadline = started + budget_s
-    unpaid = out_of_time(budget_s)  # why the candidates left untimed were
+    untimed = out_of_time(budget_s)  # what a candidate the race had no time for is skipped as
     best, pixels = eager, example_pixels(eager, batch_sizes)
     least = 0.0  # seconds the costliest candidate so far took to load, warm up and make its least passes
     for i, name in enumerate(candidates):
@@ -321,9 +321,9 @@ def _race(model_dir: str, device: torch.device, eager: LoadedModel, selection: S
             work_s = images / selection.speed("eager")
             if started + RACE_SHARE * work_s < deadline:
                 deadline = started + RACE_SHARE * work_s
-                unpaid = f"not timed: {images} images are ~{work_s:.0f}s of eager work, too few to pay for a longer race"
+                untimed = f"not timed: {images} images are ~{work_s:.0f}s of eager work, too few to pay for a longer race"
     for name in candidates:
         if name not in selection.measured and name != selection.chosen:  # eager is the fallback, timed or not
-            selection.skipped[name] = unpaid
+            selection.skipped[name] = untimed
     selection.seconds = time.perf_counter() - started
     return best, selection
