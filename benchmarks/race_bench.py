@@ -52,12 +52,10 @@ def main() -> None:
     print(f"# {machine.describe()}; torch {torch.__version__}; {args.backbone}, 133 classes")
     with tempfile.TemporaryDirectory() as tmp:
         artifact = export(make_artifact(Path(tmp), args.backbone), "torchscript,onnx", progress=False)
-        rows = []
         for size in (int(s) for s in args.sizes.split(",")):
             for r in range(args.rounds):
-                rows.append({"images": size, "round": r + 1, "unsized": race(artifact, None, size),
-                             "sized": race(artifact, size, size)})
-                print(json.dumps(rows[-1]), flush=True)
+                row = {"images": size, "round": r + 1, "unsized": race(artifact, None, size), "sized": race(artifact, size, size)}
+                print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
